@@ -1,0 +1,1 @@
+//! The broker: listener, connections, sessions and routing.

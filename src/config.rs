@@ -1,0 +1,199 @@
+//! TOML configuration: structs with defaults, and validation whose every error names the file,
+//! the key and what was expected.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, always tied to the file and key it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `limits.max_inflight`; empty for file-level problems.
+    pub key: String,
+    /// What is wrong and what was expected instead.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+    pub sink: crate::sink::SinkConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listener: ListenerConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            sink: crate::sink::SinkConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Address to bind, e.g. "0.0.0.0" or "127.0.0.1".
+    pub bind: String,
+    /// TCP port; 0 picks a free port (logged at start-up).
+    pub port: u16,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig { bind: "0.0.0.0".into(), port: 1883 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent client connections; further connections are closed at accept. 0 = unlimited.
+    pub max_connections: usize,
+    /// Largest packet accepted, in bytes (fixed header included); checked before allocating.
+    pub max_packet_size: usize,
+    /// Unacknowledged outgoing QoS 1/2 messages per client.
+    pub max_inflight: u16,
+    /// QoS 1/2 messages queued per client beyond the inflight window (also while offline).
+    pub max_queued: usize,
+    /// Seconds a new socket may take to send CONNECT before it is closed.
+    pub connect_timeout_secs: u64,
+    /// Encoded packets buffered per client for its writer thread; QoS 0 messages beyond it are
+    /// dropped (and counted) so that one slow reader cannot grow broker memory.
+    pub outbound_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            max_packet_size: 16 * 1024 * 1024,
+            max_inflight: 20,
+            max_queued: 1000,
+            connect_timeout_secs: 10,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log topic and payload of every PUBLISH the broker accepts (the "message logger").
+    pub messages: bool,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: format!("cannot read file: {e}"),
+            }]
+        })?;
+        let config = Config::parse(&text, path).map_err(|e| vec![e])?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parse TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+                .unwrap_or_default();
+            ConfigError {
+                file: path.to_path_buf(),
+                key: if key == "." { String::new() } else { key },
+                message: format!("{}{line}", inner.message().trim()),
+            }
+        })
+    }
+
+    /// Check value ranges that TOML types cannot express. Returns every problem found.
+    pub fn validate(&self, path: &Path) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            errors.push(ConfigError { file: path.to_path_buf(), key: key.into(), message })
+        };
+        if self.listener.bind.parse::<std::net::IpAddr>().is_err() {
+            bad("listener.bind", format!("expected an IP address like \"0.0.0.0\", got {:?}", self.listener.bind));
+        }
+        let l = &self.limits;
+        if !(16..=crate::protocol::MAX_REMAINING_LENGTH + 5).contains(&l.max_packet_size) {
+            bad("limits.max_packet_size", format!("expected 16 to 268435460 bytes, got {}", l.max_packet_size));
+        }
+        if l.max_inflight == 0 {
+            bad("limits.max_inflight", "expected 1 to 65535, got 0".into());
+        }
+        if l.connect_timeout_secs == 0 {
+            bad("limits.connect_timeout_secs", "expected at least 1 second, got 0".into());
+        }
+        if l.outbound_queue == 0 {
+            bad("limits.outbound_queue", "expected at least 1, got 0".into());
+        }
+        errors.extend(self.sink.validate(path));
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_type_names_file_key_and_expectation() {
+        let err = Config::parse("[limits]\nmax_inflight = \"many\"\n", Path::new("x.toml")).unwrap_err();
+        assert_eq!(err.key, "limits.max_inflight");
+        let text = err.to_string();
+        assert!(text.starts_with("x.toml: key `limits.max_inflight`:"), "{text}");
+        assert!(text.contains("expected u16"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Config::parse("[limits]\nmax_infligt = 3\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `max_infligt`"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_all_listed() {
+        let c = Config::parse("[limits]\nmax_inflight = 0\nmax_packet_size = 1\n", Path::new("x.toml")).unwrap();
+        let errs = c.validate(Path::new("x.toml")).unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"limits.max_inflight") && keys.contains(&"limits.max_packet_size"), "{keys:?}");
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.listener.port, 1883);
+        assert_eq!(c.limits.max_inflight, 20);
+    }
+}
