@@ -684,6 +684,12 @@ impl Connection {
             };
             let _ = self.send(Packet::Disconnect(disconnect));
         }
+        // Settle the session (detach, end it, publish or schedule the will) before the socket
+        // is closed: a client that sees the close and reconnects at once must find the session
+        // already ended (Session Present 0 for expiry 0) and its messages no longer sent here.
+        if let Some(session) = self.session.take() {
+            self.detach(session, publish_will, shutting_down, &why);
+        }
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Outbound::Close);
         }
@@ -695,9 +701,10 @@ impl Connection {
                 let _ = self.stream.shutdown(Shutdown::Both);
             }
         }
-        let Some(session) = self.session.take() else {
-            return;
-        };
+    }
+
+    /// Detach the session from this connection and hand the will (if due) to the broker.
+    fn detach(&mut self, session: SessionRef, publish_will: bool, shutting_down: bool, why: &str) {
         self.broker.stats.client_disconnected();
         let will = self
             .will
@@ -721,7 +728,7 @@ impl Connection {
             if shutting_down {
                 "broker shutting down"
             } else {
-                &why
+                why
             },
             if will.is_some() {
                 "; publishing will"
