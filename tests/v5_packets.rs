@@ -433,7 +433,7 @@ fn connack_states_limits_and_capabilities() {
     assert_eq!(p.receive_maximum, Some(7));
     assert_eq!(p.maximum_packet_size, Some(4096));
     assert_eq!(p.topic_alias_maximum, Some(5));
-    assert!(matches!(p.maximum_qos, None), "QoS 2 supported: {p:?}");
+    assert!(p.maximum_qos.is_none(), "QoS 2 supported: {p:?}");
     for (name, flag) in [
         ("retain available", p.retain_available),
         ("wildcard available", p.wildcard_subscription_available),
