@@ -163,11 +163,12 @@ impl Broker {
     ) -> Attached {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let existing = sessions.get(client_id).cloned();
+        let mut pending_will = None;
         let (session, session_present) = match existing {
             Some(s) if !clean_start && !s.lock().is_expired(Instant::now()) => (s, true),
             other => {
                 if let Some(old) = other {
-                    self.end_session(&old, &mut sessions);
+                    pending_will = self.end_session(&old, &mut sessions);
                 }
                 let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
                 sessions.insert(s.client_id.clone(), s.clone());
@@ -188,6 +189,12 @@ impl Broker {
                 "client {client_id}: session taken over by a new connection; closing the old one"
             );
             close_link(&old, crate::protocol::reason::SESSION_TAKEN_OVER);
+        }
+        drop(sessions);
+        if let Some(will) = pending_will {
+            // The old session ended (clean start or expired) before its Will Delay Interval
+            // passed: the will is due now (section 3.1.3.2.2, "whichever happens first").
+            self.publish(will);
         }
         Attached {
             session,
@@ -226,12 +233,14 @@ impl Broker {
             other => other.map(|(will, _)| will),
         };
         drop(state);
-        if ends_now {
-            self.end_session(session, &mut sessions);
-        }
+        let ended_will = if ends_now {
+            self.end_session(session, &mut sessions)
+        } else {
+            None
+        };
         drop(sessions);
         self.redeliver_shared(session, shared);
-        if let Some(will) = will_now {
+        for will in will_now.into_iter().chain(ended_will) {
             self.publish(will);
         }
     }
@@ -288,7 +297,7 @@ impl Broker {
                 if expired {
                     info!("session {} expired", session.client_id);
                     Stats::add(&self.stats.sessions_expired, 1);
-                    self.end_session(&session, &mut sessions);
+                    due_wills.extend(self.end_session(&session, &mut sessions));
                 }
             }
         }
@@ -311,11 +320,21 @@ impl Broker {
     }
 
     /// Discard a session: close its connection, drop its subscriptions, remove it from the table.
-    fn end_session(&self, session: &SessionRef, sessions: &mut HashMap<Arc<str>, SessionRef>) {
-        let (link, filters) = {
+    /// Returns a will that was waiting for its delay: it is due now that the session ends; the
+    /// caller publishes it once the session table is unlocked.
+    fn end_session(
+        &self,
+        session: &SessionRef,
+        sessions: &mut HashMap<Arc<str>, SessionRef>,
+    ) -> Option<Arc<Message>> {
+        let (link, filters, will) = {
             let mut state = session.lock();
             state.ended = true;
-            (state.take_link(), std::mem::take(&mut state.subscriptions))
+            (
+                state.take_link(),
+                std::mem::take(&mut state.subscriptions),
+                state.delayed_will.take().map(|(_, will)| will),
+            )
         };
         if let Some(link) = link {
             close_link(&link, crate::protocol::reason::SESSION_TAKEN_OVER);
@@ -329,6 +348,7 @@ impl Broker {
         {
             sessions.remove(&session.client_id);
         }
+        will
     }
 
     pub fn session_count(&self) -> usize {
