@@ -213,6 +213,25 @@ fn will_is_published_when_the_session_expires_before_the_will_delay() {
     assert_eq!(m.topic, "wds/3");
 }
 
+/// Section 3.1.3.2.2: the will is published when the Will Delay Interval passes or the session
+/// ends, whichever is first; reconnecting with Clean Start 1 ends the old session
+/// [MQTT-3.1.2-4], so a will still waiting for its delay is published then.
+#[test]
+fn delayed_will_is_published_when_clean_start_ends_the_old_session() {
+    let broker = Broker::start();
+    let mut watcher = RawClient::connect_v5(broker.port, "wdcs-watch", props());
+    watcher.subscribe("wdcs/#", QoS::AtLeastOnce);
+    let (c, _) =
+        RawClient::connect_with(broker.port, will_connect("wd-cs", "wdcs/x", Some(60), 60));
+    c.drop_connection();
+    watcher.expect_no_publish(Duration::from_millis(300));
+    let (mut back, present) = connect(broker.port, "wd-cs", true, expiry(60));
+    assert!(!present);
+    let m = watcher.expect_publish();
+    assert_eq!((m.topic.as_str(), payload_str(&m)), ("wdcs/x", "offline"));
+    back.ping();
+}
+
 /// Without a Will Delay Interval the will is published as soon as the connection is lost
 /// [MQTT-3.1.2-8].
 #[test]
