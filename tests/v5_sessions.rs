@@ -414,3 +414,114 @@ fn qos2_message_holds_its_receive_maximum_slot_until_pubcomp() {
     let c = sub.expect_publish();
     assert_eq!(payload_str(&c), "c");
 }
+
+/// Section 3.1.3.2: the will's properties (Content Type, User Properties, Response Topic,
+/// Correlation Data, Payload Format Indicator) travel with the will message; the Will Delay
+/// Interval is not a PUBLISH property and is not forwarded.
+#[test]
+fn will_properties_are_forwarded_with_the_will_message() {
+    let broker = Broker::start();
+    let mut watcher = RawClient::connect_v5(broker.port, "wp-watch", props());
+    watcher.subscribe("wp/#", QoS::AtLeastOnce);
+    let will_props = Properties {
+        will_delay_interval: Some(0),
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("reason".into(), "lost".into())],
+        response_topic: Some("wp/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"w1")),
+        payload_format_indicator: Some(1),
+        ..Default::default()
+    };
+    let mut c = connect_packet("wp");
+    c.will = Some(will("wp/status", "offline", will_props.clone()));
+    let (c, _) = RawClient::connect_with(broker.port, c);
+    c.drop_connection();
+    let m = watcher.expect_publish();
+    let mut want = will_props;
+    want.will_delay_interval = None;
+    assert_eq!(m.properties, want);
+}
+
+/// [MQTT-3.1.3-11 (v5 3.1.3.2.3)] a will marked as UTF-8 (Payload Format Indicator 1) whose
+/// payload is not valid UTF-8 is refused: CONNACK 0x99 "Payload format invalid".
+#[test]
+fn will_payload_marked_utf8_but_invalid_gets_connack_0x99() {
+    let broker = Broker::start();
+    let mut c = connect_packet("wp-bad");
+    let mut w = will(
+        "wp/bad",
+        "",
+        Properties {
+            payload_format_indicator: Some(1),
+            ..Default::default()
+        },
+    );
+    w.payload = bytes::Bytes::from_static(&[0xFF, 0xFE]);
+    c.will = Some(w);
+    let (mut c, ack) = RawClient::connect_with(broker.port, c);
+    assert_eq!(ack.code, reason::PAYLOAD_FORMAT_INVALID);
+    c.expect_closed();
+}
+
+/// [MQTT-3.1.2-25] a message queued while the client was offline that exceeds the Maximum
+/// Packet Size the client gives on reconnect is not sent; the others are.
+#[test]
+fn queued_message_larger_than_client_maximum_packet_size_is_not_sent_on_reconnect() {
+    let broker = Broker::start();
+    let mut p = expiry(60);
+    p.maximum_packet_size = Some(64);
+    let (mut sub, _) = connect(broker.port, "mps-q", true, p.clone());
+    sub.subscribe("mpsq/t", QoS::AtLeastOnce);
+    sub.disconnect();
+    let mut publ = RawClient::connect_v5(broker.port, "mps-q-pub", props());
+    publ.publish("mpsq/t", &"x".repeat(200), QoS::AtLeastOnce);
+    publ.publish("mpsq/t", "small", QoS::AtLeastOnce);
+    let (mut sub, present) = connect(broker.port, "mps-q", false, p);
+    assert!(present);
+    let m = sub.expect_publish();
+    assert_eq!(payload_str(&m), "small");
+    sub.puback(m.packet_id);
+    sub.expect_no_publish(Duration::from_millis(200));
+}
+
+/// [MQTT-3.3.4-9 (v5)] Receive Maximum applies per connection: a client that reconnects with
+/// a smaller Receive Maximum than it had is not sent more unacknowledged PUBLISHes than that,
+/// even for messages resent from the previous connection.
+#[test]
+fn receive_maximum_given_on_reconnect_limits_resent_messages() {
+    let broker = Broker::start();
+    let mut p = expiry(60);
+    p.receive_maximum = Some(10);
+    let (mut sub, _) = connect(broker.port, "rm-re", true, p);
+    sub.subscribe("rmre/t", QoS::AtLeastOnce);
+    let mut publ = RawClient::connect_v5(broker.port, "rm-re-pub", props());
+    for i in 0..6 {
+        publ.publish("rmre/t", &i.to_string(), QoS::AtLeastOnce);
+    }
+    for _ in 0..6 {
+        sub.expect_publish(); // never acknowledged
+    }
+    sub.drop_connection();
+    let mut p = expiry(60);
+    p.receive_maximum = Some(2);
+    let (mut sub, present) = connect(broker.port, "rm-re", false, p);
+    assert!(present);
+    let mut got = Vec::new();
+    let mut acked = 0;
+    while acked < 6 {
+        sub.ping();
+        while let Ok(Packet::Publish(m)) = sub.try_recv(Duration::ZERO) {
+            got.push(m);
+        }
+        let unacked = got.len() - acked;
+        assert!(
+            unacked <= 2,
+            "{unacked} unacknowledged with Receive Maximum 2"
+        );
+        assert!(unacked > 0, "nothing in flight after {acked} PUBACKs");
+        sub.puback(got[acked].packet_id);
+        acked += 1;
+    }
+    let payloads: Vec<&str> = got.iter().map(payload_str).collect();
+    assert_eq!(payloads, ["0", "1", "2", "3", "4", "5"]);
+}

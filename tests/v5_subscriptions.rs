@@ -567,3 +567,47 @@ fn shared_group_with_v5_and_v311_members_serves_both() {
     all.sort();
     assert_eq!(all, ["0", "1", "2", "3"]);
 }
+
+/// Section 3.8.2.1.2: a Subscription Identifier given with a shared subscription is sent with
+/// the messages delivered through it.
+#[test]
+fn shared_subscription_carries_its_subscription_identifier() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect_v5(broker.port, "sh-sid", props());
+    c.subscribe_with(
+        &[("$share/g/shid/t", sub_options(QoS::AtLeastOnce))],
+        with_sub_id(9),
+    );
+    let mut publ = RawClient::connect_v5(broker.port, "sh-sid-pub", props());
+    publ.publish("shid/t", "x", QoS::AtLeastOnce);
+    let m = c.expect_publish();
+    assert_eq!(m.properties.subscription_identifiers, vec![9]);
+}
+
+/// Section 3.10.4: unsubscribing from `$share/{group}/{filter}` removes the member: UNSUBACK
+/// 0x00, and the remaining member gets every message.
+#[test]
+fn unsubscribing_a_shared_subscription_removes_the_member() {
+    let broker = Broker::start();
+    let mut a = RawClient::connect_v5(broker.port, "shu-a", props());
+    let mut b = RawClient::connect_v5(broker.port, "shu-b", props());
+    a.subscribe("$share/g/shu/t", QoS::AtLeastOnce);
+    b.subscribe("$share/g/shu/t", QoS::AtLeastOnce);
+    let id = a.packet_id();
+    a.send(&Packet::Unsubscribe(mqflux::protocol::Unsubscribe {
+        packet_id: id,
+        filters: vec!["$share/g/shu/t".into()],
+        properties: props(),
+    }));
+    let ack = a.wait_for("UNSUBACK", |p| match p {
+        Packet::UnsubAck(u) => Some(u.clone()),
+        _ => None,
+    });
+    assert_eq!(ack.reason_codes, vec![reason::SUCCESS]);
+    let mut publ = RawClient::connect_v5(broker.port, "shu-pub", props());
+    for i in 0..4 {
+        publ.publish("shu/t", &i.to_string(), QoS::AtLeastOnce);
+    }
+    assert_eq!(take_acked(&mut b, 4), ["0", "1", "2", "3"]);
+    a.expect_no_publish(Duration::from_millis(200));
+}
