@@ -82,8 +82,12 @@ fn protocol(msg: impl Into<String>) -> DecodeError {
 /// After `TooLarge` the body is still unread, so the stream is out of sync: close the connection
 /// (v5: after a DISCONNECT 0x95).
 ///
-/// The body buffer grows with the bytes actually received (it is not pre-allocated to the
-/// announced size), so a peer announcing a large packet and sending nothing costs no memory.
+/// Bodies above 64 KiB are not pre-allocated to the announced size: the buffer grows with the bytes
+/// actually received, so a peer announcing a large packet and sending nothing costs little memory.
+///
+/// Each call reads the fixed header a byte at a time (it must not read past the packet), so wrap
+/// a `TcpStream` in a `BufReader`; that is safe with read timeouts, since a `BufReader` keeps its
+/// buffered bytes when the inner read fails.
 pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, DecodeError> {
     let mut first = [0u8; 1];
     loop {
@@ -122,32 +126,42 @@ pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, De
         });
     }
 
-    let mut body = Vec::with_capacity(remaining.min(INITIAL_BODY_CAPACITY));
-    let mut limited = r.take(remaining as u64);
-    loop {
-        match limited.read_to_end(&mut body) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(mid_frame_error(e, 1 + length_bytes + body.len())),
+    let body = if remaining <= INITIAL_BODY_CAPACITY {
+        // Common case: one exact allocation, filled by plain reads.
+        let mut body = vec![0u8; remaining];
+        read_exact_in_frame(r, &mut body, 1 + length_bytes)?;
+        body
+    } else {
+        // Large packet: let the buffer grow with the bytes that actually arrive.
+        let mut body = Vec::with_capacity(INITIAL_BODY_CAPACITY);
+        let mut limited = r.take(remaining as u64);
+        loop {
+            match limited.read_to_end(&mut body) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(mid_frame_error(e, 1 + length_bytes + body.len())),
+            }
         }
-    }
-    if body.len() < remaining {
-        return Err(DecodeError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!(
-                "connection closed after {} of {} body bytes of a packet",
-                body.len(),
-                remaining
-            ),
-        )));
-    }
+        if body.len() < remaining {
+            return Err(DecodeError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed after {} of {} bytes of a packet",
+                    1 + length_bytes + body.len(),
+                    size
+                ),
+            )));
+        }
+        body
+    };
     Ok(Frame {
         header,
         body: Bytes::from(body),
     })
 }
 
-/// Bodies up to this size get their buffer in one allocation; larger ones grow as data arrives.
+/// Bodies up to this size get their buffer in one allocation; larger ones grow as data arrives
+/// (so announcing a huge packet and sending nothing costs at most this much memory).
 const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 fn read_exact_in_frame(
@@ -1142,6 +1156,33 @@ mod tests {
         assert!(matches!(read_frame(&mut cur, 100), Err(DecodeError::Io(_))));
     }
 
+    /// PUBLISH of 100,000 body bytes (above the 64 KiB single-allocation size): topic "t" + payload.
+    fn large_publish() -> Vec<u8> {
+        let mut bytes = vec![0x30, 0xA0, 0x8D, 0x06, 0x00, 0x01, b't']; // remaining 100,000
+        bytes.resize(3 + 1 + 100_000, b'p');
+        bytes
+    }
+
+    #[test]
+    fn large_body_is_read_completely() {
+        let frame = read_frame(&mut Cursor::new(large_publish()), 1 << 20).unwrap();
+        assert_eq!(frame.body.len(), 100_000);
+        let Packet::Publish(p) = decode_packet(&frame, V311).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.payload.len(), 100_000 - 3);
+    }
+
+    #[test]
+    fn truncated_large_body_is_an_unexpected_eof() {
+        let mut bytes = large_publish();
+        bytes.truncate(70_000);
+        match read_frame(&mut Cursor::new(bytes), 1 << 20) {
+            Err(DecodeError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("expected Io(UnexpectedEof), got {other:?}"),
+        }
+    }
+
     /// Yields its chunks one per read call; `None` is a read timeout.
     struct Scripted(Vec<Option<Vec<u8>>>);
     impl Read for Scripted {
@@ -1697,9 +1738,14 @@ mod tests {
     #[test]
     fn v31_subscribe_and_pubrel_retries_with_dup_flag_are_accepted() {
         let bytes = [0x8A, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00];
-        let Packet::Subscribe(s) = decode(&bytes, V31).unwrap() else { panic!() };
+        let Packet::Subscribe(s) = decode(&bytes, V31).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.filters[0].filter, "a");
-        assert!(matches!(decode(&[0x6A, 0x02, 0x00, 0x01], V31), Ok(Packet::PubRel(_))));
+        assert!(matches!(
+            decode(&[0x6A, 0x02, 0x00, 0x01], V31),
+            Ok(Packet::PubRel(_))
+        ));
         // the same bytes on a 3.1.1 connection break [MQTT-2.2.2-2]
         assert_malformed(decode(&bytes, V311), "MQTT-2.2.2-2");
     }
