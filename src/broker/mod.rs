@@ -1,1 +1,4 @@
 //! The broker: listener, connections, sessions and routing.
+
+pub mod acl;
+pub mod auth;
