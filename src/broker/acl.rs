@@ -35,6 +35,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::topic::{filter_matches, validate_topic_filter};
+
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
     #[error("{}: {source}", path.display())]
@@ -97,14 +99,15 @@ fn check_rules(rules: &[Rule], topic: &str, want: u8) -> Verdict {
     Verdict::NoMatch
 }
 
-/// mosquitto additionally requires a `$` topic to be matched by a rule that itself starts with
-/// `$`; with [MQTT-4.7.2-1] in the matcher, this only matters for non-wildcard rules, and is
-/// kept for exactness.
+/// Wildcard matching is the router's (`topic::filter_matches`, so ACLs and subscriptions agree,
+/// including [MQTT-4.7.2-1] for `$` topics). mosquitto additionally requires a `$` topic to be
+/// matched by a rule that itself starts with `$`; that only matters for non-wildcard rules and
+/// is kept for exactness.
 fn acl_topic_matches(rule_topic: &str, topic: &str) -> bool {
     if topic.starts_with('$') && !rule_topic.starts_with('$') {
         return false;
     }
-    topic_matches_filter(rule_topic, topic)
+    filter_matches(rule_topic, topic)
 }
 
 impl AclFile {
@@ -182,7 +185,7 @@ impl AclFile {
                         };
                         (access, after)
                     };
-                    validate_filter(topic)
+                    validate_acl_topic(topic)
                         .map_err(|why| err(format!("invalid topic {topic:?}: {why}")))?;
                     let rule = Rule {
                         access,
@@ -319,53 +322,13 @@ fn substitute(pattern: &str, client_id: &str, username: Option<&str>) -> String 
     out
 }
 
-/// Validate a topic filter: `+` and `#` occupy whole levels and `#` is last [MQTT-4.7.1-1],
-/// [MQTT-4.7.1-2], [MQTT-4.7.1-3]; at most 65535 bytes [MQTT-4.7.3-3]; not empty [MQTT-4.7.3-1].
-pub fn validate_filter(filter: &str) -> Result<(), &'static str> {
-    if filter.is_empty() {
-        return Err("empty");
+/// An ACL topic must be a valid topic filter (mosquitto runs `mosquitto_sub_topic_check` on
+/// it): the router's validation, plus the 65535-byte limit on MQTT strings [MQTT-1.5.3-1].
+fn validate_acl_topic(topic: &str) -> Result<(), &'static str> {
+    if topic.len() > 65535 {
+        return Err("longer than 65535 bytes [MQTT-1.5.3-1]");
     }
-    if filter.len() > 65535 {
-        return Err("longer than 65535 bytes");
-    }
-    if filter.contains('\0') {
-        return Err("contains U+0000");
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err("`#` must be a whole level and the last one");
-        }
-        if level.contains('+') && level != "+" {
-            return Err("`+` must be a whole level");
-        }
-    }
-    Ok(())
-}
-
-/// Does topic name `topic` match topic filter `filter` under MQTT's wildcard rules?
-///
-/// The broker's router is the canonical matcher for subscriptions; this one exists so the ACL
-/// module stands alone and is checked against the same spec rules:
-/// - `+` matches exactly one level, which may be empty [MQTT-4.7.1-3];
-/// - `#` matches the parent level and any number of children [MQTT-4.7.1-2];
-/// - a filter starting with a wildcard does not match a topic starting with `$`
-///   [MQTT-4.7.2-1].
-pub fn topic_matches_filter(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(fl), Some(tl)) if fl == tl => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
+    validate_topic_filter(topic)
 }
 
 #[cfg(test)]
@@ -387,58 +350,11 @@ mod tests {
     }
 
     #[test]
-    fn matcher_follows_spec_examples() {
-        // Examples from MQTT 3.1.1 section 4.7.1.
-        assert!(topic_matches_filter(
-            "sport/tennis/player1/#",
-            "sport/tennis/player1"
-        ));
-        assert!(topic_matches_filter(
-            "sport/tennis/player1/#",
-            "sport/tennis/player1/ranking"
-        ));
-        assert!(topic_matches_filter(
-            "sport/tennis/player1/#",
-            "sport/tennis/player1/score/wimbledon"
-        ));
-        assert!(topic_matches_filter("sport/#", "sport"));
-        assert!(topic_matches_filter(
-            "sport/tennis/+",
-            "sport/tennis/player1"
-        ));
-        assert!(!topic_matches_filter(
-            "sport/tennis/+",
-            "sport/tennis/player1/ranking"
-        ));
-        assert!(!topic_matches_filter("sport/+", "sport"));
-        assert!(topic_matches_filter("sport/+", "sport/"));
-        assert!(topic_matches_filter("+/+", "/finance"));
-        assert!(topic_matches_filter("/+", "/finance"));
-        assert!(!topic_matches_filter("+", "/finance"));
-        assert!(topic_matches_filter("#", "a/b/c"));
-        assert!(!topic_matches_filter("a/b", "a/b/c"));
-        assert!(!topic_matches_filter("a/b/c", "a/b"));
-        // [MQTT-4.7.2-1]
-        assert!(!topic_matches_filter("#", "$SYS/broker/uptime"));
-        assert!(!topic_matches_filter(
-            "+/monitor/Clients",
-            "$SYS/monitor/Clients"
-        ));
-        assert!(topic_matches_filter("$SYS/#", "$SYS/broker/uptime"));
-        assert!(topic_matches_filter(
-            "$SYS/monitor/+",
-            "$SYS/monitor/Clients"
-        ));
-    }
-
-    #[test]
-    fn filter_validation_rejects_misplaced_wildcards() {
-        for ok in ["#", "+", "a/+/b", "a/#", "+/+", "/", "a//b", "%c/%u/#"] {
-            assert_eq!(validate_filter(ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "a#", "a/#/b", "a/b#", "a+", "a/+b/c", "#/a"] {
-            assert!(validate_filter(bad).is_err(), "{bad}");
-        }
+    fn acl_topic_longer_than_an_mqtt_string_is_refused() {
+        let long = "a".repeat(65536);
+        let e = parse_err(&format!("topic read {long}\n"));
+        assert!(e.contains("test.acl:1: invalid topic"), "{}", &e[..40]);
+        assert!(e.ends_with("longer than 65535 bytes [MQTT-1.5.3-1]"));
     }
 
     // The example from mosquitto's aclfile.example, abridged.
