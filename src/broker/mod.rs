@@ -10,6 +10,7 @@ pub mod auth;
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod ratelimit;
 pub mod router;
 pub mod session;
 pub mod stats;
