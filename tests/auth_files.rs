@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use mqflux::broker::auth::{run_passwd, PasswordFile, PasswordHash};
+use mqflux::broker::auth::{run_passwd, AuthRefusal, PasswordFile, PasswordHash};
 
 const CLIENT_TIMEOUT_SECS: &str = "10";
 const BROKER_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,8 +116,9 @@ impl Mosquitto {
         }
     }
 
-    /// `mosquitto_pub` one message with these credentials; true if the broker accepted them.
-    fn publish_succeeds(&self, user: &str, password: &str, protocol: &str) -> bool {
+    /// `mosquitto_pub` one message with these credentials; returns its exit code, which is
+    /// 0 on success and the CONNACK code when the broker refuses the connection.
+    fn publish_exit_code(&self, user: &str, password: &str, protocol: &str) -> Option<i32> {
         let port = self.port.to_string();
         let out = run_bounded(
             "mosquitto_pub",
@@ -140,7 +141,7 @@ impl Mosquitto {
                 "1",
             ],
         );
-        out.status.success()
+        out.status.code()
     }
 }
 
@@ -231,30 +232,18 @@ fn entries_written_by_mqflux_passwd_are_accepted_by_mosquitto() {
     assert_eq!(users, ["alice", "bob", "carol"], "{text}");
 
     let broker = Mosquitto::start(dir.path(), &file);
-    for proto in ["mqttv311", "mqttv5"] {
-        assert!(
-            broker.publish_succeeds("alice", "alice-pw-2", proto),
-            "alice {proto}"
-        );
-        assert!(
-            broker.publish_succeeds("bob", "bob pw", proto),
-            "bob {proto}"
-        );
-        assert!(
-            broker.publish_succeeds("carol", "carol-pw", proto),
-            "carol {proto}"
-        );
-        assert!(
-            !broker.publish_succeeds("alice", "alice-pw", proto),
-            "old password {proto}"
-        );
-        assert!(
-            !broker.publish_succeeds("bob", "wrong", proto),
-            "wrong password {proto}"
-        );
-        assert!(
-            !broker.publish_succeeds("mallory", "bob pw", proto),
-            "unknown user {proto}"
-        );
+    // mosquitto refuses with the codes mqflux uses too (AuthRefusal::CONNACK_V3 / _V5).
+    for (proto, refused) in [
+        ("mqttv311", AuthRefusal::CONNACK_V3),
+        ("mqttv5", AuthRefusal::CONNACK_V5),
+    ] {
+        let refused = Some(i32::from(refused));
+        let code = |user, pw| broker.publish_exit_code(user, pw, proto);
+        assert_eq!(code("alice", "alice-pw-2"), Some(0), "alice {proto}");
+        assert_eq!(code("bob", "bob pw"), Some(0), "bob {proto}");
+        assert_eq!(code("carol", "carol-pw"), Some(0), "carol {proto}");
+        assert_eq!(code("alice", "alice-pw"), refused, "old password {proto}");
+        assert_eq!(code("bob", "wrong"), refused, "wrong password {proto}");
+        assert_eq!(code("mallory", "bob pw"), refused, "unknown user {proto}");
     }
 }

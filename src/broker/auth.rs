@@ -330,6 +330,80 @@ impl PasswordFile {
     }
 }
 
+/// Why a CONNECT was refused. `Display` is meant for the broker log and never includes the
+/// password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// No username, and `allow_anonymous` is false.
+    AnonymousNotAllowed,
+    /// `allow_anonymous` is false and there is no password file to check a username against.
+    NoPasswordFile,
+    /// The username has no entry in the password file.
+    UnknownUser,
+    /// The user exists but the CONNECT carried no password.
+    MissingPassword,
+    WrongPassword,
+}
+
+impl AuthRefusal {
+    /// CONNACK return code for MQTT 3.1.1: 0x05 "not authorized", as mosquitto 2.0 sends for
+    /// every authentication failure.
+    pub const CONNACK_V3: u8 = 0x05;
+    /// CONNACK reason code for MQTT 5: 0x87 "Not authorized", as mosquitto 2.0 sends (0x86 is
+    /// for user name/password data that is malformed, which the decoder catches).
+    pub const CONNACK_V5: u8 = 0x87;
+}
+
+impl std::fmt::Display for AuthRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthRefusal::AnonymousNotAllowed => "no username and allow_anonymous is false",
+            AuthRefusal::NoPasswordFile => "allow_anonymous is false and no password file is set",
+            AuthRefusal::UnknownUser => "unknown username",
+            AuthRefusal::MissingPassword => "no password given",
+            AuthRefusal::WrongPassword => "wrong password",
+        })
+    }
+}
+
+/// The CONNECT credential decision, as mosquitto 2.0 makes it (`mosquitto_unpwd_check` with
+/// the default password-file check):
+/// - without a password file, everyone is accepted if `allow_anonymous`, nobody otherwise;
+/// - with one, a client without username is accepted only if `allow_anonymous`; a client with
+///   a username must match an entry, whatever `allow_anonymous` says.
+pub fn authenticate(
+    allow_anonymous: bool,
+    passwords: Option<&PasswordFile>,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+) -> Result<(), AuthRefusal> {
+    let Some(file) = passwords else {
+        return if allow_anonymous {
+            Ok(())
+        } else {
+            Err(AuthRefusal::NoPasswordFile)
+        };
+    };
+    let Some(user) = username else {
+        return if allow_anonymous {
+            Ok(())
+        } else {
+            Err(AuthRefusal::AnonymousNotAllowed)
+        };
+    };
+    if !file.contains_user(user) {
+        // Same hashing work as a real check, so the answer's timing does not reveal whether
+        // the username exists.
+        file.check(user, password.unwrap_or_default());
+        return Err(AuthRefusal::UnknownUser);
+    }
+    match password {
+        None => Err(AuthRefusal::MissingPassword),
+        Some(pw) if file.check(user, pw) => Ok(()),
+        Some(_) => Err(AuthRefusal::WrongPassword),
+    }
+}
+
 /// Reject usernames that mosquitto could never match or that would corrupt the file.
 fn validate_username(user: &str) -> Result<(), AuthError> {
     let bad = |why| Err(AuthError::InvalidUsername(user.to_string(), why));
@@ -607,6 +681,45 @@ mod tests {
         let s = format!("{h:?}");
         assert!(!s.contains("c2FsdHNhbHRzYWx0"));
         assert_eq!(s, "PasswordHash::Pbkdf2Sha512(iterations=101, ..)");
+    }
+
+    #[test]
+    fn authenticate_follows_mosquitto_rules() {
+        let f = parse(ALICE_7);
+        let ok = |anon, file, user, pw| authenticate(anon, file, user, pw);
+        // No password file: allow_anonymous decides for everyone.
+        assert_eq!(ok(true, None, Some("x"), Some(&b"y"[..])), Ok(()));
+        assert_eq!(ok(true, None, None, None), Ok(()));
+        assert_eq!(
+            ok(false, None, Some("alice"), Some(&b"s3cret"[..])),
+            Err(AuthRefusal::NoPasswordFile)
+        );
+        // With a password file: anonymous only if allowed ...
+        assert_eq!(ok(true, Some(&f), None, None), Ok(()));
+        assert_eq!(
+            ok(false, Some(&f), None, None),
+            Err(AuthRefusal::AnonymousNotAllowed)
+        );
+        // ... and a username must always match, even when anonymous clients are allowed.
+        for anon in [true, false] {
+            assert_eq!(
+                ok(anon, Some(&f), Some("alice"), Some(&b"s3cret"[..])),
+                Ok(())
+            );
+            assert_eq!(
+                ok(anon, Some(&f), Some("alice"), Some(&b"nope"[..])),
+                Err(AuthRefusal::WrongPassword)
+            );
+            assert_eq!(
+                ok(anon, Some(&f), Some("alice"), None),
+                Err(AuthRefusal::MissingPassword)
+            );
+            assert_eq!(
+                ok(anon, Some(&f), Some("bob"), Some(&b"s3cret"[..])),
+                Err(AuthRefusal::UnknownUser)
+            );
+        }
+        assert_eq!(AuthRefusal::WrongPassword.to_string(), "wrong password");
     }
 
     #[test]
