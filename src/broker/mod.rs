@@ -12,6 +12,7 @@ pub mod listener;
 pub mod message;
 pub mod ratelimit;
 pub mod router;
+pub mod security;
 pub mod session;
 pub mod stats;
 pub mod topic;
