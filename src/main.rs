@@ -108,6 +108,9 @@ fn run(config: Config) -> Result<(), String> {
     let sink =
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
     let broker = Broker::new(config, sink);
+    let housekeeping = broker
+        .start_housekeeping()
+        .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
     let listener = Listener::start(&broker, addr).map_err(|e| e.to_string())?;
     info!("mqflux {} ready", env!("CARGO_PKG_VERSION"));
 
@@ -117,6 +120,7 @@ fn run(config: Config) -> Result<(), String> {
     }
     broker.shutdown(Duration::from_secs(5));
     listener.stop();
+    let _ = housekeeping.join();
     info!("stopped");
     Ok(())
 }

@@ -75,29 +75,40 @@ impl Broker {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    pub fn session_limits(&self) -> SessionLimits {
+    /// Limits for a session whose client allows `receive_maximum` unacknowledged messages.
+    pub fn session_limits(&self, receive_maximum: Option<u16>) -> SessionLimits {
         let l = &self.config.limits;
         SessionLimits {
-            max_inflight: l.max_inflight as usize,
+            max_inflight: l.max_inflight.min(receive_maximum.unwrap_or(u16::MAX)) as usize,
             max_queued: l.max_queued,
             outbound_queue: l.outbound_queue,
         }
     }
 
     /// Route an accepted application message: retained store, subscribers, then the sink.
-    pub fn publish(&self, message: Arc<Message>) {
+    /// Returns the number of sessions it was delivered to.
+    pub fn publish(&self, message: Arc<Message>) -> usize {
         Stats::add(&self.stats.publish_received, 1);
         if message.retain {
             self.router.retain(&message);
         }
-        for d in self.router.matches(&message.topic) {
+        let deliveries = self
+            .router
+            .matches(&message.topic, message.publisher.as_deref());
+        let count = deliveries.len();
+        for d in deliveries {
             let qos = message.qos.min(d.options.qos);
             // [MQTT-3.3.1-9] a message forwarded to an existing subscription has RETAIN = 0,
-            // unless a v5 subscriber asked for Retain As Published.
+            // unless a v5 subscriber asked for Retain As Published [MQTT-3.3.1-12 (v5)].
             let retain = message.retain && d.options.retain_as_published;
-            d.session
-                .lock()
-                .deliver(&message, qos, retain, &d.session.client_id, &self.stats);
+            d.session.lock().deliver(
+                &message,
+                qos,
+                retain,
+                d.subscription_ids,
+                &d.session.client_id,
+                &self.stats,
+            );
         }
         if self.config.log.messages {
             info!(
@@ -114,10 +125,17 @@ impl Broker {
             payload: message.payload.clone(),
             received_at_ns: message.received_at_ns,
         });
+        count
     }
 
     /// Send the retained messages matching `filter` to one session, RETAIN set [MQTT-3.3.1-8].
-    pub fn deliver_retained(&self, session: &SessionRef, filter: &str, granted: QoS) {
+    pub fn deliver_retained(
+        &self,
+        session: &SessionRef,
+        filter: &str,
+        granted: QoS,
+        subscription_id: Option<u32>,
+    ) {
         let retained = self.router.retained_matching(filter);
         if retained.is_empty() {
             return;
@@ -125,41 +143,47 @@ impl Broker {
         let mut state = session.lock();
         for message in retained {
             let qos = message.qos.min(granted);
-            state.deliver(&message, qos, true, &session.client_id, &self.stats);
+            let ids = subscription_id.into_iter().collect();
+            state.deliver(&message, qos, true, ids, &session.client_id, &self.stats);
         }
     }
 
     /// Find or create the session for `client_id` and attach `link` to it. An existing
-    /// connection with that id is closed [MQTT-3.1.4-2]; with clean session the old state is
+    /// connection with that id is closed [MQTT-3.1.4-2]; with clean start the old state is
     /// discarded [MQTT-3.1.2-6].
-    /// `connack` builds the CONNACK from "session present"; it is queued before anything the
-    /// session resends, so CONNACK is always the first packet [MQTT-3.2.0-1].
+    ///
+    /// `expiry_interval` is the session's lifetime after disconnection in seconds (3.1.1: 0 for
+    /// clean session, `NEVER_EXPIRES` otherwise); `limits` already include the client's v5
+    /// Receive Maximum. `connack` builds the CONNACK from "session present"; it is queued before
+    /// anything the session resends, so CONNACK is always the first packet [MQTT-3.2.0-1].
     pub fn attach_session(
         &self,
         client_id: &str,
-        clean: bool,
+        clean_start: bool,
+        expiry_interval: u32,
+        limits: SessionLimits,
         link: Link,
         connack: impl FnOnce(bool) -> crate::protocol::Packet,
     ) -> Attached {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let existing = sessions.get(client_id).cloned();
         let (session, session_present) = match existing {
-            Some(s) if !clean => (s, true),
+            Some(s) if !clean_start && !s.lock().is_expired(Instant::now()) => (s, true),
             other => {
                 if let Some(old) = other {
                     self.end_session(&old, &mut sessions);
                 }
-                let s = SessionHandle::new(client_id.into(), clean, self.session_limits());
+                let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
                 sessions.insert(s.client_id.clone(), s.clone());
                 (s, false)
             }
         };
         let old_link = {
             let mut state = session.lock();
-            state.clean = clean;
+            state.expiry_interval = expiry_interval;
             state.attach(
                 link,
-                self.session_limits(),
+                limits,
                 Outbound::Packet(Box::new(connack(session_present))),
             )
         };
@@ -175,19 +199,94 @@ impl Broker {
         }
     }
 
-    /// The connection `connection_id` ended: detach it, and discard the session if it is clean.
-    pub fn detach_session(&self, session: &SessionRef, connection_id: u64) {
+    /// The connection `connection_id` ended: detach it; end the session if its expiry interval
+    /// is 0; publish the will now, or later if it has a v5 Will Delay Interval.
+    pub fn detach_session(
+        &self,
+        session: &SessionRef,
+        connection_id: u64,
+        will: Option<(Arc<Message>, u32)>,
+    ) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let clean = {
-            let mut state = session.lock();
-            if !state.detach(connection_id) {
-                return; // taken over: the session belongs to another connection now
+        let mut state = session.lock();
+        if !state.detach(connection_id) {
+            // Taken over: the session belongs to another connection now, so a delayed will is
+            // cancelled [MQTT-3.1.3-9]; an immediate one is still published.
+            drop(state);
+            drop(sessions);
+            if let Some((will, 0)) = will {
+                self.publish(will);
             }
-            state.clean
+            return;
+        }
+        let ends_now = state.expiry_interval == 0;
+        let will_now = match will {
+            Some((will, delay)) if delay > 0 && !ends_now => {
+                state.delayed_will =
+                    Some((Instant::now() + Duration::from_secs(delay as u64), will));
+                None
+            }
+            other => other.map(|(will, _)| will),
         };
-        if clean {
+        drop(state);
+        if ends_now {
             self.end_session(session, &mut sessions);
         }
+        drop(sessions);
+        if let Some(will) = will_now {
+            self.publish(will);
+        }
+    }
+
+    /// Expire sessions whose expiry interval has passed and publish delayed wills that are due
+    /// (a will is also due when its session ends [MQTT-3.1.3-9]). Called about once a second.
+    pub fn housekeeping(&self) {
+        let now = Instant::now();
+        let mut due_wills = Vec::new();
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let all: Vec<SessionRef> = sessions.values().cloned().collect();
+            for session in all {
+                let (expired, will) = {
+                    let mut state = session.lock();
+                    let expired = state.is_expired(now);
+                    let due = state
+                        .delayed_will
+                        .as_ref()
+                        .is_some_and(|(at, _)| expired || *at <= now);
+                    (
+                        expired,
+                        if due {
+                            state.delayed_will.take().map(|(_, w)| w)
+                        } else {
+                            None
+                        },
+                    )
+                };
+                due_wills.extend(will);
+                if expired {
+                    info!("session {} expired", session.client_id);
+                    Stats::add(&self.stats.sessions_expired, 1);
+                    self.end_session(&session, &mut sessions);
+                }
+            }
+        }
+        for will in due_wills {
+            self.publish(will);
+        }
+    }
+
+    /// Start the thread that runs `housekeeping` every second until shutdown.
+    pub fn start_housekeeping(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+        let broker = self.clone();
+        std::thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || {
+                while !broker.is_shutting_down() {
+                    std::thread::sleep(Duration::from_millis(250));
+                    broker.housekeeping();
+                }
+            })
     }
 
     /// Discard a session: close its connection, drop its subscriptions, remove it from the table.

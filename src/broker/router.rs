@@ -13,7 +13,7 @@ struct Node {
     /// Child levels, including the literal wildcard levels "+" and "#".
     children: HashMap<Box<str>, Node>,
     /// Sessions whose filter ends at this node, keyed by client id.
-    subscribers: HashMap<Arc<str>, (SessionRef, SubscriptionOptions)>,
+    subscribers: HashMap<Arc<str>, Subscriber>,
 }
 
 impl Node {
@@ -22,11 +22,20 @@ impl Node {
     }
 }
 
+struct Subscriber {
+    session: SessionRef,
+    options: SubscriptionOptions,
+    /// v5 Subscription Identifier given in SUBSCRIBE, echoed in matching PUBLISHes.
+    identifier: Option<u32>,
+}
+
 /// One session a message must be delivered to, with the options of its matching subscription.
-/// Overlapping subscriptions of one session are merged into one delivery at the highest QoS.
+/// Overlapping subscriptions of one session are merged into one delivery at the highest QoS,
+/// carrying the identifiers of all of them [MQTT-3.3.4-3 (v5)].
 pub struct Delivery {
     pub session: SessionRef,
     pub options: SubscriptionOptions,
+    pub subscription_ids: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -42,6 +51,7 @@ impl Router {
         filter: &str,
         session: &SessionRef,
         options: SubscriptionOptions,
+        identifier: Option<u32>,
     ) -> bool {
         let mut root = self
             .subscriptions
@@ -50,8 +60,13 @@ impl Router {
         let node = filter.split('/').fold(&mut *root, |node, level| {
             node.children.entry(level.into()).or_default()
         });
+        let subscriber = Subscriber {
+            session: session.clone(),
+            options,
+            identifier,
+        };
         node.subscribers
-            .insert(session.client_id.clone(), (session.clone(), options))
+            .insert(session.client_id.clone(), subscriber)
             .is_some()
     }
 
@@ -66,13 +81,14 @@ impl Router {
     }
 
     /// Every session subscribed to a filter matching `topic`, one entry per session.
-    pub fn matches(&self, topic: &str) -> Vec<Delivery> {
+    /// Subscriptions with v5 No Local do not match their own client's messages [MQTT-3.8.3-3].
+    pub fn matches(&self, topic: &str, publisher: Option<&str>) -> Vec<Delivery> {
         let levels: Vec<&str> = topic.split('/').collect();
         let mut out = Vec::new();
         {
             let root = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
             // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
-            collect(&root, &levels, topic.starts_with('$'), &mut out);
+            collect(&root, &levels, topic.starts_with('$'), publisher, &mut out);
         }
         merge_overlapping(&mut out);
         out
@@ -115,11 +131,22 @@ impl Router {
     }
 }
 
-fn collect(node: &Node, levels: &[&str], dollar: bool, out: &mut Vec<Delivery>) {
+fn collect(
+    node: &Node,
+    levels: &[&str],
+    dollar: bool,
+    publisher: Option<&str>,
+    out: &mut Vec<Delivery>,
+) {
     let push_all = |n: &Node, out: &mut Vec<Delivery>| {
-        out.extend(n.subscribers.values().map(|(s, o)| Delivery {
-            session: s.clone(),
-            options: *o,
+        let wanted = n
+            .subscribers
+            .iter()
+            .filter(|(id, s)| !(s.options.no_local && Some(&***id) == publisher));
+        out.extend(wanted.map(|(_, s)| Delivery {
+            session: s.session.clone(),
+            options: s.options,
+            subscription_ids: s.identifier.into_iter().collect(),
         }))
     };
     let Some((level, rest)) = levels.split_first() else {
@@ -135,11 +162,11 @@ fn collect(node: &Node, levels: &[&str], dollar: bool, out: &mut Vec<Delivery>) 
             push_all(hash, out);
         }
         if let Some(plus) = node.children.get("+") {
-            collect(plus, rest, false, out);
+            collect(plus, rest, false, publisher, out);
         }
     }
     if let Some(child) = node.children.get(*level) {
-        collect(child, rest, false, out);
+        collect(child, rest, false, publisher, out);
     }
 }
 
@@ -169,8 +196,11 @@ fn merge_overlapping(out: &mut Vec<Delivery>) {
     out.dedup_by(|later, kept| {
         if Arc::ptr_eq(&later.session, &kept.session) {
             if later.options.qos > kept.options.qos {
-                kept.options = later.options;
+                kept.options.qos = later.options.qos;
             }
+            // One copy: it keeps its RETAIN flag if any matching subscription asked for that.
+            kept.options.retain_as_published |= later.options.retain_as_published;
+            kept.subscription_ids.append(&mut later.subscription_ids);
             true
         } else {
             false

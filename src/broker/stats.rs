@@ -14,6 +14,8 @@ pub struct Stats {
     pub publish_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Persistent sessions ended because their expiry interval passed.
+    pub sessions_expired: AtomicU64,
     /// QoS 1/2 messages dropped because a session's queue was full.
     pub dropped_queue_full: AtomicU64,
     /// QoS 0 messages dropped because a subscriber's outbound buffer was full (slow reader).
