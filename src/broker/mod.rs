@@ -164,7 +164,17 @@ impl Broker {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let existing = sessions.get(client_id).cloned();
         let (session, session_present) = match existing {
-            Some(s) if !clean_start && !s.lock().is_expired(Instant::now()) => (s, true),
+            // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
+            // if that connection has not finished closing yet: it is never resumed
+            // [MQTT-3.1.2-6].
+            Some(s)
+                if !clean_start && {
+                    let state = s.lock();
+                    state.expiry_interval != 0 && !state.is_expired(Instant::now())
+                } =>
+            {
+                (s, true)
+            }
             other => {
                 if let Some(old) = other {
                     self.end_session(&old, &mut sessions);
