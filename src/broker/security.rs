@@ -94,15 +94,14 @@ impl SecurityFiles {
 
     /// Re-read both files (SIGHUP). On error nothing changes and the error is returned.
     pub fn reload(&self) -> Result<u64, SecurityError> {
+        // Read the files before taking the lock, so connections are never blocked on disk I/O.
+        let mut snapshot = load_files(self.password_file.as_deref(), self.acl_file.as_deref(), 0)?;
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let next = current.generation + 1;
-        let snapshot = load_files(
-            self.password_file.as_deref(),
-            self.acl_file.as_deref(),
-            next,
-        )?;
+        snapshot.generation = next;
         *current = Arc::new(snapshot);
         self.generation.store(next, Ordering::Release);
+        drop(current);
         log::info!("password/ACL files reloaded (generation {next})");
         Ok(next)
     }
