@@ -157,40 +157,8 @@ impl AclFile {
                     current_user = Some(rest.to_string());
                 }
                 "topic" | "pattern" => {
-                    let (first, after) = split_word(rest);
-                    if first.is_empty() {
-                        return Err(err(format!("missing topic after `{keyword}`")));
-                    }
-                    // `topic X` (one word) is X with readwrite access; `topic ACCESS X...` has
-                    // the topic as the rest of the line, which may contain spaces.
-                    let (access, topic) = if after.is_empty() {
-                        if matches!(first, "read" | "write" | "readwrite" | "deny") {
-                            log::warn!(
-                                "{}:{line_no}: `{keyword} {first}` is read as the topic {first:?} with readwrite access (as mosquitto does); write `{keyword} {first} TOPIC` for an access rule",
-                                path.display()
-                            );
-                        }
-                        (READ | WRITE, first)
-                    } else {
-                        let access = match first {
-                            "read" => READ,
-                            "write" => WRITE,
-                            "readwrite" => READ | WRITE,
-                            "deny" => DENY,
-                            other => {
-                                return Err(err(format!(
-                                "invalid access type {other:?} (expected read, write, readwrite or deny)"
-                            )))
-                            }
-                        };
-                        (access, after)
-                    };
-                    validate_acl_topic(topic)
-                        .map_err(|why| err(format!("invalid topic {:?}: {why}", shorten(topic))))?;
-                    let rule = Rule {
-                        access,
-                        topic: topic.to_string(),
-                    };
+                    let rule = parse_rule(keyword, rest, path, line_no).map_err(err)?;
+                    let topic = rule.topic.as_str();
                     if keyword == "pattern" {
                         if !topic.contains("%c") && !topic.contains("%u") {
                             log::warn!(
@@ -288,6 +256,45 @@ impl ClientAcl {
     pub fn can_receive(&self, topic: &str) -> bool {
         self.check(topic, READ)
     }
+}
+
+/// The part of a `topic`/`pattern` line after the keyword: `[ACCESS] TOPIC`.
+fn parse_rule(keyword: &str, rest: &str, path: &Path, line_no: usize) -> Result<Rule, String> {
+    let (first, after) = split_word(rest);
+    if first.is_empty() {
+        return Err(format!("missing topic after `{keyword}`"));
+    }
+    // `topic X` (one word) is X with readwrite access; `topic ACCESS X...` has the topic as
+    // the rest of the line, which may contain spaces.
+    let (access, topic) = if after.is_empty() {
+        if matches!(first, "read" | "write" | "readwrite" | "deny") {
+            log::warn!(
+                "{}:{line_no}: `{keyword} {first}` is read as the topic {first:?} with readwrite \
+                 access (as mosquitto does); write `{keyword} {first} TOPIC` for an access rule",
+                path.display()
+            );
+        }
+        (READ | WRITE, first)
+    } else {
+        let access = match first {
+            "read" => READ,
+            "write" => WRITE,
+            "readwrite" => READ | WRITE,
+            "deny" => DENY,
+            other => {
+                return Err(format!(
+                    "invalid access type {other:?} (expected read, write, readwrite or deny)"
+                ))
+            }
+        };
+        (access, after)
+    };
+    validate_acl_topic(topic)
+        .map_err(|why| format!("invalid topic {:?}: {why}", shorten(topic)))?;
+    Ok(Rule {
+        access,
+        topic: topic.to_string(),
+    })
 }
 
 /// At most 80 characters of `s`, for error messages about possibly huge lines.
