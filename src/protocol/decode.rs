@@ -1697,9 +1697,14 @@ mod tests {
     #[test]
     fn v31_subscribe_and_pubrel_retries_with_dup_flag_are_accepted() {
         let bytes = [0x8A, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00];
-        let Packet::Subscribe(s) = decode(&bytes, V31).unwrap() else { panic!() };
+        let Packet::Subscribe(s) = decode(&bytes, V31).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.filters[0].filter, "a");
-        assert!(matches!(decode(&[0x6A, 0x02, 0x00, 0x01], V31), Ok(Packet::PubRel(_))));
+        assert!(matches!(
+            decode(&[0x6A, 0x02, 0x00, 0x01], V31),
+            Ok(Packet::PubRel(_))
+        ));
         // the same bytes on a 3.1.1 connection break [MQTT-2.2.2-2]
         assert_malformed(decode(&bytes, V311), "MQTT-2.2.2-2");
     }
