@@ -259,7 +259,6 @@ impl Connection {
             properties.maximum_packet_size =
                 Some(limits.max_packet_size.min(u32::MAX as usize) as u32);
             properties.topic_alias_maximum = Some(limits.max_topic_alias);
-            properties.shared_subscription_available = Some(0);
             if c.properties.request_response_information == Some(1) {
                 // A per-client prefix the client may use for response topics.
                 properties.response_information = Some(format!("response/{client_id}"));
@@ -563,18 +562,10 @@ impl Connection {
                 });
                 continue;
             }
-            if f.filter.starts_with("$share/") {
-                // Not offered (CONNACK says so to v5 clients) rather than silently misrouted.
-                debug!(
-                    "client {}: shared subscription {:?} refused: not supported",
-                    self.client_id, f.filter
-                );
-                reason_codes.push(if v5 {
-                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-                } else {
-                    0x80
-                });
-                continue;
+            let shared = super::router::parse_shared(&f.filter).is_some();
+            if shared && f.options.no_local {
+                let message = "[MQTT-3.8.3-4] No Local on a shared subscription";
+                return Err(violation(reason::PROTOCOL_ERROR, message));
             }
             let existed = self
                 .broker
@@ -586,7 +577,10 @@ impl Connection {
                 .insert(f.filter.clone(), f.options);
             reason_codes.push(f.options.qos as u8);
             // v5 retain handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11 (v5)].
-            if f.options.retain_handling == 0 || (f.options.retain_handling == 1 && !existed) {
+            // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
+            let wants_retained =
+                f.options.retain_handling == 0 || (f.options.retain_handling == 1 && !existed);
+            if wants_retained && !shared {
                 retained.push((f.filter.clone(), f.options.qos));
             }
             debug!(

@@ -19,7 +19,7 @@ use crate::sink::{Sink, SinkRecord};
 use log::{debug, info};
 use message::Message;
 use router::Router;
-use session::{Link, Outbound, SessionHandle, SessionLimits, SessionRef};
+use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
 use stats::Stats;
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
@@ -97,18 +97,10 @@ impl Broker {
             .matches(&message.topic, message.publisher.as_deref());
         let count = deliveries.len();
         for d in deliveries {
-            let qos = message.qos.min(d.options.qos);
-            // [MQTT-3.3.1-9] a message forwarded to an existing subscription has RETAIN = 0,
-            // unless a v5 subscriber asked for Retain As Published [MQTT-3.3.1-12 (v5)].
-            let retain = message.retain && d.options.retain_as_published;
-            d.session.lock().deliver(
-                &message,
-                qos,
-                retain,
-                d.subscription_ids,
-                &d.session.client_id,
-                &self.stats,
-            );
+            let (session, route) = d.route(&message);
+            session
+                .lock()
+                .deliver(&message, route, &session.client_id, &self.stats);
         }
         if self.config.log.messages {
             info!(
@@ -142,9 +134,13 @@ impl Broker {
         }
         let mut state = session.lock();
         for message in retained {
-            let qos = message.qos.min(granted);
-            let ids = subscription_id.into_iter().collect();
-            state.deliver(&message, qos, true, ids, &session.client_id, &self.stats);
+            let route = Route {
+                qos: message.qos.min(granted),
+                retain: true,
+                subscription_ids: subscription_id.into_iter().collect(),
+                shared_group: None,
+            };
+            state.deliver(&message, route, &session.client_id, &self.stats);
         }
     }
 
@@ -230,6 +226,7 @@ impl Broker {
             return;
         }
         let ends_now = state.expiry_interval == 0;
+        let shared = state.take_shared_messages();
         let will_now = match will {
             Some((will, delay)) if delay > 0 && !ends_now => {
                 state.delayed_will =
@@ -243,8 +240,32 @@ impl Broker {
             self.end_session(session, &mut sessions);
         }
         drop(sessions);
+        self.redeliver_shared(session, shared);
         if let Some(will) = will_now {
             self.publish(will);
+        }
+    }
+
+    /// Give the shared-subscription messages a disconnected member had not completed to another
+    /// member of the same group; with no other member they stay with the original session.
+    fn redeliver_shared(&self, leaving: &SessionRef, messages: Vec<(Arc<Message>, Route)>) {
+        for (message, route) in messages {
+            let group = route.shared_group.clone().unwrap_or_default();
+            match self.router.redeliver_shared(&group, &leaving.client_id) {
+                Some(d) => {
+                    debug!(
+                        "redelivering a message of {group} from {} to {}",
+                        leaving.client_id, d.session.client_id
+                    );
+                    let (session, route) = d.route(&message);
+                    session
+                        .lock()
+                        .deliver(&message, route, &session.client_id, &self.stats);
+                }
+                None => leaving
+                    .lock()
+                    .deliver(&message, route, &leaving.client_id, &self.stats),
+            }
         }
     }
 

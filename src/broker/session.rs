@@ -75,21 +75,30 @@ impl SessionHandle {
     }
 }
 
+/// How one message travels to one session.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// Set when delivered through a shared subscription: `$share/{group}/{filter}`.
+    pub shared_group: Option<Arc<str>>,
+}
+
 struct Inflight {
     packet_id: u16,
     message: Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    subscription_ids: Vec<u32>,
+    route: Route,
     /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
     released: bool,
 }
 
 struct Queued {
     message: Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    subscription_ids: Vec<u32>,
+    route: Route,
 }
 
 pub struct Session {
@@ -167,11 +176,11 @@ impl Session {
             } else {
                 Outbound::Publish {
                     message: item.message.clone(),
-                    qos: item.qos,
+                    qos: item.route.qos,
                     packet_id: item.packet_id,
                     dup: true,
-                    retain: item.retain,
-                    subscription_ids: item.subscription_ids.clone(),
+                    retain: item.route.retain,
+                    subscription_ids: item.route.subscription_ids.clone(),
                 }
             };
             self.send(out);
@@ -196,25 +205,23 @@ impl Session {
         self.link.take()
     }
 
-    /// Deliver one message at `qos` (already min(published, granted)).
+    /// Deliver one message along `route` (QoS already min(published, granted)).
     pub fn deliver(
         &mut self,
         message: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
-        subscription_ids: Vec<u32>,
+        route: Route,
         client_id: &str,
         stats: &Stats,
     ) {
         if self.ended || message.is_expired() {
             return;
         }
-        if self.too_large_for_client(message, qos, retain, &subscription_ids) {
+        if self.too_large_for_client(message, &route) {
             // [MQTT-3.1.2-25] discard it and behave as if it had been sent.
             debug!("client {client_id}: message on {} exceeds the client's maximum packet size; not sent", message.topic);
             return;
         }
-        if qos == QoS::AtMostOnce {
+        if route.qos == QoS::AtMostOnce {
             // QoS 0 is not queued for offline sessions (as mosquitto), and dropped for a client
             // whose writer is this far behind rather than growing memory without bound.
             if let Some(link) = &self.link {
@@ -226,15 +233,14 @@ impl Session {
                     });
                     return;
                 }
-                let out = Outbound::Publish {
+                self.send(Outbound::Publish {
                     message: message.clone(),
-                    qos,
+                    qos: route.qos,
                     packet_id: 0,
                     dup: false,
-                    retain,
-                    subscription_ids,
-                };
-                self.send(out);
+                    retain: route.retain,
+                    subscription_ids: route.subscription_ids,
+                });
             }
             return;
         }
@@ -251,11 +257,33 @@ impl Session {
         }
         self.queued.push_back(Queued {
             message: message.clone(),
-            qos,
-            retain,
-            subscription_ids,
+            route,
         });
         self.fill_window();
+    }
+
+    /// QoS 1/2 messages that came through a shared subscription and that this session has not
+    /// started to complete (queued, or inflight without PUBREC): taken out so the broker can
+    /// give them to another member of the group when this one disconnects.
+    pub fn take_shared_messages(&mut self) -> Vec<(Arc<Message>, Route)> {
+        let mut taken = Vec::new();
+        let queued = std::mem::take(&mut self.queued);
+        for q in queued {
+            if q.route.shared_group.is_some() {
+                taken.push((q.message, q.route));
+            } else {
+                self.queued.push_back(q);
+            }
+        }
+        let inflight = std::mem::take(&mut self.inflight);
+        for i in inflight {
+            if i.route.shared_group.is_some() && !i.released {
+                taken.push((i.message, i.route));
+            } else {
+                self.inflight.push_back(i);
+            }
+        }
+        taken
     }
 
     /// Log the first drop and every 1000th, with the running count: never silent, never a flood.
@@ -270,26 +298,20 @@ impl Session {
         }
     }
 
-    fn too_large_for_client(
-        &self,
-        message: &Message,
-        qos: QoS,
-        retain: bool,
-        subscription_ids: &[u32],
-    ) -> bool {
+    fn too_large_for_client(&self, message: &Message, route: &Route) -> bool {
         let Some(max) = self.link.as_ref().and_then(|l| l.max_packet_size) else {
             return false;
         };
         let mut properties = message.properties.clone();
-        properties.subscription_identifiers = subscription_ids.to_vec();
+        properties.subscription_identifiers = route.subscription_ids.clone();
         let mut buf = Vec::new();
         crate::protocol::encode::encode_publish(
             &mut buf,
             ProtocolVersion::V5,
             &message.topic,
             &message.payload,
-            qos,
-            retain,
+            route.qos,
+            route.retain,
             false,
             1,
             &properties,
@@ -313,18 +335,16 @@ impl Session {
             let packet_id = self.allocate_packet_id();
             self.send(Outbound::Publish {
                 message: q.message.clone(),
-                qos: q.qos,
+                qos: q.route.qos,
                 packet_id,
                 dup: false,
-                retain: q.retain,
-                subscription_ids: q.subscription_ids.clone(),
+                retain: q.route.retain,
+                subscription_ids: q.route.subscription_ids.clone(),
             });
             self.inflight.push_back(Inflight {
                 packet_id,
                 message: q.message,
-                qos: q.qos,
-                retain: q.retain,
-                subscription_ids: q.subscription_ids,
+                route: q.route,
                 released: false,
             });
         }
@@ -365,7 +385,7 @@ impl Session {
         let Some(pos) = self
             .inflight
             .iter()
-            .position(|i| i.packet_id == packet_id && i.qos == qos)
+            .position(|i| i.packet_id == packet_id && i.route.qos == qos)
         else {
             return false;
         };
@@ -380,7 +400,7 @@ impl Session {
         match self
             .inflight
             .iter_mut()
-            .find(|i| i.packet_id == packet_id && i.qos == QoS::ExactlyOnce)
+            .find(|i| i.packet_id == packet_id && i.route.qos == QoS::ExactlyOnce)
         {
             Some(item) => {
                 item.released = true;
