@@ -322,8 +322,11 @@ pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, 
     let flags = frame.header & 0x0F;
     // [MQTT-2.2.2-1/2] (3.1.1) / section 2.1.3 (5.0): reserved flag values; anything else is
     // malformed. PUBLISH carries DUP/QoS/RETAIN in its flags.
+    // MQTT 3.1 defines no such rule: its SUBSCRIBE/UNSUBSCRIBE/PUBREL may carry DUP on a retry
+    // (0x8A, 0xAA, 0x6A), so 3.1 connections skip the check (as mosquitto does).
     let expected_flags = match packet_type {
         3 => None,
+        _ if version == ProtocolVersion::V31 && packet_type != 1 => None,
         6 | 8 | 10 => Some(0b0010),
         _ => Some(0),
     };
@@ -1693,6 +1696,16 @@ mod tests {
     fn pubrel_with_flags_other_than_0010_is_malformed() {
         assert_malformed(decode(&[0x60, 0x02, 0x00, 0x01], V311), "MQTT-2.2.2-2");
         assert_malformed(decode(&[0x42, 0x02, 0x00, 0x01], V311), "MQTT-2.2.2-2");
+    }
+
+    #[test]
+    fn v31_subscribe_and_pubrel_retries_with_dup_flag_are_accepted() {
+        let bytes = [0x8A, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00];
+        let Packet::Subscribe(s) = decode(&bytes, V31).unwrap() else { panic!() };
+        assert_eq!(s.filters[0].filter, "a");
+        assert!(matches!(decode(&[0x6A, 0x02, 0x00, 0x01], V31), Ok(Packet::PubRel(_))));
+        // the same bytes on a 3.1.1 connection break [MQTT-2.2.2-2]
+        assert_malformed(decode(&bytes, V311), "MQTT-2.2.2-2");
     }
 
     #[test]
