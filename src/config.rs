@@ -78,6 +78,10 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// v5 topic aliases a client may use towards the broker (0 disables them).
     pub max_topic_alias: u16,
+    /// Longest keep-alive in seconds a v5 client may use: one asking for more, or for none (0),
+    /// gets this as Server Keep Alive in CONNACK and is held to it. 0 = accept what the client
+    /// asks. (v3.1.1 clients cannot be told, so their own value always applies.)
+    pub max_keep_alive: u16,
     /// PUBLISH packets per second one client may send; a faster client is slowed down (the
     /// broker stops reading from it), nothing is dropped. 0 = unlimited.
     pub max_publish_rate: u32,
@@ -95,6 +99,7 @@ impl Default for LimitsConfig {
             connect_timeout_secs: 10,
             outbound_queue: 1024,
             max_topic_alias: 10,
+            max_keep_alive: 0,
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
         }

@@ -296,6 +296,16 @@ impl Connection {
             username: self.username.clone(),
         };
         let mut properties = Properties::default();
+        // v5 Server Keep Alive (section 3.2.2.3.14): a client asking for more than
+        // `limits.max_keep_alive`, or for none (0), is told the broker's maximum, which it
+        // must then use [MQTT-3.2.2-21]. v3.1.1 has no way to say so: its own value applies.
+        let keep_alive_secs = match limits.max_keep_alive {
+            max if v5 && max > 0 && (c.keep_alive == 0 || c.keep_alive > max) => {
+                properties.server_keep_alive = Some(max);
+                max
+            }
+            _ => c.keep_alive,
+        };
         if v5 {
             properties.assigned_client_identifier = assigned;
             properties.receive_maximum = Some(limits.max_inflight);
@@ -331,7 +341,7 @@ impl Connection {
 
         // [MQTT-3.1.2-24] close after 1.5x the keep-alive without any packet.
         let keep_alive =
-            (c.keep_alive > 0).then(|| Duration::from_millis(c.keep_alive as u64 * 1500));
+            (keep_alive_secs > 0).then(|| Duration::from_millis(keep_alive_secs as u64 * 1500));
         let _ = self.stream.set_read_timeout(keep_alive);
         info!(
             "client {} connected from {} (MQTT {}, {}, keep-alive {}s{})",
@@ -343,7 +353,7 @@ impl Connection {
             } else {
                 "persistent session"
             },
-            c.keep_alive,
+            keep_alive_secs,
             if attached.session_present {
                 ", session resumed"
             } else {
