@@ -796,3 +796,85 @@ fn request_response_pattern_with_response_topic_and_correlation_data() {
     }
     assert_eq!(responder_thread.join().expect("responder"), 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Server keep-alive
+// ---------------------------------------------------------------------------------------------
+
+/// Wait for the broker to end a silent connection; a v5 DISCONNECT before the close, if any,
+/// must say 0x8D "Keep Alive timeout". Returns how long it took.
+fn time_until_keep_alive_close(c: &mut RawClient) -> Duration {
+    let started = Instant::now();
+    loop {
+        match c.try_recv(WAIT) {
+            Ok(Packet::Disconnect(d)) => assert_eq!(d.reason_code, reason::KEEP_ALIVE_TIMEOUT),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(v5_common::RecvError::Timeout) => panic!("still open after {WAIT:?}"),
+            Err(_) => return started.elapsed(),
+        }
+    }
+}
+
+/// Section 3.2.2.3.14: a client asking for a longer keep-alive than `limits.max_keep_alive` is
+/// told the maximum as Server Keep Alive, must use it [MQTT-3.2.2-21], and the broker closes
+/// the connection after 1.5 times it without a packet [MQTT-3.1.2-22].
+#[test]
+fn server_keep_alive_caps_a_longer_client_keep_alive_and_is_enforced() {
+    let broker = Broker::start_with("[limits]\nmax_keep_alive = 1\n");
+    let mut connect = connect_packet("ska-long");
+    connect.keep_alive = 30;
+    let (mut c, ack) = RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.code, 0);
+    assert_eq!(ack.properties.server_keep_alive, Some(1));
+    let took = time_until_keep_alive_close(&mut c);
+    assert!(
+        took >= Duration::from_millis(1300) && took < Duration::from_millis(3500),
+        "closed after {took:?}, want about 1.5 s"
+    );
+}
+
+/// Section 3.2.2.3.14: a client asking for no keep-alive (0) gets the broker's maximum too.
+#[test]
+fn server_keep_alive_replaces_a_client_keep_alive_of_zero() {
+    let broker = Broker::start_with("[limits]\nmax_keep_alive = 1\n");
+    let mut connect = connect_packet("ska-zero");
+    connect.keep_alive = 0;
+    let (mut c, ack) = RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.properties.server_keep_alive, Some(1));
+    let took = time_until_keep_alive_close(&mut c);
+    assert!(took < Duration::from_millis(3500), "closed after {took:?}");
+}
+
+/// A client keep-alive within the maximum is accepted as is: no Server Keep Alive in CONNACK
+/// (section 3.2.2.3.14: absent means the client's value applies), and packets within it keep
+/// the connection open.
+#[test]
+fn client_keep_alive_within_the_maximum_gets_no_server_keep_alive() {
+    let broker = Broker::start_with("[limits]\nmax_keep_alive = 60\n");
+    let mut connect = connect_packet("ska-ok");
+    connect.keep_alive = 1;
+    let (mut c, ack) = RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.properties.server_keep_alive, None);
+    // PINGREQ every 0.5 s for 2.5 s (beyond 1.5x the keep-alive) keeps it open.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(500));
+        c.ping();
+    }
+    let took = time_until_keep_alive_close(&mut c);
+    assert!(took >= Duration::from_millis(1300), "closed after {took:?}");
+}
+
+/// Without `limits.max_keep_alive` the client's keep-alive applies unchanged.
+#[test]
+fn without_max_keep_alive_the_client_keep_alive_applies() {
+    let broker = Broker::start();
+    let mut connect = connect_packet("ska-none");
+    connect.keep_alive = 0;
+    let (mut c, ack) = RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.properties.server_keep_alive, None);
+    assert!(matches!(
+        c.try_recv(Duration::from_millis(1600)),
+        Err(v5_common::RecvError::Timeout)
+    ));
+    c.ping();
+}
