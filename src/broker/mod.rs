@@ -310,7 +310,10 @@ impl Broker {
                     (
                         expired,
                         if due {
-                            state.delayed_will.take().map(|(_, w)| w)
+                            state
+                                .delayed_will
+                                .take()
+                                .map(|(_, w)| Arc::new(w.published_now()))
                         } else {
                             None
                         },
@@ -356,7 +359,10 @@ impl Broker {
             (
                 state.take_link(),
                 std::mem::take(&mut state.subscriptions),
-                state.delayed_will.take().map(|(_, will)| will),
+                state
+                    .delayed_will
+                    .take()
+                    .map(|(_, will)| Arc::new(will.published_now())),
             )
         };
         if let Some(link) = link {
