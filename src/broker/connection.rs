@@ -7,7 +7,7 @@ use super::message::Message;
 use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
 use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
 use super::stats::Stats;
-use super::topic::{validate_topic_filter, validate_topic_name};
+use super::topic::{validate_subscription_filter, validate_topic_name};
 use super::Broker;
 use crate::protocol::{
     self, connack_v3, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
@@ -646,7 +646,7 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for f in &s.filters {
-            if let Err(rule) = validate_topic_filter(&f.filter) {
+            if let Err(rule) = validate_subscription_filter(&f.filter) {
                 // [MQTT-3.8.4-?] a failed filter gets 0x80 in SUBACK; the others still apply.
                 debug!(
                     "client {}: subscription to {:?} refused: {rule}",
