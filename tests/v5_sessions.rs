@@ -525,3 +525,28 @@ fn receive_maximum_given_on_reconnect_limits_resent_messages() {
     let payloads: Vec<&str> = got.iter().map(payload_str).collect();
     assert_eq!(payloads, ["0", "1", "2", "3", "4", "5"]);
 }
+
+/// Section 3.1.3.2.4: the will's Message Expiry Interval is its lifetime once published, so a
+/// will published after its delay is delivered even when the delay is as long as the expiry.
+#[test]
+fn will_message_expiry_counts_from_publication_after_the_will_delay() {
+    let broker = Broker::start();
+    let mut watcher = RawClient::connect_v5(broker.port, "wx-watch", props());
+    watcher.subscribe("wx/#", QoS::AtLeastOnce);
+    let mut c = connect_packet("wx");
+    c.properties = expiry(60);
+    c.will = Some(will(
+        "wx/status",
+        "offline",
+        Properties {
+            will_delay_interval: Some(1),
+            message_expiry_interval: Some(1),
+            ..Default::default()
+        },
+    ));
+    let (c, _) = RawClient::connect_with(broker.port, c);
+    c.drop_connection();
+    let m = watcher.expect_publish();
+    assert_eq!(m.topic, "wx/status");
+    assert_eq!(m.properties.message_expiry_interval, Some(1));
+}

@@ -611,3 +611,63 @@ fn unsubscribing_a_shared_subscription_removes_the_member() {
     assert_eq!(take_acked(&mut b, 4), ["0", "1", "2", "3"]);
     a.expect_no_publish(Duration::from_millis(200));
 }
+
+/// Section 4.8.2: QoS 2 messages a member had not started to acknowledge (no PUBREC), and
+/// messages still queued behind its Receive Maximum, go to another member when it disconnects.
+#[test]
+fn unacknowledged_qos2_and_queued_messages_of_a_disconnected_shared_member_go_to_another() {
+    let broker = Broker::start();
+    let mut p = props();
+    p.receive_maximum = Some(1);
+    let mut a = RawClient::connect_v5(broker.port, "sh2-a", p);
+    let mut b = RawClient::connect_v5(broker.port, "sh2-b", props());
+    a.subscribe("$share/g/sh2/t", QoS::ExactlyOnce);
+    b.subscribe("$share/g/sh2/t", QoS::ExactlyOnce);
+    let mut publ = RawClient::connect_v5(broker.port, "sh2-pub", props());
+    for i in 0..6 {
+        publ.publish("sh2/t", &i.to_string(), QoS::ExactlyOnce);
+    }
+    // a gets one message (Receive Maximum 1, two more queued for it) and never answers.
+    let first = a.expect_publish();
+    assert_eq!(first.qos, QoS::ExactlyOnce);
+    a.drop_connection();
+    let mut b_got = Vec::new();
+    while b_got.len() < 6 {
+        let m = b.expect_publish();
+        b.send(&Packet::PubRec(mqflux::protocol::Ack::new(m.packet_id)));
+        b.wait_for("PUBREL", |p| {
+            matches!(p, Packet::PubRel(r) if r.packet_id == m.packet_id).then_some(())
+        });
+        b.send(&Packet::PubComp(mqflux::protocol::Ack::new(m.packet_id)));
+        b_got.push(payload_str(&m).to_string());
+    }
+    b_got.sort();
+    assert_eq!(b_got, ["0", "1", "2", "3", "4", "5"]);
+    b.expect_no_publish(Duration::from_millis(200));
+}
+
+/// [MQTT-4.8.2-1/2 (v5)] a shared subscription needs a non-empty ShareName without "/", "+"
+/// or "#", followed by "/" and a topic filter; anything else is refused with SUBACK 0x8F.
+#[test]
+fn malformed_shared_subscription_filters_are_refused_with_0x8f() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect_v5(broker.port, "sh-bad", props());
+    let filters = [
+        "$share/g",
+        "$share//x",
+        "$share/g/",
+        "$share/g+/x",
+        "$share/#/x",
+    ];
+    let requested: Vec<(&str, SubscriptionOptions)> = filters
+        .iter()
+        .map(|f| (*f, sub_options(QoS::AtMostOnce)))
+        .collect();
+    let ack = c.subscribe_with(&requested, props());
+    for (f, code) in filters.iter().zip(&ack.reason_codes) {
+        assert_eq!(*code, reason::TOPIC_FILTER_INVALID, "filter {f:?}");
+    }
+    let mut old = RawClient::connect_v311(broker.port, "sh-bad-311");
+    let ack = old.subscribe_with(&[("$share/g", sub_options(QoS::AtMostOnce))], props());
+    assert_eq!(ack.reason_codes, vec![0x80], "3.1.1 failure return code");
+}
