@@ -878,3 +878,70 @@ fn without_max_keep_alive_the_client_keep_alive_applies() {
     ));
     c.ping();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Topic alias scope
+// ---------------------------------------------------------------------------------------------
+
+/// [MQTT-3.3.2-10 / -11 (v5)] topic alias mappings last only as long as the network
+/// connection: after reconnecting, an alias set on the old connection is unknown (0x82), and
+/// a retained message published through an alias is stored under its full topic.
+#[test]
+fn client_topic_aliases_do_not_survive_reconnect_and_retained_keeps_full_topic() {
+    let broker = Broker::start();
+    let mut p = props();
+    p.topic_alias = Some(2);
+    let mut c = RawClient::connect_v5(broker.port, "alias-scope", props());
+    c.publish_with("scope/t", b"first", QoS::AtLeastOnce, false, p.clone());
+    c.publish_with("", b"retained", QoS::AtLeastOnce, true, p.clone());
+    c.disconnect();
+
+    let mut late = RawClient::connect_v5(broker.port, "alias-scope-late", props());
+    late.subscribe("scope/#", QoS::AtLeastOnce);
+    let m = late.expect_publish();
+    assert_eq!((m.topic.as_str(), payload_str(&m)), ("scope/t", "retained"));
+    assert!(m.retain);
+
+    let mut c = RawClient::connect_v5(broker.port, "alias-scope", props());
+    c.publish_with("", b"stale alias", QoS::AtMostOnce, false, p);
+    c.expect_disconnect(reason::PROTOCOL_ERROR);
+}
+
+/// [MQTT-3.3.2-10 / -11 (v5)] the broker's aliases towards a client start afresh on each
+/// connection: a message resent or delivered after reconnect carries the full topic again.
+#[test]
+fn broker_topic_aliases_start_afresh_on_reconnect() {
+    let broker = Broker::start();
+    let mut connect = connect_packet("alias-out-re");
+    connect.properties.topic_alias_maximum = Some(2);
+    connect.properties.session_expiry_interval = Some(60);
+    let (mut sub, _) = RawClient::connect_with(broker.port, connect.clone());
+    sub.subscribe("re/t", QoS::AtLeastOnce);
+    let mut publ = RawClient::connect_v5(broker.port, "alias-out-re-pub", props());
+    publ.publish("re/t", "1", QoS::AtLeastOnce);
+    publ.publish("re/t", "2", QoS::AtLeastOnce);
+    let m1 = sub.expect_publish();
+    let m2 = sub.expect_publish();
+    assert_eq!((m1.topic.as_str(), m2.topic.as_str()), ("re/t", ""));
+    let alias = m1.properties.topic_alias.expect("alias assigned");
+    assert_eq!(m2.properties.topic_alias, Some(alias));
+    sub.puback(m1.packet_id);
+    // m2 is left unacknowledged: it is resent after reconnect.
+    sub.drop_connection();
+
+    connect.clean_start = false;
+    let (mut sub, ack) = RawClient::connect_with(broker.port, connect);
+    assert!(ack.session_present);
+    let again = sub.expect_publish();
+    assert!(again.dup);
+    assert_eq!(payload_str(&again), "2");
+    assert_eq!(
+        again.topic, "re/t",
+        "new connection: the alias must be set up again"
+    );
+    sub.puback(again.packet_id);
+    publ.publish("re/t", "3", QoS::AtLeastOnce);
+    let m3 = sub.expect_publish();
+    assert_eq!(m3.topic, "", "alias from this connection reused");
+    assert_eq!(payload_str(&m3), "3");
+}
