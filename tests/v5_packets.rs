@@ -945,3 +945,56 @@ fn broker_topic_aliases_start_afresh_on_reconnect() {
     assert_eq!(m3.topic, "", "alias from this connection reused");
     assert_eq!(payload_str(&m3), "3");
 }
+
+// ---------------------------------------------------------------------------------------------
+// v5 reason codes of authentication and authorization
+// ---------------------------------------------------------------------------------------------
+
+/// Section 3.2.2.2: a v5 client refused at CONNECT gets a v5 reason code (0x86 "Bad User Name
+/// or Password" or 0x87 "Not authorized"), never a 3.1.1 return code; section 3.4.2.1: a QoS 1
+/// PUBLISH the ACL denies gets PUBACK 0x87.
+#[test]
+fn v5_authentication_and_acl_refusals_use_v5_reason_codes() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let passwords = files.path().join("passwd");
+    let status = std::process::Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&passwords)
+        .args(["alice", "secret"])
+        .status()
+        .expect("run mosquitto_passwd (Debian package mosquitto)");
+    assert!(status.success());
+    let acl = files.path().join("acl");
+    std::fs::write(&acl, "user alice\ntopic readwrite ok/#\n").expect("write acl");
+    let broker = Broker::start_with(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {passwords:?}\nacl_file = {acl:?}\n"
+    ));
+
+    for (user, password) in [(None, None), (Some("alice"), Some("wrong"))] {
+        let mut connect = connect_packet("v5-auth");
+        connect.username = user.map(String::from);
+        connect.password = password.map(|p: &str| Bytes::copy_from_slice(p.as_bytes()));
+        let (mut c, ack) = RawClient::connect_with(broker.port, connect);
+        assert!(
+            ack.code == reason::BAD_USERNAME_OR_PASSWORD || ack.code == reason::NOT_AUTHORIZED,
+            "user {user:?}: CONNACK {:#04x}",
+            ack.code
+        );
+        c.expect_closed();
+    }
+
+    let mut connect = connect_packet("v5-auth");
+    connect.username = Some("alice".into());
+    connect.password = Some(Bytes::from_static(b"secret"));
+    let (mut c, ack) = RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.code, 0);
+    assert_eq!(
+        c.publish("denied/x", "x", QoS::AtLeastOnce),
+        reason::NOT_AUTHORIZED
+    );
+    assert_eq!(
+        c.publish("ok/x", "x", QoS::AtLeastOnce),
+        reason::NO_MATCHING_SUBSCRIBERS
+    );
+}
