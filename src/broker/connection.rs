@@ -774,9 +774,16 @@ impl Connection {
                 (true, "keep-alive timeout [MQTT-3.1.2-24]".to_string())
             }
         };
-        if let (Some(Exit::Violation { reason_code, .. }), true) = (&exit, self.version.is_v5()) {
+        // v5 clients are told why the broker closes (section 4.13): the rule broken, or 0x8D
+        // "Keep Alive timeout" [MQTT-3.1.2-22].
+        let disconnect_reason = match &exit {
+            Some(Exit::Violation { reason_code, .. }) => Some(*reason_code),
+            Some(Exit::KeepAliveTimeout) => Some(reason::KEEP_ALIVE_TIMEOUT),
+            _ => None,
+        };
+        if let (Some(reason_code), true) = (disconnect_reason, self.version.is_v5()) {
             let disconnect = Disconnect {
-                reason_code: *reason_code,
+                reason_code,
                 properties: Properties::default(),
             };
             let _ = self.send(Packet::Disconnect(disconnect));
