@@ -113,6 +113,39 @@ fn payload_format_indicator_outside_0_or_1_gets_disconnect_0x82() {
     c.expect_disconnect(reason::PROTOCOL_ERROR);
 }
 
+/// [MQTT-3.3.2-14 (v5)] a Response Topic must not contain wildcards: protocol error 0x82.
+#[test]
+fn response_topic_with_wildcard_gets_disconnect_0x82() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect_v5(broker.port, "rt-wild", props());
+    // Response Topic (0x08) "r/#": 1 + 2 + 3 bytes.
+    c.send_bytes(&publish_with_raw_properties(
+        6,
+        &[0x08, 0x00, 0x03, b'r', b'/', b'#'],
+    ));
+    c.expect_disconnect(reason::PROTOCOL_ERROR);
+}
+
+/// Section 3.1.2.11.3: a Receive Maximum of 0 in CONNECT is a protocol error; the broker does
+/// not accept the connection.
+#[test]
+fn connect_with_receive_maximum_0_is_refused() {
+    let broker = Broker::start();
+    let mut c = RawClient::open(broker.port, ProtocolVersion::V5);
+    // "MQTT" level 5, clean start, keep-alive 30, properties [0x21 0x00 0x00], client id "c".
+    let body = [
+        0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x1E, 0x03, 0x21, 0x00, 0x00, 0x00,
+        0x01, b'c',
+    ];
+    c.send_bytes(&frame(0x10, &body));
+    match c.try_recv(WAIT) {
+        Ok(Packet::ConnAck(a)) => assert_eq!(a.code, reason::PROTOCOL_ERROR, "{a:?}"),
+        Ok(other) => panic!("CONNECT with Receive Maximum 0 accepted: {other:?}"),
+        Err(v5_common::RecvError::Closed) => {}
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
 /// A malformed CONNECT property (duplicate Session Expiry Interval) is refused before CONNACK:
 /// the broker answers with a DISCONNECT-class reason code or closes, never accepts.
 #[test]

@@ -550,3 +550,28 @@ fn will_message_expiry_counts_from_publication_after_the_will_delay() {
     assert_eq!(m.topic, "wx/status");
     assert_eq!(m.properties.message_expiry_interval, Some(1));
 }
+
+/// Section 4.9: Receive Maximum limits only QoS 1 and 2; QoS 0 messages still flow while the
+/// window is full.
+#[test]
+fn qos0_messages_flow_while_the_receive_maximum_window_is_full() {
+    let broker = Broker::start();
+    let mut p = props();
+    p.receive_maximum = Some(1);
+    let mut sub = RawClient::connect_v5(broker.port, "rm-q0", p);
+    sub.subscribe("rmq0/#", QoS::AtLeastOnce);
+    let mut publ = RawClient::connect_v5(broker.port, "rm-q0-pub", props());
+    publ.publish("rmq0/a", "held", QoS::AtLeastOnce);
+    publ.publish("rmq0/a", "waits", QoS::AtLeastOnce);
+    publ.publish("rmq0/b", "q0", QoS::AtMostOnce);
+    let first = sub.expect_publish();
+    assert_eq!(payload_str(&first), "held");
+    let next = sub.expect_publish();
+    assert_eq!(
+        payload_str(&next),
+        "q0",
+        "QoS 0 is not held back by the window"
+    );
+    sub.puback(first.packet_id);
+    assert_eq!(payload_str(&sub.expect_publish()), "waits");
+}
