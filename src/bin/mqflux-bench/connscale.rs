@@ -1,0 +1,182 @@
+//! Connection scale: open M idle MQTT connections, measure the connect rate and the broker's
+//! resident memory per connection, then check every connection still answers a PINGREQ.
+
+use crate::client::{self, Client};
+use crate::wire::{self, Incoming};
+use mqflux::protocol::{Packet, ProtocolVersion};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+pub struct ConnOutcome {
+    pub requested: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub first_error: Option<String>,
+    pub connect_secs: f64,
+    /// Connections that answered a PINGREQ after all were open.
+    pub alive: usize,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+}
+
+impl ConnOutcome {
+    pub fn connect_rate(&self) -> f64 {
+        self.connected as f64 / self.connect_secs.max(1e-9)
+    }
+    pub fn rss_per_conn_kib(&self) -> Option<f64> {
+        let (b, a) = (self.rss_before_kib?, self.rss_after_kib?);
+        (self.connected > 0).then(|| a.saturating_sub(b) as f64 / self.connected as f64)
+    }
+}
+
+/// VmRSS of a process in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The soft limit on open files of this process, from /proc/self/limits.
+pub fn open_files_limit() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// What to open and how.
+pub struct ConnParams<'a> {
+    pub addr: SocketAddr,
+    pub version: ProtocolVersion,
+    pub count: usize,
+    pub threads: usize,
+    pub broker_pid: Option<u32>,
+    pub run_id: &'a str,
+    pub timeout: Duration,
+    /// Longest wait for the broker's RSS to stop growing.
+    pub settle: Duration,
+}
+
+pub fn run(p: &ConnParams) -> ConnOutcome {
+    let ConnParams {
+        addr,
+        version,
+        count,
+        threads,
+        broker_pid,
+        run_id,
+        timeout,
+        settle,
+    } = *p;
+    let mut out = ConnOutcome {
+        requested: count,
+        ..Default::default()
+    };
+    out.rss_before_kib = broker_pid.and_then(rss_kib);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+    let threads = threads.clamp(1, 64);
+    let t0 = Instant::now();
+    let mut clients: Vec<Client> = thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, SeqCst);
+                        if i >= count {
+                            return mine;
+                        }
+                        // Keep-alive 0: the broker must not time idle connections out [MQTT-3.1.2-23].
+                        match client::connect(
+                            addr,
+                            version,
+                            &format!("{run_id}-c{i}"),
+                            0,
+                            256,
+                            timeout,
+                        ) {
+                            Ok(c) => mine.push(c),
+                            Err(e) => {
+                                failed.fetch_add(1, SeqCst);
+                                if let Ok(mut f) = first_error.lock() {
+                                    f.get_or_insert(e);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    out.connect_secs = t0.elapsed().as_secs_f64();
+    out.connected = clients.len();
+    out.failed = failed.load(SeqCst);
+    out.first_error = first_error.into_inner().unwrap_or(None);
+
+    // Let the broker finish per-connection set-up, then read its RSS once it stops growing.
+    if let Some(pid) = broker_pid {
+        let end = Instant::now() + settle;
+        let mut last = rss_kib(pid);
+        while Instant::now() < end {
+            thread::sleep(Duration::from_millis(250));
+            let now = rss_kib(pid);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        out.rss_after_kib = last;
+    }
+
+    // Every connection must still be served: PINGREQ -> PINGRESP [MQTT-3.12.4-1].
+    let mut ping = Vec::new();
+    wire::encode(&Packet::PingReq, version, &mut ping);
+    let alive = AtomicUsize::new(0);
+    let chunk = clients.len().div_ceil(threads).max(1);
+    thread::scope(|s| {
+        for part in clients.chunks_mut(chunk) {
+            let (ping, alive) = (&ping, &alive);
+            s.spawn(move || {
+                for c in part.iter_mut() {
+                    if c.stream.write_all(ping).is_ok() && wait_pingresp(c, timeout) {
+                        alive.fetch_add(1, SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    out.alive = alive.load(SeqCst);
+    for c in &mut clients {
+        client::disconnect(&mut c.stream, version);
+    }
+    out
+}
+
+fn wait_pingresp(c: &mut Client, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.reader.next_packet() {
+            Ok(Some(Incoming::Other { header, .. })) if header >> 4 == 13 => return true,
+            Ok(Some(_)) => continue,
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero()
+            || c.stream.set_read_timeout(Some(left)).is_err()
+            || c.reader.fill(&mut c.stream).is_err()
+        {
+            return false;
+        }
+    }
+}
