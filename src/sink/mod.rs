@@ -43,5 +43,5 @@ impl Sink {
     pub fn submit(&self, _record: SinkRecord) {}
 
     /// Flush what is buffered and join the writer thread.
-    pub fn shutdown(self) {}
+    pub fn shutdown(&self) {}
 }
