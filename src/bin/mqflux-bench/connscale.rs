@@ -22,6 +22,11 @@ pub struct ConnOutcome {
     pub alive: usize,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// Broker threads and open file descriptors before and with all connections open.
+    pub threads_before: Option<u64>,
+    pub threads_after: Option<u64>,
+    pub fds_before: Option<u64>,
+    pub fds_after: Option<u64>,
 }
 
 impl ConnOutcome {
@@ -29,16 +34,36 @@ impl ConnOutcome {
         self.connected as f64 / self.connect_secs.max(1e-9)
     }
     pub fn rss_per_conn_kib(&self) -> Option<f64> {
-        let (b, a) = (self.rss_before_kib?, self.rss_after_kib?);
+        self.per_conn(self.rss_before_kib, self.rss_after_kib)
+    }
+    pub fn threads_per_conn(&self) -> Option<f64> {
+        self.per_conn(self.threads_before, self.threads_after)
+    }
+    pub fn fds_per_conn(&self) -> Option<f64> {
+        self.per_conn(self.fds_before, self.fds_after)
+    }
+    fn per_conn(&self, before: Option<u64>, after: Option<u64>) -> Option<f64> {
+        let (b, a) = (before?, after?);
         (self.connected > 0).then(|| a.saturating_sub(b) as f64 / self.connected as f64)
     }
 }
 
+/// A number field of /proc/PID/status (VmRSS in KiB, Threads).
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// VmRSS of a process in KiB, from /proc/PID/status.
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    status_field(pid, "VmRSS")
+}
+
+fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
 /// The soft limit on open files of this process, from /proc/self/limits.
@@ -59,6 +84,8 @@ pub struct ConnParams<'a> {
     pub timeout: Duration,
     /// Longest wait for the broker's RSS to stop growing.
     pub settle: Duration,
+    /// Keep the connections open this long after measuring (for inspecting the broker).
+    pub hold: Duration,
 }
 
 pub fn run(p: &ConnParams) -> ConnOutcome {
@@ -71,12 +98,15 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
         run_id,
         timeout,
         settle,
+        hold,
     } = *p;
     let mut out = ConnOutcome {
         requested: count,
         ..Default::default()
     };
     out.rss_before_kib = broker_pid.and_then(rss_kib);
+    out.threads_before = broker_pid.and_then(|p| status_field(p, "Threads"));
+    out.fds_before = broker_pid.and_then(open_fds);
     let next = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
     let first_error: Mutex<Option<String>> = Mutex::new(None);
@@ -136,6 +166,8 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
             last = now;
         }
         out.rss_after_kib = last;
+        out.threads_after = status_field(pid, "Threads");
+        out.fds_after = open_fds(pid);
     }
 
     // Every connection must still be served: PINGREQ -> PINGRESP [MQTT-3.12.4-1].
@@ -156,6 +188,14 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
         }
     });
     out.alive = alive.load(SeqCst);
+    if !hold.is_zero() {
+        eprintln!(
+            "holding {} connections for {:.0}s",
+            clients.len(),
+            hold.as_secs_f64()
+        );
+        thread::sleep(hold);
+    }
     for c in &mut clients {
         client::disconnect(&mut c.stream, version);
     }

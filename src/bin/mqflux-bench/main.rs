@@ -7,7 +7,6 @@
 mod client;
 mod connscale;
 mod engine;
-mod localcodec;
 mod report;
 mod stats;
 mod wire;
@@ -105,6 +104,9 @@ enum Command {
         /// Seconds to wait at most for the broker's RSS to settle before reading it.
         #[arg(long, default_value_t = 5.0)]
         settle: f64,
+        /// Seconds to keep the connections open after measuring (to inspect the broker).
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
     },
     /// The standard set of issue 8 (fan-in QoS 0/1/2, fan-out 50, pairs, latency at 5000/s,
     /// 10,000 connections), with the issue's targets recorded for `compare`.
@@ -129,6 +131,9 @@ enum Command {
         /// Run only scenarios whose name contains one of these (comma-separated), e.g. "fan-in,latency".
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Print the names of the scenarios the suite would run, one per line, and exit.
+        #[arg(long)]
+        list: bool,
     },
     /// Print two JSON-lines result files side by side; ratio = CANDIDATE / BASE.
     Compare {
@@ -312,7 +317,19 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         run_id: run,
     };
     log::info!("running {} against {addr}", shape.name(l.qos, l.mqtt));
+    let cpu_before = (
+        stats::cpu_secs("self"),
+        b.broker_pid.and_then(|p| stats::cpu_secs(&p.to_string())),
+    );
     let o = engine::run(&topo, &params);
+    let tool_cpu_s = stats::cpu_secs("self")
+        .zip(cpu_before.0)
+        .map(|(a, b)| a - b);
+    let broker_cpu_s = b
+        .broker_pid
+        .and_then(|p| stats::cpu_secs(&p.to_string()))
+        .zip(cpu_before.1)
+        .map(|(a, b)| a - b);
     let us = |q: f64| o.latency.quantile(q).map(|ns| ns as f64 / 1000.0);
     Ok(Record {
         name: shape.name(l.qos, l.mqtt),
@@ -340,6 +357,11 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         p99_us: us(0.99),
         p999_us: us(0.999),
         max_us: (o.latency.count() > 0).then(|| o.latency.max() as f64 / 1000.0),
+        tool_cpu_s,
+        broker_cpu_s,
+        deliveries_per_broker_cpu_s: broker_cpu_s
+            .filter(|&c| c > 0.0)
+            .map(|c| o.received as f64 / c),
         connections: None,
         goal: None,
         stalled: o.stalled,
@@ -353,6 +375,7 @@ fn run_connections(
     count: usize,
     threads: usize,
     settle: f64,
+    hold: f64,
 ) -> Result<Record, String> {
     let addr = resolve(b)?;
     if let Some(limit) = connscale::open_files_limit() {
@@ -371,6 +394,7 @@ fn run_connections(
         run_id: &run_id(),
         timeout: secs(b.connect_timeout)?,
         settle: secs(settle)?,
+        hold: secs(hold)?,
     });
     Ok(Record {
         name: format!("connections {count} idle"),
@@ -386,6 +410,8 @@ fn run_connections(
             rss_before_kib: o.rss_before_kib,
             rss_after_kib: o.rss_after_kib,
             rss_per_conn_kib: o.rss_per_conn_kib(),
+            threads_per_conn: o.threads_per_conn(),
+            fds_per_conn: o.fds_per_conn(),
             first_error: o.first_error.clone(),
         }),
         errors: o.first_error.into_iter().collect(),
@@ -452,8 +478,9 @@ fn main() -> ExitCode {
             count,
             threads,
             settle,
+            hold,
         } => single(&broker, || {
-            run_connections(&broker, mqtt, count, threads, settle)
+            run_connections(&broker, mqtt, count, threads, settle, hold)
         }),
         Command::Suite {
             broker,
@@ -463,7 +490,19 @@ fn main() -> ExitCode {
             window,
             size,
             only,
-        } => suite(&broker, quick, duration, connections, window, size, &only),
+            list,
+        } => {
+            let opts = SuiteOpts {
+                quick,
+                duration,
+                connections,
+                window,
+                size,
+                only,
+                list,
+            };
+            suite(&broker, &opts)
+        }
         Command::Compare { base, candidate } => report::read_json(&base).and_then(|b| {
             let c = report::read_json(&candidate)?;
             print!("{}", report::compare(&b, &c));
@@ -492,17 +531,20 @@ fn clean(r: &Record) -> bool {
     r.lost == 0 && r.duplicated == 0 && r.stalled.is_none() && r.errors.is_empty()
 }
 
-fn suite(
-    b: &BrokerArgs,
+struct SuiteOpts {
     quick: bool,
     duration: Option<f64>,
     connections: Option<usize>,
     window: u64,
     size: usize,
-    only: &[String],
-) -> Result<bool, String> {
-    let d = duration.unwrap_or(if quick { 3.0 } else { 10.0 });
-    let conns = connections.unwrap_or(if quick { 2000 } else { 10_000 });
+    only: Vec<String>,
+    list: bool,
+}
+
+fn suite(b: &BrokerArgs, o: &SuiteOpts) -> Result<bool, String> {
+    let (window, size, only) = (o.window, o.size, &o.only);
+    let d = o.duration.unwrap_or(if o.quick { 3.0 } else { 10.0 });
+    let conns = o.connections.unwrap_or(if o.quick { 2000 } else { 10_000 });
     let v3 = Mqtt::V311;
     let plan: Vec<(Shape, u8, Mqtt, Option<Goal>)> = vec![
         (Shape::FanIn(10), 0, v3, Some(Goal::RatioAtLeast(4.0))),
@@ -521,13 +563,20 @@ fn suite(
         (Shape::Latency(5000.0), 1, v3, None),
     ];
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    let cname = format!("connections {conns} idle");
+    if o.list {
+        let names = std::iter::once(cname).chain(plan.iter().map(|(s, q, m, _)| s.name(*q, *m)));
+        for name in names.filter(|n| wanted(n)) {
+            println!("{name}");
+        }
+        return Ok(true);
+    }
     report::print_header();
     let mut all_clean = true;
     // Connection scale first, while the broker is fresh: RSS freed by earlier scenarios stays in
     // the allocator and would hide the per-connection cost.
-    let cname = format!("connections {conns} idle");
     if wanted(&cname) {
-        let mut r = run_connections(b, v3, conns, 4, 5.0)?;
+        let mut r = run_connections(b, v3, conns, 4, 5.0, 0.0)?;
         r.goal = Some(Goal::RssPerConnAtMost(16.0));
         all_clean &= r.errors.is_empty();
         emit(b, &r)?;

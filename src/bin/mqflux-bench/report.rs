@@ -45,6 +45,16 @@ pub struct Record {
     pub p999_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_us: Option<f64>,
+    /// CPU seconds (user + system) this tool used during the scenario.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_cpu_s: Option<f64>,
+    /// CPU seconds the broker used during the scenario (needs --broker-pid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_s: Option<f64>,
+    /// Deliveries per broker CPU second: efficiency, meaningful even on a busy machine where the
+    /// broker does not get a whole core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_per_broker_cpu_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<ConnRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +79,12 @@ pub struct ConnRecord {
     pub rss_after_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_conn_kib: Option<f64>,
+    /// Broker threads per connection (from /proc/PID/status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads_per_conn: Option<f64>,
+    /// Broker file descriptors per connection (from /proc/PID/fd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fds_per_conn: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
 }
@@ -160,9 +176,18 @@ pub fn print_row(r: &Record) {
             .rss_per_conn_kib
             .map(|k| format!("{k:.1} KiB/conn"))
             .unwrap_or_else(|| "RSS n/a".into());
+        let per = |v: Option<f64>, what: &str| {
+            v.map(|x| format!(", {x:.2} {what}/conn"))
+                .unwrap_or_default()
+        };
         checks = format!(
-            "{}/{} up, {}/{} alive, {rss}; {checks}",
-            c.connected, c.requested, c.alive, c.connected
+            "{}/{} up, {}/{} alive, {rss}{}{}; {checks}",
+            c.connected,
+            c.requested,
+            c.alive,
+            c.connected,
+            per(c.threads_per_conn, "threads"),
+            per(c.fds_per_conn, "fds")
         );
         println!(
             "{:<34} {:>10} {:>12.0} {:>9} {:>9} {:>9}  {}",
@@ -178,6 +203,12 @@ pub fn print_row(r: &Record) {
             opt(r.p99_us),
             opt(r.p999_us),
             checks
+        );
+    }
+    if let (Some(b), Some(t)) = (r.broker_cpu_s, r.tool_cpu_s) {
+        println!(
+            "    cpu: broker {b:.1} s, tool {t:.1} s over {:.1} s",
+            r.elapsed_s
         );
     }
     if let Some(s) = &r.stalled {
@@ -300,6 +331,13 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
                         .unwrap_or(f64::NAN)
                 };
                 metric_row("", "KiB/conn", rss(b), rss(c), "", "", "");
+                let fds = |r: &Record| {
+                    r.connections
+                        .as_ref()
+                        .and_then(|c| c.fds_per_conn)
+                        .unwrap_or(f64::NAN)
+                };
+                metric_row("", "fds/conn", fds(b), fds(c), "", "", "");
             }
             _ => {
                 metric_row(
@@ -311,6 +349,8 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
                     "",
                     "",
                 );
+                let eff = |r: &Record| r.deliveries_per_broker_cpu_s.unwrap_or(f64::NAN);
+                metric_row("", "deliv/cpu-s", eff(b), eff(c), "", "", "");
             }
         }
     }

@@ -11,6 +11,17 @@ pub fn now_ns() -> u64 {
     ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one), from
+/// /proc/PID/stat. Clock ticks are taken as 100 per second (USER_HZ on Linux).
+pub fn cpu_secs(pid: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may itself contain spaces.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// A growable set of sequence numbers.
 #[derive(Default, Clone)]
 pub struct SeqSet {

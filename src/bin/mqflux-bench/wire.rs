@@ -5,8 +5,9 @@
 //! PUBLISH. Incoming bytes are split into frames in place by `FrameReader`: the hot path only needs
 //! the packet type, the packet id and the payload of a PUBLISH, never an owned `Packet`.
 
-use crate::localcodec as codec;
-use mqflux::protocol::{Ack, Packet, Properties, ProtocolVersion, Publish, QoS};
+use mqflux::protocol::{
+    self as codec, Ack, Frame, Packet, Properties, ProtocolVersion, Publish, QoS,
+};
 use std::io::{self, Read};
 
 /// Encode a whole packet for a connection speaking `version`.
@@ -327,7 +328,11 @@ fn read_varint(b: &[u8]) -> Result<(usize, usize), WireError> {
 
 /// Decode a handshake packet (CONNACK, SUBACK) fully, with the project's codec.
 pub fn decode_other(header: u8, body: &[u8], version: ProtocolVersion) -> Result<Packet, String> {
-    codec::decode_packet(header, body, version)
+    let frame = Frame {
+        header,
+        body: bytes::Bytes::copy_from_slice(body),
+    };
+    codec::decode_packet(&frame, version).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
