@@ -6,7 +6,7 @@ use crate::wire::{self, Incoming};
 use mqflux::protocol::{Packet, ProtocolVersion};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub struct ConnOutcome {
     pub requested: usize,
+    /// Connections tried before the run ended (less than requested if it gave up).
+    pub attempted: usize,
     pub connected: usize,
     pub failed: usize,
     pub first_error: Option<String>,
@@ -86,6 +88,10 @@ pub struct ConnParams<'a> {
     pub settle: Duration,
     /// Keep the connections open this long after measuring (for inspecting the broker).
     pub hold: Duration,
+    /// Stop opening connections after this long.
+    pub max_time: Duration,
+    /// Stop opening connections after this many have failed.
+    pub max_failures: usize,
 }
 
 pub fn run(p: &ConnParams) -> ConnOutcome {
@@ -99,6 +105,8 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
         timeout,
         settle,
         hold,
+        max_time,
+        max_failures,
     } = *p;
     let mut out = ConnOutcome {
         requested: count,
@@ -112,6 +120,10 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
     let first_error: Mutex<Option<String>> = Mutex::new(None);
     let threads = threads.clamp(1, 64);
     let t0 = Instant::now();
+    // Bounded: give up after `max_time`, or once the broker has refused `max_failures`.
+    let deadline = t0 + max_time;
+    // When the last successful CONNACK arrived: the connect rate ignores time spent failing.
+    let last_ok = AtomicU64::new(0);
     let mut clients: Vec<Client> = thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -119,7 +131,10 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
                     let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, SeqCst);
-                        if i >= count {
+                        if i >= count
+                            || Instant::now() >= deadline
+                            || failed.load(SeqCst) >= max_failures
+                        {
                             return mine;
                         }
                         // Keep-alive 0: the broker must not time idle connections out [MQTT-3.1.2-23].
@@ -131,7 +146,10 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
                             256,
                             timeout,
                         ) {
-                            Ok(c) => mine.push(c),
+                            Ok(c) => {
+                                mine.push(c);
+                                last_ok.fetch_max(t0.elapsed().as_nanos() as u64, SeqCst);
+                            }
                             Err(e) => {
                                 failed.fetch_add(1, SeqCst);
                                 if let Ok(mut f) = first_error.lock() {
@@ -148,8 +166,9 @@ pub fn run(p: &ConnParams) -> ConnOutcome {
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    out.connect_secs = t0.elapsed().as_secs_f64();
+    out.connect_secs = last_ok.load(SeqCst) as f64 / 1e9;
     out.connected = clients.len();
+    out.attempted = next.load(SeqCst).min(count);
     out.failed = failed.load(SeqCst);
     out.first_error = first_error.into_inner().unwrap_or(None);
 

@@ -107,6 +107,13 @@ enum Command {
         /// Seconds to keep the connections open after measuring (to inspect the broker).
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+        /// Seconds at most for opening the connections (the run is bounded even when the
+        /// broker stops accepting).
+        #[arg(long, default_value_t = 60.0)]
+        max_time: f64,
+        /// Stop opening connections once this many have failed.
+        #[arg(long, default_value_t = 20)]
+        max_failures: usize,
     },
     /// The standard set of issue 8 (fan-in QoS 0/1/2, fan-out 50, pairs, latency at 5000/s,
     /// 10,000 connections), with the issue's targets recorded for `compare`.
@@ -376,6 +383,7 @@ fn run_connections(
     threads: usize,
     settle: f64,
     hold: f64,
+    limits: (f64, usize),
 ) -> Result<Record, String> {
     let addr = resolve(b)?;
     if let Some(limit) = connscale::open_files_limit() {
@@ -395,6 +403,8 @@ fn run_connections(
         timeout: secs(b.connect_timeout)?,
         settle: secs(settle)?,
         hold: secs(hold)?,
+        max_time: secs(limits.0)?,
+        max_failures: limits.1,
     });
     Ok(Record {
         name: format!("connections {count} idle"),
@@ -403,6 +413,7 @@ fn run_connections(
         mqtt: mqtt.version().to_string(),
         connections: Some(report::ConnRecord {
             requested: o.requested,
+            attempted: o.attempted,
             connected: o.connected,
             failed: o.failed,
             alive: o.alive,
@@ -479,8 +490,18 @@ fn main() -> ExitCode {
             threads,
             settle,
             hold,
+            max_time,
+            max_failures,
         } => single(&broker, || {
-            run_connections(&broker, mqtt, count, threads, settle, hold)
+            run_connections(
+                &broker,
+                mqtt,
+                count,
+                threads,
+                settle,
+                hold,
+                (max_time, max_failures),
+            )
         }),
         Command::Suite {
             broker,
@@ -576,7 +597,7 @@ fn suite(b: &BrokerArgs, o: &SuiteOpts) -> Result<bool, String> {
     // Connection scale first, while the broker is fresh: RSS freed by earlier scenarios stays in
     // the allocator and would hide the per-connection cost.
     if wanted(&cname) {
-        let mut r = run_connections(b, v3, conns, 4, 5.0, 0.0)?;
+        let mut r = run_connections(b, v3, conns, 4, 5.0, 0.0, (60.0, 20))?;
         r.goal = Some(Goal::RssPerConnAtMost(16.0));
         all_clean &= r.errors.is_empty();
         emit(b, &r)?;

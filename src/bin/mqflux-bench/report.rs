@@ -69,6 +69,7 @@ pub struct Record {
 #[serde(default)]
 pub struct ConnRecord {
     pub requested: usize,
+    pub attempted: usize,
     pub connected: usize,
     pub failed: usize,
     pub alive: usize,
@@ -122,6 +123,9 @@ impl Record {
         if let Some(c) = &self.connections {
             if c.failed > 0 {
                 v.push(format!("failed {}", c.failed));
+            }
+            if c.attempted < c.requested {
+                v.push(format!("gave up after {}", c.attempted));
             }
             if c.alive < c.connected {
                 v.push(format!("dead {}", c.connected - c.alive));
