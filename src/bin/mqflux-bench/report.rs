@@ -302,64 +302,50 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
             );
             continue;
         };
-        let (bv, unit, _) = b.primary();
-        let (cv, _, _) = c.primary();
+        // A stalled or failed message run has no meaningful rate: show "-" rather than a ratio.
+        let usable = |r: &Record| {
+            r.scenario == "connections" || (r.stalled.is_none() && r.errors.is_empty())
+        };
+        let (bu, cu) = (usable(b), usable(c));
+        let pair = |f: &Metric| {
+            let get = |r: &Record, ok: bool| {
+                if ok {
+                    f(r).unwrap_or(f64::NAN)
+                } else {
+                    f64::NAN
+                }
+            };
+            (get(b, bu), get(c, cu))
+        };
+        let unit = b.primary().1;
+        let (bv, cv) = pair(&|r| Some(r.primary().0));
         let verdict = goal_verdict(b, c);
         metric_row(&b.name, unit, bv, cv, &verdict, &checks(b), &checks(c));
-        match b.scenario.as_str() {
-            "latency" => {
-                metric_row(
-                    "",
-                    "p50 us",
-                    b.p50_us.unwrap_or(f64::NAN),
-                    c.p50_us.unwrap_or(f64::NAN),
-                    "",
-                    "",
-                    "",
-                );
-                metric_row(
-                    "",
-                    "p99.9 us",
-                    b.p999_us.unwrap_or(f64::NAN),
-                    c.p999_us.unwrap_or(f64::NAN),
-                    "",
-                    "",
-                    "",
-                );
-            }
-            "connections" => {
-                let rss = |r: &Record| {
-                    r.connections
-                        .as_ref()
-                        .and_then(|c| c.rss_per_conn_kib)
-                        .unwrap_or(f64::NAN)
-                };
-                metric_row("", "KiB/conn", rss(b), rss(c), "", "", "");
-                let fds = |r: &Record| {
-                    r.connections
-                        .as_ref()
-                        .and_then(|c| c.fds_per_conn)
-                        .unwrap_or(f64::NAN)
-                };
-                metric_row("", "fds/conn", fds(b), fds(c), "", "", "");
-            }
-            _ => {
-                metric_row(
-                    "",
-                    "p99 us",
-                    b.p99_us.unwrap_or(f64::NAN),
-                    c.p99_us.unwrap_or(f64::NAN),
-                    "",
-                    "",
-                    "",
-                );
-                let eff = |r: &Record| r.deliveries_per_broker_cpu_s.unwrap_or(f64::NAN);
-                metric_row("", "deliv/cpu-s", eff(b), eff(c), "", "", "");
-            }
+        let extra: Vec<(&str, &Metric)> = match b.scenario.as_str() {
+            "latency" => vec![("p50 us", &|r| r.p50_us), ("p99.9 us", &|r| r.p999_us)],
+            "connections" => vec![
+                ("KiB/conn", &|r| {
+                    r.connections.as_ref().and_then(|c| c.rss_per_conn_kib)
+                }),
+                ("fds/conn", &|r| {
+                    r.connections.as_ref().and_then(|c| c.fds_per_conn)
+                }),
+            ],
+            _ => vec![
+                ("p99 us", &|r| r.p99_us),
+                ("deliv/cpu-s", &|r| r.deliveries_per_broker_cpu_s),
+            ],
+        };
+        for (metric, f) in extra {
+            let (x, y) = pair(f);
+            metric_row("", metric, x, y, "", "", "");
         }
     }
     s
 }
+
+/// Reads one number out of a record (None when the record lacks it).
+type Metric = dyn Fn(&Record) -> Option<f64>;
 
 fn checks(r: &Record) -> String {
     let p = r.problems();
