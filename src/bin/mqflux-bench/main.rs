@@ -162,8 +162,9 @@ struct BrokerArgs {
     /// Name of the broker under test, written into every result (e.g. mosquitto, mqflux).
     #[arg(long, default_value = "broker")]
     label: String,
-    /// PID of the broker process; its VmRSS is read from /proc/PID/status for the connection
-    /// scenario (RSS per connection).
+    /// PID of the broker process (on this machine). Its CPU time is read from /proc/PID/stat
+    /// for every scenario (deliveries per broker CPU second), and its VmRSS, threads and open
+    /// file descriptors for the connection scenario (per-connection cost).
     #[arg(long)]
     broker_pid: Option<u32>,
     /// Append one JSON object per scenario to this file (JSON Lines); "-" writes them to stdout.
