@@ -337,13 +337,17 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
             out.missing += sent.saturating_sub(t.unique);
             if let Some(acked) = acked_sets.get(*pi) {
                 out.lost += acked.count_missing_from(&t.seen);
-                if std::env::var_os("BENCH_DEBUG").is_some() {
-                    let miss: Vec<u64> = (0..sent)
-                        .filter(|s| !t.seen.contains(*s))
-                        .take(10)
-                        .collect();
-                    eprintln!("pub {pi}: sent {sent} unique {} missing {miss:?}", t.unique);
-                }
+            }
+            if t.unique < sent && log::log_enabled!(log::Level::Debug) {
+                // Which messages never arrived (RUST_LOG=debug): tells a burst from a trickle.
+                let miss: Vec<u64> = (0..sent)
+                    .filter(|s| !t.seen.contains(*s))
+                    .take(10)
+                    .collect();
+                log::debug!(
+                    "publisher {pi}: sent {sent}, received {}, first missing {miss:?}",
+                    t.unique
+                );
             }
         }
     }
