@@ -561,7 +561,8 @@ fn topic_alias_from_client_is_resolved_for_subscribers() {
     p.topic_alias = Some(1);
     c.publish_with("sensors/temp", b"21", QoS::AtLeastOnce, false, p.clone());
     c.publish_with("", b"22", QoS::AtLeastOnce, false, p.clone());
-    // Re-map alias 1 to another topic [MQTT-3.3.2-? section 3.3.2.3.4 "replace"].
+    // Re-map alias 1 to another topic: a new topic for a known alias replaces the mapping
+    // (section 3.3.2.3.4).
     c.publish_with("sensors/hum", b"40", QoS::AtLeastOnce, false, p.clone());
     c.publish_with("", b"41", QoS::AtLeastOnce, false, p);
     let got: Vec<(String, String)> = (0..4)
@@ -629,8 +630,8 @@ fn broker_assigns_topic_aliases_up_to_the_client_topic_alias_maximum() {
     assert_eq!(payload_str(&m4), "4");
 }
 
-/// [MQTT-3.3.2-? section 3.1.2.11.8]: a client with Topic Alias Maximum 0 (the default) never
-/// gets an alias.
+/// Section 3.1.2.11.8: a client with Topic Alias Maximum absent or 0 (the default) never gets
+/// a topic alias from the broker.
 #[test]
 fn broker_sends_no_topic_alias_to_a_client_without_topic_alias_maximum() {
     let broker = Broker::start();

@@ -575,3 +575,45 @@ fn qos0_messages_flow_while_the_receive_maximum_window_is_full() {
     sub.puback(first.packet_id);
     assert_eq!(payload_str(&sub.expect_publish()), "waits");
 }
+
+/// [MQTT-3.2.2-16 (v5)] the Assigned Client Identifier names the session: a client that got one
+/// with a Session Expiry Interval can resume that session by connecting with it.
+#[test]
+fn assigned_client_identifier_can_resume_its_session() {
+    let broker = Broker::start();
+    let mut c = connect_packet("");
+    c.properties = expiry(60);
+    let (mut first, ack) = RawClient::connect_with(broker.port, c);
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned client identifier");
+    first.subscribe("aci/t", QoS::AtLeastOnce);
+    first.disconnect();
+    let mut publ = RawClient::connect_v5(broker.port, "aci-pub", props());
+    publ.publish("aci/t", "for the assigned id", QoS::AtLeastOnce);
+    let (mut again, present) = connect(broker.port, &id, false, expiry(60));
+    assert!(present, "session of {id} resumed");
+    assert_eq!(payload_str(&again.expect_publish()), "for the assigned id");
+}
+
+/// Section 3.3.2.3: a retained message keeps its application properties: a late
+/// subscriber gets the User Properties, Content Type and Correlation Data it was published with.
+#[test]
+fn retained_message_keeps_its_properties_for_late_subscribers() {
+    let broker = Broker::start();
+    let mut publ = RawClient::connect_v5(broker.port, "retp-pub", props());
+    let p = Properties {
+        user_properties: vec![("unit".into(), "C".into())],
+        content_type: Some("text/plain".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"r1")),
+        payload_format_indicator: Some(1),
+        ..Default::default()
+    };
+    publ.publish_with("retp/t", b"21", QoS::AtLeastOnce, true, p.clone());
+    let mut late = RawClient::connect_v5(broker.port, "retp-late", props());
+    late.subscribe("retp/#", QoS::AtLeastOnce);
+    let m = late.expect_publish();
+    assert!(m.retain);
+    assert_eq!(m.properties, p);
+}
