@@ -60,7 +60,7 @@ pub fn spawn(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> io::R
 
 /// Why a connection ended; decides whether the will is published and what is logged.
 enum Exit {
-    /// DISCONNECT received. v5 reason 0x04 asks for the will anyway.
+    /// DISCONNECT received. A v5 reason other than 0x00 (0x04, or an error) keeps the will.
     Disconnect { publish_will: bool },
     /// The client broke the protocol; `reason_code` goes in a v5 DISCONNECT.
     Violation { reason_code: u8, message: String },
@@ -730,8 +730,10 @@ impl Connection {
             self.session_expiry = expiry;
             self.session().lock().expiry_interval = expiry;
         }
+        // [MQTT-3.1.2-10 (v5)] only a normal disconnection (0x00) discards the will: 0x04 asks
+        // for it, and an error reason means the client did not end normally (section 3.1.2.5).
         Err(Exit::Disconnect {
-            publish_will: d.reason_code == reason::DISCONNECT_WITH_WILL,
+            publish_will: d.reason_code != reason::SUCCESS,
         })
     }
 
