@@ -332,6 +332,32 @@ fn client_disconnect_0x04_publishes_the_will_and_0x00_does_not() {
     watcher.expect_no_publish(Duration::from_millis(300));
 }
 
+/// [MQTT-3.1.2-10 (v5)] only a DISCONNECT with reason 0x00 discards the will; a client that
+/// disconnects with an error reason (0x80 "Unspecified error", 0x83 "Implementation specific
+/// error") did not end normally, so its will is published (section 3.1.2.5).
+#[test]
+fn client_disconnect_with_an_error_reason_publishes_the_will() {
+    let broker = Broker::start();
+    let mut watcher = RawClient::connect_v5(broker.port, "will-err-watch", props());
+    watcher.subscribe("will-err/#", QoS::AtLeastOnce);
+    for code in [
+        reason::UNSPECIFIED_ERROR,
+        reason::IMPLEMENTATION_SPECIFIC_ERROR,
+    ] {
+        let mut connect = connect_packet("will-err");
+        connect.will = Some(v5_common::will(
+            &format!("will-err/{code:x}"),
+            "gone",
+            props(),
+        ));
+        let (c, _) = RawClient::connect_with(broker.port, connect);
+        c.disconnect_with(code, props());
+        let m = watcher.expect_publish();
+        assert_eq!(m.topic, format!("will-err/{code:x}"));
+        watcher.puback(m.packet_id);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server-initiated DISCONNECT
 // ---------------------------------------------------------------------------------------------
