@@ -1,0 +1,235 @@
+//! MQTT over WebSocket (`protocol = "ws"`) and over secure WebSocket (`"wss"`): a tungstenite
+//! client sending MQTT packets in binary frames, crossing to a plain TCP client.
+
+mod listeners_support;
+
+use listeners_support::*;
+use mqflux::protocol::Packet;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+/// A WebSocket client seen as a byte stream: MQTT packets may span or share binary frames.
+struct WsStream<S: Read + Write> {
+    ws: WebSocket<S>,
+    pending: Vec<u8>,
+}
+
+impl<S: Read + Write> Read for WsStream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pending.is_empty() {
+            match self.ws.read().map_err(io::Error::other)? {
+                Message::Binary(b) => self.pending.extend_from_slice(&b),
+                Message::Close(_) => return Ok(0),
+                _ => {}
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
+impl<S: Read + Write> Write for WsStream<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.ws
+            .send(Message::binary(buf.to_vec()))
+            .map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.ws.flush().map_err(io::Error::other)
+    }
+}
+
+fn ws_request(url: &str, subprotocol: Option<&str>) -> tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(p) = subprotocol {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    request
+}
+
+fn negotiated(response: &tungstenite::handshake::client::Response) -> Option<String> {
+    response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+const WS_CONFIG: &str = r#"
+[[listeners]]
+bind = "127.0.0.1"
+port = 0
+
+[[listeners]]
+protocol = "ws"
+bind = "127.0.0.1"
+port = 0
+"#;
+
+fn tcp_client(broker: &Broker, id: &str) -> TcpStream {
+    let mut s = TcpStream::connect(broker.addr("tcp")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    mqtt_connect(&mut s, id);
+    s
+}
+
+fn subscribe(s: &mut (impl Read + Write), filter: &str) {
+    s.write_all(&encode(&subscribe_packet(filter))).unwrap();
+    assert!(matches!(read_packet(s), Packet::SubAck(_)));
+}
+
+fn expect_publish(s: &mut impl Read, topic: &str, payload: &[u8]) {
+    match read_packet(s) {
+        Packet::Publish(p) => {
+            assert_eq!(p.topic, topic);
+            assert_eq!(&p.payload[..], payload);
+        }
+        other => panic!("expected PUBLISH, got {}", other.name()),
+    }
+}
+
+#[test]
+fn websocket_client_and_tcp_client_exchange_messages_with_subprotocol_mqtt() {
+    let broker = Broker::start(WS_CONFIG);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let url = format!("ws://{addr}/mqtt");
+    let (ws, response) = tungstenite::client(ws_request(&url, Some("mqtt")), tcp).unwrap();
+    // [MQTT-6.0.0-4] the server selects "mqtt".
+    assert_eq!(negotiated(&response).as_deref(), Some("mqtt"));
+    let mut ws = WsStream {
+        ws,
+        pending: Vec::new(),
+    };
+    mqtt_connect(&mut ws, "ws-client");
+
+    // WebSocket -> TCP
+    let mut tcp_sub = tcp_client(&broker, "tcp-client");
+    subscribe(&mut tcp_sub, "cross/#");
+    ws.write_all(&encode(&publish_packet("cross/from-ws", b"hello tcp")))
+        .unwrap();
+    expect_publish(&mut tcp_sub, "cross/from-ws", b"hello tcp");
+
+    // TCP -> WebSocket, with two packets in one TCP write to exercise re-framing.
+    subscribe(&mut ws, "back/#");
+    let mut two = encode(&publish_packet("back/1", b"one"));
+    two.extend(encode(&publish_packet("back/2", &[7u8; 40_000])));
+    tcp_sub.write_all(&two).unwrap();
+    expect_publish(&mut ws, "back/1", b"one");
+    expect_publish(&mut ws, "back/2", &[7u8; 40_000]);
+
+    // A clean WebSocket close ends the session like a TCP close.
+    ws.ws.close(None).unwrap();
+    broker.wait_log("client ws-client disconnected");
+}
+
+#[test]
+fn websocket_upgrade_on_another_path_is_refused_with_404() {
+    let broker = Broker::start(WS_CONFIG);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let url = format!("ws://{addr}/not-mqtt");
+    match tungstenite::client(ws_request(&url, Some("mqtt")), tcp) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            assert_eq!(r.status(), 404)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("upgrade on the wrong path was accepted"),
+    }
+}
+
+#[test]
+fn websocket_client_offering_only_other_subprotocols_is_refused() {
+    let broker = Broker::start(WS_CONFIG);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let url = format!("ws://{addr}/mqtt");
+    match tungstenite::client(ws_request(&url, Some("chat, wamp")), tcp) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            assert_eq!(r.status(), 400)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("upgrade without the mqtt subprotocol was accepted"),
+    }
+}
+
+#[test]
+fn websocket_text_frame_closes_the_connection() {
+    let broker = Broker::start(WS_CONFIG);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let url = format!("ws://{addr}/mqtt");
+    let (ws, _) = tungstenite::client(ws_request(&url, Some("mqtt")), tcp).unwrap();
+    let mut ws = WsStream {
+        ws,
+        pending: Vec::new(),
+    };
+    mqtt_connect(&mut ws, "texter");
+    // [MQTT-6.0.0-1] only binary frames carry MQTT; anything else closes the connection.
+    ws.ws.send(Message::text("not mqtt")).unwrap();
+    broker.wait_log("client texter disconnected");
+    let mut buf = [0u8; 16];
+    match ws.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes after a text frame"),
+    }
+}
+
+#[test]
+fn secure_websocket_carries_mqtt_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "x");
+    let config = format!(
+        "[[listeners]]\nprotocol = \"wss\"\nbind = \"127.0.0.1\"\nport = 0\npath = \"/broker\"\n\
+         cert_file = {}\nkey_file = {}\n",
+        toml_path(&pki.server_cert),
+        toml_path(&pki.server_key)
+    );
+    let ca_pem = std::fs::read(&pki.ca).unwrap();
+    let broker = Broker::start_in(dir, &config);
+    let addr = broker.addr("wss");
+
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let tls = rustls::StreamOwned::new(conn, tcp);
+    let url = format!("wss://localhost:{}/broker", addr.port());
+    let (ws, response) = tungstenite::client(ws_request(&url, Some("mqtt")), tls).unwrap();
+    assert_eq!(negotiated(&response).as_deref(), Some("mqtt"));
+    let mut ws = WsStream {
+        ws,
+        pending: Vec::new(),
+    };
+    mqtt_connect(&mut ws, "wss-client");
+    subscribe(&mut ws, "secure/#");
+    ws.write_all(&encode(&publish_packet(
+        "secure/echo",
+        b"through tls and ws",
+    )))
+    .unwrap();
+    expect_publish(&mut ws, "secure/echo", b"through tls and ws");
+}
