@@ -253,3 +253,69 @@ fn unreadable_certificate_file_is_a_config_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn certificate_identity_replaces_username_and_password_and_obeys_the_acl() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "sensor-1");
+    let passwords = dir.path().join("passwd");
+    let status = Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&passwords)
+        .args(["reader", "secret"])
+        .status()
+        .expect("mosquitto_passwd (apt-get install mosquitto)");
+    assert!(status.success());
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "user reader\ntopic read cert/#\n\nuser sensor-1\ntopic write cert/allowed\n",
+    )
+    .unwrap();
+    let extra = format!(
+        "ca_file = {}\nrequire_certificate = true\nuse_identity_as_username = true\n\n\
+         [security]\nallow_anonymous = false\npassword_file = {}\nacl_file = {}\n",
+        toml_path(&pki.ca),
+        toml_path(&passwords),
+        toml_path(&acl),
+    );
+    let broker = Broker::start_in(dir, &tls_config(&pki, &extra));
+    let mut sub = TcpStream::connect(broker.addr("tcp")).unwrap();
+    sub.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut sub,
+        &encode(&connect_with_credentials("reader", "reader", "secret")),
+    )
+    .unwrap();
+    assert!(matches!(read_packet(&mut sub), Packet::ConnAck(c) if c.code == 0));
+    std::io::Write::write_all(&mut sub, &encode(&subscribe_packet("cert/#"))).unwrap();
+    assert!(matches!(read_packet(&mut sub), Packet::SubAck(_)));
+
+    let publish = |topic: &str, payload: &str| {
+        // No -u/-P: the certificate is the only credential.
+        let out = mosquitto(
+            "mosquitto_pub",
+            broker.addr("mqtts"),
+            &[
+                "--cafile",
+                pki.ca.to_str().unwrap(),
+                "--cert",
+                pki.client_cert.to_str().unwrap(),
+                "--key",
+                pki.client_key.to_str().unwrap(),
+                "-t",
+                topic,
+                "-m",
+                payload,
+                "-q",
+                "1",
+            ],
+        );
+        assert!(out.status.success(), "mosquitto_pub: {out:?}");
+    };
+    // Not in sensor-1's ACL: accepted on the wire (v3.1.1) but not delivered.
+    publish("cert/denied", "dropped");
+    publish("cert/allowed", "delivered");
+    expect_publish(&mut sub, "cert/allowed", b"delivered");
+}

@@ -5,11 +5,15 @@
 //! `router` to every matching `session`, whose connection's writer sends it; then it is handed to
 //! the InfluxDB `sink`.
 
+pub mod acl;
+pub mod auth;
 pub mod connection;
 pub mod listener;
 pub mod message;
 pub mod pump;
+pub mod ratelimit;
 pub mod router;
+pub mod security;
 pub mod session;
 pub mod socket;
 pub mod stats;
@@ -22,6 +26,7 @@ use crate::sink::{Sink, SinkRecord};
 use log::{debug, info};
 use message::Message;
 use router::Router;
+use security::SecurityFiles;
 use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
 use socket::Socket;
 use stats::Stats;
@@ -40,6 +45,8 @@ struct LiveConnection {
 
 pub struct Broker {
     pub config: Config,
+    /// Password and ACL files, replaced on SIGHUP.
+    pub security: SecurityFiles,
     pub router: Router,
     pub stats: Stats,
     pub sink: Sink,
@@ -57,9 +64,10 @@ pub struct Attached {
 }
 
 impl Broker {
-    pub fn new(config: Config, sink: Sink) -> Arc<Broker> {
+    pub fn new(config: Config, sink: Sink, security: SecurityFiles) -> Arc<Broker> {
         Arc::new(Broker {
             config,
+            security,
             router: Router::default(),
             stats: Stats::default(),
             sink,
@@ -102,9 +110,11 @@ impl Broker {
         let count = deliveries.len();
         for d in deliveries {
             let (session, route) = d.route(&message);
-            session
-                .lock()
-                .deliver(&message, route, &session.client_id, &self.stats);
+            let mut state = session.lock();
+            // ACL read access is checked per delivered message, as mosquitto does.
+            if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                state.deliver(&message, route, &session.client_id, &self.stats);
+            }
         }
         if self.config.log.messages {
             info!(
@@ -138,6 +148,9 @@ impl Broker {
         }
         let mut state = session.lock();
         for message in retained {
+            if !state.can_receive(&session.client_id, &message.topic, &self.security) {
+                continue;
+            }
             let route = Route {
                 qos: message.qos.min(granted),
                 retain: true,
@@ -168,7 +181,17 @@ impl Broker {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let existing = sessions.get(client_id).cloned();
         let (session, session_present) = match existing {
-            Some(s) if !clean_start && !s.lock().is_expired(Instant::now()) => (s, true),
+            // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
+            // if that connection has not finished closing yet: it is never resumed
+            // [MQTT-3.1.2-6].
+            Some(s)
+                if !clean_start && {
+                    let state = s.lock();
+                    state.expiry_interval != 0 && !state.is_expired(Instant::now())
+                } =>
+            {
+                (s, true)
+            }
             other => {
                 if let Some(old) = other {
                     self.end_session(&old, &mut sessions);

@@ -247,6 +247,16 @@ pub fn read_packet(stream: &mut impl Read) -> Packet {
     protocol::decode_packet(&frame, ProtocolVersion::V311).expect("decode MQTT packet")
 }
 
+/// CONNECT with a username and password.
+pub fn connect_with_credentials(client_id: &str, username: &str, password: &str) -> Packet {
+    let mut packet = connect_packet(client_id);
+    if let Packet::Connect(c) = &mut packet {
+        c.username = Some(username.into());
+        c.password = Some(password.as_bytes().to_vec().into());
+    }
+    packet
+}
+
 /// Send CONNECT on `stream` and expect CONNACK 0.
 pub fn mqtt_connect(stream: &mut (impl Read + Write), client_id: &str) {
     stream
