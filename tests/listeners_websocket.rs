@@ -233,3 +233,65 @@ fn secure_websocket_carries_mqtt_over_tls() {
     .unwrap();
     expect_publish(&mut ws, "secure/echo", b"through tls and ws");
 }
+
+#[test]
+fn disconnect_sent_just_before_the_socket_closes_is_still_delivered() {
+    let broker = Broker::start(WS_CONFIG);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let url = format!("ws://{addr}/mqtt");
+    let (ws, _) = tungstenite::client(ws_request(&url, Some("mqtt")), tcp).unwrap();
+    let mut ws = WsStream {
+        ws,
+        pending: Vec::new(),
+    };
+    mqtt_connect(&mut ws, "leaver");
+    let disconnect = Packet::Disconnect(mqflux::protocol::Disconnect {
+        reason_code: 0,
+        properties: Default::default(),
+    });
+    ws.write_all(&encode(&disconnect)).unwrap();
+    // Drop the TCP socket at once, without a WebSocket close: the pump must still hand the
+    // DISCONNECT to the connection before it signals the end of the stream.
+    drop(ws);
+    let line = broker.wait_log("client leaver disconnected");
+    assert!(line.contains("client sent DISCONNECT"), "{line}");
+}
+
+#[test]
+fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "x");
+    let config = format!(
+        "{WS_CONFIG}\n[[listeners]]\nprotocol = \"wss\"\nbind = \"127.0.0.1\"\nport = 0\n\
+         cert_file = {}\nkey_file = {}\n",
+        toml_path(&pki.server_cert),
+        toml_path(&pki.server_key)
+    );
+    let mut broker = Broker::start_in(dir, &config);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let (ws, _) =
+        tungstenite::client(ws_request(&format!("ws://{addr}/mqtt"), Some("mqtt")), tcp).unwrap();
+    let mut ws = WsStream {
+        ws,
+        pending: Vec::new(),
+    };
+    mqtt_connect(&mut ws, "stayer");
+    // A client stuck before its TLS handshake must not hold the shutdown for connect_timeout.
+    let _silent = TcpStream::connect(broker.addr("wss")).unwrap();
+
+    let took = broker.terminate();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "shutdown took {took:?}"
+    );
+    // The WebSocket client got a close frame or EOF, not a hang.
+    let mut buf = [0u8; 16];
+    match ws.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} unexpected bytes"),
+    }
+}

@@ -12,7 +12,7 @@ use crate::config::{ListenerConfig, ListenerProtocol};
 use log::{debug, error, info, warn};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -110,6 +110,8 @@ impl Listener {
 struct PumpThread {
     thread: JoinHandle<()>,
     socket: TcpStream,
+    /// Set by the pump once the handshake is done and it bridges a connection.
+    bridging: Arc<AtomicBool>,
 }
 
 fn accept_loop(
@@ -165,13 +167,23 @@ fn accept_loop(
                 continue;
             }
         };
-        match pump::start(broker, context, stream, peer, slot) {
-            Ok(thread) => pumps.push(PumpThread { thread, socket }),
+        let bridging = Arc::new(AtomicBool::new(false));
+        match pump::start(broker, context, stream, peer, slot, bridging.clone()) {
+            Ok(thread) => pumps.push(PumpThread {
+                thread,
+                socket,
+                bridging,
+            }),
             Err(e) => error!("cannot start a transport thread for {peer}: {e}"),
         }
     }
-    // The broker has closed every connection by now, so established pumps are finishing; give
-    // them a moment to flush, then cut off the rest (handshakes still waiting for a client).
+    // Handshakes still waiting for a client are cut off now. The broker has closed every
+    // connection, so bridging pumps are finishing: give them a moment to flush, then cut them off.
+    for p in &pumps {
+        if !p.bridging.load(Ordering::Acquire) {
+            let _ = p.socket.shutdown(Shutdown::Both);
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(2);
     while pumps.iter().any(|p| !p.thread.is_finished()) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));

@@ -24,6 +24,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -49,13 +50,14 @@ pub fn start(
     tcp: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
+    bridging: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let broker = broker.clone();
     let context = context.clone();
     thread::Builder::new()
         .name(format!("pump-{peer}"))
         .stack_size(PUMP_STACK)
-        .spawn(move || run(&broker, &context, tcp, peer, slot))
+        .spawn(move || run(&broker, &context, tcp, peer, slot, &bridging))
 }
 
 fn run(
@@ -64,6 +66,7 @@ fn run(
     tcp: TcpStream,
     peer: SocketAddr,
     slot: ConnectionSlot,
+    bridging: &AtomicBool,
 ) {
     let scheme = context.protocol.scheme();
     let _ = tcp.set_nodelay(true);
@@ -86,7 +89,10 @@ fn run(
         Ok(pump_end)
     });
     match started {
-        Ok(pump_end) => bridge(&mut transport, pump_end, peer),
+        Ok(pump_end) => {
+            bridging.store(true, Ordering::Release);
+            bridge(&mut transport, pump_end, peer)
+        }
         Err(e) => warn!("{scheme} connection from {peer} dropped: {e}"),
     }
     // The listener keeps a clone of the socket: shut it down so the client sees the close now.

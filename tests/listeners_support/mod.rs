@@ -98,6 +98,26 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Send SIGTERM and wait (bounded) for the process to exit; returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "broker exited with {status}");
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < WAIT,
+                "broker did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
