@@ -7,7 +7,6 @@ use listeners_support::*;
 use mqflux::protocol::Packet;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
@@ -196,27 +195,11 @@ fn secure_websocket_carries_mqtt_over_tls() {
         toml_path(&pki.server_cert),
         toml_path(&pki.server_key)
     );
-    let ca_pem = std::fs::read(&pki.ca).unwrap();
+    let ca = pki.ca.clone();
     let broker = Broker::start_in(dir, &config);
     let addr = broker.addr("wss");
 
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(client_config), "localhost".try_into().unwrap())
-            .unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let tls = rustls::StreamOwned::new(conn, tcp);
+    let tls = tls_client(addr, &ca);
     let url = format!("wss://localhost:{}/broker", addr.port());
     let (ws, response) = tungstenite::client(ws_request(&url, Some("mqtt")), tls).unwrap();
     assert_eq!(negotiated(&response).as_deref(), Some("mqtt"));

@@ -99,6 +99,15 @@ impl Broker {
 }
 
 impl Broker {
+    /// CPU time (user + system) the broker process has used so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
     /// Send SIGTERM and wait (bounded) for the process to exit; returns how long it took.
     pub fn terminate(&mut self) -> Duration {
         let started = Instant::now();
@@ -286,4 +295,28 @@ pub fn mqtt_connect(stream: &mut (impl Read + Write), client_id: &str) {
         Packet::ConnAck(c) => assert_eq!(c.code, 0, "CONNACK code"),
         other => panic!("expected CONNACK, got {}", other.name()),
     }
+}
+
+/// A TLS client connection to `addr` trusting the CA in `ca_file` (server name "localhost").
+pub fn tls_client(
+    addr: SocketAddr,
+    ca_file: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
 }
