@@ -278,3 +278,52 @@ fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
         Ok(n) => panic!("{n} unexpected bytes"),
     }
 }
+
+#[test]
+fn refusal_connack_reaches_the_websocket_client_before_the_close() {
+    let broker = Broker::start(WS_CONFIG);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let (ws, _) =
+        tungstenite::client(ws_request(&format!("ws://{addr}/mqtt"), Some("mqtt")), tcp).unwrap();
+    let mut ws = WsStream {
+        ws,
+        pending: Vec::new(),
+    };
+    let mut connect = encode(&connect_packet("from-the-future"));
+    // Protocol level byte after the fixed header (2) and the name "MQTT" (6): 4 -> 9.
+    assert_eq!(connect[8], 4);
+    connect[8] = 9;
+    ws.write_all(&connect).unwrap();
+    // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol version), then the connection closes.
+    let mut connack = [0u8; 4];
+    ws.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x01]);
+    let mut rest = [0u8; 1];
+    match ws.read(&mut rest) {
+        Ok(0) | Err(_) => {}
+        Ok(_) => panic!("bytes after the refusal"),
+    }
+}
+
+#[test]
+fn websocket_ping_is_answered_with_pong() {
+    let broker = Broker::start(WS_CONFIG);
+    let addr = broker.addr("ws");
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut ws, _) =
+        tungstenite::client(ws_request(&format!("ws://{addr}/mqtt"), Some("mqtt")), tcp).unwrap();
+    ws.send(Message::Ping(b"are you there"[..].into())).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"are you there");
+                break;
+            }
+            Message::Ping(_) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+}
