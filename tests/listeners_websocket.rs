@@ -327,3 +327,69 @@ fn websocket_ping_is_answered_with_pong() {
         }
     }
 }
+
+/// Read until the broker closes the socket; panics if it is still open after `WAIT`.
+fn wait_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {} // e.g. an HTTP error response before the close
+            Err(e) => {
+                assert_ne!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock,
+                    "still open after {WAIT:?}"
+                );
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn upgrade_request_trickled_byte_by_byte_is_cut_off_at_the_connect_timeout() {
+    let broker = Broker::start(&format!(
+        "{WS_CONFIG}\n[limits]\nconnect_timeout_secs = 1\n"
+    ));
+    let mut s = TcpStream::connect(broker.addr("ws")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let started = std::time::Instant::now();
+    // Each byte arrives well within any per-read timeout; only a deadline for the whole
+    // handshake stops this (slowloris).
+    let trickler = std::thread::spawn(move || {
+        for b in b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".iter() {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+    });
+    wait_closed(&mut s);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "closed only after {took:?}"
+    );
+    broker.wait_log("closed during the handshake");
+    drop(s);
+    trickler.join().unwrap();
+}
+
+#[test]
+fn endless_upgrade_request_header_is_refused() {
+    let broker = Broker::start(WS_CONFIG);
+    let mut s = TcpStream::connect(broker.addr("ws")).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.write_all(b"GET /mqtt HTTP/1.1\r\nX-Filler: ");
+    let filler = vec![b'a'; 16 * 1024];
+    for _ in 0..64 {
+        // 1 MiB of one header line; the broker gives up long before the end.
+        if s.write_all(&filler).is_err() {
+            break;
+        }
+    }
+    wait_closed(&mut s);
+    broker.wait_log("closed during the handshake");
+}
