@@ -3,9 +3,11 @@
 
 use super::acl::ClientAcl;
 use super::auth::{authenticate, AuthRefusal};
+use super::listener::ConnectionSlot;
 use super::message::Message;
 use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
 use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
+use super::socket::Socket;
 use super::stats::Stats;
 use super::topic::{validate_subscription_filter, validate_topic_name};
 use super::Broker;
@@ -18,7 +20,7 @@ use log::{debug, info, warn};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -33,8 +35,16 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// queue, and a socket write may block, before the client is considered not to be reading.
 const STALLED_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Start the threads for a freshly accepted socket.
-pub fn spawn(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+/// Start the threads for a freshly accepted socket (or the broker's end of a TLS / WebSocket
+/// bridge). `tls_identity` is the client certificate's subject CN when the listener has
+/// `use_identity_as_username`; `slot` is the listener's connection place, held until the end.
+pub fn spawn(
+    broker: &Arc<Broker>,
+    stream: Socket,
+    peer: SocketAddr,
+    tls_identity: Option<String>,
+    slot: ConnectionSlot,
+) -> io::Result<()> {
     let Some(id) = broker.register_connection(&stream) else {
         return Ok(()); // shutting down
     };
@@ -43,8 +53,9 @@ pub fn spawn(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> io::R
         .name(format!("conn-{id}"))
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            Connection::new(b.clone(), id, stream, peer).run();
+            Connection::new(b.clone(), id, stream, peer, tls_identity).run();
             b.unregister_connection(id);
+            drop(slot);
         });
     match spawned {
         Ok(thread) => {
@@ -81,7 +92,11 @@ struct Connection {
     broker: Arc<Broker>,
     id: u64,
     peer: SocketAddr,
-    stream: TcpStream,
+    stream: Socket,
+    /// The TLS client certificate's subject CN, set only on listeners with
+    /// `use_identity_as_username`: there it replaces the CONNECT username for authentication
+    /// and ACLs (mosquitto's semantics), and the CONNECT password is not checked.
+    tls_identity: Option<String>,
     client_id: Arc<str>,
     version: ProtocolVersion,
     tx: Option<Sender<Outbound>>,
@@ -102,7 +117,13 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(broker: Arc<Broker>, id: u64, stream: TcpStream, peer: SocketAddr) -> Connection {
+    fn new(
+        broker: Arc<Broker>,
+        id: u64,
+        stream: Socket,
+        peer: SocketAddr,
+        tls_identity: Option<String>,
+    ) -> Connection {
         let rate_limit = PublishRateLimit {
             messages_per_sec: Some(broker.config.limits.max_publish_rate),
             bytes_per_sec: Some(broker.config.limits.max_publish_bytes_rate),
@@ -113,6 +134,7 @@ impl Connection {
             id,
             peer,
             stream,
+            tls_identity,
             client_id: "(before CONNECT)".into(),
             version: ProtocolVersion::V311,
             tx: None,
@@ -149,7 +171,7 @@ impl Connection {
     }
 
     /// Wait for CONNECT and answer it. Ok(true): connected; Ok(false): refused (already answered).
-    fn connect(&mut self, reader: &mut BufReader<TcpStream>) -> Result<bool, Exit> {
+    fn connect(&mut self, reader: &mut BufReader<Socket>) -> Result<bool, Exit> {
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
         let _ = self.stream.set_read_timeout(Some(timeout));
         let frame = match protocol::read_frame(reader, self.max_packet_size()) {
@@ -195,6 +217,10 @@ impl Connection {
 
     fn accept_connect(&mut self, c: Connect) -> Result<bool, Exit> {
         self.version = c.version;
+        // The username that authentication and ACLs must use: on a listener with
+        // `use_identity_as_username` the TLS client certificate's CN, whatever CONNECT says;
+        // otherwise CONNECT's own.
+        let username: Option<String> = self.tls_identity.clone().or_else(|| c.username.clone());
         let v5 = c.version.is_v5();
         if v5 && c.properties.authentication_method.is_some() {
             // No enhanced authentication methods are supported [MQTT-4.12.0-1].
@@ -241,12 +267,19 @@ impl Connection {
         let snapshot = self.broker.security.current();
         let allow_anonymous = self.broker.config.security.allow_anonymous;
         let password = c.password.as_deref();
-        if let Err(refusal) = authenticate(
-            allow_anonymous,
-            snapshot.passwords.as_ref(),
-            c.username.as_deref(),
-            password,
-        ) {
+        let authenticated = match &self.tls_identity {
+            // use_identity_as_username: the client certificate, verified against the listener's
+            // ca_file during the TLS handshake, is the credential; as in mosquitto, the password
+            // file is not consulted.
+            Some(_) => Ok(()),
+            None => authenticate(
+                allow_anonymous,
+                snapshot.passwords.as_ref(),
+                c.username.as_deref(),
+                password,
+            ),
+        };
+        if let Err(refusal) = authenticated {
             warn!(
                 "connection from {}: client {} (username {:?}) refused: {refusal}",
                 self.peer, client_id, c.username
@@ -254,10 +287,10 @@ impl Connection {
             self.refuse(AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
             return Ok(false);
         }
-        self.username = c.username.as_deref().map(Arc::from);
+        self.username = username.as_deref().map(Arc::from);
         self.acl = (
             snapshot.generation,
-            snapshot.client_acl(&client_id, c.username.as_deref()),
+            snapshot.client_acl(&client_id, username.as_deref()),
         );
         self.session_expiry = match (v5, c.clean_start) {
             (true, _) => c.properties.session_expiry_interval.unwrap_or(0),
@@ -344,9 +377,13 @@ impl Connection {
             (keep_alive_secs > 0).then(|| Duration::from_millis(keep_alive_secs as u64 * 1500));
         let _ = self.stream.set_read_timeout(keep_alive);
         info!(
-            "client {} connected from {} (MQTT {}, {}, keep-alive {}s{})",
+            "client {} connected from {}{} (MQTT {}, {}, keep-alive {}s{})",
             client_id,
             self.peer,
+            username
+                .as_deref()
+                .map(|u| format!(" as {u:?}"))
+                .unwrap_or_default(),
             self.version,
             if self.session_expiry == 0 {
                 "clean session"
@@ -381,7 +418,7 @@ impl Connection {
     }
 
     /// The packet loop after CONNACK. Returns why it ended.
-    fn serve(&mut self, reader: &mut BufReader<TcpStream>) -> Option<Exit> {
+    fn serve(&mut self, reader: &mut BufReader<Socket>) -> Option<Exit> {
         loop {
             let frame = match protocol::read_frame(reader, self.max_packet_size()) {
                 Ok(f) => f,
@@ -890,7 +927,7 @@ fn violation_from(e: DecodeError) -> Exit {
 /// The writer thread: encode everything queued (up to `WRITE_BATCH` bytes) and write it with one
 /// syscall, so a burst to one subscriber costs one write, not one per message.
 fn write_loop(
-    mut stream: TcpStream,
+    mut stream: Socket,
     rx: Receiver<Outbound>,
     version: ProtocolVersion,
     alias_max: u16,

@@ -10,11 +10,14 @@ pub mod auth;
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod pump;
 pub mod ratelimit;
 pub mod router;
 pub mod security;
 pub mod session;
+pub mod socket;
 pub mod stats;
+pub mod tls;
 pub mod topic;
 
 use crate::config::Config;
@@ -25,9 +28,10 @@ use message::Message;
 use router::Router;
 use security::SecurityFiles;
 use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
+use socket::Socket;
 use stats::Stats;
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -35,7 +39,7 @@ use std::time::{Duration, Instant};
 
 /// A live network connection, kept so shutdown can close it and join its thread.
 struct LiveConnection {
-    stream: TcpStream,
+    stream: Socket,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -388,7 +392,7 @@ impl Broker {
     }
 
     /// Register a new connection; returns its id, or None when the broker is shutting down.
-    pub fn register_connection(&self, stream: &TcpStream) -> Option<u64> {
+    pub fn register_connection(&self, stream: &Socket) -> Option<u64> {
         let stream = stream.try_clone().ok()?;
         let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
