@@ -980,6 +980,8 @@ fn broker_topic_aliases_start_afresh_on_reconnect() {
     let alias = m1.properties.topic_alias.expect("alias assigned");
     assert_eq!(m2.properties.topic_alias, Some(alias));
     sub.puback(m1.packet_id);
+    // The ping's answer proves the broker has processed the PUBACK before the drop.
+    sub.ping();
     // m2 is left unacknowledged: it is resent after reconnect.
     sub.drop_connection();
 
