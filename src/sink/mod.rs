@@ -423,10 +423,16 @@ impl Sink {
 
     /// Flush what is buffered and join the writer threads. Points InfluxDB does not take within
     /// `shutdown_timeout_secs` stay in the spool for the next start.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(self) {
+        self.shutdown_with_stats();
+    }
+
+    /// `shutdown`, then the final counters.
+    pub fn shutdown_with_stats(mut self) -> SinkStats {
         if let Some(w) = self.writer.take() {
             w.shutdown();
         }
+        self.counters.snapshot()
     }
 }
 

@@ -121,6 +121,7 @@ impl Writer {
         let (record_tx, record_rx) = bounded(config.queue_capacity);
         let (batch_tx, batch_rx) = bounded(BATCHES_IN_MEMORY);
         let (stop_tx, stop_rx) = bounded::<()>(0);
+        let (ready_tx, ready_rx) = bounded::<()>(1);
         let batcher = Batcher {
             mapping,
             types: FieldTypes::default(),
@@ -130,6 +131,7 @@ impl Writer {
             batches: batch_tx,
             shared: shared.clone(),
             backpressure_logged: false,
+            ready: Some((ready_rx, Duration::from_secs(config.timeout_secs + 1))),
         };
         let sender = SenderLoop {
             client: InfluxClient::new(config),
@@ -139,6 +141,7 @@ impl Writer {
             batches: batch_rx,
             stop: stop_rx,
             shared: shared.clone(),
+            ready: Some(ready_tx),
         };
         let t1 = std::thread::Builder::new()
             .name("sink-batcher".into())
@@ -234,6 +237,8 @@ struct Batcher {
     batches: Sender<Batch>,
     shared: Arc<Shared>,
     backpressure_logged: bool,
+    /// Signalled (or dropped) once the sender has asked the database for its field types.
+    ready: Option<(Receiver<()>, Duration)>,
 }
 
 impl Batcher {
@@ -249,6 +254,11 @@ impl Batcher {
             };
             let flush = match msg {
                 Ok(rec) => {
+                    if let Some((ready, timeout)) = self.ready.take() {
+                        // Map the first publishes only once the stored field types are known
+                        // (or InfluxDB did not answer in time), so they cannot conflict.
+                        let _ = ready.recv_timeout(timeout);
+                    }
                     self.apply_facts();
                     match self.mapping.map(
                         &rec.topic,
@@ -441,6 +451,7 @@ struct SenderLoop {
     batches: Receiver<Batch>,
     stop: Receiver<()>,
     shared: Arc<Shared>,
+    ready: Option<Sender<()>>,
 }
 
 fn split(batch: &Batch) -> (Batch, Batch) {
@@ -510,6 +521,14 @@ fn dropped_count(text: &str) -> Option<usize> {
 
 impl SenderLoop {
     fn run(mut self) {
+        // The database is created at start-up when InfluxDB answers; otherwise before the
+        // first write that gets through.
+        if let Err(e) = self.prepare() {
+            log::warn!(
+                "sink: InfluxDB not ready at start-up ({e}); points are spooled until it is"
+            );
+        }
+        self.ready = None;
         loop {
             if self.shared.past_deadline() {
                 break;
