@@ -105,6 +105,14 @@ pub struct Point {
 }
 
 fn push_name(out: &mut String, s: &str, specials: &[char]) {
+    // Fast path: nothing to escape (the common case: plain topic levels and keys).
+    if !s
+        .bytes()
+        .any(|b| matches!(b, b',' | b'=' | b' ' | b'\\' | b'\n' | b'\r'))
+    {
+        out.push_str(s);
+        return;
+    }
     let trimmed = s.trim_end_matches('\\');
     for c in trimmed.chars() {
         match c {
@@ -149,49 +157,76 @@ impl Point {
     /// Append this point as one line (with its trailing `\n`). Returns false (and writes nothing)
     /// when the point cannot be written: empty measurement or no fields.
     pub fn encode(&self, precision: Precision, out: &mut String) -> bool {
-        if !name_is_representable(&self.measurement) || self.fields.is_empty() {
-            return false;
-        }
-        let start = out.len();
-        escape_measurement(out, &self.measurement);
-        for (k, v) in &self.tags {
-            if !name_is_representable(k) || !name_is_representable(v) {
-                continue;
-            }
-            out.push(',');
-            escape_key(out, k);
-            out.push('=');
-            escape_key(out, v);
-        }
-        let mut sep = ' ';
-        for (k, v) in &self.fields {
-            if !name_is_representable(k) {
-                continue;
-            }
-            out.push(sep);
-            sep = ',';
-            escape_key(out, k);
-            out.push('=');
-            match v {
-                // `{}` on f64 is the shortest text that reads back as the same number; it never
-                // uses an exponent, which line protocol would also accept.
-                FieldValue::Float(f) => {
-                    let _ = write!(out, "{f}");
-                }
-                FieldValue::Integer(i) => {
-                    let _ = write!(out, "{i}i");
-                }
-                FieldValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-                FieldValue::Str(s) => escape_string_value(out, s),
-            }
-        }
-        if sep == ' ' {
-            out.truncate(start);
-            return false;
-        }
-        let _ = writeln!(out, " {}", precision.from_ns(self.timestamp_ns));
-        true
+        let tags: Vec<(&str, &str)> = self
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let fields: Vec<(&str, &FieldValue)> =
+            self.fields.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        encode_line(
+            out,
+            precision,
+            &self.measurement,
+            &tags,
+            &fields,
+            self.timestamp_ns,
+        )
     }
+}
+
+/// Append one point as a line (with its trailing `\n`) from borrowed parts. Returns false (and
+/// writes nothing) when the point cannot be written: empty measurement or no fields.
+pub fn encode_line(
+    out: &mut String,
+    precision: Precision,
+    measurement: &str,
+    tags: &[(&str, &str)],
+    fields: &[(&str, &FieldValue)],
+    timestamp_ns: i64,
+) -> bool {
+    if !name_is_representable(measurement) || fields.is_empty() {
+        return false;
+    }
+    let start = out.len();
+    escape_measurement(out, measurement);
+    for (k, v) in tags {
+        if !name_is_representable(k) || !name_is_representable(v) {
+            continue;
+        }
+        out.push(',');
+        escape_key(out, k);
+        out.push('=');
+        escape_key(out, v);
+    }
+    let mut sep = ' ';
+    for (k, v) in fields {
+        if !name_is_representable(k) {
+            continue;
+        }
+        out.push(sep);
+        sep = ',';
+        escape_key(out, k);
+        out.push('=');
+        match v {
+            // `{}` on f64 is the shortest text that reads back as the same number; it never
+            // uses an exponent, which line protocol would also accept.
+            FieldValue::Float(f) => {
+                let _ = write!(out, "{f}");
+            }
+            FieldValue::Integer(i) => {
+                let _ = write!(out, "{i}i");
+            }
+            FieldValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            FieldValue::Str(s) => escape_string_value(out, s),
+        }
+    }
+    if sep == ' ' {
+        out.truncate(start);
+        return false;
+    }
+    let _ = writeln!(out, " {}", precision.from_ns(timestamp_ns));
+    true
 }
 
 /// End (exclusive) of the line starting at `start`: the next newline that is not inside a quoted

@@ -1,9 +1,10 @@
 //! Topic + payload -> line protocol: which rule applies to a topic, what measurement and tags it
 //! gives, how the payload becomes fields, and which timestamp the point gets.
 
-use super::line_protocol::{self, FieldType, FieldValue, Point, Precision};
+use super::line_protocol::{self, FieldType, FieldValue, Precision};
 use crate::config::ConfigError;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -262,33 +263,55 @@ impl Rule {
         })
     }
 
-    /// Match a topic; on success returns its levels.
-    pub fn matches<'t>(&self, topic: &'t str) -> Option<Vec<&'t str>> {
-        let parts: Vec<&str> = topic.split('/').collect();
+    /// Whether the rule's filter matches a topic (no allocation: this runs for every publish).
+    pub fn is_match(&self, topic: &str) -> bool {
         // [MQTT-4.7.2-1] filters starting with a wildcard do not match topics starting with `$`.
         if topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Literal(_))) {
-            return None;
+            return false;
         }
-        let mut i = 0;
+        let mut parts = topic.split('/');
         for level in &self.levels {
             match level {
                 // [MQTT-4.7.1-2] `#` also matches the parent level (`a/#` matches `a`).
-                Level::Rest => return Some(parts),
+                Level::Rest => return true,
                 Level::One(_) => {
-                    parts.get(i)?;
+                    if parts.next().is_none() {
+                        return false;
+                    }
                 }
                 Level::Literal(l) => {
-                    if parts.get(i) != Some(&l.as_str()) {
-                        return None;
+                    if parts.next() != Some(l.as_str()) {
+                        return false;
                     }
                 }
             }
-            i += 1;
         }
-        (i == parts.len()).then_some(parts)
+        parts.next().is_none()
     }
 
-    fn measurement_for(&self, levels: &[&str]) -> String {
+    /// Match a topic; on success returns its levels.
+    pub fn matches<'t>(&self, topic: &'t str) -> Option<Vec<&'t str>> {
+        self.is_match(topic).then(|| topic.split('/').collect())
+    }
+
+    /// Whether mapping needs the topic's levels (named levels as tags or in the measurement).
+    fn needs_levels(&self) -> bool {
+        !self.level_tags.is_empty()
+            || self
+                .measurement
+                .iter()
+                .any(|p| matches!(p, TemplatePart::Level(_)))
+    }
+
+    fn measurement_for<'a>(&'a self, levels: &[&'a str]) -> Cow<'a, str> {
+        // One part (a fixed name or one level): no allocation.
+        match self.measurement.as_slice() {
+            [TemplatePart::Text(t)] => return Cow::Borrowed(t),
+            [TemplatePart::Level(i)] => {
+                return Cow::Borrowed(levels.get(*i).copied().unwrap_or_default())
+            }
+            _ => {}
+        }
         let mut m = String::new();
         for p in &self.measurement {
             match p {
@@ -296,7 +319,7 @@ impl Rule {
                 TemplatePart::Level(i) => m.push_str(levels.get(*i).copied().unwrap_or_default()),
             }
         }
-        m
+        Cow::Owned(m)
     }
 }
 
@@ -376,15 +399,15 @@ impl FieldTypes {
         &mut self,
         measurement: &str,
         field: &str,
-        value: FieldValue,
+        value: &FieldValue,
     ) -> Option<FieldValue> {
         let ty = value.field_type();
         let Some(known) = self.get(measurement, field) else {
             self.learn(measurement, field, ty, false);
-            return Some(value);
+            return Some(value.clone());
         };
         if known == ty {
-            return Some(value);
+            return Some(value.clone());
         }
         match (known, value) {
             (FieldType::Str, FieldValue::Float(f)) => Some(FieldValue::Str(f.to_string())),
@@ -396,9 +419,9 @@ impl FieldTypes {
                 .ok()
                 .filter(|f| f.is_finite())
                 .map(FieldValue::Float),
-            (FieldType::Float, FieldValue::Integer(i)) => Some(FieldValue::Float(i as f64)),
+            (FieldType::Float, FieldValue::Integer(i)) => Some(FieldValue::Float(*i as f64)),
             (FieldType::Integer, FieldValue::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                Some(FieldValue::Integer(f as i64))
+                Some(FieldValue::Integer(*f as i64))
             }
             (FieldType::Bool, FieldValue::Str(s)) => match s.trim() {
                 "true" => Some(FieldValue::Bool(true)),
@@ -473,16 +496,16 @@ impl Mapping {
     }
 
     /// The rule for a topic: None when excluded.
-    pub fn rule_for<'t>(&self, topic: &'t str) -> Option<(&Rule, Vec<&'t str>)> {
-        if self.exclude.iter().any(|r| r.matches(topic).is_some()) {
+    pub fn rule_for(&self, topic: &str) -> Option<&Rule> {
+        if self.exclude.iter().any(|r| r.is_match(topic)) {
             return None;
         }
-        let found = self
+        let rule = self
             .rules
             .iter()
-            .find_map(|r| r.matches(topic).map(|levels| (r, levels)))
-            .unwrap_or_else(|| (&self.default, topic.split('/').collect()));
-        found.0.config.store.then_some(found)
+            .find(|r| r.is_match(topic))
+            .unwrap_or(&self.default);
+        rule.config.store.then_some(rule)
     }
 
     /// Map one publish and append its line(s) to `out`.
@@ -494,7 +517,7 @@ impl Mapping {
         types: &mut FieldTypes,
         out: &mut String,
     ) -> Result<Mapped, Skip> {
-        let (rule, levels) = self.rule_for(topic).ok_or(Skip::Excluded)?;
+        let rule = self.rule_for(topic).ok_or(Skip::Excluded)?;
         let cfg = &rule.config;
         if payload.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(Skip::EmptyPayload);
@@ -507,80 +530,88 @@ impl Mapping {
                 None => {}
             }
         }
+        // Everything below borrows from the topic, payload and config: one point costs a few
+        // small allocations at most (this runs for every publish).
+        let levels: Vec<&str> = if rule.needs_levels() {
+            topic.split('/').collect()
+        } else {
+            Vec::new()
+        };
         let measurement = rule.measurement_for(&levels);
-        let mut tags: Vec<(String, String)> = cfg
-            .tags
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut tags: Vec<(&str, &str)> =
+            Vec::with_capacity(cfg.tags.len() + rule.level_tags.len() + 2);
+        tags.extend(cfg.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         for (name, i) in &rule.level_tags {
             if let Some(v) = levels.get(*i) {
-                tags.push((name.clone(), v.to_string()));
+                tags.push((name.as_str(), v));
             }
         }
         if cfg.topic_tag {
-            tags.push(("topic".into(), topic.to_string()));
+            tags.push(("topic", topic));
         }
-        let mut fields = Vec::new();
+        let mut fields: Vec<(Cow<'_, str>, FieldValue)> = Vec::new();
         let mut timestamp = None;
         let trimmed = text.trim();
         if let Some(json) = parse_json_container(trimmed) {
+            let mut flat = Vec::new();
             let mut ts_value = None;
             flatten(
                 &json,
                 String::new(),
                 &cfg.timestamp_field,
-                &mut fields,
+                &mut flat,
                 &mut ts_value,
             );
             timestamp = ts_value.and_then(|ts| read_timestamp(&ts, cfg.timestamp_unit));
             // A top-level array flattens to `0`, `1`, ...: prefix with the value field name.
-            if trimmed.starts_with('[') {
-                for (k, _) in &mut fields {
-                    *k = format!("{}.{k}", cfg.value_field);
-                }
-            }
+            let array = trimmed.starts_with('[');
+            fields.extend(flat.into_iter().map(|(k, v)| {
+                let k = if array {
+                    format!("{}.{k}", cfg.value_field)
+                } else {
+                    k
+                };
+                (Cow::Owned(k), v)
+            }));
             if fields.is_empty() {
                 return Err(Skip::NoFields);
             }
         } else if let Some(v) = parse_number(trimmed) {
-            fields.push((cfg.value_field.clone(), FieldValue::Float(v)));
+            fields.push((Cow::Borrowed(&cfg.value_field), FieldValue::Float(v)));
         } else if let Some(b) = parse_bool(trimmed) {
-            fields.push((cfg.value_field.clone(), FieldValue::Bool(b)));
+            fields.push((Cow::Borrowed(&cfg.value_field), FieldValue::Bool(b)));
         } else if let Some((v, unit)) = parse_number_with_unit(trimmed) {
-            fields.push((cfg.value_field.clone(), FieldValue::Float(v)));
-            tags.push(("unit".into(), unit.to_string()));
+            fields.push((Cow::Borrowed(&cfg.value_field), FieldValue::Float(v)));
+            tags.push(("unit", unit));
         } else if cfg.non_numeric == NonNumeric::String {
-            fields.push((cfg.value_field.clone(), FieldValue::Str(text.to_string())));
+            fields.push((
+                Cow::Borrowed(&cfg.value_field),
+                FieldValue::Str(text.to_string()),
+            ));
         } else {
             return Err(Skip::UnparsedPayload);
         }
         let before = fields.len();
         let mut converted = 0;
-        let fields: Vec<(String, FieldValue)> = fields
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let ty = v.field_type();
-                let r = types.reconcile(&measurement, &k, v)?;
+        let mut kept: Vec<(&str, FieldValue)> = Vec::with_capacity(fields.len());
+        for (k, v) in &fields {
+            let ty = v.field_type();
+            if let Some(r) = types.reconcile(&measurement, k, v) {
                 if r.field_type() != ty {
                     converted += 1;
                 }
-                Some((k, r))
-            })
-            .collect();
-        if fields.is_empty() {
+                kept.push((k, r));
+            }
+        }
+        if kept.is_empty() {
             return Err(Skip::TypeConflict);
         }
-        tags.sort_by(|a, b| a.0.cmp(&b.0));
+        tags.sort_by(|a, b| a.0.cmp(b.0));
         tags.dedup_by(|later, earlier| later.0 == earlier.0);
-        let conflicting_fields = before - fields.len() + converted;
-        let point = Point {
-            measurement,
-            tags,
-            fields,
-            timestamp_ns: timestamp.unwrap_or(received_at_ns),
-        };
-        if !point.encode(self.precision, out) {
+        let conflicting_fields = before - kept.len() + converted;
+        let refs: Vec<(&str, &FieldValue)> = kept.iter().map(|(k, v)| (*k, v)).collect();
+        let ts = timestamp.unwrap_or(received_at_ns);
+        if !line_protocol::encode_line(out, self.precision, &measurement, &tags, &refs, ts) {
             return Err(Skip::NoFields);
         }
         Ok(Mapped {

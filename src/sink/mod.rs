@@ -422,24 +422,103 @@ impl Sink {
     }
 
     /// Flush what is buffered and join the writer threads. Points InfluxDB does not take within
-    /// `shutdown_timeout_secs` stay in the spool for the next start.
-    pub fn shutdown(self) {
-        self.shutdown_with_stats();
+    /// `shutdown_timeout_secs` stay in the spool for the next start. Later `submit`s are counted
+    /// as dropped (reason `stopped`). Idempotent; also done on drop.
+    pub fn shutdown(&self) {
+        if let Some(w) = &self.writer {
+            w.shutdown();
+        }
     }
 
     /// `shutdown`, then the final counters.
-    pub fn shutdown_with_stats(mut self) -> SinkStats {
-        if let Some(w) = self.writer.take() {
-            w.shutdown();
-        }
+    pub fn shutdown_with_stats(&self) -> SinkStats {
+        self.shutdown();
         self.counters.snapshot()
     }
 }
 
-impl Drop for Sink {
-    fn drop(&mut self) {
-        if let Some(w) = self.writer.take() {
-            w.shutdown();
-        }
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn example_config_parses_and_validates_with_defaults() {
+        let text = include_str!("../../config.sink.example.toml");
+        let c = Config::parse(text, Path::new("config.sink.example.toml")).unwrap();
+        c.validate(Path::new("config.sink.example.toml")).unwrap();
+        let d = super::SinkConfig::default();
+        assert_eq!(
+            (
+                c.sink.database.as_str(),
+                c.sink.batch_size,
+                c.sink.flush_interval_ms
+            ),
+            ("mqtt_data", 5000, 1000)
+        );
+        assert_eq!(
+            (d.spool_max_bytes, &d.exclude),
+            (c.sink.spool_max_bytes, &c.sink.exclude)
+        );
+    }
+
+    #[test]
+    fn sink_errors_name_file_dotted_key_and_expectation() {
+        let text = r#"
+[sink]
+url = "localhost:8086"
+batch_size = 0
+token = "t"
+username = "u"
+[[sink.rules]]
+topic = "a/#"
+[[sink.rules]]
+topic = "b/{x}"
+measurement = "{y}"
+[[sink.rules]]
+topic = "c/#/d"
+"#;
+        let c = Config::parse(text, Path::new("m.toml")).unwrap();
+        let errs = c.validate(Path::new("m.toml")).unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sink.url",
+                "sink.token",
+                "sink.batch_size",
+                "sink.rules[1].measurement",
+                "sink.rules[2].topic"
+            ]
+        );
+        let text = errs[4].to_string();
+        assert!(
+            text.starts_with("m.toml: key `sink.rules[2].topic`: `#` must be the last level"),
+            "{text}"
+        );
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("expected an http:// or https:// URL"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn unknown_sink_keys_and_bad_enum_values_are_rejected_with_their_key() {
+        let e = Config::parse(
+            "[sink]\nspool_full = \"drop_newest\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "sink.spool_full");
+        assert!(e.message.contains("drop_oldest"), "{}", e.message);
+        let e = Config::parse(
+            "[[sink.rules]]\ntopic = \"a\"\nmeasurment = \"m\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `measurment`"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use super::spool::{Batch, Spool, SpoolError};
 use super::{Counters, DropReason, SinkConfig, SinkRecord, SpoolFull};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,11 +69,13 @@ impl Shared {
 }
 
 pub(super) struct Writer {
-    records: Option<Sender<SinkRecord>>,
+    /// None once shut down. Submitters hold the read lock while sending, so shutdown (write
+    /// lock) waits for every record already handed over.
+    records: RwLock<Option<Sender<SinkRecord>>>,
     /// Dropped at shutdown: wakes the sender from a backoff wait.
-    stop: Option<Sender<()>>,
+    stop: Mutex<Option<Sender<()>>>,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     shutdown_timeout: Duration,
     stopped_logged: AtomicBool,
 }
@@ -157,44 +159,46 @@ impl Writer {
             config.database
         );
         Ok(Writer {
-            records: Some(record_tx),
-            stop: Some(stop_tx),
+            records: RwLock::new(Some(record_tx)),
+            stop: Mutex::new(Some(stop_tx)),
             shared,
-            threads: vec![t1, t2],
+            threads: Mutex::new(vec![t1, t2]),
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             stopped_logged: AtomicBool::new(false),
         })
     }
 
     pub(super) fn submit(&self, record: SinkRecord) {
-        let sent = self
-            .records
+        let records = self.records.read().unwrap_or_else(|e| e.into_inner());
+        let sent = records
             .as_ref()
             .map(|tx| tx.send(record).is_ok())
             .unwrap_or(false);
         if !sent {
             self.shared.counters.drop_points(DropReason::Stopped, 1);
             if !self.stopped_logged.swap(true, Ordering::Relaxed) {
-                log::error!("sink: writer thread is not running; publishes are not stored");
+                log::error!("sink: writer is not running (shut down?); publishes are not stored");
             }
         }
     }
 
-    pub(super) fn shutdown(mut self) {
-        self.stop_threads();
-    }
-
-    fn stop_threads(&mut self) {
+    /// Stop taking records, flush, and join the threads. Idempotent.
+    pub(super) fn shutdown(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        if threads.is_empty() {
+            return;
+        }
         *self
             .shared
             .stop_deadline
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.shutdown_timeout);
         self.shared.stopping.store(true, Ordering::Release);
-        self.records = None;
-        self.stop = None;
+        // Closing the record channel ends the batcher once it has mapped what is queued.
+        *self.records.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.shared.spool_shrunk.notify_all();
-        for t in self.threads.drain(..) {
+        for t in threads {
             let name = t.thread().name().unwrap_or("sink").to_string();
             if t.join().is_err() {
                 log::error!("sink: thread {name} panicked");
@@ -212,9 +216,7 @@ impl Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
-            self.stop_threads();
-        }
+        self.shutdown();
     }
 }
 
