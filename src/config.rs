@@ -19,31 +19,27 @@ impl std::fmt::Display for ConfigError {
         if self.key.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: key `{}`: {}", self.file.display(), self.key, self.message)
+            write!(
+                f,
+                "{}: key `{}`: {}",
+                self.file.display(),
+                self.key,
+                self.message
+            )
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listener: ListenerConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub security: SecurityConfig,
     pub sink: crate::sink::SinkConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listener: ListenerConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-            sink: crate::sink::SinkConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,7 +53,10 @@ pub struct ListenerConfig {
 
 impl Default for ListenerConfig {
     fn default() -> Self {
-        ListenerConfig { bind: "0.0.0.0".into(), port: 1883 }
+        ListenerConfig {
+            bind: "0.0.0.0".into(),
+            port: 1883,
+        }
     }
 }
 
@@ -77,6 +76,13 @@ pub struct LimitsConfig {
     /// Encoded packets buffered per client for its writer thread; QoS 0 messages beyond it are
     /// dropped (and counted) so that one slow reader cannot grow broker memory.
     pub outbound_queue: usize,
+    /// v5 topic aliases a client may use towards the broker (0 disables them).
+    pub max_topic_alias: u16,
+    /// PUBLISH packets per second one client may send; a faster client is slowed down (the
+    /// broker stops reading from it), nothing is dropped. 0 = unlimited.
+    pub max_publish_rate: u32,
+    /// Payload bytes per second one client may publish, enforced the same way. 0 = unlimited.
+    pub max_publish_bytes_rate: u64,
 }
 
 impl Default for LimitsConfig {
@@ -88,6 +94,31 @@ impl Default for LimitsConfig {
             max_queued: 1000,
             connect_timeout_secs: 10,
             outbound_queue: 1024,
+            max_topic_alias: 10,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+        }
+    }
+}
+
+/// Authentication and authorization, with mosquitto-compatible files (reloaded on SIGHUP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Accept clients that send no username.
+    pub allow_anonymous: bool,
+    /// mosquitto-format password file (`$7$` PBKDF2-SHA512 or `$6$` entries).
+    pub password_file: Option<PathBuf>,
+    /// mosquitto-format ACL file.
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
         }
     }
 }
@@ -109,7 +140,8 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }]
         })?;
-        let config = Config::parse(&text, path).map_err(|e| vec![e])?;
+        let mut config = Config::parse(&text, path).map_err(|e| vec![e])?;
+        config.resolve_paths(path);
         config.validate(path)?;
         Ok(config)
     }
@@ -132,27 +164,75 @@ impl Config {
         })
     }
 
+    /// Make relative file paths relative to the config file's directory, not the working
+    /// directory, so a config behaves the same whoever starts the broker.
+    fn resolve_paths(&mut self, config_path: &Path) {
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut self.security.password_file,
+            &mut self.security.acl_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
     /// Check value ranges that TOML types cannot express. Returns every problem found.
     pub fn validate(&self, path: &Path) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut bad = |key: &str, message: String| {
-            errors.push(ConfigError { file: path.to_path_buf(), key: key.into(), message })
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                key: key.into(),
+                message,
+            })
         };
         if self.listener.bind.parse::<std::net::IpAddr>().is_err() {
-            bad("listener.bind", format!("expected an IP address like \"0.0.0.0\", got {:?}", self.listener.bind));
+            bad(
+                "listener.bind",
+                format!(
+                    "expected an IP address like \"0.0.0.0\", got {:?}",
+                    self.listener.bind
+                ),
+            );
         }
         let l = &self.limits;
         if !(16..=crate::protocol::MAX_REMAINING_LENGTH + 5).contains(&l.max_packet_size) {
-            bad("limits.max_packet_size", format!("expected 16 to 268435460 bytes, got {}", l.max_packet_size));
+            bad(
+                "limits.max_packet_size",
+                format!("expected 16 to 268435460 bytes, got {}", l.max_packet_size),
+            );
         }
         if l.max_inflight == 0 {
             bad("limits.max_inflight", "expected 1 to 65535, got 0".into());
         }
         if l.connect_timeout_secs == 0 {
-            bad("limits.connect_timeout_secs", "expected at least 1 second, got 0".into());
+            bad(
+                "limits.connect_timeout_secs",
+                "expected at least 1 second, got 0".into(),
+            );
         }
         if l.outbound_queue == 0 {
             bad("limits.outbound_queue", "expected at least 1, got 0".into());
+        }
+        let files = [
+            ("security.password_file", &self.security.password_file),
+            ("security.acl_file", &self.security.acl_file),
+        ];
+        for (key, file) in files {
+            if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+                bad(
+                    key,
+                    format!(
+                        "expected a readable file, but {} does not exist",
+                        f.display()
+                    ),
+                );
+            }
         }
         errors.extend(self.sink.validate(path));
         if errors.is_empty() {
@@ -169,25 +249,39 @@ mod tests {
 
     #[test]
     fn wrong_type_names_file_key_and_expectation() {
-        let err = Config::parse("[limits]\nmax_inflight = \"many\"\n", Path::new("x.toml")).unwrap_err();
+        let err =
+            Config::parse("[limits]\nmax_inflight = \"many\"\n", Path::new("x.toml")).unwrap_err();
         assert_eq!(err.key, "limits.max_inflight");
         let text = err.to_string();
-        assert!(text.starts_with("x.toml: key `limits.max_inflight`:"), "{text}");
+        assert!(
+            text.starts_with("x.toml: key `limits.max_inflight`:"),
+            "{text}"
+        );
         assert!(text.contains("expected u16"), "{text}");
     }
 
     #[test]
     fn unknown_key_is_rejected() {
         let err = Config::parse("[limits]\nmax_infligt = 3\n", Path::new("x.toml")).unwrap_err();
-        assert!(err.to_string().contains("unknown field `max_infligt`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `max_infligt`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn out_of_range_values_are_all_listed() {
-        let c = Config::parse("[limits]\nmax_inflight = 0\nmax_packet_size = 1\n", Path::new("x.toml")).unwrap();
+        let c = Config::parse(
+            "[limits]\nmax_inflight = 0\nmax_packet_size = 1\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
         let errs = c.validate(Path::new("x.toml")).unwrap_err();
         let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-        assert!(keys.contains(&"limits.max_inflight") && keys.contains(&"limits.max_packet_size"), "{keys:?}");
+        assert!(
+            keys.contains(&"limits.max_inflight") && keys.contains(&"limits.max_packet_size"),
+            "{keys:?}"
+        );
     }
 
     #[test]

@@ -1,3 +1,177 @@
-fn main() {
-    println!("mqflux");
+//! mqflux daemon entry point: CLI, config, start the sink and the listener, wait for a signal.
+
+use clap::{Parser, Subcommand};
+use log::{error, info, warn};
+use mqflux::broker::listener::Listener;
+use mqflux::broker::security::SecurityFiles;
+use mqflux::broker::Broker;
+use mqflux::config::Config;
+use mqflux::sink::Sink;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// An MQTT 3.1.1/5.0 broker that also stores every published message in InfluxDB.
+///
+/// Without a subcommand, runs the broker. SIGINT/SIGTERM stop it gracefully; SIGHUP reloads the
+/// password and ACL files without dropping connections.
+#[derive(Parser, Debug)]
+#[command(name = "mqflux", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without it the built-in defaults apply; see config.example.toml.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on; overrides `listener.bind` (default 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+
+    /// TCP port to listen on; overrides `listener.port` (default 1883). 0 picks a free port.
+    #[arg(short, long, value_name = "PORT")]
+    port: Option<u16>,
+
+    /// More log output: -v for debug, -vv for trace. RUST_LOG, if set, takes precedence.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Less log output: -q for warnings and errors only, -qq for errors only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+
+    /// Log the topic and payload of every message the broker accepts (same as `log.messages`).
+    #[arg(long)]
+    log_messages: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or update a user in a mosquitto-compatible password file ($7$ PBKDF2-SHA512, the
+    /// format mosquitto_passwd writes). The password is read from standard input unless given.
+    Passwd {
+        /// Password file; created (mode 0600) if missing.
+        file: PathBuf,
+        /// User name to add or update.
+        user: String,
+        /// Password on the command line (visible in `ps`; prefer standard input).
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose as i16 - cli.quiet as i16 {
+        i16::MIN..=-2 => log::LevelFilter::Error,
+        -1 => log::LevelFilter::Warn,
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .init();
+
+    if let Some(Command::Passwd {
+        file,
+        user,
+        password,
+    }) = &cli.command
+    {
+        let mut stdin = std::io::stdin().lock();
+        return match mqflux::broker::auth::run_passwd(file, user, password.clone(), &mut stdin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                error!("config error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Vec<mqflux::config::ConfigError>> {
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("(defaults)"));
+    let mut config = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    // Command-line flags override the file; validate again so a bad --bind is reported too.
+    if let Some(bind) = &cli.bind {
+        config.listener.bind = bind.clone();
+    }
+    if let Some(port) = cli.port {
+        config.listener.port = port;
+    }
+    config.log.messages |= cli.log_messages;
+    config.validate(&path)?;
+    Ok(config)
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let ip = config
+        .listener
+        .bind
+        .parse()
+        .map_err(|e| format!("listener.bind: {e}"))?;
+    let addr = SocketAddr::new(ip, config.listener.port);
+    let security = SecurityFiles::load(
+        config.security.password_file.as_deref(),
+        config.security.acl_file.as_deref(),
+    )
+    .map_err(|e| format!("cannot load security files: {e}"))?;
+    let sink =
+        Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
+    let broker = Broker::new(config, sink, security);
+    let housekeeping = broker
+        .start_housekeeping()
+        .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
+    let listener = Listener::start(&broker, addr).map_err(|e| e.to_string())?;
+    info!("mqflux {} ready", env!("CARGO_PKG_VERSION"));
+
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            // Connections stay up; they pick the new rules up at their next check.
+            match broker.security.reload() {
+                Ok(generation) => {
+                    info!("SIGHUP: password and ACL files reloaded (generation {generation})")
+                }
+                Err(e) => warn!("SIGHUP: reload failed, keeping the previous files: {e}"),
+            }
+            continue;
+        }
+        info!("received signal {signal}, shutting down");
+        break;
+    }
+    broker.shutdown(Duration::from_secs(5));
+    listener.stop();
+    let _ = housekeeping.join();
+    info!("stopped");
+    Ok(())
 }

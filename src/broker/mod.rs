@@ -1,1 +1,454 @@
 //! The broker: listener, connections, sessions and routing.
+//!
+//! Data flow: `listener` accepts a socket and starts a `connection` (a reader thread plus a
+//! writer thread). The reader decodes packets and calls into `Broker`: a PUBLISH is routed by the
+//! `router` to every matching `session`, whose connection's writer sends it; then it is handed to
+//! the InfluxDB `sink`.
+
+pub mod acl;
+pub mod auth;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod ratelimit;
+pub mod router;
+pub mod security;
+pub mod session;
+pub mod stats;
+pub mod topic;
+
+use crate::config::Config;
+use crate::protocol::QoS;
+use crate::sink::{Sink, SinkRecord};
+use log::{debug, info};
+use message::Message;
+use router::Router;
+use security::SecurityFiles;
+use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
+use stats::Stats;
+use std::collections::HashMap;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A live network connection, kept so shutdown can close it and join its thread.
+struct LiveConnection {
+    stream: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub struct Broker {
+    pub config: Config,
+    /// Password and ACL files, replaced on SIGHUP.
+    pub security: SecurityFiles,
+    pub router: Router,
+    pub stats: Stats,
+    pub sink: Sink,
+    sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
+    connections: Mutex<HashMap<u64, LiveConnection>>,
+    next_connection_id: AtomicU64,
+    shutting_down: AtomicBool,
+    started: Instant,
+}
+
+/// Result of attaching a connection to a session at CONNECT.
+pub struct Attached {
+    pub session: SessionRef,
+    pub session_present: bool,
+}
+
+impl Broker {
+    pub fn new(config: Config, sink: Sink, security: SecurityFiles) -> Arc<Broker> {
+        Arc::new(Broker {
+            config,
+            security,
+            router: Router::default(),
+            stats: Stats::default(),
+            sink,
+            sessions: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Limits for a session whose client allows `receive_maximum` unacknowledged messages.
+    pub fn session_limits(&self, receive_maximum: Option<u16>) -> SessionLimits {
+        let l = &self.config.limits;
+        SessionLimits {
+            max_inflight: l.max_inflight.min(receive_maximum.unwrap_or(u16::MAX)) as usize,
+            max_queued: l.max_queued,
+            outbound_queue: l.outbound_queue,
+        }
+    }
+
+    /// Route an accepted application message: retained store, subscribers, then the sink.
+    /// Returns the number of sessions it was delivered to.
+    pub fn publish(&self, message: Arc<Message>) -> usize {
+        Stats::add(&self.stats.publish_received, 1);
+        if message.retain {
+            self.router.retain(&message);
+        }
+        let deliveries = self
+            .router
+            .matches(&message.topic, message.publisher.as_deref());
+        let count = deliveries.len();
+        for d in deliveries {
+            let (session, route) = d.route(&message);
+            let mut state = session.lock();
+            // ACL read access is checked per delivered message, as mosquitto does.
+            if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                state.deliver(&message, route, &session.client_id, &self.stats);
+            }
+        }
+        if self.config.log.messages {
+            info!(
+                "message from {} on {} (qos {}, retain {}): {}",
+                message.publisher.as_deref().unwrap_or("broker"),
+                message.topic,
+                message.qos as u8,
+                message.retain,
+                String::from_utf8_lossy(&message.payload)
+            );
+        }
+        self.sink.submit(SinkRecord {
+            topic: message.topic.to_string(),
+            payload: message.payload.clone(),
+            received_at_ns: message.received_at_ns,
+        });
+        count
+    }
+
+    /// Send the retained messages matching `filter` to one session, RETAIN set [MQTT-3.3.1-8].
+    pub fn deliver_retained(
+        &self,
+        session: &SessionRef,
+        filter: &str,
+        granted: QoS,
+        subscription_id: Option<u32>,
+    ) {
+        let retained = self.router.retained_matching(filter);
+        if retained.is_empty() {
+            return;
+        }
+        let mut state = session.lock();
+        for message in retained {
+            if !state.can_receive(&session.client_id, &message.topic, &self.security) {
+                continue;
+            }
+            let route = Route {
+                qos: message.qos.min(granted),
+                retain: true,
+                subscription_ids: subscription_id.into_iter().collect(),
+                shared_group: None,
+            };
+            state.deliver(&message, route, &session.client_id, &self.stats);
+        }
+    }
+
+    /// Find or create the session for `client_id` and attach `link` to it. An existing
+    /// connection with that id is closed [MQTT-3.1.4-2]; with clean start the old state is
+    /// discarded [MQTT-3.1.2-6].
+    ///
+    /// `expiry_interval` is the session's lifetime after disconnection in seconds (3.1.1: 0 for
+    /// clean session, `NEVER_EXPIRES` otherwise); `limits` already include the client's v5
+    /// Receive Maximum. `connack` builds the CONNACK from "session present"; it is queued before
+    /// anything the session resends, so CONNACK is always the first packet [MQTT-3.2.0-1].
+    pub fn attach_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+        limits: SessionLimits,
+        link: Link,
+        connack: impl FnOnce(bool) -> crate::protocol::Packet,
+    ) -> Attached {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = sessions.get(client_id).cloned();
+        let (session, session_present) = match existing {
+            // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
+            // if that connection has not finished closing yet: it is never resumed
+            // [MQTT-3.1.2-6].
+            Some(s)
+                if !clean_start && {
+                    let state = s.lock();
+                    state.expiry_interval != 0 && !state.is_expired(Instant::now())
+                } =>
+            {
+                (s, true)
+            }
+            other => {
+                if let Some(old) = other {
+                    self.end_session(&old, &mut sessions);
+                }
+                let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
+                sessions.insert(s.client_id.clone(), s.clone());
+                (s, false)
+            }
+        };
+        let old_link = {
+            let mut state = session.lock();
+            state.expiry_interval = expiry_interval;
+            state.attach(
+                link,
+                limits,
+                Outbound::Packet(Box::new(connack(session_present))),
+            )
+        };
+        if let Some(old) = old_link {
+            info!(
+                "client {client_id}: session taken over by a new connection; closing the old one"
+            );
+            close_link(&old, crate::protocol::reason::SESSION_TAKEN_OVER);
+        }
+        Attached {
+            session,
+            session_present,
+        }
+    }
+
+    /// The connection `connection_id` ended: detach it; end the session if its expiry interval
+    /// is 0; publish the will now, or later if it has a v5 Will Delay Interval.
+    pub fn detach_session(
+        &self,
+        session: &SessionRef,
+        connection_id: u64,
+        will: Option<(Arc<Message>, u32)>,
+    ) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = session.lock();
+        if !state.detach(connection_id) {
+            // Taken over: the session belongs to another connection now, so a delayed will is
+            // cancelled [MQTT-3.1.3-9]; an immediate one is still published.
+            drop(state);
+            drop(sessions);
+            if let Some((will, 0)) = will {
+                self.publish(will);
+            }
+            return;
+        }
+        let ends_now = state.expiry_interval == 0;
+        let shared = state.take_shared_messages();
+        let will_now = match will {
+            Some((will, delay)) if delay > 0 && !ends_now => {
+                state.delayed_will =
+                    Some((Instant::now() + Duration::from_secs(delay as u64), will));
+                None
+            }
+            other => other.map(|(will, _)| will),
+        };
+        drop(state);
+        if ends_now {
+            self.end_session(session, &mut sessions);
+        }
+        drop(sessions);
+        self.redeliver_shared(session, shared);
+        if let Some(will) = will_now {
+            self.publish(will);
+        }
+    }
+
+    /// Give the shared-subscription messages a disconnected member had not completed to another
+    /// member of the same group; with no other member they stay with the original session.
+    fn redeliver_shared(&self, leaving: &SessionRef, messages: Vec<(Arc<Message>, Route)>) {
+        for (message, route) in messages {
+            let group = route.shared_group.clone().unwrap_or_default();
+            match self.router.redeliver_shared(&group, &leaving.client_id) {
+                Some(d) => {
+                    debug!(
+                        "redelivering a message of {group} from {} to {}",
+                        leaving.client_id, d.session.client_id
+                    );
+                    let (session, route) = d.route(&message);
+                    session
+                        .lock()
+                        .deliver(&message, route, &session.client_id, &self.stats);
+                }
+                None => leaving
+                    .lock()
+                    .deliver(&message, route, &leaving.client_id, &self.stats),
+            }
+        }
+    }
+
+    /// Expire sessions whose expiry interval has passed and publish delayed wills that are due
+    /// (a will is also due when its session ends [MQTT-3.1.3-9]). Called about once a second.
+    pub fn housekeeping(&self) {
+        let now = Instant::now();
+        let mut due_wills = Vec::new();
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let all: Vec<SessionRef> = sessions.values().cloned().collect();
+            for session in all {
+                let (expired, will) = {
+                    let mut state = session.lock();
+                    let expired = state.is_expired(now);
+                    let due = state
+                        .delayed_will
+                        .as_ref()
+                        .is_some_and(|(at, _)| expired || *at <= now);
+                    (
+                        expired,
+                        if due {
+                            state.delayed_will.take().map(|(_, w)| w)
+                        } else {
+                            None
+                        },
+                    )
+                };
+                due_wills.extend(will);
+                if expired {
+                    info!("session {} expired", session.client_id);
+                    Stats::add(&self.stats.sessions_expired, 1);
+                    self.end_session(&session, &mut sessions);
+                }
+            }
+        }
+        for will in due_wills {
+            self.publish(will);
+        }
+    }
+
+    /// Start the thread that runs `housekeeping` every second until shutdown.
+    pub fn start_housekeeping(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+        let broker = self.clone();
+        std::thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || {
+                while !broker.is_shutting_down() {
+                    std::thread::sleep(Duration::from_millis(250));
+                    broker.housekeeping();
+                }
+            })
+    }
+
+    /// Discard a session: close its connection, drop its subscriptions, remove it from the table.
+    fn end_session(&self, session: &SessionRef, sessions: &mut HashMap<Arc<str>, SessionRef>) {
+        let (link, filters) = {
+            let mut state = session.lock();
+            state.ended = true;
+            (state.take_link(), std::mem::take(&mut state.subscriptions))
+        };
+        if let Some(link) = link {
+            close_link(&link, crate::protocol::reason::SESSION_TAKEN_OVER);
+        }
+        for filter in filters.keys() {
+            self.router.unsubscribe(filter, &session.client_id);
+        }
+        if sessions
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            sessions.remove(&session.client_id);
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Register a new connection; returns its id, or None when the broker is shutting down.
+    pub fn register_connection(&self, stream: &TcpStream) -> Option<u64> {
+        let stream = stream.try_clone().ok()?;
+        let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+        let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_shutting_down() {
+            return None;
+        }
+        conns.insert(
+            id,
+            LiveConnection {
+                stream,
+                thread: None,
+            },
+        );
+        Some(id)
+    }
+
+    pub fn set_connection_thread(&self, id: u64, thread: JoinHandle<()>) {
+        let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        match conns.get_mut(&id) {
+            Some(c) => c.thread = Some(thread),
+            None => drop(thread), // already finished
+        }
+    }
+
+    pub fn unregister_connection(&self, id: u64) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Graceful shutdown: refuse new connections, close every client (v5 clients get
+    /// DISCONNECT 0x8B), join their threads, then flush the sink.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let live: Vec<(u64, LiveConnection)> = {
+            let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+            conns.drain().collect()
+        };
+        info!("shutting down: closing {} connection(s)", live.len());
+        {
+            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            for s in sessions.values() {
+                if let Some(link) = s.lock().link() {
+                    close_link(link, crate::protocol::reason::SERVER_SHUTTING_DOWN);
+                }
+            }
+        }
+        // Closing the read side ends each reader loop; the writer still flushes what it has.
+        for (_, c) in &live {
+            let _ = c.stream.shutdown(Shutdown::Read);
+        }
+        let deadline = Instant::now() + timeout;
+        for (id, c) in live {
+            let Some(thread) = c.thread else { continue };
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                debug!("connection {id} did not stop in time; closing its socket");
+                let _ = c.stream.shutdown(Shutdown::Both);
+            }
+        }
+        self.sink.shutdown();
+    }
+}
+
+/// Ask a connection's writer to close it; v5 clients are told why first [MQTT-4.13.2-1].
+fn close_link(link: &Link, reason_code: u8) {
+    if link.version.is_v5() {
+        let disconnect = crate::protocol::Disconnect {
+            reason_code,
+            properties: Default::default(),
+        };
+        let _ = link.tx.send(Outbound::Packet(Box::new(
+            crate::protocol::Packet::Disconnect(disconnect),
+        )));
+    }
+    let _ = link.tx.send(Outbound::Close);
+}

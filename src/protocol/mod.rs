@@ -10,7 +10,7 @@ pub mod encode;
 use bytes::Bytes;
 
 pub use decode::{decode_packet, read_frame, DecodeError, Frame};
-pub use encode::encode_packet;
+pub use encode::{encode_packet, encode_publish, variable_int_len, write_variable_int};
 
 /// Largest value the variable-length "Remaining Length" can carry (4 bytes of 7 bits). [MQTT-2.2.3]
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -73,33 +73,33 @@ impl QoS {
 /// a protocol error [MQTT-2.2.2-1].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties {
-    pub payload_format_indicator: Option<u8>,      // 0x01
-    pub message_expiry_interval: Option<u32>,      // 0x02
-    pub content_type: Option<String>,              // 0x03
-    pub response_topic: Option<String>,            // 0x08
-    pub correlation_data: Option<Bytes>,           // 0x09
-    pub subscription_identifiers: Vec<u32>,        // 0x0B (repeatable in PUBLISH)
-    pub session_expiry_interval: Option<u32>,      // 0x11
-    pub assigned_client_identifier: Option<String>, // 0x12
-    pub server_keep_alive: Option<u16>,            // 0x13
-    pub authentication_method: Option<String>,     // 0x15
-    pub authentication_data: Option<Bytes>,        // 0x16
-    pub request_problem_information: Option<u8>,   // 0x17
-    pub will_delay_interval: Option<u32>,          // 0x18
-    pub request_response_information: Option<u8>,  // 0x19
-    pub response_information: Option<String>,      // 0x1A
-    pub server_reference: Option<String>,          // 0x1C
-    pub reason_string: Option<String>,             // 0x1F
-    pub receive_maximum: Option<u16>,              // 0x21
-    pub topic_alias_maximum: Option<u16>,          // 0x22
-    pub topic_alias: Option<u16>,                  // 0x23
-    pub maximum_qos: Option<u8>,                   // 0x24
-    pub retain_available: Option<u8>,              // 0x25
-    pub user_properties: Vec<(String, String)>,    // 0x26 (repeatable, order kept)
-    pub maximum_packet_size: Option<u32>,          // 0x27
-    pub wildcard_subscription_available: Option<u8>, // 0x28
+    pub payload_format_indicator: Option<u8>,          // 0x01
+    pub message_expiry_interval: Option<u32>,          // 0x02
+    pub content_type: Option<String>,                  // 0x03
+    pub response_topic: Option<String>,                // 0x08
+    pub correlation_data: Option<Bytes>,               // 0x09
+    pub subscription_identifiers: Vec<u32>,            // 0x0B (repeatable in PUBLISH)
+    pub session_expiry_interval: Option<u32>,          // 0x11
+    pub assigned_client_identifier: Option<String>,    // 0x12
+    pub server_keep_alive: Option<u16>,                // 0x13
+    pub authentication_method: Option<String>,         // 0x15
+    pub authentication_data: Option<Bytes>,            // 0x16
+    pub request_problem_information: Option<u8>,       // 0x17
+    pub will_delay_interval: Option<u32>,              // 0x18
+    pub request_response_information: Option<u8>,      // 0x19
+    pub response_information: Option<String>,          // 0x1A
+    pub server_reference: Option<String>,              // 0x1C
+    pub reason_string: Option<String>,                 // 0x1F
+    pub receive_maximum: Option<u16>,                  // 0x21
+    pub topic_alias_maximum: Option<u16>,              // 0x22
+    pub topic_alias: Option<u16>,                      // 0x23
+    pub maximum_qos: Option<u8>,                       // 0x24
+    pub retain_available: Option<u8>,                  // 0x25
+    pub user_properties: Vec<(String, String)>,        // 0x26 (repeatable, order kept)
+    pub maximum_packet_size: Option<u32>,              // 0x27
+    pub wildcard_subscription_available: Option<u8>,   // 0x28
     pub subscription_identifier_available: Option<u8>, // 0x29
-    pub shared_subscription_available: Option<u8>, // 0x2A
+    pub shared_subscription_available: Option<u8>,     // 0x2A
 }
 
 impl Properties {
@@ -163,7 +163,11 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(packet_id: u16) -> Ack {
-        Ack { packet_id, reason_code: 0, properties: Properties::default() }
+        Ack {
+            packet_id,
+            reason_code: 0,
+            properties: Properties::default(),
+        }
     }
 }
 
@@ -228,6 +232,9 @@ pub struct Auth {
 }
 
 /// Every MQTT control packet (all 14 of 3.1.1, plus AUTH of 5.0).
+// Packets are decoded one at a time and consumed at once, so the size of the largest variant
+// (CONNECT with its v5 properties) costs nothing worth a Box on every packet.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Connect),

@@ -1,0 +1,989 @@
+//! One client connection: a reader thread (`run`) that decodes packets and acts on them, and a
+//! writer thread that drains the connection's outbound queue, batching many packets per write.
+
+use super::acl::ClientAcl;
+use super::auth::{authenticate, AuthRefusal};
+use super::message::Message;
+use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
+use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
+use super::stats::Stats;
+use super::topic::{validate_topic_filter, validate_topic_name};
+use super::Broker;
+use crate::protocol::{
+    self, connack_v3, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
+    ProtocolVersion, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, info, warn};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::{self, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Connection threads do little stack work; small stacks keep thousands of clients cheap.
+const THREAD_STACK: usize = 128 * 1024;
+/// Read buffer per connection: enough for typical telemetry packets in one read.
+const READ_BUFFER: usize = 2048;
+/// The writer flushes once this much is encoded, even if more is queued.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a control packet (PUBACK, SUBACK, ...) may wait for room in a client's outbound
+/// queue, and a socket write may block, before the client is considered not to be reading.
+const STALLED_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Start the threads for a freshly accepted socket.
+pub fn spawn(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    let Some(id) = broker.register_connection(&stream) else {
+        return Ok(()); // shutting down
+    };
+    let b = broker.clone();
+    let spawned = thread::Builder::new()
+        .name(format!("conn-{id}"))
+        .stack_size(THREAD_STACK)
+        .spawn(move || {
+            Connection::new(b.clone(), id, stream, peer).run();
+            b.unregister_connection(id);
+        });
+    match spawned {
+        Ok(thread) => {
+            broker.set_connection_thread(id, thread);
+            Ok(())
+        }
+        Err(e) => {
+            broker.unregister_connection(id);
+            Err(e)
+        }
+    }
+}
+
+/// Why a connection ended; decides whether the will is published and what is logged.
+enum Exit {
+    /// DISCONNECT received. v5 reason 0x04 asks for the will anyway.
+    Disconnect { publish_will: bool },
+    /// The client broke the protocol; `reason_code` goes in a v5 DISCONNECT.
+    Violation { reason_code: u8, message: String },
+    /// Socket closed or failed without DISCONNECT.
+    Closed(String),
+    /// No packet within 1.5x the keep-alive [MQTT-3.1.2-24].
+    KeepAliveTimeout,
+}
+
+fn violation(reason_code: u8, message: impl Into<String>) -> Exit {
+    Exit::Violation {
+        reason_code,
+        message: message.into(),
+    }
+}
+
+struct Connection {
+    broker: Arc<Broker>,
+    id: u64,
+    peer: SocketAddr,
+    stream: TcpStream,
+    client_id: Arc<str>,
+    version: ProtocolVersion,
+    tx: Option<Sender<Outbound>>,
+    writer: Option<JoinHandle<()>>,
+    session: Option<SessionRef>,
+    will: Option<Will>,
+    /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
+    session_expiry: u32,
+    /// v5 topic aliases the client set up towards us [MQTT-3.3.2-12 (v5)].
+    topic_aliases: HashMap<u16, String>,
+    /// Authenticated username (for ACL `%u` and `user` sections).
+    username: Option<Arc<str>>,
+    /// This client's ACL rules and the security generation they were built from.
+    acl: (u64, Option<ClientAcl>),
+    /// PUBLISHes refused by the ACL, for throttled logging.
+    denied: u64,
+    rate_limiter: PublishRateLimiter,
+}
+
+impl Connection {
+    fn new(broker: Arc<Broker>, id: u64, stream: TcpStream, peer: SocketAddr) -> Connection {
+        let rate_limit = PublishRateLimit {
+            messages_per_sec: Some(broker.config.limits.max_publish_rate),
+            bytes_per_sec: Some(broker.config.limits.max_publish_bytes_rate),
+            ..PublishRateLimit::default()
+        };
+        Connection {
+            broker,
+            id,
+            peer,
+            stream,
+            client_id: "(before CONNECT)".into(),
+            version: ProtocolVersion::V311,
+            tx: None,
+            writer: None,
+            session: None,
+            will: None,
+            session_expiry: 0,
+            topic_aliases: HashMap::new(),
+            username: None,
+            acl: (0, None),
+            denied: 0,
+            rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
+        }
+    }
+
+    fn run(mut self) {
+        let _ = self.stream.set_nodelay(true);
+        let exit = match self.stream.try_clone() {
+            Ok(s) => {
+                let mut reader = BufReader::with_capacity(READ_BUFFER, s);
+                match self.connect(&mut reader) {
+                    Ok(true) => self.serve(&mut reader),
+                    Ok(false) => None,
+                    Err(exit) => Some(exit),
+                }
+            }
+            Err(e) => Some(Exit::Closed(format!("cannot clone socket: {e}"))),
+        };
+        self.finish(exit);
+    }
+
+    fn max_packet_size(&self) -> usize {
+        self.broker.config.limits.max_packet_size
+    }
+
+    /// Wait for CONNECT and answer it. Ok(true): connected; Ok(false): refused (already answered).
+    fn connect(&mut self, reader: &mut BufReader<TcpStream>) -> Result<bool, Exit> {
+        let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
+        let _ = self.stream.set_read_timeout(Some(timeout));
+        let frame = match protocol::read_frame(reader, self.max_packet_size()) {
+            Ok(f) => f,
+            Err(DecodeError::Io(e)) if is_timeout(&e) => {
+                info!(
+                    "connection from {}: no CONNECT within {}s, closing",
+                    self.peer,
+                    timeout.as_secs()
+                );
+                return Ok(false);
+            }
+            Err(DecodeError::Eof) => {
+                debug!("connection from {} closed before CONNECT", self.peer);
+                return Ok(false);
+            }
+            Err(e) => return Err(violation_from(e)),
+        };
+        let connect = match protocol::decode_packet(&frame, ProtocolVersion::V311) {
+            Ok(Packet::Connect(c)) => c,
+            Ok(other) => {
+                let message = format!(
+                    "[MQTT-3.1.0-1] first packet must be CONNECT, got {}",
+                    other.name()
+                );
+                return Err(violation(reason::PROTOCOL_ERROR, message));
+            }
+            Err(DecodeError::UnsupportedProtocol { name, level }) => {
+                // [MQTT-3.1.2-2] answer CONNACK 0x01 and close.
+                warn!("connection from {}: unsupported protocol {name:?} level {level} [MQTT-3.1.2-2]", self.peer);
+                let _ = self.stream.write_all(&[
+                    0x20,
+                    0x02,
+                    0x00,
+                    connack_v3::UNACCEPTABLE_PROTOCOL_VERSION,
+                ]);
+                return Ok(false);
+            }
+            Err(e) => return Err(violation_from(e)),
+        };
+        self.accept_connect(connect)
+    }
+
+    fn accept_connect(&mut self, c: Connect) -> Result<bool, Exit> {
+        self.version = c.version;
+        let v5 = c.version.is_v5();
+        if v5 && c.properties.authentication_method.is_some() {
+            // No enhanced authentication methods are supported [MQTT-4.12.0-1].
+            warn!(
+                "connection from {}: unsupported authentication method, refused with 0x8C",
+                self.peer
+            );
+            self.refuse(
+                connack_v3::NOT_AUTHORIZED,
+                reason::BAD_AUTHENTICATION_METHOD,
+            );
+            return Ok(false);
+        }
+        if let Some(will) = &c.will {
+            if will.properties.payload_format_indicator == Some(1)
+                && std::str::from_utf8(&will.payload).is_err()
+            {
+                warn!("connection from {}: will payload is not UTF-8 though marked so [MQTT-3.1.3-11]", self.peer);
+                self.refuse(connack_v3::NOT_AUTHORIZED, reason::PAYLOAD_FORMAT_INVALID);
+                return Ok(false);
+            }
+        }
+        let mut assigned = None;
+        let client_id: Arc<str> = if c.client_id.is_empty() {
+            if !c.clean_start && !v5 {
+                // [MQTT-3.1.3-8] zero-length id with clean session 0: identifier rejected.
+                warn!("connection from {}: empty client id with clean session 0 rejected [MQTT-3.1.3-8]", self.peer);
+                self.refuse(
+                    connack_v3::IDENTIFIER_REJECTED,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                );
+                return Ok(false);
+            }
+            // [MQTT-3.1.3-6] assign a unique id.
+            let id = format!("auto-{:x}-{}", super::message::now_ns(), self.id);
+            assigned = Some(id.clone());
+            id.into()
+        } else {
+            c.client_id.as_str().into()
+        };
+        self.client_id = client_id.clone();
+        // Credentials are checked against the current password file [MQTT-3.1.3-?]; the
+        // password itself is never logged.
+        let snapshot = self.broker.security.current();
+        let allow_anonymous = self.broker.config.security.allow_anonymous;
+        let password = c.password.as_deref();
+        if let Err(refusal) = authenticate(
+            allow_anonymous,
+            snapshot.passwords.as_ref(),
+            c.username.as_deref(),
+            password,
+        ) {
+            warn!(
+                "connection from {}: client {} (username {:?}) refused: {refusal}",
+                self.peer, client_id, c.username
+            );
+            self.refuse(AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
+            return Ok(false);
+        }
+        self.username = c.username.as_deref().map(Arc::from);
+        self.acl = (
+            snapshot.generation,
+            snapshot.client_acl(&client_id, c.username.as_deref()),
+        );
+        self.session_expiry = match (v5, c.clean_start) {
+            (true, _) => c.properties.session_expiry_interval.unwrap_or(0),
+            (false, true) => 0,
+            (false, false) => NEVER_EXPIRES,
+        };
+
+        let limits = &self.broker.config.limits;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let writer_stream = self
+            .stream
+            .try_clone()
+            .map_err(|e| Exit::Closed(format!("cannot clone socket: {e}")))?;
+        let _ = writer_stream.set_write_timeout(Some(STALLED_CLIENT_TIMEOUT));
+        let (broker, version, id) = (self.broker.clone(), self.version, self.id);
+        // The broker may use as many topic aliases towards the client as it allows.
+        let client_alias_max = if v5 {
+            c.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        };
+        self.writer = Some(
+            thread::Builder::new()
+                .name(format!("conn-{id}-w"))
+                .stack_size(THREAD_STACK)
+                .spawn(move || write_loop(writer_stream, rx, version, client_alias_max, &broker))
+                .map_err(|e| Exit::Closed(format!("cannot start writer thread: {e}")))?,
+        );
+        self.tx = Some(tx.clone());
+
+        let link = Link {
+            connection_id: self.id,
+            version: self.version,
+            tx,
+            max_packet_size: c.properties.maximum_packet_size.filter(|_| v5),
+            username: self.username.clone(),
+        };
+        let mut properties = Properties::default();
+        if v5 {
+            properties.assigned_client_identifier = assigned;
+            properties.receive_maximum = Some(limits.max_inflight);
+            properties.maximum_packet_size =
+                Some(limits.max_packet_size.min(u32::MAX as usize) as u32);
+            properties.topic_alias_maximum = Some(limits.max_topic_alias);
+            if c.properties.request_response_information == Some(1) {
+                // A per-client prefix the client may use for response topics.
+                properties.response_information = Some(format!("response/{client_id}"));
+            }
+        }
+        let session_limits = self
+            .broker
+            .session_limits(c.properties.receive_maximum.filter(|_| v5));
+        let attached = self.broker.attach_session(
+            &client_id,
+            c.clean_start,
+            self.session_expiry,
+            session_limits,
+            link,
+            |present| {
+                // [MQTT-3.2.2-1/2/3] session present only when resuming a stored session.
+                Packet::ConnAck(ConnAck {
+                    session_present: present,
+                    code: 0,
+                    properties,
+                })
+            },
+        );
+        self.session = Some(attached.session);
+        self.will = c.will;
+        self.broker.stats.client_connected();
+
+        // [MQTT-3.1.2-24] close after 1.5x the keep-alive without any packet.
+        let keep_alive =
+            (c.keep_alive > 0).then(|| Duration::from_millis(c.keep_alive as u64 * 1500));
+        let _ = self.stream.set_read_timeout(keep_alive);
+        info!(
+            "client {} connected from {} (MQTT {}, {}, keep-alive {}s{})",
+            client_id,
+            self.peer,
+            self.version,
+            if self.session_expiry == 0 {
+                "clean session"
+            } else {
+                "persistent session"
+            },
+            c.keep_alive,
+            if attached.session_present {
+                ", session resumed"
+            } else {
+                ""
+            }
+        );
+        Ok(true)
+    }
+
+    /// Answer CONNECT with a failure code and close [MQTT-3.2.2-5].
+    fn refuse(&mut self, code_v3: u8, code_v5: u8) {
+        let code = if self.version.is_v5() {
+            code_v5
+        } else {
+            code_v3
+        };
+        let mut buf = Vec::new();
+        let connack = ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        };
+        protocol::encode_packet(&Packet::ConnAck(connack), self.version, &mut buf);
+        let _ = self.stream.write_all(&buf);
+    }
+
+    /// The packet loop after CONNACK. Returns why it ended.
+    fn serve(&mut self, reader: &mut BufReader<TcpStream>) -> Option<Exit> {
+        loop {
+            let frame = match protocol::read_frame(reader, self.max_packet_size()) {
+                Ok(f) => f,
+                Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
+                Err(e) => return Some(violation_from(e)),
+            };
+            Stats::add(&self.broker.stats.messages_received, 1);
+            Stats::add(
+                &self.broker.stats.bytes_received,
+                frame.body.len() as u64 + 2,
+            );
+            let packet = match protocol::decode_packet(&frame, self.version) {
+                Ok(p) => p,
+                Err(e) => return Some(violation_from(e)),
+            };
+            if let Err(exit) = self.handle(packet) {
+                return Some(exit);
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                if !self.session().lock().puback(a.packet_id) {
+                    debug!(
+                        "client {}: PUBACK for unknown packet id {}",
+                        self.client_id, a.packet_id
+                    );
+                }
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let mut state = self.session().lock();
+                if a.reason_code >= 0x80 {
+                    // v5: the receiver refused the message; the exchange ends here (4.3.3).
+                    state.pubcomp(a.packet_id);
+                    return Ok(());
+                }
+                let known = state.pubrec(a.packet_id);
+                drop(state);
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(Packet::PubRel(ack(a.packet_id, code)))
+            }
+            Packet::PubRel(a) => {
+                let known = self.session().lock().release_qos2(a.packet_id);
+                let code = if known {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                // [MQTT-4.3.3-2] PUBCOMP even for an id we no longer know (resent PUBREL).
+                self.send(Packet::PubComp(ack(a.packet_id, code)))
+            }
+            Packet::PubComp(a) => {
+                if !self.session().lock().pubcomp(a.packet_id) {
+                    debug!(
+                        "client {}: PUBCOMP for unknown packet id {}",
+                        self.client_id, a.packet_id
+                    );
+                }
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            // [MQTT-3.12.4-1]
+            Packet::PingReq => self.send(Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => Err(violation(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-3.1.0-2] a second CONNECT on one connection",
+            )),
+            // Without an Authentication Method in CONNECT, AUTH is a protocol error [MQTT-4.12.0-6].
+            Packet::Auth(_) => Err(violation(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-4.12.0-6] AUTH without an authentication method",
+            )),
+            p @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => Err(violation(
+                reason::PROTOCOL_ERROR,
+                format!("[MQTT-2.2.1] {} is a server-to-client packet", p.name()),
+            )),
+        }
+    }
+
+    fn session(&self) -> &SessionRef {
+        self.session.as_ref().expect("session exists after CONNECT")
+    }
+
+    /// Resolve a v5 topic alias: set it when the PUBLISH carries a topic, use it when not.
+    fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), Exit> {
+        let Some(alias) = p.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.broker.config.limits.max_topic_alias {
+            let message =
+                format!("[MQTT-3.3.2-8] topic alias {alias} is 0 or above the maximum we allow");
+            return Err(violation(reason::TOPIC_ALIAS_INVALID, message));
+        }
+        if p.topic.is_empty() {
+            match self.topic_aliases.get(&alias) {
+                Some(topic) => p.topic = topic.clone(),
+                None => {
+                    let message =
+                        format!("[MQTT-3.3.4-?] topic alias {alias} used before it was set");
+                    return Err(violation(reason::PROTOCOL_ERROR, message));
+                }
+            }
+        } else {
+            self.topic_aliases.insert(alias, p.topic.clone());
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
+        if self.version.is_v5() {
+            self.resolve_topic_alias(&mut p)?;
+            if !p.properties.subscription_identifiers.is_empty() {
+                return Err(violation(
+                    reason::PROTOCOL_ERROR,
+                    "[MQTT-3.3.4-6] a PUBLISH from a client must not carry a subscription identifier",
+                ));
+            }
+        }
+        if let Err(rule) = validate_topic_name(&p.topic) {
+            return Err(violation(reason::TOPIC_NAME_INVALID, rule));
+        }
+        let (qos, packet_id) = (p.qos, p.packet_id);
+        let pause = self.rate_limiter.acquire(Instant::now(), p.payload.len());
+        if !pause.is_zero() {
+            // Over its publish rate: stop reading from this client for a while, so TCP slows it
+            // down and nothing it sent is dropped.
+            thread::sleep(pause);
+        }
+        if !self.can_publish(&p.topic) {
+            // Dropped, as mosquitto does; v5 clients are told (0x87), v3 clients cannot be.
+            self.denied += 1;
+            if self.denied == 1 || self.denied % 1000 == 0 {
+                info!(
+                    "client {}: PUBLISH to {} denied by ACL ({} so far)",
+                    self.client_id, p.topic, self.denied
+                );
+            }
+            Stats::add(&self.broker.stats.publish_denied, 1);
+            let code = if self.version.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            };
+            return match qos {
+                QoS::AtMostOnce => Ok(()),
+                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(packet_id, code))),
+                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(packet_id, code))),
+            };
+        }
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // v5: payload declared UTF-8 but is not; refuse it with 0x99 (3.3.2.3.2).
+            debug!(
+                "client {}: PUBLISH on {} has a payload that is not UTF-8 as declared",
+                self.client_id, p.topic
+            );
+            return match qos {
+                QoS::AtMostOnce => Err(violation(
+                    reason::PAYLOAD_FORMAT_INVALID,
+                    "payload is not UTF-8 as declared",
+                )),
+                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(
+                    packet_id,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                ))),
+                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(
+                    packet_id,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                ))),
+            };
+        }
+        let message = Arc::new(Message::new(
+            p.topic.into(),
+            p.payload,
+            qos,
+            p.retain,
+            p.properties,
+            Some(self.client_id.clone()),
+        ));
+        let v5 = self.version.is_v5();
+        // v5: tell the publisher when nobody was subscribed (0x10, a success code).
+        let code = |delivered: usize| {
+            if v5 && delivered == 0 {
+                reason::NO_MATCHING_SUBSCRIBERS
+            } else {
+                reason::SUCCESS
+            }
+        };
+        match qos {
+            QoS::AtMostOnce => {
+                self.broker.publish(message);
+                Ok(())
+            }
+            QoS::AtLeastOnce => {
+                let delivered = self.broker.publish(message);
+                self.send(Packet::PubAck(ack(packet_id, code(delivered))))
+            }
+            QoS::ExactlyOnce => {
+                let (new, pending) = {
+                    let mut state = self.session().lock();
+                    let pending = state.incoming_qos2_len();
+                    (state.receive_qos2(packet_id), pending)
+                };
+                if new && pending >= self.broker.config.limits.max_inflight as usize {
+                    // More unreleased QoS 2 messages than our Receive Maximum [MQTT-3.3.4-9 (v5)].
+                    self.session().lock().release_qos2(packet_id);
+                    return Err(violation(
+                        reason::RECEIVE_MAXIMUM_EXCEEDED,
+                        "[MQTT-3.3.4-9] receive maximum exceeded",
+                    ));
+                }
+                // [MQTT-4.3.3-2] route once; a resend before PUBREL is only acknowledged again.
+                let delivered = if new {
+                    self.broker.publish(message)
+                } else {
+                    debug!(
+                        "client {}: duplicate QoS 2 PUBLISH {packet_id} not routed again",
+                        self.client_id
+                    );
+                    1
+                };
+                self.send(Packet::PubRec(ack(packet_id, code(delivered))))
+            }
+        }
+    }
+
+    /// ACL write access; clients never write to `$SYS` (the broker's own topics).
+    fn can_publish(&mut self, topic: &str) -> bool {
+        if topic.starts_with("$SYS/") || topic == "$SYS" {
+            return false;
+        }
+        let generation = self.broker.security.generation();
+        if self.acl.0 != generation {
+            let acl = self
+                .broker
+                .security
+                .current()
+                .client_acl(&self.client_id, self.username.as_deref());
+            self.acl = (generation, acl);
+        }
+        self.acl.1.as_ref().is_none_or(|acl| acl.can_publish(topic))
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
+        let session = self.session().clone();
+        let v5 = self.version.is_v5();
+        let identifier = s.properties.subscription_identifiers.first().copied();
+        let mut reason_codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for f in &s.filters {
+            if let Err(rule) = validate_topic_filter(&f.filter) {
+                // [MQTT-3.8.4-?] a failed filter gets 0x80 in SUBACK; the others still apply.
+                debug!(
+                    "client {}: subscription to {:?} refused: {rule}",
+                    self.client_id, f.filter
+                );
+                reason_codes.push(if v5 {
+                    reason::TOPIC_FILTER_INVALID
+                } else {
+                    0x80
+                });
+                continue;
+            }
+            let shared = super::router::parse_shared(&f.filter).is_some();
+            if shared && f.options.no_local {
+                let message = "[MQTT-3.8.3-4] No Local on a shared subscription";
+                return Err(violation(reason::PROTOCOL_ERROR, message));
+            }
+            let existed = self
+                .broker
+                .router
+                .subscribe(&f.filter, &session, f.options, identifier);
+            session
+                .lock()
+                .subscriptions
+                .insert(f.filter.clone(), f.options);
+            reason_codes.push(f.options.qos as u8);
+            // v5 retain handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11 (v5)].
+            // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
+            let wants_retained =
+                f.options.retain_handling == 0 || (f.options.retain_handling == 1 && !existed);
+            if wants_retained && !shared {
+                retained.push((f.filter.clone(), f.options.qos));
+            }
+            debug!(
+                "client {} subscribed to {} (qos {})",
+                self.client_id, f.filter, f.options.qos as u8
+            );
+        }
+        // [MQTT-3.8.4-1] SUBACK, with one return code per filter [MQTT-3.8.4-5].
+        self.send(Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes,
+            properties: Properties::default(),
+        }))?;
+        for (filter, qos) in retained {
+            self.broker
+                .deliver_retained(&session, &filter, qos, identifier);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Exit> {
+        let session = self.session().clone();
+        let mut reason_codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = self.broker.router.unsubscribe(filter, &self.client_id);
+            session.lock().subscriptions.remove(filter);
+            reason_codes.push(if existed {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed.
+        self.send(Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes,
+            properties: Properties::default(),
+        }))
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Exit> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session_expiry == 0 && expiry != 0 {
+                let message =
+                    "[MQTT-3.14.2-2] session expiry set at DISCONNECT after being 0 at CONNECT";
+                return Err(violation(reason::PROTOCOL_ERROR, message));
+            }
+            self.session_expiry = expiry;
+            self.session().lock().expiry_interval = expiry;
+        }
+        Err(Exit::Disconnect {
+            publish_will: d.reason_code == reason::DISCONNECT_WITH_WILL,
+        })
+    }
+
+    /// Queue a control packet for the writer. If the client is not reading, wait (and so stop
+    /// reading from it: TCP backpressure) rather than let its queue grow without bound.
+    fn send(&self, packet: Packet) -> Result<(), Exit> {
+        let Some(tx) = &self.tx else { return Ok(()) };
+        let limits = &self.broker.config.limits;
+        let bound = limits.outbound_queue + limits.max_inflight as usize;
+        let started = Instant::now();
+        while tx.len() >= bound {
+            if started.elapsed() > STALLED_CLIENT_TIMEOUT {
+                return Err(Exit::Closed(format!(
+                    "client not reading for {}s",
+                    STALLED_CLIENT_TIMEOUT.as_secs()
+                )));
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        tx.send(Outbound::Packet(Box::new(packet)))
+            .map_err(|_| Exit::Closed("write failed".into()))
+    }
+
+    /// Close the connection: log why, tell a v5 client, stop the writer, detach the session
+    /// and publish the will unless the client disconnected normally [MQTT-3.1.2-8].
+    fn finish(mut self, exit: Option<Exit>) {
+        let shutting_down = self.broker.is_shutting_down();
+        let (publish_will, why) = match &exit {
+            None => (false, String::new()),
+            Some(Exit::Disconnect { publish_will }) => {
+                (*publish_will, "client sent DISCONNECT".to_string())
+            }
+            Some(Exit::Violation { message, .. }) => {
+                warn!(
+                    "client {} ({}): protocol violation {message}; closing connection",
+                    self.client_id, self.peer
+                );
+                (true, format!("protocol violation {message}"))
+            }
+            Some(Exit::Closed(why)) => (true, why.clone()),
+            Some(Exit::KeepAliveTimeout) => {
+                (true, "keep-alive timeout [MQTT-3.1.2-24]".to_string())
+            }
+        };
+        if let (Some(Exit::Violation { reason_code, .. }), true) = (&exit, self.version.is_v5()) {
+            let disconnect = Disconnect {
+                reason_code: *reason_code,
+                properties: Properties::default(),
+            };
+            let _ = self.send(Packet::Disconnect(disconnect));
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Outbound::Close);
+        }
+        match self.writer.take() {
+            Some(writer) => {
+                let _ = writer.join();
+            }
+            None => {
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+        }
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        self.broker.stats.client_disconnected();
+        let will_topic = self
+            .will
+            .as_ref()
+            .map(|w| w.topic.clone())
+            .unwrap_or_default();
+        if self.will.is_some() && publish_will && !self.can_publish(&will_topic) {
+            // The will obeys the ACL like any other publish.
+            info!(
+                "client {}: will on {will_topic} denied by ACL; not published",
+                self.client_id
+            );
+            self.will = None;
+        }
+        let will = self
+            .will
+            .take()
+            .filter(|_| publish_will && !shutting_down)
+            .map(|will| {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                let message = Message::new(
+                    will.topic.into(),
+                    will.payload,
+                    will.qos,
+                    will.retain,
+                    will.properties,
+                    Some(self.client_id.clone()),
+                );
+                (Arc::new(message), delay)
+            });
+        info!(
+            "client {} disconnected: {}{}",
+            self.client_id,
+            if shutting_down {
+                "broker shutting down"
+            } else {
+                &why
+            },
+            if will.is_some() {
+                "; publishing will"
+            } else {
+                ""
+            }
+        );
+        self.broker.detach_session(&session, self.id, will);
+    }
+}
+
+fn ack(packet_id: u16, reason_code: u8) -> Ack {
+    Ack {
+        packet_id,
+        reason_code,
+        properties: Properties::default(),
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn violation_from(e: DecodeError) -> Exit {
+    match e {
+        DecodeError::Io(e) => Exit::Closed(format!("read error: {e}")),
+        DecodeError::Eof => Exit::Closed("connection closed by client".into()),
+        e => Exit::Violation {
+            reason_code: e.reason_code(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// The writer thread: encode everything queued (up to `WRITE_BATCH` bytes) and write it with one
+/// syscall, so a burst to one subscriber costs one write, not one per message.
+fn write_loop(
+    mut stream: TcpStream,
+    rx: Receiver<Outbound>,
+    version: ProtocolVersion,
+    alias_max: u16,
+    broker: &Broker,
+) {
+    let mut buf = Vec::with_capacity(512);
+    let mut aliases = TopicAliases {
+        max: alias_max,
+        assigned: HashMap::new(),
+    };
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut close = false;
+        let mut packets = 0u64;
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Close => {
+                    close = true;
+                    break;
+                }
+                Outbound::Packet(p) => protocol::encode_packet(&p, version, &mut buf),
+                Outbound::Publish {
+                    message,
+                    qos,
+                    packet_id,
+                    dup,
+                    retain,
+                    subscription_ids,
+                } => {
+                    encode_delivery(
+                        &mut buf,
+                        version,
+                        &mut aliases,
+                        &message,
+                        qos,
+                        packet_id,
+                        dup,
+                        retain,
+                        subscription_ids,
+                    );
+                    Stats::add(&broker.stats.publish_sent, 1);
+                }
+            }
+            packets += 1;
+            if buf.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = stream.write_all(&buf) {
+                debug!("write failed: {e}");
+                break;
+            }
+            Stats::add(&broker.stats.messages_sent, packets);
+            Stats::add(&broker.stats.bytes_sent, buf.len() as u64);
+            buf.clear();
+            if buf.capacity() > 4 * WRITE_BATCH {
+                buf = Vec::with_capacity(512);
+            }
+        }
+        if close {
+            break;
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Topic aliases the broker assigns towards one v5 client, up to the client's maximum.
+struct TopicAliases {
+    max: u16,
+    assigned: HashMap<Arc<str>, u16>,
+}
+
+/// Encode one PUBLISH for one subscriber. v3 and plain v5 deliveries are written straight from
+/// the shared message; only v5 deliveries that need per-subscriber properties (subscription ids,
+/// remaining expiry, topic alias) copy the properties.
+#[allow(clippy::too_many_arguments)]
+fn encode_delivery(
+    buf: &mut Vec<u8>,
+    version: ProtocolVersion,
+    aliases: &mut TopicAliases,
+    message: &Message,
+    qos: QoS,
+    packet_id: u16,
+    dup: bool,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+) {
+    let mut topic: &str = &message.topic;
+    let mut properties = Cow::Borrowed(&message.properties);
+    if version.is_v5() {
+        if !subscription_ids.is_empty() {
+            properties.to_mut().subscription_identifiers = subscription_ids;
+        }
+        if let Some(remaining) = message.remaining_expiry_secs() {
+            properties.to_mut().message_expiry_interval = Some(remaining);
+        }
+        if aliases.max > 0 {
+            match aliases.assigned.get(&message.topic) {
+                Some(&alias) => {
+                    properties.to_mut().topic_alias = Some(alias);
+                    topic = "";
+                }
+                None if aliases.assigned.len() < aliases.max as usize => {
+                    let alias = aliases.assigned.len() as u16 + 1;
+                    aliases.assigned.insert(message.topic.clone(), alias);
+                    properties.to_mut().topic_alias = Some(alias);
+                }
+                None => {}
+            }
+        }
+    }
+    protocol::encode::encode_publish(
+        buf,
+        version,
+        topic,
+        &message.payload,
+        qos,
+        retain,
+        dup,
+        packet_id,
+        &properties,
+    );
+}

@@ -1,0 +1,467 @@
+//! Session state [MQTT-4.1]: subscriptions, outgoing QoS 1/2 messages in flight and queued,
+//! incoming QoS 2 packet ids awaiting PUBREL, expiry, and the connection it is attached to.
+//!
+//! A session outlives its connection for its expiry interval (3.1.1 clean session = 0: forever).
+//! Every method is called with the session's mutex held and never blocks.
+
+use super::acl::ClientAcl;
+use super::message::Message;
+use super::security::SecurityFiles;
+use super::stats::Stats;
+use crate::protocol::{Ack, Packet, ProtocolVersion, QoS, SubscriptionOptions};
+use crossbeam_channel::Sender;
+use log::{debug, warn};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-11 (v5)].
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// What a connection's writer thread is asked to send.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Boxed: `Packet` is large (v5 properties) and most traffic is `Publish`.
+    Packet(Box<Packet>),
+    Publish {
+        message: Arc<Message>,
+        qos: QoS,
+        packet_id: u16,
+        dup: bool,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+    },
+    /// Flush what is queued, then close the socket.
+    Close,
+}
+
+/// The connection a session is currently attached to.
+#[derive(Clone)]
+pub struct Link {
+    /// Unique per connection, so a connection that was taken over can tell it no longer owns
+    /// the session.
+    pub connection_id: u64,
+    pub version: ProtocolVersion,
+    pub tx: Sender<Outbound>,
+    /// v5 Maximum Packet Size of the client: larger PUBLISHes are not sent [MQTT-3.1.2-25].
+    pub max_packet_size: Option<u32>,
+    /// Authenticated username, for ACL checks on what the session may receive.
+    pub username: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// min(broker's max_inflight, the v5 client's Receive Maximum) [MQTT-3.3.4-7].
+    pub max_inflight: usize,
+    pub max_queued: usize,
+    /// QoS 0 messages are dropped once this many packets wait for the writer.
+    pub outbound_queue: usize,
+}
+
+pub struct SessionHandle {
+    pub client_id: Arc<str>,
+    pub state: Mutex<Session>,
+}
+
+pub type SessionRef = Arc<SessionHandle>;
+
+impl SessionHandle {
+    pub fn new(client_id: Arc<str>, expiry_interval: u32, limits: SessionLimits) -> SessionRef {
+        Arc::new(SessionHandle {
+            client_id,
+            state: Mutex::new(Session::new(expiry_interval, limits)),
+        })
+    }
+
+    /// Lock the state; a poisoned lock (a panicked thread) still holds consistent data for us.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Session> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How one message travels to one session.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// Set when delivered through a shared subscription: `$share/{group}/{filter}`.
+    pub shared_group: Option<Arc<str>>,
+}
+
+struct Inflight {
+    packet_id: u16,
+    message: Arc<Message>,
+    route: Route,
+    /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    released: bool,
+}
+
+struct Queued {
+    message: Arc<Message>,
+    route: Route,
+}
+
+pub struct Session {
+    /// Seconds the session outlives its connection; 0 = ends with it, NEVER_EXPIRES = kept.
+    pub expiry_interval: u32,
+    /// Set when the session is discarded; late deliveries to it are ignored.
+    pub ended: bool,
+    pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// When the last connection ended (None while connected).
+    pub disconnected_at: Option<Instant>,
+    /// A will waiting for its v5 Will Delay Interval [MQTT-3.1.3-9].
+    pub delayed_will: Option<(Instant, Arc<Message>)>,
+    link: Option<Link>,
+    limits: SessionLimits,
+    next_packet_id: u16,
+    inflight: VecDeque<Inflight>,
+    queued: VecDeque<Queued>,
+    /// Incoming QoS 2 packet ids whose PUBLISH was routed and whose PUBREL has not come yet.
+    /// A PUBLISH resent with the same id is acknowledged but not routed again (exactly once).
+    incoming_qos2: HashSet<u16>,
+    dropped: u64,
+    /// Username of the last connection (kept while offline, for ACL checks on queued messages).
+    username: Option<Arc<str>>,
+    /// The ACL rules for this client, rebuilt when the files are reloaded (by generation).
+    acl: Option<(u64, Option<ClientAcl>)>,
+}
+
+impl Session {
+    fn new(expiry_interval: u32, limits: SessionLimits) -> Session {
+        Session {
+            expiry_interval,
+            ended: false,
+            subscriptions: HashMap::new(),
+            disconnected_at: None,
+            delayed_will: None,
+            link: None,
+            limits,
+            next_packet_id: 1,
+            inflight: VecDeque::new(),
+            queued: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            dropped: 0,
+            username: None,
+            acl: None,
+        }
+    }
+
+    pub fn link(&self) -> Option<&Link> {
+        self.link.as_ref()
+    }
+
+    pub fn is_attached_to(&self, connection_id: u64) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.connection_id == connection_id)
+    }
+
+    /// Has the session outlived its expiry interval while disconnected?
+    pub fn is_expired(&self, now: Instant) -> bool {
+        match self.disconnected_at {
+            Some(at) if self.link.is_none() && self.expiry_interval != NEVER_EXPIRES => {
+                now >= at + Duration::from_secs(self.expiry_interval as u64)
+            }
+            _ => false,
+        }
+    }
+
+    /// Attach a new connection and send it `first` (the CONNACK), returning the connection it
+    /// replaces (to be closed by the caller). Unacknowledged messages are resent with DUP set
+    /// and the queue drained into the window [MQTT-4.4.0-1]. A delayed will is cancelled
+    /// [MQTT-3.1.3-9].
+    pub fn attach(&mut self, link: Link, limits: SessionLimits, first: Outbound) -> Option<Link> {
+        if self.username != link.username {
+            self.username = link.username.clone();
+            self.acl = None;
+        }
+        let old = self.link.replace(link);
+        self.limits = limits;
+        self.disconnected_at = None;
+        self.delayed_will = None;
+        self.send(first);
+        for item in &self.inflight {
+            let out = if item.released {
+                Outbound::Packet(Box::new(Packet::PubRel(Ack::new(item.packet_id))))
+            } else {
+                Outbound::Publish {
+                    message: item.message.clone(),
+                    qos: item.route.qos,
+                    packet_id: item.packet_id,
+                    dup: true,
+                    retain: item.route.retain,
+                    subscription_ids: item.route.subscription_ids.clone(),
+                }
+            };
+            self.send(out);
+        }
+        self.fill_window();
+        old
+    }
+
+    /// Detach `connection_id` if it is still the session's connection.
+    pub fn detach(&mut self, connection_id: u64) -> bool {
+        if self.is_attached_to(connection_id) {
+            self.link = None;
+            self.disconnected_at = Some(Instant::now());
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Take the current link away (session discarded or taken over).
+    pub fn take_link(&mut self) -> Option<Link> {
+        self.link.take()
+    }
+
+    /// May this client receive messages on `topic` (ACL read access)? The client's rules are
+    /// cached and rebuilt only when the files were reloaded, so this is one atomic load when
+    /// nothing changed.
+    pub fn can_receive(&mut self, client_id: &str, topic: &str, security: &SecurityFiles) -> bool {
+        let generation = security.generation();
+        let acl = match &self.acl {
+            Some((g, acl)) if *g == generation => acl,
+            _ => {
+                let acl = security
+                    .current()
+                    .client_acl(client_id, self.username.as_deref());
+                &self.acl.insert((generation, acl)).1
+            }
+        };
+        acl.as_ref().is_none_or(|acl| acl.can_receive(topic))
+    }
+
+    /// Deliver one message along `route` (QoS already min(published, granted)).
+    pub fn deliver(
+        &mut self,
+        message: &Arc<Message>,
+        route: Route,
+        client_id: &str,
+        stats: &Stats,
+    ) {
+        if self.ended || message.is_expired() {
+            return;
+        }
+        if self.too_large_for_client(message, &route) {
+            // [MQTT-3.1.2-25] discard it and behave as if it had been sent.
+            debug!("client {client_id}: message on {} exceeds the client's maximum packet size; not sent", message.topic);
+            return;
+        }
+        if route.qos == QoS::AtMostOnce {
+            // QoS 0 is not queued for offline sessions (as mosquitto), and dropped for a client
+            // whose writer is this far behind rather than growing memory without bound.
+            if let Some(link) = &self.link {
+                if link.tx.len() >= self.limits.outbound_queue {
+                    Stats::add(&stats.dropped_slow_subscriber, 1);
+                    let max = self.limits.outbound_queue;
+                    self.count_drop(client_id, || {
+                        format!("outbound queue full ({max} packets), dropping QoS 0 messages")
+                    });
+                    return;
+                }
+                self.send(Outbound::Publish {
+                    message: message.clone(),
+                    qos: route.qos,
+                    packet_id: 0,
+                    dup: false,
+                    retain: route.retain,
+                    subscription_ids: route.subscription_ids,
+                });
+            }
+            return;
+        }
+        if self.queued.len() >= self.limits.max_queued {
+            Stats::add(&stats.dropped_queue_full, 1);
+            let max = self.limits.max_queued;
+            self.count_drop(client_id, || {
+                format!(
+                    "message queue full ({max} messages), dropping message on {}",
+                    message.topic
+                )
+            });
+            return;
+        }
+        self.queued.push_back(Queued {
+            message: message.clone(),
+            route,
+        });
+        self.fill_window();
+    }
+
+    /// QoS 1/2 messages that came through a shared subscription and that this session has not
+    /// started to complete (queued, or inflight without PUBREC): taken out so the broker can
+    /// give them to another member of the group when this one disconnects.
+    pub fn take_shared_messages(&mut self) -> Vec<(Arc<Message>, Route)> {
+        let mut taken = Vec::new();
+        let queued = std::mem::take(&mut self.queued);
+        for q in queued {
+            if q.route.shared_group.is_some() {
+                taken.push((q.message, q.route));
+            } else {
+                self.queued.push_back(q);
+            }
+        }
+        let inflight = std::mem::take(&mut self.inflight);
+        for i in inflight {
+            if i.route.shared_group.is_some() && !i.released {
+                taken.push((i.message, i.route));
+            } else {
+                self.inflight.push_back(i);
+            }
+        }
+        taken
+    }
+
+    /// Log the first drop and every 1000th, with the running count: never silent, never a flood.
+    fn count_drop(&mut self, client_id: &str, what: impl FnOnce() -> String) {
+        self.dropped += 1;
+        if self.dropped == 1 || self.dropped % 1000 == 0 {
+            warn!(
+                "client {client_id}: {} ({} dropped so far)",
+                what(),
+                self.dropped
+            );
+        }
+    }
+
+    fn too_large_for_client(&self, message: &Message, route: &Route) -> bool {
+        let Some(max) = self.link.as_ref().and_then(|l| l.max_packet_size) else {
+            return false;
+        };
+        let mut properties = message.properties.clone();
+        properties.subscription_identifiers = route.subscription_ids.clone();
+        let mut buf = Vec::new();
+        crate::protocol::encode::encode_publish(
+            &mut buf,
+            ProtocolVersion::V5,
+            &message.topic,
+            &message.payload,
+            route.qos,
+            route.retain,
+            false,
+            1,
+            &properties,
+        );
+        buf.len() > max as usize
+    }
+
+    /// Move queued messages into the inflight window while it has room and a client is
+    /// attached. Messages that expired while queued are dropped [MQTT-3.3.2-5].
+    fn fill_window(&mut self) {
+        if self.link.is_none() {
+            return;
+        }
+        while self.inflight.len() < self.limits.max_inflight {
+            let Some(q) = self.queued.pop_front() else {
+                break;
+            };
+            if q.message.is_expired() {
+                continue;
+            }
+            let packet_id = self.allocate_packet_id();
+            self.send(Outbound::Publish {
+                message: q.message.clone(),
+                qos: q.route.qos,
+                packet_id,
+                dup: false,
+                retain: q.route.retain,
+                subscription_ids: q.route.subscription_ids.clone(),
+            });
+            self.inflight.push_back(Inflight {
+                packet_id,
+                message: q.message,
+                route: q.route,
+                released: false,
+            });
+        }
+    }
+
+    fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|i| i.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    fn send(&self, out: Outbound) {
+        if let Some(link) = &self.link {
+            // The channel is unbounded (it allocates lazily, so an idle client costs nothing);
+            // what bounds it is the inflight window, `outbound_queue` for QoS 0, and the
+            // reader waiting in `Connection::send`. An error means the connection is gone: the
+            // message stays inflight and is resent on reconnect.
+            let _ = link.tx.send(out);
+        }
+    }
+
+    /// PUBACK for a QoS 1 message. Returns false for an unknown packet id.
+    pub fn puback(&mut self, packet_id: u16) -> bool {
+        self.complete(packet_id, QoS::AtLeastOnce)
+    }
+
+    /// PUBCOMP for a QoS 2 message (or a v5 PUBREC with an error code, which ends the exchange).
+    /// Returns false for an unknown packet id.
+    pub fn pubcomp(&mut self, packet_id: u16) -> bool {
+        self.complete(packet_id, QoS::ExactlyOnce)
+    }
+
+    fn complete(&mut self, packet_id: u16, qos: QoS) -> bool {
+        let Some(pos) = self
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.route.qos == qos)
+        else {
+            return false;
+        };
+        self.inflight.remove(pos);
+        self.fill_window();
+        true
+    }
+
+    /// PUBREC for a QoS 2 message: from now on only PUBREL is resent [MQTT-4.3.3-1].
+    /// Returns false for an unknown packet id.
+    pub fn pubrec(&mut self, packet_id: u16) -> bool {
+        match self
+            .inflight
+            .iter_mut()
+            .find(|i| i.packet_id == packet_id && i.route.qos == QoS::ExactlyOnce)
+        {
+            Some(item) => {
+                item.released = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Incoming QoS 2 PUBLISH: returns true if it is new (route it), false if it is a resend of
+    /// one already routed and not yet released.
+    pub fn receive_qos2(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// Number of incoming QoS 2 messages awaiting PUBREL (counts against our Receive Maximum).
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// Incoming PUBREL: forget the packet id. Returns false if it was unknown.
+    pub fn release_qos2(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.remove(&packet_id)
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queued.len()
+    }
+}
