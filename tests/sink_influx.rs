@@ -404,3 +404,181 @@ fn influx_cli_reads_back_what_the_sink_wrote() {
         "name,time,device,value\ntemp,2023-11-14T22:13:20Z,d1,19.25"
     );
 }
+
+#[test]
+fn batch_refused_as_too_large_is_split_and_fully_stored() {
+    // 413 beyond 4 KB: a 200-point batch (~12 KB) must be split until the parts fit.
+    let influx = Influx::start_with(influx::InfluxOptions {
+        max_body_size: Some(4096),
+        ..Default::default()
+    });
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(&influx, "big", spool.path());
+    cfg.rules = vec![rule("b/{measurement}")];
+    cfg.flush_interval_ms = 60_000;
+    let sink = Sink::start(&cfg).unwrap();
+    for i in 0..200 {
+        sink.submit(record("b/split", &i.to_string(), T0 + i));
+    }
+    let stats = sink.shutdown_with_stats();
+    assert_eq!(influx.count("big", "split", "value"), 200);
+    assert_eq!(
+        (stats.written, stats.dropped_total()),
+        (200, 0),
+        "{stats:?}"
+    );
+    assert!(stats.write_requests > 1, "{stats:?}");
+}
+
+#[test]
+fn username_and_password_are_sent_and_wrong_ones_keep_points_spooled() {
+    let influx = Influx::start_with(influx::InfluxOptions {
+        auth: true,
+        ..Default::default()
+    });
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(&influx, "authdb", spool.path());
+    cfg.username = influx::ADMIN_USER.into();
+    cfg.password = influx::ADMIN_PASSWORD.into();
+    let sink = Sink::start(&cfg).unwrap();
+    sink.submit(record("a/b", "1", T0));
+    let stats = sink.shutdown_with_stats();
+    assert_eq!(stats.written, 1, "{stats:?}");
+    assert_eq!(influx.count("authdb", "mqtt", "value"), 1);
+
+    // Wrong password: 401 is retried (logged loudly), never dropped; the point waits in the spool.
+    let spool2 = tempfile::tempdir().unwrap();
+    let mut bad = config(&influx, "authdb", spool2.path());
+    bad.username = influx::ADMIN_USER.into();
+    bad.password = "wrong".into();
+    bad.shutdown_timeout_secs = 1;
+    let sink = Sink::start(&bad).unwrap();
+    sink.submit(record("a/b", "2", T0 + 1));
+    let deadline = std::time::Instant::now() + WAIT;
+    while sink.stats().retried == 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", sink.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = sink.shutdown_with_stats();
+    assert_eq!(
+        (stats.written, stats.dropped_total(), stats.spool_points),
+        (0, 0, 1),
+        "{stats:?}"
+    );
+    // With the right password the spooled point gets through.
+    let mut good = bad.clone();
+    good.password = influx::ADMIN_PASSWORD.into();
+    let sink = Sink::start(&good).unwrap();
+    assert!(influx.wait_until(WAIT, || influx.count("authdb", "mqtt", "value") == 2));
+    sink.shutdown();
+}
+
+#[test]
+fn gzip_compressed_writes_are_stored() {
+    let influx = Influx::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(&influx, "gz", spool.path());
+    cfg.gzip = true;
+    let sink = Sink::start(&cfg).unwrap();
+    for i in 0..50 {
+        sink.submit(record(
+            "z/seq",
+            &format!("{{\"v\":{i},\"s\":\"text ✓\"}}"),
+            T0 + i,
+        ));
+    }
+    let stats = sink.shutdown_with_stats();
+    assert_eq!(stats.written, 50, "{stats:?}");
+    assert_eq!(influx.count("gz", "mqtt", "v"), 50);
+    let (_, rows) = sel(&influx, "gz", "SELECT s FROM mqtt LIMIT 1");
+    assert_eq!(rows[0][1], json!("text ✓"));
+}
+
+#[test]
+fn full_spool_drops_oldest_batches_with_a_counter() {
+    let mut influx = Influx::start();
+    influx.stop();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(&influx, "full", spool.path());
+    cfg.spool_max_bytes = 64 * 1024;
+    cfg.batch_size = 100;
+    cfg.shutdown_timeout_secs = 1;
+    let sink = Sink::start(&cfg).unwrap();
+    // ~60 bytes per point: 3000 points are ~180 KB, three times the spool.
+    for i in 0..3000 {
+        sink.submit(record("f/seq", &i.to_string(), T0 + i));
+    }
+    // Every batch has gone through the spool (while running: at shutdown the limit is ignored
+    // rather than losing the last batches).
+    let deadline = std::time::Instant::now() + WAIT;
+    while sink.stats().spooled < 3000 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", sink.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = sink.shutdown_with_stats();
+    let dropped = stats.dropped(DropReason::SpoolFull);
+    assert!(dropped > 0, "{stats:?}");
+    assert!(stats.spool_bytes <= 64 * 1024, "{stats:?}");
+    assert_eq!(
+        stats.spool_points + dropped,
+        3000,
+        "every point is spooled or counted as dropped: {stats:?}"
+    );
+    // What is left is the newest points, replayed once InfluxDB is back.
+    influx.restart();
+    let sink = Sink::start(&cfg).unwrap();
+    assert!(
+        influx.wait_until(WAIT, || influx.count("full", "mqtt", "value")
+            == stats.spool_points as i64)
+    );
+    let (_, rows) = sel(&influx, "full", "SELECT last(value) FROM mqtt");
+    assert_eq!(rows[0][1], json!(2999.0));
+    sink.shutdown();
+}
+
+#[test]
+fn full_spool_with_backpressure_blocks_publishers_and_loses_nothing() {
+    let mut influx = Influx::start();
+    influx.stop();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(&influx, "bp", spool.path());
+    cfg.spool_max_bytes = 64 * 1024;
+    cfg.batch_size = 100;
+    cfg.queue_capacity = 100;
+    cfg.spool_full = mqflux::sink::SpoolFull::Backpressure;
+    let sink = std::sync::Arc::new(Sink::start(&cfg).unwrap());
+    let total = 3000i64;
+    let publisher = {
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            for i in 0..total {
+                sink.submit(record("p/seq", &i.to_string(), T0 + i));
+            }
+        })
+    };
+    // The publisher gets stuck once spool and queue are full...
+    let deadline = std::time::Instant::now() + WAIT;
+    while sink.stats().spool_bytes < 56 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", sink.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !publisher.is_finished(),
+        "publisher was not held back: {:?}",
+        sink.stats()
+    );
+    // ...and continues when InfluxDB is back; nothing is dropped.
+    influx.restart();
+    publisher.join().unwrap();
+    assert!(
+        influx.wait_until(WAIT, || influx.count("bp", "mqtt", "value") == total),
+        "{:?}",
+        sink.stats()
+    );
+    let stats = sink.shutdown_with_stats();
+    assert_eq!(
+        (stats.written, stats.dropped_total()),
+        (total as u64, 0),
+        "{stats:?}"
+    );
+}

@@ -17,7 +17,20 @@ const INFLUXD: &str = "/usr/bin/influxd";
 /// How long influxd may take to answer /ping after start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How the test influxd is configured beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct InfluxOptions {
+    /// `[http] auth-enabled`: the harness creates admin user `admin`/`admin-pw` and uses it.
+    pub auth: bool,
+    /// `[http] max-body-size` in bytes (influxd answers 413 beyond it); None: influxd's 25 MB.
+    pub max_body_size: Option<usize>,
+}
+
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_PASSWORD: &str = "admin-pw";
+
 pub struct Influx {
+    options: InfluxOptions,
     dir: tempfile::TempDir,
     pub http_port: u16,
     pub rpc_port: u16,
@@ -36,6 +49,11 @@ pub fn free_port() -> u16 {
 impl Influx {
     /// Start a fresh influxd; panics (test failure) if it does not answer /ping in time.
     pub fn start() -> Influx {
+        Influx::start_with(InfluxOptions::default())
+    }
+
+    /// Start a fresh influxd with options.
+    pub fn start_with(options: InfluxOptions) -> Influx {
         let dir = tempfile::Builder::new()
             .prefix("mqflux-influxd-")
             .tempdir()
@@ -46,6 +64,7 @@ impl Influx {
             .build()
             .into();
         let mut influx = Influx {
+            options,
             dir,
             http_port: free_port(),
             rpc_port: free_port(),
@@ -54,6 +73,18 @@ impl Influx {
         };
         influx.write_config();
         influx.launch();
+        if influx.options.auth {
+            // With auth on and no user yet, influxd 1.x accepts exactly this unauthenticated.
+            let q = format!(
+                "CREATE USER {ADMIN_USER} WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"
+            );
+            let r = influx
+                .agent
+                .post(format!("{}/query", influx.url()))
+                .send_form([("q", q.as_str())])
+                .expect("create admin");
+            assert_eq!(r.status().as_u16(), 200, "CREATE USER failed");
+        }
         influx
     }
 
@@ -105,7 +136,8 @@ bind-address = "127.0.0.1:{rpc}"
 [http]
   enabled = true
   bind-address = "127.0.0.1:{http}"
-  auth-enabled = false
+  auth-enabled = {auth}
+  max-body-size = {max_body}
   log-enabled = false
   pprof-enabled = false
   unix-socket-enabled = false
@@ -133,6 +165,8 @@ bind-address = "127.0.0.1:{rpc}"
   enabled = false
 "#,
             rpc = self.rpc_port,
+            auth = self.options.auth,
+            max_body = self.options.max_body_size.unwrap_or(25_000_000),
             http = self.http_port,
         );
         std::fs::write(self.config_path(), config).expect("write influxd config");
@@ -186,6 +220,14 @@ bind-address = "127.0.0.1:{rpc}"
         }
     }
 
+    fn authed<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        if self.options.auth {
+            req.query("u", ADMIN_USER).query("p", ADMIN_PASSWORD)
+        } else {
+            req
+        }
+    }
+
     /// influxd's own output (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("influxd.log")).unwrap_or_default()
@@ -212,8 +254,7 @@ bind-address = "127.0.0.1:{rpc}"
     /// Run an InfluxQL statement via /query and return the JSON answer (panics on HTTP errors).
     pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
         let mut r = self
-            .agent
-            .post(format!("{}/query", self.url()))
+            .authed(self.agent.post(format!("{}/query", self.url())))
             .query("db", db)
             .query("epoch", "ns")
             .send_form([("q", q)])
@@ -311,8 +352,7 @@ bind-address = "127.0.0.1:{rpc}"
     /// POST raw line protocol; returns (status, body).
     pub fn write(&self, db: &str, lines: &str) -> (u16, String) {
         let mut r = self
-            .agent
-            .post(format!("{}/write", self.url()))
+            .authed(self.agent.post(format!("{}/write", self.url())))
             .query("db", db)
             .query("precision", "ns")
             .send(lines.as_bytes())
