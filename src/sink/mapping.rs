@@ -4,6 +4,7 @@
 use super::line_protocol::{self, FieldType, FieldValue, Precision};
 use crate::config::ConfigError;
 use serde::Deserialize;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -532,14 +533,13 @@ impl Mapping {
         }
         // Everything below borrows from the topic, payload and config: one point costs a few
         // small allocations at most (this runs for every publish).
-        let levels: Vec<&str> = if rule.needs_levels() {
+        let levels: SmallVec<[&str; 8]> = if rule.needs_levels() {
             topic.split('/').collect()
         } else {
-            Vec::new()
+            SmallVec::new()
         };
         let measurement = rule.measurement_for(&levels);
-        let mut tags: Vec<(&str, &str)> =
-            Vec::with_capacity(cfg.tags.len() + rule.level_tags.len() + 2);
+        let mut tags: SmallVec<[(&str, &str); 8]> = SmallVec::new();
         tags.extend(cfg.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         for (name, i) in &rule.level_tags {
             if let Some(v) = levels.get(*i) {
@@ -549,7 +549,7 @@ impl Mapping {
         if cfg.topic_tag {
             tags.push(("topic", topic));
         }
-        let mut fields: Vec<(Cow<'_, str>, FieldValue)> = Vec::new();
+        let mut fields: SmallVec<[(Cow<'_, str>, FieldValue); 4]> = SmallVec::new();
         let mut timestamp = None;
         let trimmed = text.trim();
         if let Some(json) = parse_json_container(trimmed) {
@@ -593,7 +593,7 @@ impl Mapping {
         }
         let before = fields.len();
         let mut converted = 0;
-        let mut kept: Vec<(&str, FieldValue)> = Vec::with_capacity(fields.len());
+        let mut kept: SmallVec<[(&str, FieldValue); 4]> = SmallVec::new();
         for (k, v) in &fields {
             let ty = v.field_type();
             if let Some(r) = types.reconcile(&measurement, k, v) {
@@ -609,7 +609,7 @@ impl Mapping {
         tags.sort_by(|a, b| a.0.cmp(b.0));
         tags.dedup_by(|later, earlier| later.0 == earlier.0);
         let conflicting_fields = before - kept.len() + converted;
-        let refs: Vec<(&str, &FieldValue)> = kept.iter().map(|(k, v)| (*k, v)).collect();
+        let refs: SmallVec<[(&str, &FieldValue); 4]> = kept.iter().map(|(k, v)| (*k, v)).collect();
         let ts = timestamp.unwrap_or(received_at_ns);
         if !line_protocol::encode_line(out, self.precision, &measurement, &tags, &refs, ts) {
             return Err(Skip::NoFields);

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 const MAX_BATCH_BYTES: usize = 8 << 20;
 /// Batches held in memory between batcher and sender; beyond them batches go to the spool.
 const BATCHES_IN_MEMORY: usize = 2;
+/// A full batch waits at least this long for a busy sender before it goes to the spool.
+const SPOOL_AFTER: Duration = Duration::from_millis(500);
 /// Dropped lines logged per refused batch.
 const LOGGED_LINES: usize = 5;
 
@@ -30,6 +32,8 @@ struct Shared {
     spool: Mutex<SpoolState>,
     /// Signalled whenever the spool shrinks (for `spool_full = "backpressure"`).
     spool_shrunk: Condvar,
+    /// Signalled whenever the sender takes a batch from the channel.
+    sender_took: Condvar,
     /// Field types learnt by the sender (from the database), applied by the batcher.
     facts: Mutex<Vec<(String, String, FieldType)>>,
     has_facts: AtomicBool,
@@ -114,6 +118,7 @@ impl Writer {
                 in_flight: None,
             }),
             spool_shrunk: Condvar::new(),
+            sender_took: Condvar::new(),
             facts: Mutex::new(Vec::new()),
             has_facts: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -198,6 +203,7 @@ impl Writer {
         *self.records.write().unwrap_or_else(|e| e.into_inner()) = None;
         *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.shared.spool_shrunk.notify_all();
+        self.shared.sender_took.notify_all();
         for t in threads {
             let name = t.thread().name().unwrap_or("sink").to_string();
             if t.join().is_err() {
@@ -328,10 +334,30 @@ impl Batcher {
         let shared = self.shared.clone();
         let counters = &shared.counters;
         let mut st = shared.lock_spool();
-        if st.spool.is_empty() {
+        // While the sender keeps up (it takes a batch every few ms), wait for it rather than
+        // paying an fsync'd spool round trip: the spool is for a sender that is stuck (InfluxDB
+        // down or slow). The check and the hand-over happen under the spool lock, so batches in
+        // the channel are always older than anything spooled.
+        let give_up = Instant::now() + self.flush_interval.max(SPOOL_AFTER);
+        while st.spool.is_empty() {
             match self.batches.try_send(batch) {
                 Ok(()) => return,
-                Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => batch = b,
+                Err(TrySendError::Disconnected(b)) => {
+                    batch = b;
+                    break;
+                }
+                Err(TrySendError::Full(b)) => {
+                    batch = b;
+                    let now = Instant::now();
+                    if now >= give_up || shared.stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    st = shared
+                        .sender_took
+                        .wait_timeout(st, give_up - now)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
             }
         }
         loop {
@@ -538,7 +564,10 @@ impl SenderLoop {
             let job = {
                 let mut st = self.shared.lock_spool();
                 match self.batches.try_recv() {
-                    Ok(b) => Some(Job::Memory(b)),
+                    Ok(b) => {
+                        self.shared.sender_took.notify_all();
+                        Some(Job::Memory(b))
+                    }
                     Err(_) => {
                         match st.spool.front() {
                             Some((seq, Ok(b))) => {
@@ -560,7 +589,10 @@ impl SenderLoop {
             let job = match job {
                 Some(j) => j,
                 None => match self.batches.recv_timeout(Duration::from_millis(200)) {
-                    Ok(b) => Job::Memory(b),
+                    Ok(b) => {
+                        self.shared.sender_took.notify_all();
+                        Job::Memory(b)
+                    }
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => {
                         if self.shared.lock_spool().spool.is_empty() {
@@ -707,7 +739,11 @@ impl SenderLoop {
         }
         self.shared.spool_shrunk.notify_all();
         // The batcher ends soon: its input is closed and it spools by force while stopping.
-        let pending: Vec<Batch> = self.batches.iter().collect();
+        let mut pending = Vec::new();
+        for b in self.batches.iter() {
+            pending.push(b);
+            self.shared.sender_took.notify_all();
+        }
         if pending.is_empty() {
             return;
         }

@@ -247,6 +247,11 @@ bind-address = "127.0.0.1:{rpc}"
         self.launch();
     }
 
+    /// Process id of the running influxd.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
