@@ -132,3 +132,23 @@ fn retained_message_outlives_the_publishers_session() {
     assert_eq!(sub.subscribe(1, &[("retgone", 1)]), vec![1]);
     assert_eq!(sub.expect_publish().payload, b"stays");
 }
+
+#[test]
+fn a_retained_set_larger_than_the_client_queues_is_delivered_whole() {
+    // 3,000 retained messages against outbound_queue = 1024: the replay is paced, not cut off.
+    let broker = Broker::start();
+    let mut publisher = MqttClient::connect(&broker, "many-retained-pub");
+    for i in 0..3000u32 {
+        publisher.publish(&format!("many/{i}"), 0, true, b"r");
+    }
+    publisher.publish("many/last", 1, true, b"r"); // PUBACK: everything before is stored
+    let mut sub = RawClient::connected(broker.addr(), "many-retained-sub");
+    sub.send(&raw::subscribe(1, &[("many/#", 0)]));
+    sub.expect_reply(9); // SUBACK
+    let mut got = 0;
+    while got < 3001 {
+        let p = sub.expect_publish();
+        assert!(p.retain);
+        got += 1;
+    }
+}

@@ -10,6 +10,7 @@ mod common;
 use common::client::MqttClient;
 use common::raw::{self, RawClient};
 use common::Broker;
+use std::time::Duration;
 
 /// Topics of the messages `sub` receives up to and including the one on `sentinel`.
 fn topics_until(sub: &mut MqttClient, sentinel: &str) -> Vec<String> {
@@ -215,4 +216,21 @@ fn invalid_topic_filters_get_failure_code_0x80_and_the_connection_stays_open() {
     );
     assert_eq!(codes, vec![0x80, 0x80, 0x01, 0x80, 0x80, 0x02]);
     c.ping();
+}
+
+#[test]
+fn topics_deeper_than_200_levels_are_refused_without_harming_the_broker() {
+    // The topic trie is walked level by level: an unbounded depth let one client overflow a
+    // connection thread's stack and abort the broker. Like mosquitto, at most 200 levels.
+    let broker = Broker::start();
+    let deep = vec!["a"; 400].join("/");
+    let mut c = RawClient::connected(broker.addr(), "deep");
+    assert_eq!(c.subscribe(1, &[(&deep, 1), ("ok/#", 1)]), vec![0x80, 0x01]);
+    c.send(&raw::unsubscribe(2, &[&deep]));
+    c.expect_reply(11); // UNSUBACK
+    c.send(&raw::publish(&deep, b"x", 0, 0, false, false));
+    c.expect_closed(Duration::from_secs(5));
+    // The broker is still serving.
+    let mut other = RawClient::connected(broker.addr(), "after-deep");
+    other.ping();
 }

@@ -435,6 +435,13 @@ impl Connection {
     }
 
     fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        // After a takeover the old reader may still hold packets it read earlier; it must not
+        // act on the session its successor now owns.
+        if !self.session().lock().is_attached_to(self.id) {
+            return Err(Exit::Closed(
+                "session taken over by a new connection".into(),
+            ));
+        }
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
@@ -735,7 +742,7 @@ impl Connection {
         let session = self.session().clone();
         let mut reason_codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
-            let existed = self.broker.router.unsubscribe(filter, &self.client_id);
+            let existed = self.broker.router.unsubscribe(filter, &session);
             session.lock().subscriptions.remove(filter);
             reason_codes.push(if existed {
                 reason::SUCCESS

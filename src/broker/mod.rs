@@ -37,6 +37,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// How long a retained replay waits for a subscriber that does not take its messages before
+/// the rest is dropped (counted and logged by the session like any queue overflow).
+const RETAINED_REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A live network connection, kept so shutdown can close it and join its thread.
 struct LiveConnection {
     stream: Arc<Socket>,
@@ -109,11 +113,17 @@ impl Broker {
             .matches(&message.topic, message.publisher.as_deref());
         let count = deliveries.len();
         for d in deliveries {
+            let shared_group = d.shared_group.clone();
             let (session, route) = d.route(&message);
-            let mut state = session.lock();
-            // ACL read access is checked per delivered message, as mosquitto does.
-            if state.can_receive(&session.client_id, &message.topic, &self.security) {
-                state.deliver(&message, route, &session.client_id, &self.stats);
+            // ACL read access is checked per delivered message, as mosquitto does. A shared
+            // group's message that its chosen member may not read goes to another member.
+            if !self.deliver_if_allowed(&session, &message, route) {
+                if let Some(group) = shared_group {
+                    if let Some(other) = self.router.redeliver_shared(&group, &session.client_id) {
+                        let (session, route) = other.route(&message);
+                        self.deliver_if_allowed(&session, &message, route);
+                    }
+                }
             }
         }
         if self.config.log.messages {
@@ -142,22 +152,26 @@ impl Broker {
         granted: QoS,
         subscription_id: Option<u32>,
     ) {
+        // Runs on the subscriber's own reader thread: a retained set larger than the client's
+        // queues is paced (waiting for its writer and acks) instead of being cut off.
         let retained = self.router.retained_matching(filter);
-        if retained.is_empty() {
-            return;
-        }
-        let mut state = session.lock();
         for message in retained {
-            if !state.can_receive(&session.client_id, &message.topic, &self.security) {
-                continue;
-            }
             let route = Route {
                 qos: message.qos.min(granted),
                 retain: true,
                 subscription_ids: subscription_id.into_iter().collect(),
                 shared_group: None,
             };
-            state.deliver(&message, route, &session.client_id, &self.stats);
+            let deadline = Instant::now() + RETAINED_REPLAY_TIMEOUT;
+            let mut state = session.lock();
+            while state.backlog_full() && Instant::now() < deadline && !self.is_shutting_down() {
+                drop(state);
+                std::thread::sleep(Duration::from_millis(1));
+                state = session.lock();
+            }
+            if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                state.deliver(&message, route, &session.client_id, &self.stats);
+            }
         }
     }
 
@@ -241,11 +255,16 @@ impl Broker {
         let mut state = session.lock();
         if !state.detach(connection_id) {
             // Taken over: the session belongs to another connection now, so a delayed will is
-            // cancelled [MQTT-3.1.3-9]; an immediate one is still published.
+            // cancelled [MQTT-3.1.3-9]; an immediate one is still published, and so is any will
+            // whose session the new connection ended (clean start): the session is over.
+            let session_ended = state.ended;
             drop(state);
             drop(sessions);
-            if let Some((will, 0)) = will {
-                self.publish(will);
+            match will {
+                Some((will, delay)) if delay == 0 || session_ended => {
+                    self.publish(will);
+                }
+                _ => {}
             }
             return;
         }
@@ -277,22 +296,36 @@ impl Broker {
     fn redeliver_shared(&self, leaving: &SessionRef, messages: Vec<(Arc<Message>, Route)>) {
         for (message, route) in messages {
             let group = route.shared_group.clone().unwrap_or_default();
-            match self.router.redeliver_shared(&group, &leaving.client_id) {
-                Some(d) => {
-                    debug!(
-                        "redelivering a message of {group} from {} to {}",
-                        leaving.client_id, d.session.client_id
-                    );
-                    let (session, route) = d.route(&message);
-                    session
-                        .lock()
-                        .deliver(&message, route, &session.client_id, &self.stats);
-                }
-                None => leaving
+            let other = self.router.redeliver_shared(&group, &leaving.client_id);
+            let delivered = other.is_some_and(|d| {
+                let (session, route) = d.route(&message);
+                debug!(
+                    "redelivering a message of {group} from {} to {}",
+                    leaving.client_id, session.client_id
+                );
+                self.deliver_if_allowed(&session, &message, route)
+            });
+            if !delivered {
+                leaving
                     .lock()
-                    .deliver(&message, route, &leaving.client_id, &self.stats),
+                    .deliver(&message, route, &leaving.client_id, &self.stats);
             }
         }
+    }
+
+    /// Deliver to one session if its ACL lets it read the topic; false if refused.
+    fn deliver_if_allowed(
+        &self,
+        session: &SessionRef,
+        message: &Arc<Message>,
+        route: Route,
+    ) -> bool {
+        let mut state = session.lock();
+        if !state.can_receive(&session.client_id, &message.topic, &self.security) {
+            return false;
+        }
+        state.deliver(message, route, &session.client_id, &self.stats);
+        true
     }
 
     /// Expire sessions whose expiry interval has passed and publish delayed wills that are due
@@ -373,7 +406,7 @@ impl Broker {
             close_link(&link, crate::protocol::reason::SESSION_TAKEN_OVER);
         }
         for filter in filters.keys() {
-            self.router.unsubscribe(filter, &session.client_id);
+            self.router.unsubscribe(filter, session);
         }
         if sessions
             .get(&session.client_id)

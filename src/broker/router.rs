@@ -157,7 +157,9 @@ impl Router {
     }
 
     /// Remove `client_id`'s subscription to `filter`. Returns true if it existed.
-    pub fn unsubscribe(&self, filter: &str, client_id: &str) -> bool {
+    /// Only `session`'s own entry is removed: a connection that was taken over must not remove
+    /// the subscription its successor made under the same client id.
+    pub fn unsubscribe(&self, filter: &str, session: &SessionRef) -> bool {
         let mut root = self
             .subscriptions
             .write()
@@ -167,7 +169,7 @@ impl Router {
             None => (None, filter),
         };
         let levels: Vec<&str> = topic_filter.split('/').collect();
-        remove(&mut root, &levels, group, client_id)
+        remove(&mut root, &levels, group, session)
     }
 
     /// Every session a message on `topic` goes to. Subscriptions with v5 No Local do not match
@@ -318,16 +320,22 @@ impl Matcher<'_> {
     }
 }
 
-fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str) -> bool {
+fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, session: &SessionRef) -> bool {
     match levels.split_first() {
         None => match group {
-            None => node.subscribers.remove(client_id).is_some(),
+            None => {
+                let own = node
+                    .subscribers
+                    .get(&session.client_id)
+                    .is_some_and(|s| Arc::ptr_eq(&s.session, session));
+                own && node.subscribers.remove(&session.client_id).is_some()
+            }
             Some(group) => {
                 let Some(g) = node.shared.get_mut(group) else {
                     return false;
                 };
                 let before = g.members.len();
-                g.members.retain(|m| &*m.session.client_id != client_id);
+                g.members.retain(|m| !Arc::ptr_eq(&m.session, session));
                 let removed = g.members.len() < before;
                 if g.members.is_empty() {
                     node.shared.remove(group);
@@ -339,7 +347,7 @@ fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str
             let Some(child) = node.children.get_mut(*level) else {
                 return false;
             };
-            let removed = remove(child, rest, group, client_id);
+            let removed = remove(child, rest, group, session);
             if child.is_empty() {
                 node.children.remove(*level);
             }

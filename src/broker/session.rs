@@ -298,9 +298,18 @@ impl Session {
         self.fill_window();
     }
 
-    /// QoS 1/2 messages that came through a shared subscription and that this session has not
-    /// started to complete (queued, or inflight without PUBREC): taken out so the broker can
-    /// give them to another member of the group when this one disconnects.
+    /// Are this session's queues full, so that one more message would be dropped?
+    pub fn backlog_full(&self) -> bool {
+        self.queued.len() >= self.limits.max_queued
+            || self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.tx.len() >= self.limits.outbound_queue)
+    }
+
+    /// Messages that came through a shared subscription and that this session has not started
+    /// to complete (queued, or QoS 1 in flight): taken out so the broker can give them to
+    /// another member of the group when this one disconnects.
     pub fn take_shared_messages(&mut self) -> Vec<(Arc<Message>, Route)> {
         let mut taken = Vec::new();
         let queued = std::mem::take(&mut self.queued);
@@ -311,9 +320,11 @@ impl Session {
                 self.queued.push_back(q);
             }
         }
+        // Sent QoS 2 messages stay: their exchange must finish with this client if it comes back
+        // [MQTT-4.8.2-5 (v5)], and a second member would make a duplicate. QoS 1 may move.
         let inflight = std::mem::take(&mut self.inflight);
         for i in inflight {
-            if i.route.shared_group.is_some() && !i.released {
+            if i.route.shared_group.is_some() && i.route.qos == QoS::AtLeastOnce {
                 taken.push((i.message, i.route));
             } else {
                 self.inflight.push_back(i);

@@ -3,10 +3,19 @@
 /// Why a topic name or filter was refused; the text cites the rule.
 pub type TopicError = &'static str;
 
+/// Most levels a topic name or filter may have (mosquitto's TOPIC_HIERARCHY_LIMIT). The topic
+/// trie is walked level by level, so this also bounds the stack a client can make it use.
+pub const MAX_TOPIC_LEVELS: usize = 200;
+
+const TOO_DEEP: TopicError = "topic has more than 200 levels (broker limit, as mosquitto)";
+
 /// A topic name as used in PUBLISH: non-empty, no wildcards.
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err("[MQTT-4.7.3-1] topic name must be at least one character long");
+    }
+    if topic.split('/').nth(MAX_TOPIC_LEVELS).is_some() {
+        return Err(TOO_DEEP);
     }
     if topic.contains(['+', '#']) {
         return Err("[MQTT-3.3.2-2] topic name must not contain wildcard characters");
@@ -18,6 +27,9 @@ pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
 pub fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
     if filter.is_empty() {
         return Err("[MQTT-4.7.3-1] topic filter must be at least one character long");
+    }
+    if filter.split('/').nth(MAX_TOPIC_LEVELS).is_some() {
+        return Err(TOO_DEEP);
     }
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
@@ -140,6 +152,15 @@ mod tests {
         for good in ["#", "+", "a/+/b", "a/#", "+/+", "/", "$SYS/#"] {
             assert!(validate_topic_filter(good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn topics_deeper_than_the_level_limit_are_refused() {
+        let ok = vec!["a"; MAX_TOPIC_LEVELS].join("/");
+        let deep = vec!["a"; MAX_TOPIC_LEVELS + 1].join("/");
+        assert!(validate_topic_name(&ok).is_ok() && validate_topic_filter(&ok).is_ok());
+        assert!(validate_topic_name(&deep).is_err());
+        assert!(validate_topic_filter(&deep).is_err());
     }
 
     #[test]
