@@ -6,6 +6,7 @@ use super::Broker;
 use log::{error, info, warn};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -13,6 +14,17 @@ use std::time::Duration;
 pub struct Listener {
     local_addr: SocketAddr,
     thread: JoinHandle<()>,
+    /// True while the accept loop runs; read by the `/health` endpoint.
+    accepting: Arc<AtomicBool>,
+}
+
+/// Clears the `accepting` flag however the accept loop ends (even by a panic).
+struct AcceptingGuard(Arc<AtomicBool>);
+
+impl Drop for AcceptingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Listener {
@@ -23,10 +35,33 @@ impl Listener {
         let local_addr = listener.local_addr()?;
         info!("listening on tcp://{local_addr}");
         let broker = broker.clone();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let guard = AcceptingGuard(accepting.clone());
         let thread = thread::Builder::new()
             .name("listener".into())
-            .spawn(move || accept_loop(&broker, listener))?;
-        Ok(Listener { local_addr, thread })
+            .spawn(move || {
+                let _guard = guard;
+                accept_loop(&broker, listener)
+            })?;
+        Ok(Listener {
+            local_addr,
+            thread,
+            accepting,
+        })
+    }
+
+    /// A health check for this listener: Err once it no longer accepts connections.
+    pub fn probe(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let (accepting, addr) = (self.accepting.clone(), self.local_addr);
+        move || {
+            if accepting.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "listener tcp://{addr} is not accepting connections"
+                ))
+            }
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
