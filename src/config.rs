@@ -105,6 +105,8 @@ pub struct LimitsConfig {
     /// Encoded packets buffered per client for its writer thread; QoS 0 messages beyond it are
     /// dropped (and counted) so that one slow reader cannot grow broker memory.
     pub outbound_queue: usize,
+    /// v5 topic aliases a client may use towards the broker (0 disables them).
+    pub max_topic_alias: u16,
 }
 
 impl Default for LimitsConfig {
@@ -116,6 +118,7 @@ impl Default for LimitsConfig {
             max_queued: 1000,
             connect_timeout_secs: 10,
             outbound_queue: 1024,
+            max_topic_alias: 10,
         }
     }
 }

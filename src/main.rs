@@ -177,6 +177,9 @@ fn run(config: Config) -> Result<(), String> {
     let sys_interval = Duration::from_secs(config.sys_interval);
     let metrics_addr = config.metrics.bind_addr();
     let broker = Broker::new(config, sink);
+    let housekeeping = broker
+        .start_housekeeping()
+        .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
     let listener = Listener::start(&broker, addr).map_err(|e| e.to_string())?;
     let sys = SysPublisher::start(&broker, sys_interval)
         .map_err(|e| format!("cannot start the $SYS publisher: {e}"))?;
@@ -200,6 +203,7 @@ fn run(config: Config) -> Result<(), String> {
     // /health answers 503 "shutting down" from here until the metrics server stops.
     broker.shutdown(Duration::from_secs(5));
     listener.stop();
+    let _ = housekeeping.join();
     if let Some(metrics) = metrics {
         metrics.stop();
     }

@@ -317,4 +317,48 @@ mod tests {
         assert_eq!(m["process_resident_memory_bytes"], 1048576.0);
         assert!(render(&s).ends_with('\n'));
     }
+
+    fn broker() -> Arc<Broker> {
+        let sink = crate::sink::Sink::start(&Default::default()).expect("sink");
+        Broker::new(crate::config::Config::default(), sink)
+    }
+
+    #[test]
+    fn health_is_ok_when_every_probe_passes() {
+        let b = broker();
+        let probes: Vec<Probe> = vec![Box::new(|| Ok(()))];
+        let (status, _, body) = respond(&tiny_http::Method::Get, "/health", &b, &probes);
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+    }
+
+    #[test]
+    fn health_is_503_with_every_failing_reason() {
+        let b = broker();
+        let probes: Vec<Probe> = vec![
+            Box::new(|| Err("listener tcp://127.0.0.1:1 is not accepting connections".into())),
+            Box::new(|| Ok(())),
+        ];
+        let (status, _, body) = respond(&tiny_http::Method::Get, "/health", &b, &probes);
+        assert_eq!(status, 503);
+        assert_eq!(
+            body,
+            "listener tcp://127.0.0.1:1 is not accepting connections\n"
+        );
+        b.shutdown(std::time::Duration::from_secs(1));
+        let (status, _, body) = respond(&tiny_http::Method::Get, "/health", &b, &probes);
+        assert_eq!(status, 503);
+        assert!(body.starts_with("broker is shutting down\n"), "{body}");
+    }
+
+    #[test]
+    fn listener_probe_fails_once_the_listener_stopped() {
+        let b = broker();
+        let listener =
+            crate::broker::listener::Listener::start(&b, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let probe = listener.probe();
+        assert_eq!(probe(), Ok(()));
+        b.shutdown(std::time::Duration::from_secs(1));
+        listener.stop();
+        assert!(probe().unwrap_err().contains("not accepting"));
+    }
 }

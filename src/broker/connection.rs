@@ -1,8 +1,8 @@
 //! One client connection: a reader thread (`run`) that decodes packets and acts on them, and a
 //! writer thread that drains the connection's outbound queue, batching many packets per write.
 
-use super::message::{now_ns, Message};
-use super::session::{Link, Outbound, SessionRef};
+use super::message::Message;
+use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
 use super::stats::Stats;
 use super::topic::{validate_topic_filter, validate_topic_name};
 use super::Broker;
@@ -12,11 +12,13 @@ use crate::protocol::{
 };
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connection threads do little stack work; small stacks keep thousands of clients cheap.
 const THREAD_STACK: usize = 128 * 1024;
@@ -65,6 +67,13 @@ enum Exit {
     KeepAliveTimeout,
 }
 
+fn violation(reason_code: u8, message: impl Into<String>) -> Exit {
+    Exit::Violation {
+        reason_code,
+        message: message.into(),
+    }
+}
+
 struct Connection {
     broker: Arc<Broker>,
     id: u64,
@@ -76,6 +85,10 @@ struct Connection {
     writer: Option<JoinHandle<()>>,
     session: Option<SessionRef>,
     will: Option<Will>,
+    /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
+    session_expiry: u32,
+    /// v5 topic aliases the client set up towards us [MQTT-3.3.2-12 (v5)].
+    topic_aliases: HashMap<u16, String>,
 }
 
 impl Connection {
@@ -91,6 +104,8 @@ impl Connection {
             writer: None,
             session: None,
             will: None,
+            session_expiry: 0,
+            topic_aliases: HashMap::new(),
         }
     }
 
@@ -137,13 +152,11 @@ impl Connection {
         let connect = match protocol::decode_packet(&frame, ProtocolVersion::V311) {
             Ok(Packet::Connect(c)) => c,
             Ok(other) => {
-                return Err(Exit::Violation {
-                    reason_code: reason::PROTOCOL_ERROR,
-                    message: format!(
-                        "[MQTT-3.1.0-1] first packet must be CONNECT, got {}",
-                        other.name()
-                    ),
-                })
+                let message = format!(
+                    "[MQTT-3.1.0-1] first packet must be CONNECT, got {}",
+                    other.name()
+                );
+                return Err(violation(reason::PROTOCOL_ERROR, message));
             }
             Err(DecodeError::UnsupportedProtocol { name, level }) => {
                 // [MQTT-3.1.2-2] answer CONNACK 0x01 and close.
@@ -164,6 +177,27 @@ impl Connection {
     fn accept_connect(&mut self, c: Connect) -> Result<bool, Exit> {
         self.version = c.version;
         let v5 = c.version.is_v5();
+        if v5 && c.properties.authentication_method.is_some() {
+            // No enhanced authentication methods are supported [MQTT-4.12.0-1].
+            warn!(
+                "connection from {}: unsupported authentication method, refused with 0x8C",
+                self.peer
+            );
+            self.refuse(
+                connack_v3::NOT_AUTHORIZED,
+                reason::BAD_AUTHENTICATION_METHOD,
+            );
+            return Ok(false);
+        }
+        if let Some(will) = &c.will {
+            if will.properties.payload_format_indicator == Some(1)
+                && std::str::from_utf8(&will.payload).is_err()
+            {
+                warn!("connection from {}: will payload is not UTF-8 though marked so [MQTT-3.1.3-11]", self.peer);
+                self.refuse(connack_v3::NOT_AUTHORIZED, reason::PAYLOAD_FORMAT_INVALID);
+                return Ok(false);
+            }
+        }
         let mut assigned = None;
         let client_id: Arc<str> = if c.client_id.is_empty() {
             if !c.clean_start && !v5 {
@@ -176,13 +210,18 @@ impl Connection {
                 return Ok(false);
             }
             // [MQTT-3.1.3-6] assign a unique id.
-            let id = format!("auto-{:x}-{}", now_ns(), self.id);
+            let id = format!("auto-{:x}-{}", super::message::now_ns(), self.id);
             assigned = Some(id.clone());
             id.into()
         } else {
             c.client_id.as_str().into()
         };
         self.client_id = client_id.clone();
+        self.session_expiry = match (v5, c.clean_start) {
+            (true, _) => c.properties.session_expiry_interval.unwrap_or(0),
+            (false, true) => 0,
+            (false, false) => NEVER_EXPIRES,
+        };
 
         let limits = &self.broker.config.limits;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -192,11 +231,17 @@ impl Connection {
             .map_err(|e| Exit::Closed(format!("cannot clone socket: {e}")))?;
         let _ = writer_stream.set_write_timeout(Some(STALLED_CLIENT_TIMEOUT));
         let (broker, version, id) = (self.broker.clone(), self.version, self.id);
+        // The broker may use as many topic aliases towards the client as it allows.
+        let client_alias_max = if v5 {
+            c.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        };
         self.writer = Some(
             thread::Builder::new()
                 .name(format!("conn-{id}-w"))
                 .stack_size(THREAD_STACK)
-                .spawn(move || write_loop(writer_stream, rx, version, &broker))
+                .spawn(move || write_loop(writer_stream, rx, version, client_alias_max, &broker))
                 .map_err(|e| Exit::Closed(format!("cannot start writer thread: {e}")))?,
         );
         self.tx = Some(tx.clone());
@@ -205,6 +250,7 @@ impl Connection {
             connection_id: self.id,
             version: self.version,
             tx,
+            max_packet_size: c.properties.maximum_packet_size.filter(|_| v5),
         };
         let mut properties = Properties::default();
         if v5 {
@@ -212,20 +258,30 @@ impl Connection {
             properties.receive_maximum = Some(limits.max_inflight);
             properties.maximum_packet_size =
                 Some(limits.max_packet_size.min(u32::MAX as usize) as u32);
-            properties.topic_alias_maximum = Some(0);
-            properties.shared_subscription_available = Some(0);
-            properties.subscription_identifier_available = Some(0);
+            properties.topic_alias_maximum = Some(limits.max_topic_alias);
+            if c.properties.request_response_information == Some(1) {
+                // A per-client prefix the client may use for response topics.
+                properties.response_information = Some(format!("response/{client_id}"));
+            }
         }
-        let attached =
-            self.broker
-                .attach_session(&client_id, c.clean_start, link, |session_present| {
-                    // [MQTT-3.2.2-1/2/3] session present only when resuming a stored session.
-                    Packet::ConnAck(ConnAck {
-                        session_present,
-                        code: 0,
-                        properties,
-                    })
-                });
+        let session_limits = self
+            .broker
+            .session_limits(c.properties.receive_maximum.filter(|_| v5));
+        let attached = self.broker.attach_session(
+            &client_id,
+            c.clean_start,
+            self.session_expiry,
+            session_limits,
+            link,
+            |present| {
+                // [MQTT-3.2.2-1/2/3] session present only when resuming a stored session.
+                Packet::ConnAck(ConnAck {
+                    session_present: present,
+                    code: 0,
+                    properties,
+                })
+            },
+        );
         self.session = Some(attached.session);
         self.will = c.will;
         self.broker.stats.client_connected();
@@ -239,7 +295,7 @@ impl Connection {
             client_id,
             self.peer,
             self.version,
-            if c.clean_start {
+            if self.session_expiry == 0 {
                 "clean session"
             } else {
                 "persistent session"
@@ -262,15 +318,12 @@ impl Connection {
             code_v3
         };
         let mut buf = Vec::new();
-        protocol::encode_packet(
-            &Packet::ConnAck(ConnAck {
-                session_present: false,
-                code,
-                properties: Properties::default(),
-            }),
-            self.version,
-            &mut buf,
-        );
+        let connack = ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        };
+        protocol::encode_packet(&Packet::ConnAck(connack), self.version, &mut buf);
         let _ = self.stream.write_all(&buf);
     }
 
@@ -280,10 +333,6 @@ impl Connection {
             let frame = match protocol::read_frame(reader, self.max_packet_size()) {
                 Ok(f) => f,
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
-                Err(DecodeError::Eof) => {
-                    return Some(Exit::Closed("connection closed by client".into()))
-                }
-                Err(DecodeError::Io(e)) => return Some(Exit::Closed(format!("read error: {e}"))),
                 Err(e) => return Some(violation_from(e)),
             };
             Stats::add(&self.broker.stats.messages_received, 1);
@@ -314,10 +363,9 @@ impl Connection {
                 Ok(())
             }
             Packet::PubRec(a) => {
-                let session = self.session().clone();
-                let mut state = session.lock();
+                let mut state = self.session().lock();
                 if a.reason_code >= 0x80 {
-                    // v5: the receiver refused the message; the exchange ends here [MQTT-4.3.3-4 (v5)].
+                    // v5: the receiver refused the message; the exchange ends here (4.3.3).
                     state.pubcomp(a.packet_id);
                     return Ok(());
                 }
@@ -353,24 +401,23 @@ impl Connection {
             Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             // [MQTT-3.12.4-1]
             Packet::PingReq => self.send(Packet::PingResp),
-            Packet::Disconnect(d) => Err(Exit::Disconnect {
-                publish_will: d.reason_code == reason::DISCONNECT_WITH_WILL,
-            }),
-            Packet::Connect(_) => Err(Exit::Violation {
-                reason_code: reason::PROTOCOL_ERROR,
-                message: "[MQTT-3.1.0-2] a second CONNECT on one connection".into(),
-            }),
-            Packet::Auth(_) => Err(Exit::Violation {
-                reason_code: reason::PROTOCOL_ERROR,
-                message: "[MQTT-4.12.0-6] AUTH without an authentication method in CONNECT".into(),
-            }),
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => Err(violation(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-3.1.0-2] a second CONNECT on one connection",
+            )),
+            // Without an Authentication Method in CONNECT, AUTH is a protocol error [MQTT-4.12.0-6].
+            Packet::Auth(_) => Err(violation(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-4.12.0-6] AUTH without an authentication method",
+            )),
             p @ (Packet::ConnAck(_)
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
-            | Packet::PingResp) => Err(Exit::Violation {
-                reason_code: reason::PROTOCOL_ERROR,
-                message: format!("[MQTT-2.2.1] {} is a server-to-client packet", p.name()),
-            }),
+            | Packet::PingResp) => Err(violation(
+                reason::PROTOCOL_ERROR,
+                format!("[MQTT-2.2.1] {} is a server-to-client packet", p.name()),
+            )),
         }
     }
 
@@ -378,52 +425,127 @@ impl Connection {
         self.session.as_ref().expect("session exists after CONNECT")
     }
 
-    fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
+    /// Resolve a v5 topic alias: set it when the PUBLISH carries a topic, use it when not.
+    fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), Exit> {
+        let Some(alias) = p.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.broker.config.limits.max_topic_alias {
+            let message =
+                format!("[MQTT-3.3.2-8] topic alias {alias} is 0 or above the maximum we allow");
+            return Err(violation(reason::TOPIC_ALIAS_INVALID, message));
+        }
+        if p.topic.is_empty() {
+            match self.topic_aliases.get(&alias) {
+                Some(topic) => p.topic = topic.clone(),
+                None => {
+                    let message =
+                        format!("[MQTT-3.3.4-?] topic alias {alias} used before it was set");
+                    return Err(violation(reason::PROTOCOL_ERROR, message));
+                }
+            }
+        } else {
+            self.topic_aliases.insert(alias, p.topic.clone());
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
+        if self.version.is_v5() {
+            self.resolve_topic_alias(&mut p)?;
+            if !p.properties.subscription_identifiers.is_empty() {
+                return Err(violation(
+                    reason::PROTOCOL_ERROR,
+                    "[MQTT-3.3.4-6] a PUBLISH from a client must not carry a subscription identifier",
+                ));
+            }
+        }
         if let Err(rule) = validate_topic_name(&p.topic) {
-            return Err(Exit::Violation {
-                reason_code: reason::TOPIC_NAME_INVALID,
-                message: rule.into(),
-            });
+            return Err(violation(reason::TOPIC_NAME_INVALID, rule));
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
-        let mut properties = p.properties;
-        properties.topic_alias = None;
-        let message = Arc::new(Message {
-            topic: p.topic.into(),
-            payload: p.payload,
+        if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            // v5: payload declared UTF-8 but is not; refuse it with 0x99 (3.3.2.3.2).
+            debug!(
+                "client {}: PUBLISH on {} has a payload that is not UTF-8 as declared",
+                self.client_id, p.topic
+            );
+            return match qos {
+                QoS::AtMostOnce => Err(violation(
+                    reason::PAYLOAD_FORMAT_INVALID,
+                    "payload is not UTF-8 as declared",
+                )),
+                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(
+                    packet_id,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                ))),
+                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(
+                    packet_id,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                ))),
+            };
+        }
+        let message = Arc::new(Message::new(
+            p.topic.into(),
+            p.payload,
             qos,
-            retain: p.retain,
-            properties,
-            publisher: Some(self.client_id.clone()),
-            received_at_ns: now_ns(),
-        });
+            p.retain,
+            p.properties,
+            Some(self.client_id.clone()),
+        ));
+        let v5 = self.version.is_v5();
+        // v5: tell the publisher when nobody was subscribed (0x10, a success code).
+        let code = |delivered: usize| {
+            if v5 && delivered == 0 {
+                reason::NO_MATCHING_SUBSCRIBERS
+            } else {
+                reason::SUCCESS
+            }
+        };
         match qos {
             QoS::AtMostOnce => {
                 self.broker.publish(message);
                 Ok(())
             }
             QoS::AtLeastOnce => {
-                self.broker.publish(message);
-                self.send(Packet::PubAck(Ack::new(packet_id)))
+                let delivered = self.broker.publish(message);
+                self.send(Packet::PubAck(ack(packet_id, code(delivered))))
             }
             QoS::ExactlyOnce => {
+                let (new, pending) = {
+                    let mut state = self.session().lock();
+                    let pending = state.incoming_qos2_len();
+                    (state.receive_qos2(packet_id), pending)
+                };
+                if new && pending >= self.broker.config.limits.max_inflight as usize {
+                    // More unreleased QoS 2 messages than our Receive Maximum [MQTT-3.3.4-9 (v5)].
+                    self.session().lock().release_qos2(packet_id);
+                    return Err(violation(
+                        reason::RECEIVE_MAXIMUM_EXCEEDED,
+                        "[MQTT-3.3.4-9] receive maximum exceeded",
+                    ));
+                }
                 // [MQTT-4.3.3-2] route once; a resend before PUBREL is only acknowledged again.
-                let new = self.session().lock().receive_qos2(packet_id);
-                if new {
-                    self.broker.publish(message);
+                let delivered = if new {
+                    self.broker.publish(message)
                 } else {
                     debug!(
                         "client {}: duplicate QoS 2 PUBLISH {packet_id} not routed again",
                         self.client_id
                     );
-                }
-                self.send(Packet::PubRec(Ack::new(packet_id)))
+                    1
+                };
+                self.send(Packet::PubRec(ack(packet_id, code(delivered))))
             }
         }
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
         let session = self.session().clone();
+        let v5 = self.version.is_v5();
+        let identifier = s.properties.subscription_identifiers.first().copied();
         let mut reason_codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for f in &s.filters {
@@ -433,21 +555,32 @@ impl Connection {
                     "client {}: subscription to {:?} refused: {rule}",
                     self.client_id, f.filter
                 );
-                reason_codes.push(if self.version.is_v5() {
+                reason_codes.push(if v5 {
                     reason::TOPIC_FILTER_INVALID
                 } else {
                     0x80
                 });
                 continue;
             }
-            let existed = self.broker.router.subscribe(&f.filter, &session, f.options);
+            let shared = super::router::parse_shared(&f.filter).is_some();
+            if shared && f.options.no_local {
+                let message = "[MQTT-3.8.3-4] No Local on a shared subscription";
+                return Err(violation(reason::PROTOCOL_ERROR, message));
+            }
+            let existed = self
+                .broker
+                .router
+                .subscribe(&f.filter, &session, f.options, identifier);
             session
                 .lock()
                 .subscriptions
                 .insert(f.filter.clone(), f.options);
             reason_codes.push(f.options.qos as u8);
-            // v5 retain handling: 0 always, 1 only for a new subscription, 2 never.
-            if f.options.retain_handling == 0 || (f.options.retain_handling == 1 && !existed) {
+            // v5 retain handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11 (v5)].
+            // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
+            let wants_retained =
+                f.options.retain_handling == 0 || (f.options.retain_handling == 1 && !existed);
+            if wants_retained && !shared {
                 retained.push((f.filter.clone(), f.options.qos));
             }
             debug!(
@@ -462,7 +595,8 @@ impl Connection {
             properties: Properties::default(),
         }))?;
         for (filter, qos) in retained {
-            self.broker.deliver_retained(&session, &filter, qos);
+            self.broker
+                .deliver_retained(&session, &filter, qos, identifier);
         }
         Ok(())
     }
@@ -487,13 +621,28 @@ impl Connection {
         }))
     }
 
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Exit> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session_expiry == 0 && expiry != 0 {
+                let message =
+                    "[MQTT-3.14.2-2] session expiry set at DISCONNECT after being 0 at CONNECT";
+                return Err(violation(reason::PROTOCOL_ERROR, message));
+            }
+            self.session_expiry = expiry;
+            self.session().lock().expiry_interval = expiry;
+        }
+        Err(Exit::Disconnect {
+            publish_will: d.reason_code == reason::DISCONNECT_WITH_WILL,
+        })
+    }
+
     /// Queue a control packet for the writer. If the client is not reading, wait (and so stop
     /// reading from it: TCP backpressure) rather than let its queue grow without bound.
     fn send(&self, packet: Packet) -> Result<(), Exit> {
         let Some(tx) = &self.tx else { return Ok(()) };
         let limits = &self.broker.config.limits;
         let bound = limits.outbound_queue + limits.max_inflight as usize;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         while tx.len() >= bound {
             if started.elapsed() > STALLED_CLIENT_TIMEOUT {
                 return Err(Exit::Closed(format!(
@@ -529,10 +678,11 @@ impl Connection {
             }
         };
         if let (Some(Exit::Violation { reason_code, .. }), true) = (&exit, self.version.is_v5()) {
-            let _ = self.send(Packet::Disconnect(Disconnect {
+            let disconnect = Disconnect {
                 reason_code: *reason_code,
                 properties: Properties::default(),
-            }));
+            };
+            let _ = self.send(Packet::Disconnect(disconnect));
         }
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Outbound::Close);
@@ -549,8 +699,22 @@ impl Connection {
             return;
         };
         self.broker.stats.client_disconnected();
-        self.broker.detach_session(&session, self.id);
-        let will = self.will.take().filter(|_| publish_will && !shutting_down);
+        let will = self
+            .will
+            .take()
+            .filter(|_| publish_will && !shutting_down)
+            .map(|will| {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                let message = Message::new(
+                    will.topic.into(),
+                    will.payload,
+                    will.qos,
+                    will.retain,
+                    will.properties,
+                    Some(self.client_id.clone()),
+                );
+                (Arc::new(message), delay)
+            });
         info!(
             "client {} disconnected: {}{}",
             self.client_id,
@@ -565,17 +729,7 @@ impl Connection {
                 ""
             }
         );
-        if let Some(will) = will {
-            self.broker.publish(Arc::new(Message {
-                topic: will.topic.into(),
-                payload: will.payload,
-                qos: will.qos,
-                retain: will.retain,
-                properties: will.properties,
-                publisher: Some(self.client_id.clone()),
-                received_at_ns: now_ns(),
-            }));
-        }
+        self.broker.detach_session(&session, self.id, will);
     }
 }
 
@@ -611,9 +765,14 @@ fn write_loop(
     mut stream: TcpStream,
     rx: Receiver<Outbound>,
     version: ProtocolVersion,
+    alias_max: u16,
     broker: &Broker,
 ) {
     let mut buf = Vec::with_capacity(512);
+    let mut aliases = TopicAliases {
+        max: alias_max,
+        assigned: HashMap::new(),
+    };
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut close = false;
@@ -631,17 +790,18 @@ fn write_loop(
                     packet_id,
                     dup,
                     retain,
+                    subscription_ids,
                 } => {
-                    protocol::encode::encode_publish(
+                    encode_delivery(
                         &mut buf,
                         version,
-                        &message.topic,
-                        &message.payload,
+                        &mut aliases,
+                        &message,
                         qos,
-                        retain,
-                        dup,
                         packet_id,
-                        &message.properties,
+                        dup,
+                        retain,
+                        subscription_ids,
                     );
                     Stats::add(&broker.stats.publish_sent, 1);
                 }
@@ -668,4 +828,62 @@ fn write_loop(
         }
     }
     let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Topic aliases the broker assigns towards one v5 client, up to the client's maximum.
+struct TopicAliases {
+    max: u16,
+    assigned: HashMap<Arc<str>, u16>,
+}
+
+/// Encode one PUBLISH for one subscriber. v3 and plain v5 deliveries are written straight from
+/// the shared message; only v5 deliveries that need per-subscriber properties (subscription ids,
+/// remaining expiry, topic alias) copy the properties.
+#[allow(clippy::too_many_arguments)]
+fn encode_delivery(
+    buf: &mut Vec<u8>,
+    version: ProtocolVersion,
+    aliases: &mut TopicAliases,
+    message: &Message,
+    qos: QoS,
+    packet_id: u16,
+    dup: bool,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+) {
+    let mut topic: &str = &message.topic;
+    let mut properties = Cow::Borrowed(&message.properties);
+    if version.is_v5() {
+        if !subscription_ids.is_empty() {
+            properties.to_mut().subscription_identifiers = subscription_ids;
+        }
+        if let Some(remaining) = message.remaining_expiry_secs() {
+            properties.to_mut().message_expiry_interval = Some(remaining);
+        }
+        if aliases.max > 0 {
+            match aliases.assigned.get(&message.topic) {
+                Some(&alias) => {
+                    properties.to_mut().topic_alias = Some(alias);
+                    topic = "";
+                }
+                None if aliases.assigned.len() < aliases.max as usize => {
+                    let alias = aliases.assigned.len() as u16 + 1;
+                    aliases.assigned.insert(message.topic.clone(), alias);
+                    properties.to_mut().topic_alias = Some(alias);
+                }
+                None => {}
+            }
+        }
+    }
+    protocol::encode::encode_publish(
+        buf,
+        version,
+        topic,
+        &message.payload,
+        qos,
+        retain,
+        dup,
+        packet_id,
+        &properties,
+    );
 }

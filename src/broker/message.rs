@@ -4,6 +4,7 @@
 use crate::protocol::{Properties, QoS};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct Message {
@@ -12,12 +13,55 @@ pub struct Message {
     /// QoS the publisher used; each subscriber receives min(this, its granted QoS).
     pub qos: QoS,
     pub retain: bool,
-    /// v5 properties forwarded unchanged (topic alias already resolved and removed).
+    /// v5 properties forwarded unchanged (topic alias already resolved and removed; the
+    /// message expiry interval is rewritten per delivery from `expires_at`).
     pub properties: Properties,
     /// Client id of the publisher (None for broker-generated messages), for v5 No Local.
     pub publisher: Option<Arc<str>>,
     /// Broker receive time, nanoseconds since the Unix epoch.
     pub received_at_ns: i64,
+    /// v5 Message Expiry Interval as a deadline; None = never expires.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// Build a message, turning a v5 Message Expiry Interval into a deadline.
+    pub fn new(
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: Properties,
+        publisher: Option<Arc<str>>,
+    ) -> Message {
+        let expires_at = properties
+            .message_expiry_interval
+            .map(|secs| Instant::now() + Duration::from_secs(secs as u64));
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+            publisher,
+            received_at_ns: now_ns(),
+            expires_at,
+        }
+    }
+
+    /// [MQTT-3.3.2-5] an expired message must not be delivered.
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// [MQTT-3.3.2-6] the interval forwarded is what is left of the original one.
+    pub fn remaining_expiry_secs(&self) -> Option<u32> {
+        self.expires_at.map(|at| {
+            at.saturating_duration_since(Instant::now())
+                .as_secs()
+                .max(1) as u32
+        })
+    }
 }
 
 pub fn now_ns() -> i64 {

@@ -20,7 +20,7 @@ use crate::sink::{Sink, SinkRecord};
 use log::{debug, info};
 use message::Message;
 use router::Router;
-use session::{Link, Outbound, SessionHandle, SessionLimits, SessionRef};
+use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
 use stats::Stats;
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
@@ -76,17 +76,19 @@ impl Broker {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    pub fn session_limits(&self) -> SessionLimits {
+    /// Limits for a session whose client allows `receive_maximum` unacknowledged messages.
+    pub fn session_limits(&self, receive_maximum: Option<u16>) -> SessionLimits {
         let l = &self.config.limits;
         SessionLimits {
-            max_inflight: l.max_inflight as usize,
+            max_inflight: l.max_inflight.min(receive_maximum.unwrap_or(u16::MAX)) as usize,
             max_queued: l.max_queued,
             outbound_queue: l.outbound_queue,
         }
     }
 
     /// Route an accepted application message: retained store, subscribers, then the sink.
-    pub fn publish(&self, message: Arc<Message>) {
+    /// Returns the number of sessions it was delivered to.
+    pub fn publish(&self, message: Arc<Message>) -> usize {
         // Broker-generated messages ($SYS) are not PUBLISH packets received from a client.
         if message.publisher.is_some() {
             Stats::add(&self.stats.publish_received, 1);
@@ -94,14 +96,15 @@ impl Broker {
         if message.retain {
             self.router.retain(&message);
         }
-        for d in self.router.matches(&message.topic) {
-            let qos = message.qos.min(d.options.qos);
-            // [MQTT-3.3.1-9] a message forwarded to an existing subscription has RETAIN = 0,
-            // unless a v5 subscriber asked for Retain As Published.
-            let retain = message.retain && d.options.retain_as_published;
-            d.session
+        let deliveries = self
+            .router
+            .matches(&message.topic, message.publisher.as_deref());
+        let count = deliveries.len();
+        for d in deliveries {
+            let (session, route) = d.route(&message);
+            session
                 .lock()
-                .deliver(&message, qos, retain, &d.session.client_id, &self.stats);
+                .deliver(&message, route, &session.client_id, &self.stats);
         }
         if self.config.log.messages {
             info!(
@@ -118,52 +121,79 @@ impl Broker {
             payload: message.payload.clone(),
             received_at_ns: message.received_at_ns,
         });
+        count
     }
 
     /// Send the retained messages matching `filter` to one session, RETAIN set [MQTT-3.3.1-8].
-    pub fn deliver_retained(&self, session: &SessionRef, filter: &str, granted: QoS) {
+    pub fn deliver_retained(
+        &self,
+        session: &SessionRef,
+        filter: &str,
+        granted: QoS,
+        subscription_id: Option<u32>,
+    ) {
         let retained = self.router.retained_matching(filter);
         if retained.is_empty() {
             return;
         }
         let mut state = session.lock();
         for message in retained {
-            let qos = message.qos.min(granted);
-            state.deliver(&message, qos, true, &session.client_id, &self.stats);
+            let route = Route {
+                qos: message.qos.min(granted),
+                retain: true,
+                subscription_ids: subscription_id.into_iter().collect(),
+                shared_group: None,
+            };
+            state.deliver(&message, route, &session.client_id, &self.stats);
         }
     }
 
     /// Find or create the session for `client_id` and attach `link` to it. An existing
-    /// connection with that id is closed [MQTT-3.1.4-2]; with clean session the old state is
+    /// connection with that id is closed [MQTT-3.1.4-2]; with clean start the old state is
     /// discarded [MQTT-3.1.2-6].
-    /// `connack` builds the CONNACK from "session present"; it is queued before anything the
-    /// session resends, so CONNACK is always the first packet [MQTT-3.2.0-1].
+    ///
+    /// `expiry_interval` is the session's lifetime after disconnection in seconds (3.1.1: 0 for
+    /// clean session, `NEVER_EXPIRES` otherwise); `limits` already include the client's v5
+    /// Receive Maximum. `connack` builds the CONNACK from "session present"; it is queued before
+    /// anything the session resends, so CONNACK is always the first packet [MQTT-3.2.0-1].
     pub fn attach_session(
         &self,
         client_id: &str,
-        clean: bool,
+        clean_start: bool,
+        expiry_interval: u32,
+        limits: SessionLimits,
         link: Link,
         connack: impl FnOnce(bool) -> crate::protocol::Packet,
     ) -> Attached {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let existing = sessions.get(client_id).cloned();
         let (session, session_present) = match existing {
-            Some(s) if !clean => (s, true),
+            // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
+            // if that connection has not finished closing yet: it is never resumed
+            // [MQTT-3.1.2-6].
+            Some(s)
+                if !clean_start && {
+                    let state = s.lock();
+                    state.expiry_interval != 0 && !state.is_expired(Instant::now())
+                } =>
+            {
+                (s, true)
+            }
             other => {
                 if let Some(old) = other {
                     self.end_session(&old, &mut sessions);
                 }
-                let s = SessionHandle::new(client_id.into(), clean, self.session_limits());
+                let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
                 sessions.insert(s.client_id.clone(), s.clone());
                 (s, false)
             }
         };
         let old_link = {
             let mut state = session.lock();
-            state.clean = clean;
+            state.expiry_interval = expiry_interval;
             state.attach(
                 link,
-                self.session_limits(),
+                limits,
                 Outbound::Packet(Box::new(connack(session_present))),
             )
         };
@@ -179,19 +209,119 @@ impl Broker {
         }
     }
 
-    /// The connection `connection_id` ended: detach it, and discard the session if it is clean.
-    pub fn detach_session(&self, session: &SessionRef, connection_id: u64) {
+    /// The connection `connection_id` ended: detach it; end the session if its expiry interval
+    /// is 0; publish the will now, or later if it has a v5 Will Delay Interval.
+    pub fn detach_session(
+        &self,
+        session: &SessionRef,
+        connection_id: u64,
+        will: Option<(Arc<Message>, u32)>,
+    ) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let clean = {
-            let mut state = session.lock();
-            if !state.detach(connection_id) {
-                return; // taken over: the session belongs to another connection now
+        let mut state = session.lock();
+        if !state.detach(connection_id) {
+            // Taken over: the session belongs to another connection now, so a delayed will is
+            // cancelled [MQTT-3.1.3-9]; an immediate one is still published.
+            drop(state);
+            drop(sessions);
+            if let Some((will, 0)) = will {
+                self.publish(will);
             }
-            state.clean
+            return;
+        }
+        let ends_now = state.expiry_interval == 0;
+        let shared = state.take_shared_messages();
+        let will_now = match will {
+            Some((will, delay)) if delay > 0 && !ends_now => {
+                state.delayed_will =
+                    Some((Instant::now() + Duration::from_secs(delay as u64), will));
+                None
+            }
+            other => other.map(|(will, _)| will),
         };
-        if clean {
+        drop(state);
+        if ends_now {
             self.end_session(session, &mut sessions);
         }
+        drop(sessions);
+        self.redeliver_shared(session, shared);
+        if let Some(will) = will_now {
+            self.publish(will);
+        }
+    }
+
+    /// Give the shared-subscription messages a disconnected member had not completed to another
+    /// member of the same group; with no other member they stay with the original session.
+    fn redeliver_shared(&self, leaving: &SessionRef, messages: Vec<(Arc<Message>, Route)>) {
+        for (message, route) in messages {
+            let group = route.shared_group.clone().unwrap_or_default();
+            match self.router.redeliver_shared(&group, &leaving.client_id) {
+                Some(d) => {
+                    debug!(
+                        "redelivering a message of {group} from {} to {}",
+                        leaving.client_id, d.session.client_id
+                    );
+                    let (session, route) = d.route(&message);
+                    session
+                        .lock()
+                        .deliver(&message, route, &session.client_id, &self.stats);
+                }
+                None => leaving
+                    .lock()
+                    .deliver(&message, route, &leaving.client_id, &self.stats),
+            }
+        }
+    }
+
+    /// Expire sessions whose expiry interval has passed and publish delayed wills that are due
+    /// (a will is also due when its session ends [MQTT-3.1.3-9]). Called about once a second.
+    pub fn housekeeping(&self) {
+        let now = Instant::now();
+        let mut due_wills = Vec::new();
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let all: Vec<SessionRef> = sessions.values().cloned().collect();
+            for session in all {
+                let (expired, will) = {
+                    let mut state = session.lock();
+                    let expired = state.is_expired(now);
+                    let due = state
+                        .delayed_will
+                        .as_ref()
+                        .is_some_and(|(at, _)| expired || *at <= now);
+                    (
+                        expired,
+                        if due {
+                            state.delayed_will.take().map(|(_, w)| w)
+                        } else {
+                            None
+                        },
+                    )
+                };
+                due_wills.extend(will);
+                if expired {
+                    info!("session {} expired", session.client_id);
+                    Stats::add(&self.stats.sessions_expired, 1);
+                    self.end_session(&session, &mut sessions);
+                }
+            }
+        }
+        for will in due_wills {
+            self.publish(will);
+        }
+    }
+
+    /// Start the thread that runs `housekeeping` every second until shutdown.
+    pub fn start_housekeeping(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+        let broker = self.clone();
+        std::thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || {
+                while !broker.is_shutting_down() {
+                    std::thread::sleep(Duration::from_millis(250));
+                    broker.housekeeping();
+                }
+            })
     }
 
     /// Discard a session: close its connection, drop its subscriptions, remove it from the table.

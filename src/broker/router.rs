@@ -1,32 +1,99 @@
 //! The topic table: a trie of subscriptions behind an `RwLock` (read side on the publish hot path,
-//! write side only for SUBSCRIBE/UNSUBSCRIBE), and the retained-message store.
+//! write side only for SUBSCRIBE/UNSUBSCRIBE), shared subscription groups, and the retained store.
 
 use super::message::Message;
-use super::session::SessionRef;
+use super::session::{Route, SessionRef};
 use super::topic::filter_matches;
 use crate::protocol::SubscriptionOptions;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 #[derive(Default)]
 struct Node {
     /// Child levels, including the literal wildcard levels "+" and "#".
     children: HashMap<Box<str>, Node>,
-    /// Sessions whose filter ends at this node, keyed by client id.
-    subscribers: HashMap<Arc<str>, (SessionRef, SubscriptionOptions)>,
+    /// Sessions whose (non-shared) filter ends at this node, keyed by client id.
+    subscribers: HashMap<Arc<str>, Subscriber>,
+    /// Shared subscription groups (`$share/{group}/{filter}`) whose filter ends here, by group.
+    shared: HashMap<Box<str>, SharedGroup>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.subscribers.is_empty()
+        self.children.is_empty() && self.subscribers.is_empty() && self.shared.is_empty()
     }
 }
 
-/// One session a message must be delivered to, with the options of its matching subscription.
-/// Overlapping subscriptions of one session are merged into one delivery at the highest QoS.
+#[derive(Clone)]
+struct Subscriber {
+    session: SessionRef,
+    options: SubscriptionOptions,
+    /// v5 Subscription Identifier given in SUBSCRIBE, echoed in matching PUBLISHes.
+    identifier: Option<u32>,
+}
+
+/// The members of one shared subscription: each message goes to one of them, round-robin.
+struct SharedGroup {
+    /// The whole `$share/{group}/{filter}` string, to find the group again for redelivery.
+    key: Arc<str>,
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Next member in turn, preferring connected ones; `exclude` skips a member that is leaving.
+    fn pick(&self, exclude: Option<&str>) -> Option<&Subscriber> {
+        let n = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = (0..n).map(|i| &self.members[(start + i) % n]);
+        let mut fallback = None;
+        for m in candidates.filter(|m| Some(&*m.session.client_id) != exclude) {
+            // try_lock: never wait on a session while holding the table's read lock; a session
+            // that is busy right now is one that is active.
+            let online = m
+                .session
+                .state
+                .try_lock()
+                .map(|s| s.link().is_some())
+                .unwrap_or(true);
+            if online {
+                return Some(m);
+            }
+            fallback.get_or_insert(m);
+        }
+        fallback
+    }
+}
+
+/// Split `$share/{group}/{filter}` into group and filter (MQTT 5.0 section 4.8.2).
+pub fn parse_shared(filter: &str) -> Option<(&str, &str)> {
+    filter.strip_prefix("$share/")?.split_once('/')
+}
+
+/// One session a message must be delivered to. Overlapping non-shared subscriptions of one
+/// session are merged into one delivery at the highest QoS, carrying the identifiers of all of
+/// them [MQTT-3.3.4-3 (v5)]; each matching shared group adds one delivery of its own.
 pub struct Delivery {
     pub session: SessionRef,
     pub options: SubscriptionOptions,
+    pub subscription_ids: Vec<u32>,
+    /// The shared subscription this delivery came through, if any.
+    pub shared_group: Option<Arc<str>>,
+}
+
+impl Delivery {
+    /// How the message travels to this session: QoS downgraded to the granted one, RETAIN kept
+    /// only for Retain As Published ([MQTT-3.3.1-9], [MQTT-3.3.1-12 (v5)]).
+    pub fn route(self, message: &Message) -> (SessionRef, Route) {
+        let route = Route {
+            qos: message.qos.min(self.options.qos),
+            retain: message.retain && self.options.retain_as_published,
+            subscription_ids: self.subscription_ids,
+            shared_group: self.shared_group,
+        };
+        (self.session, route)
+    }
 }
 
 #[derive(Default)]
@@ -36,23 +103,57 @@ pub struct Router {
 }
 
 impl Router {
-    /// Add or replace `session`'s subscription to `filter`. Returns true if it already existed.
+    /// Add or replace `session`'s subscription to `filter` (plain or `$share/...`).
+    /// Returns true if it already existed.
     pub fn subscribe(
         &self,
         filter: &str,
         session: &SessionRef,
         options: SubscriptionOptions,
+        identifier: Option<u32>,
     ) -> bool {
+        let subscriber = Subscriber {
+            session: session.clone(),
+            options,
+            identifier,
+        };
         let mut root = self
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let node = filter.split('/').fold(&mut *root, |node, level| {
-            node.children.entry(level.into()).or_default()
-        });
-        node.subscribers
-            .insert(session.client_id.clone(), (session.clone(), options))
-            .is_some()
+        match parse_shared(filter) {
+            Some((group, topic_filter)) => {
+                let node = node_for(&mut root, topic_filter);
+                let g = node
+                    .shared
+                    .entry(group.into())
+                    .or_insert_with(|| SharedGroup {
+                        key: filter.into(),
+                        members: Vec::new(),
+                        next: AtomicUsize::new(0),
+                    });
+                let existing = g
+                    .members
+                    .iter_mut()
+                    .find(|m| m.session.client_id == session.client_id);
+                match existing {
+                    Some(m) => {
+                        *m = subscriber;
+                        true
+                    }
+                    None => {
+                        g.members.push(subscriber);
+                        false
+                    }
+                }
+            }
+            None => {
+                let node = node_for(&mut root, filter);
+                node.subscribers
+                    .insert(session.client_id.clone(), subscriber)
+                    .is_some()
+            }
+        }
     }
 
     /// Remove `client_id`'s subscription to `filter`. Returns true if it existed.
@@ -61,27 +162,57 @@ impl Router {
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let levels: Vec<&str> = filter.split('/').collect();
-        remove(&mut root, &levels, client_id)
+        let (group, topic_filter) = match parse_shared(filter) {
+            Some((group, topic_filter)) => (Some(group), topic_filter),
+            None => (None, filter),
+        };
+        let levels: Vec<&str> = topic_filter.split('/').collect();
+        remove(&mut root, &levels, group, client_id)
     }
 
-    /// Every session subscribed to a filter matching `topic`, one entry per session.
-    pub fn matches(&self, topic: &str) -> Vec<Delivery> {
+    /// Every session a message on `topic` goes to. Subscriptions with v5 No Local do not match
+    /// their own client's messages [MQTT-3.8.3-3].
+    pub fn matches(&self, topic: &str, publisher: Option<&str>) -> Vec<Delivery> {
         let levels: Vec<&str> = topic.split('/').collect();
         let mut out = Vec::new();
+        let mut shared = Vec::new();
         {
             let root = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+            let mut m = Matcher {
+                publisher,
+                out: &mut out,
+                shared: &mut shared,
+            };
             // [MQTT-4.7.2-1] wildcards at the first level do not match '$' topics.
-            collect(&root, &levels, topic.starts_with('$'), &mut out);
+            m.collect(&root, &levels, topic.starts_with('$'));
         }
         merge_overlapping(&mut out);
+        out.append(&mut shared);
         out
+    }
+
+    /// Another member of shared group `key` for a message that `leaving` could not take.
+    pub fn redeliver_shared(&self, key: &str, leaving: &str) -> Option<Delivery> {
+        let (group, topic_filter) = parse_shared(key)?;
+        let root = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        let node = topic_filter
+            .split('/')
+            .try_fold(&*root, |node, level| node.children.get(level))?;
+        let g = node.shared.get(group)?;
+        let m = g.pick(Some(leaving))?;
+        Some(Delivery {
+            session: m.session.clone(),
+            options: m.options,
+            subscription_ids: m.identifier.into_iter().collect(),
+            shared_group: Some(g.key.clone()),
+        })
     }
 
     /// Number of (session, filter) subscriptions, for statistics.
     pub fn subscription_count(&self) -> usize {
         fn count(node: &Node) -> usize {
-            node.subscribers.len() + node.children.values().map(count).sum::<usize>()
+            let shared: usize = node.shared.values().map(|g| g.members.len()).sum();
+            node.subscribers.len() + shared + node.children.values().map(count).sum::<usize>()
         }
         count(&self.subscriptions.read().unwrap_or_else(|e| e.into_inner()))
     }
@@ -97,14 +228,25 @@ impl Router {
         }
     }
 
-    /// Retained messages whose topic matches `filter` [MQTT-3.3.1-6].
+    /// Retained messages whose topic matches `filter` [MQTT-3.3.1-6]; expired ones are dropped
+    /// from the store instead [MQTT-3.3.2-5].
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
-        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
-        retained
-            .values()
-            .filter(|m| filter_matches(filter, &m.topic))
-            .cloned()
-            .collect()
+        let (live, expired): (Vec<_>, Vec<_>) = {
+            let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+            let matching = retained
+                .values()
+                .filter(|m| filter_matches(filter, &m.topic));
+            matching.cloned().partition(|m| !m.is_expired())
+        };
+        if !expired.is_empty() {
+            let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+            for m in expired {
+                if retained.get(&m.topic).is_some_and(|r| Arc::ptr_eq(r, &m)) {
+                    retained.remove(&m.topic);
+                }
+            }
+        }
+        live
     }
 
     pub fn retained_count(&self) -> usize {
@@ -115,42 +257,89 @@ impl Router {
     }
 }
 
-fn collect(node: &Node, levels: &[&str], dollar: bool, out: &mut Vec<Delivery>) {
-    let push_all = |n: &Node, out: &mut Vec<Delivery>| {
-        out.extend(n.subscribers.values().map(|(s, o)| Delivery {
-            session: s.clone(),
-            options: *o,
-        }))
-    };
-    let Some((level, rest)) = levels.split_first() else {
-        push_all(node, out);
-        // "sport/#" matches "sport" as well [MQTT-4.7.1-2].
-        if let Some(hash) = node.children.get("#") {
-            push_all(hash, out);
+fn node_for<'a>(root: &'a mut Node, filter: &str) -> &'a mut Node {
+    filter.split('/').fold(root, |node, level| {
+        node.children.entry(level.into()).or_default()
+    })
+}
+
+/// Walks the trie for one topic, collecting plain deliveries and one per matching shared group.
+struct Matcher<'a> {
+    publisher: Option<&'a str>,
+    out: &'a mut Vec<Delivery>,
+    shared: &'a mut Vec<Delivery>,
+}
+
+impl Matcher<'_> {
+    fn take_all(&mut self, n: &Node) {
+        for (id, s) in &n.subscribers {
+            if s.options.no_local && Some(&**id) == self.publisher {
+                continue;
+            }
+            self.out.push(Delivery {
+                session: s.session.clone(),
+                options: s.options,
+                subscription_ids: s.identifier.into_iter().collect(),
+                shared_group: None,
+            });
         }
-        return;
-    };
-    if !dollar {
-        if let Some(hash) = node.children.get("#") {
-            push_all(hash, out);
-        }
-        if let Some(plus) = node.children.get("+") {
-            collect(plus, rest, false, out);
+        for g in n.shared.values() {
+            if let Some(m) = g.pick(None) {
+                self.shared.push(Delivery {
+                    session: m.session.clone(),
+                    options: m.options,
+                    subscription_ids: m.identifier.into_iter().collect(),
+                    shared_group: Some(g.key.clone()),
+                });
+            }
         }
     }
-    if let Some(child) = node.children.get(*level) {
-        collect(child, rest, false, out);
+
+    fn collect(&mut self, node: &Node, levels: &[&str], dollar: bool) {
+        let Some((level, rest)) = levels.split_first() else {
+            self.take_all(node);
+            // "sport/#" matches "sport" as well [MQTT-4.7.1-2].
+            if let Some(hash) = node.children.get("#") {
+                self.take_all(hash);
+            }
+            return;
+        };
+        if !dollar {
+            if let Some(hash) = node.children.get("#") {
+                self.take_all(hash);
+            }
+            if let Some(plus) = node.children.get("+") {
+                self.collect(plus, rest, false);
+            }
+        }
+        if let Some(child) = node.children.get(*level) {
+            self.collect(child, rest, false);
+        }
     }
 }
 
-fn remove(node: &mut Node, levels: &[&str], client_id: &str) -> bool {
+fn remove(node: &mut Node, levels: &[&str], group: Option<&str>, client_id: &str) -> bool {
     match levels.split_first() {
-        None => node.subscribers.remove(client_id).is_some(),
+        None => match group {
+            None => node.subscribers.remove(client_id).is_some(),
+            Some(group) => {
+                let Some(g) = node.shared.get_mut(group) else {
+                    return false;
+                };
+                let before = g.members.len();
+                g.members.retain(|m| &*m.session.client_id != client_id);
+                let removed = g.members.len() < before;
+                if g.members.is_empty() {
+                    node.shared.remove(group);
+                }
+                removed
+            }
+        },
         Some((level, rest)) => {
             let Some(child) = node.children.get_mut(*level) else {
                 return false;
             };
-            let removed = remove(child, rest, client_id);
+            let removed = remove(child, rest, group, client_id);
             if child.is_empty() {
                 node.children.remove(*level);
             }
@@ -169,8 +358,11 @@ fn merge_overlapping(out: &mut Vec<Delivery>) {
     out.dedup_by(|later, kept| {
         if Arc::ptr_eq(&later.session, &kept.session) {
             if later.options.qos > kept.options.qos {
-                kept.options = later.options;
+                kept.options.qos = later.options.qos;
             }
+            // One copy: it keeps its RETAIN flag if any matching subscription asked for that.
+            kept.options.retain_as_published |= later.options.retain_as_published;
+            kept.subscription_ids.append(&mut later.subscription_ids);
             true
         } else {
             false

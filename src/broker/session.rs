@@ -1,16 +1,20 @@
 //! Session state [MQTT-4.1]: subscriptions, outgoing QoS 1/2 messages in flight and queued,
-//! incoming QoS 2 packet ids awaiting PUBREL, and the connection the session is attached to.
+//! incoming QoS 2 packet ids awaiting PUBREL, expiry, and the connection it is attached to.
 //!
-//! A session outlives its connection when clean session = 0. Every method is called with the
-//! session's mutex held, and never blocks: sends to the connection's writer are `try_send`.
+//! A session outlives its connection for its expiry interval (3.1.1 clean session = 0: forever).
+//! Every method is called with the session's mutex held and never blocks.
 
 use super::message::Message;
 use super::stats::Stats;
 use crate::protocol::{Ack, Packet, ProtocolVersion, QoS, SubscriptionOptions};
 use crossbeam_channel::Sender;
-use log::warn;
+use log::{debug, warn};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-11 (v5)].
+pub const NEVER_EXPIRES: u32 = u32::MAX;
 
 /// What a connection's writer thread is asked to send.
 #[derive(Debug)]
@@ -23,6 +27,7 @@ pub enum Outbound {
         packet_id: u16,
         dup: bool,
         retain: bool,
+        subscription_ids: Vec<u32>,
     },
     /// Flush what is queued, then close the socket.
     Close,
@@ -36,10 +41,13 @@ pub struct Link {
     pub connection_id: u64,
     pub version: ProtocolVersion,
     pub tx: Sender<Outbound>,
+    /// v5 Maximum Packet Size of the client: larger PUBLISHes are not sent [MQTT-3.1.2-25].
+    pub max_packet_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
+    /// min(broker's max_inflight, the v5 client's Receive Maximum) [MQTT-3.3.4-7].
     pub max_inflight: usize,
     pub max_queued: usize,
     /// QoS 0 messages are dropped once this many packets wait for the writer.
@@ -54,10 +62,10 @@ pub struct SessionHandle {
 pub type SessionRef = Arc<SessionHandle>;
 
 impl SessionHandle {
-    pub fn new(client_id: Arc<str>, clean: bool, limits: SessionLimits) -> SessionRef {
+    pub fn new(client_id: Arc<str>, expiry_interval: u32, limits: SessionLimits) -> SessionRef {
         Arc::new(SessionHandle {
             client_id,
-            state: Mutex::new(Session::new(clean, limits)),
+            state: Mutex::new(Session::new(expiry_interval, limits)),
         })
     }
 
@@ -67,26 +75,42 @@ impl SessionHandle {
     }
 }
 
+/// How one message travels to one session.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// Set when delivered through a shared subscription: `$share/{group}/{filter}`.
+    pub shared_group: Option<Arc<str>>,
+}
+
 struct Inflight {
     packet_id: u16,
     message: Arc<Message>,
-    qos: QoS,
-    retain: bool,
+    route: Route,
     /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
     released: bool,
 }
 
 struct Queued {
     message: Arc<Message>,
-    qos: QoS,
-    retain: bool,
+    route: Route,
 }
 
 pub struct Session {
-    pub clean: bool,
+    /// Seconds the session outlives its connection; 0 = ends with it, NEVER_EXPIRES = kept.
+    pub expiry_interval: u32,
     /// Set when the session is discarded; late deliveries to it are ignored.
     pub ended: bool,
     pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// When the last connection ended (None while connected).
+    pub disconnected_at: Option<Instant>,
+    /// A will waiting for its v5 Will Delay Interval [MQTT-3.1.3-9].
+    pub delayed_will: Option<(Instant, Arc<Message>)>,
     link: Option<Link>,
     limits: SessionLimits,
     next_packet_id: u16,
@@ -99,11 +123,13 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(clean: bool, limits: SessionLimits) -> Session {
+    fn new(expiry_interval: u32, limits: SessionLimits) -> Session {
         Session {
-            clean,
+            expiry_interval,
             ended: false,
             subscriptions: HashMap::new(),
+            disconnected_at: None,
+            delayed_will: None,
             link: None,
             limits,
             next_packet_id: 1,
@@ -124,24 +150,37 @@ impl Session {
             .is_some_and(|l| l.connection_id == connection_id)
     }
 
-    /// Attach a new connection and send it `first` (the CONNACK), returning the one it replaces (to be closed by the caller).
-    /// Unacknowledged messages are resent with DUP set and the queue drained into the window
-    /// [MQTT-4.4.0-1].
+    /// Has the session outlived its expiry interval while disconnected?
+    pub fn is_expired(&self, now: Instant) -> bool {
+        match self.disconnected_at {
+            Some(at) if self.link.is_none() && self.expiry_interval != NEVER_EXPIRES => {
+                now >= at + Duration::from_secs(self.expiry_interval as u64)
+            }
+            _ => false,
+        }
+    }
+
+    /// Attach a new connection and send it `first` (the CONNACK), returning the connection it
+    /// replaces (to be closed by the caller). Unacknowledged messages are resent with DUP set
+    /// and the queue drained into the window [MQTT-4.4.0-1]. A delayed will is cancelled
+    /// [MQTT-3.1.3-9].
     pub fn attach(&mut self, link: Link, limits: SessionLimits, first: Outbound) -> Option<Link> {
         let old = self.link.replace(link);
         self.limits = limits;
+        self.disconnected_at = None;
+        self.delayed_will = None;
         self.send(first);
-        for i in 0..self.inflight.len() {
-            let item = &self.inflight[i];
+        for item in &self.inflight {
             let out = if item.released {
                 Outbound::Packet(Box::new(Packet::PubRel(Ack::new(item.packet_id))))
             } else {
                 Outbound::Publish {
                     message: item.message.clone(),
-                    qos: item.qos,
+                    qos: item.route.qos,
                     packet_id: item.packet_id,
                     dup: true,
-                    retain: item.retain,
+                    retain: item.route.retain,
+                    subscription_ids: item.route.subscription_ids.clone(),
                 }
             };
             self.send(out);
@@ -154,6 +193,7 @@ impl Session {
     pub fn detach(&mut self, connection_id: u64) -> bool {
         if self.is_attached_to(connection_id) {
             self.link = None;
+            self.disconnected_at = Some(Instant::now());
             true
         } else {
             false
@@ -165,63 +205,122 @@ impl Session {
         self.link.take()
     }
 
-    /// Deliver one message at `qos` (already min(published, granted)).
+    /// Deliver one message along `route` (QoS already min(published, granted)).
     pub fn deliver(
         &mut self,
         message: &Arc<Message>,
-        qos: QoS,
-        retain: bool,
+        route: Route,
         client_id: &str,
         stats: &Stats,
     ) {
-        if self.ended {
+        if self.ended || message.is_expired() {
             return;
         }
-        if qos == QoS::AtMostOnce {
+        if self.too_large_for_client(message, &route) {
+            // [MQTT-3.1.2-25] discard it and behave as if it had been sent.
+            debug!("client {client_id}: message on {} exceeds the client's maximum packet size; not sent", message.topic);
+            return;
+        }
+        if route.qos == QoS::AtMostOnce {
             // QoS 0 is not queued for offline sessions (as mosquitto), and dropped for a client
             // whose writer is this far behind rather than growing memory without bound.
             if let Some(link) = &self.link {
                 if link.tx.len() >= self.limits.outbound_queue {
                     Stats::add(&stats.dropped_slow_subscriber, 1);
-                    self.dropped += 1;
-                    if self.dropped == 1 || self.dropped % 1000 == 0 {
-                        warn!(
-                            "client {client_id}: outbound queue full ({} packets), dropping QoS 0 messages ({} dropped so far)",
-                            self.limits.outbound_queue, self.dropped
-                        );
-                    }
+                    let max = self.limits.outbound_queue;
+                    self.count_drop(client_id, || {
+                        format!("outbound queue full ({max} packets), dropping QoS 0 messages")
+                    });
                     return;
                 }
                 self.send(Outbound::Publish {
                     message: message.clone(),
-                    qos,
+                    qos: route.qos,
                     packet_id: 0,
                     dup: false,
-                    retain,
+                    retain: route.retain,
+                    subscription_ids: route.subscription_ids,
                 });
             }
             return;
         }
         if self.queued.len() >= self.limits.max_queued {
             Stats::add(&stats.dropped_queue_full, 1);
-            self.dropped += 1;
-            if self.dropped == 1 || self.dropped % 1000 == 0 {
-                warn!(
-                    "client {client_id}: message queue full ({} messages), dropping message on {} ({} dropped so far)",
-                    self.limits.max_queued, message.topic, self.dropped
-                );
-            }
+            let max = self.limits.max_queued;
+            self.count_drop(client_id, || {
+                format!(
+                    "message queue full ({max} messages), dropping message on {}",
+                    message.topic
+                )
+            });
             return;
         }
         self.queued.push_back(Queued {
             message: message.clone(),
-            qos,
-            retain,
+            route,
         });
         self.fill_window();
     }
 
-    /// Move queued messages into the inflight window while it has room and a client is attached.
+    /// QoS 1/2 messages that came through a shared subscription and that this session has not
+    /// started to complete (queued, or inflight without PUBREC): taken out so the broker can
+    /// give them to another member of the group when this one disconnects.
+    pub fn take_shared_messages(&mut self) -> Vec<(Arc<Message>, Route)> {
+        let mut taken = Vec::new();
+        let queued = std::mem::take(&mut self.queued);
+        for q in queued {
+            if q.route.shared_group.is_some() {
+                taken.push((q.message, q.route));
+            } else {
+                self.queued.push_back(q);
+            }
+        }
+        let inflight = std::mem::take(&mut self.inflight);
+        for i in inflight {
+            if i.route.shared_group.is_some() && !i.released {
+                taken.push((i.message, i.route));
+            } else {
+                self.inflight.push_back(i);
+            }
+        }
+        taken
+    }
+
+    /// Log the first drop and every 1000th, with the running count: never silent, never a flood.
+    fn count_drop(&mut self, client_id: &str, what: impl FnOnce() -> String) {
+        self.dropped += 1;
+        if self.dropped == 1 || self.dropped % 1000 == 0 {
+            warn!(
+                "client {client_id}: {} ({} dropped so far)",
+                what(),
+                self.dropped
+            );
+        }
+    }
+
+    fn too_large_for_client(&self, message: &Message, route: &Route) -> bool {
+        let Some(max) = self.link.as_ref().and_then(|l| l.max_packet_size) else {
+            return false;
+        };
+        let mut properties = message.properties.clone();
+        properties.subscription_identifiers = route.subscription_ids.clone();
+        let mut buf = Vec::new();
+        crate::protocol::encode::encode_publish(
+            &mut buf,
+            ProtocolVersion::V5,
+            &message.topic,
+            &message.payload,
+            route.qos,
+            route.retain,
+            false,
+            1,
+            &properties,
+        );
+        buf.len() > max as usize
+    }
+
+    /// Move queued messages into the inflight window while it has room and a client is
+    /// attached. Messages that expired while queued are dropped [MQTT-3.3.2-5].
     fn fill_window(&mut self) {
         if self.link.is_none() {
             return;
@@ -230,19 +329,22 @@ impl Session {
             let Some(q) = self.queued.pop_front() else {
                 break;
             };
+            if q.message.is_expired() {
+                continue;
+            }
             let packet_id = self.allocate_packet_id();
             self.send(Outbound::Publish {
                 message: q.message.clone(),
-                qos: q.qos,
+                qos: q.route.qos,
                 packet_id,
                 dup: false,
-                retain: q.retain,
+                retain: q.route.retain,
+                subscription_ids: q.route.subscription_ids.clone(),
             });
             self.inflight.push_back(Inflight {
                 packet_id,
                 message: q.message,
-                qos: q.qos,
-                retain: q.retain,
+                route: q.route,
                 released: false,
             });
         }
@@ -273,7 +375,8 @@ impl Session {
         self.complete(packet_id, QoS::AtLeastOnce)
     }
 
-    /// PUBCOMP for a QoS 2 message. Returns false for an unknown packet id.
+    /// PUBCOMP for a QoS 2 message (or a v5 PUBREC with an error code, which ends the exchange).
+    /// Returns false for an unknown packet id.
     pub fn pubcomp(&mut self, packet_id: u16) -> bool {
         self.complete(packet_id, QoS::ExactlyOnce)
     }
@@ -282,7 +385,7 @@ impl Session {
         let Some(pos) = self
             .inflight
             .iter()
-            .position(|i| i.packet_id == packet_id && i.qos == qos)
+            .position(|i| i.packet_id == packet_id && i.route.qos == qos)
         else {
             return false;
         };
@@ -297,7 +400,7 @@ impl Session {
         match self
             .inflight
             .iter_mut()
-            .find(|i| i.packet_id == packet_id && i.qos == QoS::ExactlyOnce)
+            .find(|i| i.packet_id == packet_id && i.route.qos == QoS::ExactlyOnce)
         {
             Some(item) => {
                 item.released = true;
@@ -311,6 +414,11 @@ impl Session {
     /// one already routed and not yet released.
     pub fn receive_qos2(&mut self, packet_id: u16) -> bool {
         self.incoming_qos2.insert(packet_id)
+    }
+
+    /// Number of incoming QoS 2 messages awaiting PUBREL (counts against our Receive Maximum).
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
     }
 
     /// Incoming PUBREL: forget the packet id. Returns false if it was unknown.

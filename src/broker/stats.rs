@@ -15,12 +15,12 @@ pub struct Stats {
     pub publish_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Persistent sessions ended because their expiry interval passed.
+    pub sessions_expired: AtomicU64,
     /// QoS 1/2 messages dropped because a session's queue was full.
     pub dropped_queue_full: AtomicU64,
     /// QoS 0 messages dropped because a subscriber's outbound buffer was full (slow reader).
     pub dropped_slow_subscriber: AtomicU64,
-    /// Persistent sessions discarded because they expired (no expiry exists yet: stays 0).
-    pub clients_expired: AtomicU64,
 }
 
 impl Stats {
@@ -55,8 +55,7 @@ pub struct Snapshot {
     pub sessions: u64,
     /// Most clients connected at the same time since start.
     pub clients_maximum: u64,
-    /// Persistent sessions removed because they expired (mqflux does not expire sessions yet,
-    /// so this stays 0; kept so `$SYS/broker/clients/expired` has mosquitto's meaning).
+    /// Persistent sessions removed because their expiry interval passed.
     pub clients_expired: u64,
     /// CONNECTs accepted since start.
     pub connections_total: u64,
@@ -93,7 +92,7 @@ impl Snapshot {
             // the two can briefly disagree; never report fewer sessions than connected clients.
             sessions: (broker.session_count() as u64).max(connected),
             clients_maximum: Stats::get(&s.clients_maximum),
-            clients_expired: Stats::get(&s.clients_expired),
+            clients_expired: Stats::get(&s.sessions_expired),
             connections_total: Stats::get(&s.connections_total),
             connections_refused: Stats::get(&s.connections_refused),
             messages_received: Stats::get(&s.messages_received),

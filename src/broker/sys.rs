@@ -10,7 +10,7 @@
 //! one, so queueing old values for an offline persistent subscriber (and counting them as
 //! dropped once its queue is full) helps nobody.
 
-use super::message::{now_ns, Message};
+use super::message::Message;
 use super::stats::{LoadTracker, Snapshot};
 use super::Broker;
 use crate::protocol::QoS;
@@ -69,15 +69,14 @@ impl SysPublisher {
 }
 
 fn publish(broker: &Broker, topic: String, payload: String) {
-    broker.publish(Arc::new(Message {
-        topic: topic.into(),
-        payload: Bytes::from(payload),
-        qos: QoS::AtMostOnce,
-        retain: true,
-        properties: Default::default(),
-        publisher: None,
-        received_at_ns: now_ns(),
-    }));
+    broker.publish(Arc::new(Message::new(
+        topic.into(),
+        Bytes::from(payload),
+        QoS::AtMostOnce,
+        true,
+        Default::default(),
+        None,
+    )));
 }
 
 /// The `$SYS` tree's state between rounds: the last value of every topic (to publish only

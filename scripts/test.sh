@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what the tests need and run every test. Exits non-zero if any test fails.
+#
+# Tests drive the real broker binary over real sockets and also use Debian packages:
+#   mosquitto, mosquitto-clients  interoperability tests (mosquitto_pub / mosquitto_sub), and
+#                                 a reference broker for MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto
+#   influxdb, influxdb-client     the InfluxDB sink tests start their own influxd and query it
+# Packages are installed with apt-get (as root, or through sudo) only if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(mosquitto mosquitto-clients influxdb influxdb-client)
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]}" >&2
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+. scripts/install-rust.sh
+
+# One process per test (nextest) when available: faster on many cores and a hung test is
+# killed (see .config/nextest.toml); plain `cargo test` otherwise.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --all-targets --no-fail-fast
+else
+    cargo test --locked --all-targets --no-fail-fast
+fi
+# Documentation examples (nextest does not run doctests).
+cargo test --locked --doc

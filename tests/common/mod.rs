@@ -1,0 +1,406 @@
+//! Test harness: runs the real `mqflux` binary on a free loopback port with a config file in a
+//! temp dir, and collects its log (stderr) so tests can wait for and assert log lines.
+//!
+//! - `Broker`: start / signal / kill / wait / restart (same port, same config), killed on drop.
+//! - `raw`: a byte-level MQTT client for exact packets and protocol violations.
+//! - `client`: helpers around rumqttc for real-client tests.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the broker may take to log `listening on tcp://...`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default wait for a log line.
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything the broker wrote to stderr, shared with the thread that reads it.
+#[derive(Default)]
+struct LogState {
+    text: String,
+    /// Set when the current process's stderr reached EOF.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Log {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn append_line(&self, line: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.text.push_str(line);
+        s.text.push('\n');
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Wait until a line starting at byte offset >= `from` satisfies `pred`; returns that line.
+    fn wait_line(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock().unwrap();
+        loop {
+            if let Some(line) = s.text.get(from..).unwrap_or("").lines().find(|l| pred(l)) {
+                return Some(line.to_string());
+            }
+            let now = Instant::now();
+            if now >= deadline || s.closed {
+                return None;
+            }
+            s = self.changed.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+}
+
+/// Options for starting a broker.
+#[derive(Clone, Default)]
+pub struct BrokerBuilder {
+    config: String,
+    args: Vec<String>,
+}
+
+impl BrokerBuilder {
+    /// TOML text for the config file (empty = all defaults; the sink is off by default).
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = toml.to_string();
+        self
+    }
+
+    /// Extra command-line arguments (e.g. `--log-messages`, `-v`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_string());
+        self
+    }
+
+    pub fn start(self) -> Broker {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let config_path = dir.path().join("mqflux.toml");
+        std::fs::write(&config_path, &self.config).expect("write config file");
+        let mut broker = Broker {
+            child: None,
+            port: 0,
+            log: Arc::new(Log::default()),
+            _dir: dir,
+            config_path,
+            args: self.args,
+        };
+        broker.spawn(0);
+        broker
+    }
+}
+
+/// A running `mqflux` process.
+pub struct Broker {
+    child: Option<Child>,
+    /// The port the broker listens on (picked by the OS on first start, kept on restart).
+    pub port: u16,
+    log: Arc<Log>,
+    _dir: tempfile::TempDir,
+    config_path: PathBuf,
+    args: Vec<String>,
+}
+
+impl Broker {
+    /// Start with default config.
+    pub fn start() -> Broker {
+        Broker::builder().start()
+    }
+
+    /// Start with this config file content.
+    pub fn with_config(toml: &str) -> Broker {
+        Broker::builder().config(toml).start()
+    }
+
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("broker is running").id()
+    }
+
+    fn spawn(&mut self, port: u16) {
+        let log_start = self.log.state.lock().unwrap().text.len();
+        self.log.state.lock().unwrap().closed = false;
+        let mut child = match reference_broker() {
+            Some(mosquitto) => self.mosquitto_command(&mosquitto, port),
+            None => {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqflux"));
+                cmd.arg("--config")
+                    .arg(&self.config_path)
+                    .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                    .args(&self.args)
+                    // The default log level must apply (info: start-up line, warnings),
+                    // whatever the environment running the tests has set.
+                    .env_remove("RUST_LOG");
+                cmd
+            }
+        }
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn broker");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::clone(&self.log);
+        std::thread::Builder::new()
+            .name("broker-stderr".into())
+            .spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    match line {
+                        Ok(line) => log.append_line(&line),
+                        Err(_) => break,
+                    }
+                }
+                log.close();
+            })
+            .expect("spawn stderr reader");
+        self.child = Some(child);
+
+        let marker = if reference_broker().is_some() {
+            MOSQUITTO_MARKER
+        } else {
+            "listening on tcp://127.0.0.1:"
+        };
+        let Some(line) = self
+            .log
+            .wait_line(log_start, START_TIMEOUT, &|l| l.contains(marker))
+        else {
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "broker did not log `{marker}PORT` within {START_TIMEOUT:?} (exit status: {status:?}); log:\n{}",
+                self.log_text()
+            );
+        };
+        let rest = &line[line.find(marker).unwrap() + marker.len()..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        self.port = digits
+            .parse()
+            .unwrap_or_else(|_| panic!("no port in start-up line {line:?}"));
+        if port != 0 {
+            assert_eq!(self.port, port, "broker restarted on a different port");
+        }
+        if reference_broker().is_some() {
+            // mosquitto logs its start-up line just before it listens.
+            let addr = self.addr();
+            eventually(START_TIMEOUT, || std::net::TcpStream::connect(addr).ok())
+                .expect("reference broker listens");
+        }
+    }
+
+    /// Command line for the reference broker (see `reference_broker`), with the limits of our
+    /// config translated to mosquitto.conf.
+    fn mosquitto_command(&self, mosquitto: &str, port: u16) -> Command {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        let config =
+            mqflux::config::Config::parse(&text, &self.config_path).expect("valid test config");
+        let port = if port != 0 { port } else { free_port() };
+        let l = &config.limits;
+        let max_connections = if l.max_connections == 0 {
+            -1
+        } else {
+            l.max_connections as i64
+        };
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type all\n\
+             max_inflight_messages {}\nmax_queued_messages {}\nmax_connections {max_connections}\nmax_packet_size {}\n",
+            l.max_inflight, l.max_queued, l.max_packet_size
+        );
+        let conf_path = self.config_path.with_extension("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let mut cmd = Command::new(mosquitto);
+        cmd.arg("-c").arg(conf_path);
+        cmd
+    }
+
+    /// The whole log so far (all runs of this broker).
+    pub fn log_text(&self) -> String {
+        self.log.state.lock().unwrap().text.clone()
+    }
+
+    /// Byte offset of the end of the log; pass to `wait_for_log_after` to only look at newer lines.
+    pub fn log_mark(&self) -> usize {
+        self.log.state.lock().unwrap().text.len()
+    }
+
+    /// Wait for a log line containing every one of `needles`; returns the line, or panics with
+    /// the whole log.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        self.wait_for_log_after(0, needles, LOG_TIMEOUT)
+    }
+
+    pub fn wait_for_log_after(&self, mark: usize, needles: &[&str], timeout: Duration) -> String {
+        match self
+            .log
+            .wait_line(mark, timeout, &|l| needles.iter().all(|n| l.contains(n)))
+        {
+            Some(line) => line,
+            None => panic!(
+                "no log line containing all of {needles:?} within {timeout:?}; log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// Wait for the log line reporting a protocol violation by `client_id`: it names the client
+    /// and cites the rule broken (`[MQTT-x.y.z-n]`).
+    pub fn wait_for_violation(&self, client_id: &str) -> String {
+        self.wait_for_log(&[client_id, "[MQTT-"])
+    }
+
+    /// Send a signal (e.g. `libc::SIGTERM`).
+    pub fn send_signal(&self, signal: i32) {
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of our own child process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            // Let the reader thread drain the last lines and mark the log closed.
+            self.log
+                .wait_line(usize::MAX, Duration::from_secs(2), &|_| false);
+        }
+    }
+
+    /// Wait for the process to exit; `None` on timeout (the process is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                // Let the reader thread drain the last lines.
+                self.log
+                    .wait_line(usize::MAX, Duration::from_secs(2), &|_| false);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the broker again on the same port with the same config (killing it first if it
+    /// is still running).
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port;
+        self.spawn(port);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- mqflux log -----\n{}----- end of mqflux log -----",
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// Start-up line of the reference broker, followed by the port.
+const MOSQUITTO_MARKER: &str = "Opening ipv4 listen socket on port ";
+
+/// `MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto cargo test` runs the same tests against
+/// mosquitto, to check that a test (not the broker) is right where behaviour is ambiguous.
+/// Tests of mqflux-specific log lines and options naturally fail there.
+fn reference_broker() -> Option<String> {
+    std::env::var("MQFLUX_REFERENCE_BROKER")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A port that was free a moment ago (only for the reference broker, which cannot pick one).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Run the binary to completion with `args` (e.g. a bad config) and return its exit status and
+/// stderr; kills it after `timeout`.
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mqflux"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mqflux binary");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "mqflux {args:?} did not exit within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    (out.status, text)
+}
+
+/// Poll `f` until it returns `Some`, for at most `timeout`.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -1,0 +1,243 @@
+//! CONNECT / CONNACK: protocol levels, return codes, client identifiers, session takeover,
+//! CONNECT timeout, and what the broker does with packets out of order.
+
+mod common;
+
+use common::raw::{self, Connect, RawClient, CONNACK};
+use common::Broker;
+use std::time::{Duration, Instant};
+
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[test]
+fn mqtt_311_connect_is_accepted_with_return_code_0_and_no_session_present() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect(broker.addr());
+    c.send(&Connect::new("c311").encode());
+    // [MQTT-3.2.0-1] CONNACK comes first; [MQTT-3.1.4-4] return code 0;
+    // [MQTT-3.2.2-1] clean session -> session present 0.
+    c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    c.ping();
+}
+
+#[test]
+fn mqtt_31_mqisdp_connect_is_accepted() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect(broker.addr());
+    c.send(
+        &Connect {
+            protocol_name: "MQIsdp",
+            protocol_level: 3,
+            ..Connect::new("c31")
+        }
+        .encode(),
+    );
+    c.expect_bytes(&[0x20, 0x02, 0x00, 0x00]);
+    c.ping();
+}
+
+#[test]
+fn unsupported_protocol_level_gets_connack_0x01_then_close() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect(broker.addr());
+    c.send(
+        &Connect {
+            protocol_level: 9,
+            ..Connect::new("level9")
+        }
+        .encode(),
+    );
+    // [MQTT-3.1.2-2] CONNACK 0x01 (unacceptable protocol level) then disconnect;
+    // [MQTT-3.2.2-4] session present 0 with a non-zero code.
+    let packets = c.read_until_closed(CLOSE_TIMEOUT);
+    assert_eq!(
+        packets.iter().map(|p| p.bytes()).collect::<Vec<_>>(),
+        vec![vec![0x20, 0x02, 0x00, 0x01]],
+        "expected exactly CONNACK 0x01 before the close"
+    );
+}
+
+#[test]
+fn zero_length_client_id_with_clean_session_is_assigned_a_unique_id() {
+    let broker = Broker::start();
+    // [MQTT-3.1.3-6] the server assigns a unique id: two anonymous clients coexist (the same id
+    // would make the second take over the first).
+    let (mut a, _) = RawClient::connect_mqtt(broker.addr(), &Connect::new(""));
+    let (mut b, _) = RawClient::connect_mqtt(broker.addr(), &Connect::new(""));
+    a.ping();
+    b.ping();
+    // The assigned id (prefix `auto-`) is what the broker names the client by in its log.
+    a.send(&raw::subscribe_with_header(0x80, 1, &[("t", 0)]));
+    a.expect_closed(CLOSE_TIMEOUT);
+    broker.wait_for_log(&["auto-", "[MQTT-"]);
+    b.ping();
+}
+
+#[test]
+fn zero_length_client_id_without_clean_session_gets_connack_0x02_then_close() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect(broker.addr());
+    c.send(
+        &Connect {
+            clean_session: false,
+            ..Connect::new("")
+        }
+        .encode(),
+    );
+    // [MQTT-3.1.3-8] CONNACK 0x02 (identifier rejected) and close.
+    let packets = c.read_until_closed(CLOSE_TIMEOUT);
+    assert_eq!(
+        packets.iter().map(|p| p.bytes()).collect::<Vec<_>>(),
+        vec![vec![0x20, 0x02, 0x00, 0x02]]
+    );
+}
+
+#[test]
+fn connect_with_same_client_id_takes_over_and_closes_old_connection() {
+    let broker = Broker::start();
+    let mut old = RawClient::connected(broker.addr(), "twin");
+    old.ping();
+    let mut new = RawClient::connected(broker.addr(), "twin");
+    // [MQTT-3.1.4-2] the existing client is disconnected.
+    old.read_until_closed(CLOSE_TIMEOUT);
+    new.ping();
+}
+
+#[test]
+fn session_takeover_moves_subscriptions_of_persistent_session_to_new_connection() {
+    let broker = Broker::start();
+    let (mut old, _) = RawClient::connect_mqtt(broker.addr(), &Connect::persistent("mover"));
+    assert_eq!(old.subscribe(1, &[("move/#", 1)]), vec![1]);
+    let (mut new, present) = RawClient::connect_mqtt(broker.addr(), &Connect::persistent("mover"));
+    // [MQTT-3.2.2-2] the stored session is resumed.
+    assert!(
+        present,
+        "session present must be 1 when taking over a persistent session"
+    );
+    old.read_until_closed(CLOSE_TIMEOUT);
+    let mut publisher = RawClient::connected(broker.addr(), "mover-pub");
+    publisher.publish_acked("move/x", b"here", 1, 1, false);
+    let p = new.expect_publish();
+    assert_eq!(
+        (p.topic.as_str(), p.payload.as_slice()),
+        ("move/x", &b"here"[..])
+    );
+}
+
+#[test]
+fn socket_that_never_sends_connect_is_closed_after_connect_timeout() {
+    let broker = Broker::with_config("[limits]\nconnect_timeout_secs = 1\n");
+    let start = Instant::now();
+    let mut c = RawClient::connect(broker.addr());
+    c.expect_closed(Duration::from_secs(5));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the 1 s connect timeout"
+    );
+}
+
+#[test]
+fn connect_timeout_does_not_close_a_connected_client() {
+    let broker = Broker::with_config("[limits]\nconnect_timeout_secs = 1\n");
+    let mut c = RawClient::connected(broker.addr(), "patient");
+    // Outlive the connect timeout (keep-alive is 60 s), then check the connection still works.
+    c.expect_silence(Duration::from_millis(1500));
+    c.ping();
+}
+
+#[test]
+fn packet_before_connect_closes_connection_without_reply() {
+    let broker = Broker::start();
+    // [MQTT-3.1.0-1] the first packet must be CONNECT.
+    for first in [
+        raw::pingreq(),
+        raw::publish("early", b"x", 0, 0, false, false),
+        raw::subscribe(1, &[("early", 0)]),
+    ] {
+        let mut c = RawClient::connect(broker.addr());
+        c.send(&first);
+        c.expect_closed(CLOSE_TIMEOUT);
+    }
+}
+
+#[test]
+fn second_connect_is_a_protocol_violation_and_closes_connection() {
+    let broker = Broker::start();
+    let mut c = RawClient::connected(broker.addr(), "double-connect");
+    c.send(&Connect::new("double-connect").encode());
+    // [MQTT-3.1.0-2]
+    c.expect_closed(CLOSE_TIMEOUT);
+    broker.wait_for_violation("double-connect");
+}
+
+#[test]
+fn connect_with_reserved_flag_set_closes_connection_without_connack() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect(broker.addr());
+    c.send(
+        &Connect {
+            reserved_flag: true,
+            ..Connect::new("reserved")
+        }
+        .encode(),
+    );
+    // [MQTT-3.1.2-3]
+    c.expect_closed(CLOSE_TIMEOUT);
+}
+
+#[test]
+fn connect_with_will_qos_3_closes_connection() {
+    let broker = Broker::start();
+    let mut c = RawClient::connect(broker.addr());
+    let will = raw::Will {
+        topic: "w".into(),
+        payload: b"x".to_vec(),
+        qos: 3,
+        retain: false,
+    };
+    c.send(
+        &Connect {
+            will: Some(will),
+            ..Connect::new("willqos3")
+        }
+        .encode(),
+    );
+    // [MQTT-3.1.2-14] will QoS must not be 3.
+    c.expect_closed(CLOSE_TIMEOUT);
+}
+
+#[test]
+fn connections_beyond_max_connections_are_refused() {
+    let broker = Broker::with_config("[limits]\nmax_connections = 2\n");
+    let mut a = RawClient::connected(broker.addr(), "mc-a");
+    let mut b = RawClient::connected(broker.addr(), "mc-b");
+    let mut extra = RawClient::connect(broker.addr());
+    let _ = extra.try_send(&Connect::new("mc-c").encode());
+    // Closed at accept (nothing sent) or refused with CONNACK 0x03 "server unavailable":
+    // never accepted.
+    let packets = extra.read_until_closed(CLOSE_TIMEOUT);
+    for p in &packets {
+        assert_eq!(
+            p.bytes(),
+            vec![0x20, 0x02, 0x00, 0x03],
+            "extra connection got {:02x?}",
+            p.bytes()
+        );
+    }
+    a.ping();
+    b.ping();
+    // A freed slot can be used again.
+    a.send(&raw::disconnect());
+    a.read_until_closed(CLOSE_TIMEOUT);
+    let again = common::eventually(Duration::from_secs(5), || {
+        let mut c = RawClient::connect(broker.addr());
+        c.try_send(&Connect::new("mc-d").encode()).ok()?;
+        match c.read_packet(Duration::from_secs(2)) {
+            Ok(p) if p.kind() == CONNACK && p.body == [0, 0] => Some(c),
+            _ => None,
+        }
+    });
+    let mut again = again.expect("a new connection is accepted after one of the two disconnected");
+    again.ping();
+}

@@ -1,0 +1,361 @@
+//! Operations: the `$SYS` tree, the Prometheus `/metrics` endpoint and `/health`, observed from
+//! outside with real clients (rumqttc, plain HTTP over TCP) against the real broker binary.
+
+mod common;
+
+use common::client::MqttClient;
+use common::Broker;
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Every `$SYS/broker/...` topic mosquitto(8) documents that mqflux publishes.
+const SYS_TOPICS: &[&str] = &[
+    "version",
+    "uptime",
+    "clients/connected",
+    "clients/disconnected",
+    "clients/total",
+    "clients/maximum",
+    "clients/expired",
+    "messages/received",
+    "messages/sent",
+    "messages/stored",
+    "publish/messages/received",
+    "publish/messages/sent",
+    "publish/messages/dropped",
+    "bytes/received",
+    "bytes/sent",
+    "subscriptions/count",
+    "retained messages/count",
+    "heap/current",
+    "load/messages/received/1min",
+    "load/messages/sent/5min",
+    "load/publish/received/15min",
+    "load/publish/sent/1min",
+    "load/bytes/received/1min",
+    "load/bytes/sent/15min",
+    "load/connections/1min",
+    "load/connections/5min",
+    "load/connections/15min",
+];
+
+/// Latest value of every `$SYS` topic a subscriber has seen.
+struct SysWatcher {
+    client: MqttClient,
+    values: HashMap<String, String>,
+}
+
+impl SysWatcher {
+    fn start(broker: &Broker) -> SysWatcher {
+        let mut client = MqttClient::connect(broker, "sys-watcher");
+        client.subscribe("$SYS/#", 0);
+        SysWatcher {
+            client,
+            values: HashMap::new(),
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<&str> {
+        self.values
+            .get(&format!("$SYS/broker/{path}"))
+            .map(|s| s.as_str())
+    }
+
+    fn number(&self, path: &str) -> f64 {
+        let v = self
+            .get(path)
+            .unwrap_or_else(|| panic!("no $SYS/broker/{path}"));
+        v.parse()
+            .unwrap_or_else(|_| panic!("$SYS/broker/{path} = {v:?} is not a number"))
+    }
+
+    /// Read `$SYS` publications until `done` holds for the values seen so far.
+    fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&SysWatcher) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.client.recv_publish_timeout(left) {
+                Some(p) => {
+                    let payload = String::from_utf8(p.payload.to_vec())
+                        .unwrap_or_else(|_| panic!("{} payload is not UTF-8", p.topic));
+                    self.values.insert(p.topic, payload);
+                }
+                None => panic!(
+                    "$SYS never showed {what} within {timeout:?}; values: {:#?}",
+                    self.values
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn sys_topics_have_mosquitto_names_and_move_as_clients_connect_and_publish() {
+    let broker = Broker::with_config("sys_interval = 1\n");
+    let mut sys = SysWatcher::start(&broker);
+
+    // Retained: a new subscriber gets every topic at once, without waiting for a round.
+    sys.wait_until("every topic", Duration::from_secs(5), |s| {
+        SYS_TOPICS.iter().all(|t| s.get(t).is_some())
+    });
+    assert!(
+        sys.get("version").unwrap().starts_with("mqflux version "),
+        "{:?}",
+        sys.get("version")
+    );
+    let uptime = sys.get("uptime").unwrap();
+    assert!(
+        uptime.ends_with(" seconds") && uptime.trim_end_matches(" seconds").parse::<u64>().is_ok(),
+        "{uptime:?}"
+    );
+    assert!(
+        sys.number("heap/current") > 1024.0 * 1024.0,
+        "resident memory in bytes"
+    );
+    let received_before = sys.number("publish/messages/received");
+    let bytes_before = sys.number("bytes/received");
+
+    // A second client connects and publishes.
+    let mut publisher = MqttClient::connect(&broker, "sys-publisher");
+    for i in 0..20 {
+        publisher.publish("ops/sys/data", 1, false, format!("{i}").as_bytes());
+    }
+    publisher.publish("ops/sys/kept", 0, true, b"retained");
+    sys.wait_until(
+        "2 connected clients and 21 more publishes",
+        Duration::from_secs(5),
+        |s| {
+            s.get("clients/connected") == Some("2")
+                && s.number("publish/messages/received") >= received_before + 21.0
+        },
+    );
+    // One round's values arrive one by one: wait for each figure rather than assert at once.
+    sys.wait_until("more bytes received", Duration::from_secs(5), |s| {
+        s.number("bytes/received") > bytes_before
+    });
+    sys.wait_until("the peak and totals", Duration::from_secs(5), |s| {
+        s.number("clients/maximum") >= 2.0
+            && s.number("clients/total") >= 2.0
+            && s.number("subscriptions/count") >= 1.0
+            && s.number("retained messages/count") >= 1.0
+            // $SYS's own messages are sent to the watcher: sent counters grow too.
+            && s.number("publish/messages/sent") > 0.0
+    });
+    sys.wait_until("a publish load above zero", Duration::from_secs(5), |s| {
+        s.number("load/publish/received/1min") > 0.0 && s.number("load/connections/1min") > 0.0
+    });
+    // The 1-minute average reacts faster than the 15-minute one.
+    assert!(sys.number("load/publish/received/1min") > sys.number("load/publish/received/15min"));
+
+    // The publisher leaves: connected goes back down.
+    publisher.disconnect();
+    sys.wait_until("1 connected client", Duration::from_secs(5), |s| {
+        s.get("clients/connected") == Some("1")
+    });
+    assert!(
+        sys.number("clients/maximum") >= 2.0,
+        "maximum keeps the peak"
+    );
+}
+
+#[test]
+fn sys_topics_are_not_published_with_sys_interval_zero() {
+    let broker = Broker::with_config("sys_interval = 0\n");
+    let mut watcher = MqttClient::connect(&broker, "sys-off-watcher");
+    watcher.subscribe("$SYS/#", 0);
+    // Nothing was retained, and no round comes: bounded wait for absence.
+    let got = watcher.recv_publish_timeout(Duration::from_millis(1500));
+    assert!(got.is_none(), "unexpected {got:?}");
+}
+
+#[test]
+fn sys_messages_do_not_count_as_received_publishes() {
+    let broker = Broker::with_config("sys_interval = 1\n");
+    let mut sys = SysWatcher::start(&broker);
+    sys.wait_until("uptime of 2 s or more", Duration::from_secs(6), |s| {
+        s.get("uptime")
+            .and_then(|u| u.trim_end_matches(" seconds").parse::<u64>().ok())
+            .is_some_and(|u| u >= 2)
+    });
+    // Several rounds of $SYS messages later, no client has published anything.
+    assert_eq!(sys.get("publish/messages/received"), Some("0"));
+}
+
+/// `metrics on http://ADDR` from the log of a broker started with `[metrics] bind = ...:0`.
+fn metrics_addr(broker: &Broker) -> SocketAddr {
+    let line = broker.wait_for_log(&["metrics on http://"]);
+    let rest = &line[line.find("http://").unwrap() + 7..];
+    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    addr.parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"))
+}
+
+/// One HTTP/1.1 request; returns (status, content type, body).
+fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+/// Check every line of a Prometheus text exposition and return sample -> value.
+/// Rules (exposition format 0.0.4): `# HELP name text` and `# TYPE name kind` once per family,
+/// before its samples; sample lines `name{labels} value` with a valid metric name and a float.
+fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let (mut helped, mut typed) = (HashSet::new(), HashMap::new());
+    let mut samples = HashMap::new();
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect(line);
+            assert!(valid_name(name) && !help.is_empty(), "{line}");
+            assert!(helped.insert(name.to_string()), "HELP twice: {line}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect(line);
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                !name.ends_with("_total") || kind == "counter",
+                "only counters end in _total: {line}"
+            );
+            assert!(
+                typed.insert(name.to_string(), kind.to_string()).is_none(),
+                "{line}"
+            );
+        } else {
+            assert!(
+                !line.starts_with('#') && !line.is_empty(),
+                "stray line {line:?}"
+            );
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let name = series.split('{').next().unwrap();
+            assert!(valid_name(name), "{line}");
+            if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split(',') {
+                    let (k, v) = pair.split_once('=').expect(line);
+                    assert!(valid_name(k), "{line}");
+                    assert!(
+                        v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                        "{line}"
+                    );
+                }
+            }
+            assert!(
+                helped.contains(name) && typed.contains_key(name),
+                "sample before its HELP/TYPE: {line}"
+            );
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            assert!(v.is_finite() && v >= 0.0, "{line}");
+            samples.insert(series.to_string(), v);
+        }
+    }
+    samples
+}
+
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, content_type, body) = http(addr, "GET", "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    parse_prometheus(&body)
+}
+
+#[test]
+fn metrics_endpoint_serves_valid_prometheus_text_that_tracks_traffic() {
+    let broker = Broker::with_config("sys_interval = 0\n[metrics]\nbind = \"127.0.0.1:0\"\n");
+    let addr = metrics_addr(&broker);
+
+    let before = scrape(addr);
+    assert_eq!(before["mqflux_clients_connected"], 0.0);
+    assert_eq!(before["mqflux_publish_messages_received_total"], 0.0);
+    assert!(before.contains_key("mqflux_build_info{version=\"0.1.0\"}"));
+    assert!(before["process_resident_memory_bytes"] > 0.0);
+
+    let mut subscriber = MqttClient::connect(&broker, "metrics-sub");
+    subscriber.subscribe("ops/metrics/#", 1);
+    let mut publisher = MqttClient::connect(&broker, "metrics-pub");
+    for i in 0..3 {
+        publisher.publish("ops/metrics/t", 1, false, format!("v{i}").as_bytes());
+    }
+    for _ in 0..3 {
+        subscriber.recv_publish();
+    }
+
+    let after = scrape(addr);
+    assert_eq!(after["mqflux_clients_connected"], 2.0);
+    assert_eq!(after["mqflux_sessions"], 2.0);
+    assert_eq!(after["mqflux_subscriptions"], 1.0);
+    assert_eq!(after["mqflux_publish_messages_received_total"], 3.0);
+    assert!(after["mqflux_publish_messages_sent_total"] >= 3.0);
+    assert!(after["mqflux_connections_total"] >= 2.0);
+    assert!(after["mqflux_received_bytes_total"] > before["mqflux_received_bytes_total"]);
+    assert!(after["mqflux_sent_bytes_total"] > before["mqflux_sent_bytes_total"]);
+    assert!(after["mqflux_messages_received_total"] > before["mqflux_messages_received_total"]);
+    // Counters never go down between scrapes.
+    for (series, v) in &before {
+        if series.split('{').next().unwrap().ends_with("_total") {
+            assert!(after[series] >= *v, "{series} went down");
+        }
+    }
+}
+
+#[test]
+fn health_is_200_while_serving_and_unknown_paths_and_methods_are_refused() {
+    let broker = Broker::with_config("[metrics]\nbind = \"127.0.0.1:0\"\n");
+    let addr = metrics_addr(&broker);
+    let (status, _, body) = http(addr, "GET", "/health");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, _) = http(addr, "GET", "/nothing-here");
+    assert_eq!(status, 404);
+    let (status, _, _) = http(addr, "POST", "/metrics");
+    assert_eq!(status, 405);
+}
+
+#[test]
+fn metrics_endpoint_is_off_unless_configured() {
+    let broker = Broker::with_config("");
+    broker.wait_for_log(&["ready"]);
+    assert!(
+        !broker.log_text().contains("metrics on"),
+        "{}",
+        broker.log_text()
+    );
+}
