@@ -138,7 +138,7 @@ impl ProcessMemory {
         ProcessMemory::parse(&status)
     }
 
-    /// Parse the `VmRSS:` and `VmHWM:` lines ("VmRSS:	   12345 kB").
+    /// Parse the `VmRSS:` and `VmHWM:` lines ("VmRSS: 12345 kB", tab-separated).
     pub fn parse(status: &str) -> Option<ProcessMemory> {
         let field = |name: &str| -> Option<u64> {
             let line = status.lines().find(|l| l.starts_with(name))?;
