@@ -26,6 +26,10 @@ fi
 
 . scripts/install-rust.sh
 
+# Documentation examples first (nextest does not run doctests), so that the run ends with the
+# summary of the main test run.
+cargo test --locked --doc
+
 # One process per test (nextest) when available: faster on many cores and a hung test is
 # killed (see .config/nextest.toml); plain `cargo test` otherwise.
 if cargo nextest --version >/dev/null 2>&1; then
@@ -33,5 +37,3 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --locked --all-targets --no-fail-fast
 fi
-# Documentation examples (nextest does not run doctests).
-cargo test --locked --doc

@@ -40,6 +40,7 @@ pub struct Config {
     pub listener: ListenerConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub security: SecurityConfig,
     pub sink: crate::sink::SinkConfig,
     pub metrics: MetricsConfig,
 }
@@ -51,6 +52,7 @@ impl Default for Config {
             listener: Default::default(),
             limits: Default::default(),
             log: Default::default(),
+            security: Default::default(),
             sink: Default::default(),
             metrics: Default::default(),
         }
@@ -107,6 +109,11 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// v5 topic aliases a client may use towards the broker (0 disables them).
     pub max_topic_alias: u16,
+    /// PUBLISH packets per second one client may send; a faster client is slowed down (the
+    /// broker stops reading from it), nothing is dropped. 0 = unlimited.
+    pub max_publish_rate: u32,
+    /// Payload bytes per second one client may publish, enforced the same way. 0 = unlimited.
+    pub max_publish_bytes_rate: u64,
 }
 
 impl Default for LimitsConfig {
@@ -119,6 +126,30 @@ impl Default for LimitsConfig {
             connect_timeout_secs: 10,
             outbound_queue: 1024,
             max_topic_alias: 10,
+            max_publish_rate: 0,
+            max_publish_bytes_rate: 0,
+        }
+    }
+}
+
+/// Authentication and authorization, with mosquitto-compatible files (reloaded on SIGHUP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Accept clients that send no username.
+    pub allow_anonymous: bool,
+    /// mosquitto-format password file (`$7$` PBKDF2-SHA512 or `$6$` entries).
+    pub password_file: Option<PathBuf>,
+    /// mosquitto-format ACL file.
+    pub acl_file: Option<PathBuf>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            allow_anonymous: true,
+            password_file: None,
+            acl_file: None,
         }
     }
 }
@@ -175,7 +206,8 @@ impl Config {
                 }
             }
         };
-        if let Some(config) = config {
+        if let Some(mut config) = config {
+            config.resolve_paths(path);
             if let Err(more) = config.validate(path) {
                 errors.extend(more);
             }
@@ -206,6 +238,23 @@ impl Config {
             };
             (error, inner.span())
         })
+    }
+
+    /// Make relative file paths relative to the config file's directory, not the working
+    /// directory, so a config behaves the same whoever starts the broker.
+    fn resolve_paths(&mut self, config_path: &Path) {
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut self.security.password_file,
+            &mut self.security.acl_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 
     /// Check value ranges that TOML types cannot express. Returns every problem found.
@@ -262,6 +311,21 @@ impl Config {
         }
         if l.outbound_queue == 0 {
             bad("limits.outbound_queue", "expected at least 1, got 0".into());
+        }
+        let files = [
+            ("security.password_file", &self.security.password_file),
+            ("security.acl_file", &self.security.acl_file),
+        ];
+        for (key, file) in files {
+            if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+                bad(
+                    key,
+                    format!(
+                        "expected a readable file, but {} does not exist",
+                        f.display()
+                    ),
+                );
+            }
         }
         errors.extend(self.sink.validate(path));
         if errors.is_empty() {

@@ -1,13 +1,15 @@
 //! mqflux daemon entry point: CLI, config, start the sink and the listener, wait for a signal.
 
 use clap::{Args, Parser, Subcommand};
-use log::{error, info};
+use log::{error, info, warn};
 use mqflux::broker::listener::Listener;
+use mqflux::broker::security::SecurityFiles;
 use mqflux::broker::sys::SysPublisher;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
 use mqflux::metrics::MetricsServer;
 use mqflux::sink::Sink;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,13 +17,13 @@ use std::time::Duration;
 
 /// An MQTT 3.1.1/5.0 broker that also stores every published message in InfluxDB.
 ///
-/// Without a subcommand, runs the broker.
+/// Without a subcommand, runs the broker. SIGINT/SIGTERM stop it gracefully; SIGHUP reloads the
+/// password and ACL files without dropping connections.
 #[derive(Parser, Debug)]
 #[command(
     name = "mqflux",
     version,
     about,
-    long_about = None,
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -30,21 +32,17 @@ struct Cli {
 
     #[command(flatten)]
     run: RunArgs,
+
+    /// More log output: -v for debug, -vv for trace. RUST_LOG, if set, takes precedence.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Less log output: -q for warnings and errors only, -qq for errors only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
 }
 
-/// Tools beside the broker itself; each variant's doc comment is its `--help` line.
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Check a configuration file: list every error (file, key, what was expected) and exit 1,
-    /// or print a short summary and exit 0.
-    CheckConfig {
-        /// Configuration file (TOML) to check.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-    },
-}
-
-/// Options for running the broker (`mqflux [OPTIONS]`).
+/// Options for running the broker (`mqflux [OPTIONS]`, no subcommand).
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Configuration file (TOML). Without it the built-in defaults apply; see config.example.toml.
@@ -59,23 +57,64 @@ struct RunArgs {
     #[arg(short, long, value_name = "PORT")]
     port: Option<u16>,
 
-    /// More log output: -v for debug, -vv for trace. RUST_LOG, if set, takes precedence.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-
-    /// Less log output: -q for warnings and errors only, -qq for errors only.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    quiet: u8,
-
     /// Log the topic and payload of every message the broker accepts (same as `log.messages`).
     #[arg(long)]
     log_messages: bool,
 }
 
+/// Tools beside the broker itself; each variant's doc comment is its `--help` line.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a configuration file: list every error (file, key, what was expected) and exit 1,
+    /// or print a short summary and exit 0.
+    CheckConfig {
+        /// Configuration file (TOML) to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Create or update a user in a mosquitto-compatible password file ($7$ PBKDF2-SHA512, the
+    /// format mosquitto_passwd writes). The password is read from standard input unless given.
+    Passwd {
+        /// Password file; created (mode 0600) if missing.
+        file: PathBuf,
+        /// User name to add or update.
+        user: String,
+        /// Password on the command line (visible in `ps`; prefer standard input).
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::CheckConfig { file }) => check_config(&file),
+    let level = match cli.verbose as i16 - cli.quiet as i16 {
+        i16::MIN..=-2 => log::LevelFilter::Error,
+        -1 => log::LevelFilter::Warn,
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .init();
+
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => check_config(file),
+        Some(Command::Passwd {
+            file,
+            user,
+            password,
+        }) => {
+            let mut stdin = std::io::stdin().lock();
+            match mqflux::broker::auth::run_passwd(file, user, password.clone(), &mut stdin) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => run_broker(&cli.run),
     }
 }
@@ -109,18 +148,6 @@ fn check_config(file: &Path) -> ExitCode {
 }
 
 fn run_broker(cli: &RunArgs) -> ExitCode {
-    let level = match cli.verbose as i16 - cli.quiet as i16 {
-        i16::MIN..=-2 => log::LevelFilter::Error,
-        -1 => log::LevelFilter::Warn,
-        0 => log::LevelFilter::Info,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_env("RUST_LOG")
-        .init();
-
     let config = match load_config(cli) {
         Ok(c) => c,
         Err(errors) => {
@@ -161,22 +188,24 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
 }
 
 fn run(config: Config) -> Result<(), String> {
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let ip = config
         .listener
         .bind
         .parse()
         .map_err(|e| format!("listener.bind: {e}"))?;
     let addr = SocketAddr::new(ip, config.listener.port);
+    let security = SecurityFiles::load(
+        config.security.password_file.as_deref(),
+        config.security.acl_file.as_deref(),
+    )
+    .map_err(|e| format!("cannot load security files: {e}"))?;
     let sink =
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
     let sys_interval = Duration::from_secs(config.sys_interval);
     let metrics_addr = config.metrics.bind_addr();
-    let broker = Broker::new(config, sink);
+    let broker = Broker::new(config, sink, security);
     let housekeeping = broker
         .start_housekeeping()
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
@@ -193,9 +222,19 @@ fn run(config: Config) -> Result<(), String> {
     };
     info!("mqflux {} ready", env!("CARGO_PKG_VERSION"));
 
-    let mut signals = signals;
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            // Connections stay up; they pick the new rules up at their next check.
+            match broker.security.reload() {
+                Ok(generation) => {
+                    info!("SIGHUP: password and ACL files reloaded (generation {generation})")
+                }
+                Err(e) => warn!("SIGHUP: reload failed, keeping the previous files: {e}"),
+            }
+            continue;
+        }
         info!("received signal {signal}, shutting down");
+        break;
     }
     if let Some(sys) = sys {
         sys.stop();

@@ -320,7 +320,8 @@ mod tests {
 
     fn broker() -> Arc<Broker> {
         let sink = crate::sink::Sink::start(&Default::default()).expect("sink");
-        Broker::new(crate::config::Config::default(), sink)
+        let security = crate::broker::security::SecurityFiles::load(None, None).expect("no files");
+        Broker::new(crate::config::Config::default(), sink, security)
     }
 
     #[test]

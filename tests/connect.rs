@@ -241,3 +241,38 @@ fn connections_beyond_max_connections_are_refused() {
     let mut again = again.expect("a new connection is accepted after one of the two disconnected");
     again.ping();
 }
+
+#[test]
+fn connect_with_ill_formed_utf8_client_id_is_closed_without_connack() {
+    let broker = Broker::start();
+    // Hand-built CONNECT: "MQTT", level 4, clean session, keep-alive 60, client id 0xC3 0x28.
+    let mut body = raw::string(b"MQTT");
+    body.extend([4, 0x02, 0, 60]);
+    body.extend(raw::string(b"\xC3\x28"));
+    let mut c = RawClient::connect(broker.addr());
+    c.send(&raw::packet(0x10, &body));
+    // [MQTT-3.1.3-4] [MQTT-1.5.3-1]; [MQTT-3.1.4-1] no CONNACK for a CONNECT that does not conform.
+    c.expect_closed(CLOSE_TIMEOUT);
+    RawClient::connected(broker.addr(), "after-bad-id").ping();
+}
+
+#[test]
+fn connect_with_null_character_in_will_topic_is_closed_without_connack() {
+    let broker = Broker::start();
+    let will = raw::Will {
+        topic: "w/\u{0}".into(),
+        payload: b"x".to_vec(),
+        qos: 0,
+        retain: false,
+    };
+    let mut c = RawClient::connect(broker.addr());
+    c.send(
+        &Connect {
+            will: Some(will),
+            ..Connect::new("nul-will")
+        }
+        .encode(),
+    );
+    // [MQTT-3.1.3-10] [MQTT-1.5.3-2]
+    c.expect_closed(CLOSE_TIMEOUT);
+}

@@ -20,6 +20,16 @@ impl MosquittoSub {
     /// Start `mosquitto_sub -d -v -t FILTER -q QOS -C count -W 20` and wait until its SUBACK
     /// arrived (the `-d` debug output says so), so that publishes after this are received.
     fn start(broker: &Broker, filter: &str, qos: u8, count: usize) -> MosquittoSub {
+        MosquittoSub::start_with(broker, filter, qos, count, &[])
+    }
+
+    fn start_with(
+        broker: &Broker,
+        filter: &str,
+        qos: u8,
+        count: usize,
+        extra: &[&str],
+    ) -> MosquittoSub {
         // stdbuf: line-buffered stdout, so lines arrive as they are printed, not at exit.
         let mut child = Command::new("stdbuf")
             .args([
@@ -32,6 +42,7 @@ impl MosquittoSub {
             ])
             .args(["-t", filter, "-v", "-d", "-q", &qos.to_string()])
             .args(["-C", &count.to_string(), "-W", "20", "-i", "interop-sub"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -160,5 +171,27 @@ fn mosquitto_pub_and_rust_client_interoperate_both_ways() {
     let mut sub = MosquittoSub::start(&broker, "to-mosquitto", 1, 1);
     rust_sub.publish("to-mosquitto", 1, false, b"from rumqttc");
     sub.wait_line(|l| l == "to-mosquitto from rumqttc");
+    sub.wait_success();
+}
+
+#[test]
+fn mqtt_31_mosquitto_clients_interoperate() {
+    // `-V mqttv31`: protocol name "MQIsdp", level 3.
+    let broker = Broker::start();
+    let mut sub = MosquittoSub::start_with(&broker, "v31/#", 1, 1, &["-V", "mqttv31"]);
+    mosquitto_pub(
+        &broker,
+        &[
+            "-V",
+            "mqttv31",
+            "-t",
+            "v31/x",
+            "-m",
+            "old protocol",
+            "-q",
+            "1",
+        ],
+    );
+    sub.wait_line(|l| l == "v31/x old protocol");
     sub.wait_success();
 }

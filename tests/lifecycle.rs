@@ -154,3 +154,12 @@ fn verbose_flag_enables_debug_logging() {
     assert_eq!(c.subscribe(1, &[("v/#", 0)]), vec![0]);
     broker.wait_for_log(&["DEBUG", "verbose-client"]);
 }
+
+#[test]
+fn example_config_is_valid_and_starts_the_broker() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(&example).expect("config.example.toml exists");
+    // The harness overrides bind and port (never 1883 in tests); everything else is the example.
+    let broker = Broker::with_config(&text);
+    RawClient::connected(broker.addr(), "example-config").ping();
+}

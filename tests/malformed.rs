@@ -247,3 +247,38 @@ fn connection_closed_in_the_middle_of_a_packet_is_handled() {
     // The broker neither hangs nor dies: a new client is served.
     RawClient::connected(broker.addr(), "after-half").ping();
 }
+
+#[test]
+fn random_bytes_after_connect_never_crash_or_hang_the_broker() {
+    let mut broker = Broker::start();
+    // A small deterministic generator (xorshift): the same 300 inputs on every run.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..300 {
+        let len = (next() % 64) as usize + 1;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Half of the time, make the flags nibble valid for most types (0000 or 0010) so that
+        // decoding gets past the fixed-header checks into the packet bodies.
+        if i % 2 == 0 {
+            bytes[0] = (bytes[0] & 0xF0) | [0x00, 0x02, 0x00, 0x02][(bytes[0] >> 4) as usize % 4];
+        }
+        let mut c = RawClient::connected(broker.addr(), &format!("fuzz-{i}"));
+        let _ = c.try_send(&bytes);
+        // Either the broker answers, closes, or waits for more bytes: all fine, none may panic.
+        let _ = c.read_packet(Duration::from_millis(5));
+        c.drop_connection();
+    }
+    let mut c = RawClient::connected(broker.addr(), "after-fuzz");
+    c.ping();
+    assert!(broker.is_running(), "broker exited");
+    assert!(
+        !broker.log_text().contains("panicked"),
+        "a thread panicked:\n{}",
+        broker.log_text()
+    );
+}

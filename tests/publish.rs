@@ -198,3 +198,50 @@ fn publish_to_topic_without_subscribers_is_acked_and_dropped() {
     publisher.publish_acked("no/one/listens", b"x", 2, 2, false);
     publisher.ping();
 }
+
+#[test]
+fn default_inflight_window_is_20() {
+    let broker = Broker::start();
+    let mut sub = RawClient::connected(broker.addr(), "window20-sub");
+    assert_eq!(sub.subscribe(1, &[("w20/#", 1)]), vec![1]);
+    let mut publisher = MqttClient::connect(&broker, "window20-pub");
+    for i in 0..25 {
+        publisher.publish(&format!("w20/{i}"), 1, false, b"m");
+    }
+    let first: Vec<_> = (0..20).map(|_| sub.expect_publish()).collect();
+    match sub.read_packet(Duration::from_millis(500)) {
+        Err(ReadError::Timeout) => {}
+        other => panic!("a 21st unacknowledged message was sent: {other:?}"),
+    }
+    for p in &first {
+        sub.send(&raw::puback(p.packet_id));
+    }
+    for i in 20..25 {
+        let p = sub.expect_publish();
+        assert_eq!(p.topic, format!("w20/{i}"));
+        sub.send(&raw::puback(p.packet_id));
+    }
+    sub.ping();
+}
+
+#[test]
+fn publish_with_four_byte_remaining_length_is_delivered_intact() {
+    // Remaining lengths above 2,097,151 need all 4 bytes (section 2.2.3).
+    let broker = Broker::start();
+    let mut sub = RawClient::connected(broker.addr(), "big-sub");
+    assert_eq!(sub.subscribe(1, &[("big", 1)]), vec![1]);
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let packet = raw::publish("big", &payload, 1, 1, false, false);
+    assert_eq!(
+        packet[1..5].iter().filter(|b| *b & 0x80 != 0).count(),
+        3,
+        "4-byte remaining length"
+    );
+    let mut publisher = RawClient::connected(broker.addr(), "big-pub");
+    publisher.send(&packet);
+    publisher.expect_bytes(&raw::puback(1));
+    let p = sub.expect_publish();
+    assert_eq!(p.payload.len(), payload.len());
+    assert!(p.payload == payload, "payload corrupted in transit");
+    sub.send(&raw::puback(p.packet_id));
+}

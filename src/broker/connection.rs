@@ -1,7 +1,10 @@
 //! One client connection: a reader thread (`run`) that decodes packets and acts on them, and a
 //! writer thread that drains the connection's outbound queue, batching many packets per write.
 
+use super::acl::ClientAcl;
+use super::auth::{authenticate, AuthRefusal};
 use super::message::Message;
+use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
 use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
 use super::stats::Stats;
 use super::topic::{validate_topic_filter, validate_topic_name};
@@ -89,10 +92,22 @@ struct Connection {
     session_expiry: u32,
     /// v5 topic aliases the client set up towards us [MQTT-3.3.2-12 (v5)].
     topic_aliases: HashMap<u16, String>,
+    /// Authenticated username (for ACL `%u` and `user` sections).
+    username: Option<Arc<str>>,
+    /// This client's ACL rules and the security generation they were built from.
+    acl: (u64, Option<ClientAcl>),
+    /// PUBLISHes refused by the ACL, for throttled logging.
+    denied: u64,
+    rate_limiter: PublishRateLimiter,
 }
 
 impl Connection {
     fn new(broker: Arc<Broker>, id: u64, stream: TcpStream, peer: SocketAddr) -> Connection {
+        let rate_limit = PublishRateLimit {
+            messages_per_sec: Some(broker.config.limits.max_publish_rate),
+            bytes_per_sec: Some(broker.config.limits.max_publish_bytes_rate),
+            ..PublishRateLimit::default()
+        };
         Connection {
             broker,
             id,
@@ -106,6 +121,10 @@ impl Connection {
             will: None,
             session_expiry: 0,
             topic_aliases: HashMap::new(),
+            username: None,
+            acl: (0, None),
+            denied: 0,
+            rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
         }
     }
 
@@ -217,6 +236,29 @@ impl Connection {
             c.client_id.as_str().into()
         };
         self.client_id = client_id.clone();
+        // Credentials are checked against the current password file [MQTT-3.1.3-?]; the
+        // password itself is never logged.
+        let snapshot = self.broker.security.current();
+        let allow_anonymous = self.broker.config.security.allow_anonymous;
+        let password = c.password.as_deref();
+        if let Err(refusal) = authenticate(
+            allow_anonymous,
+            snapshot.passwords.as_ref(),
+            c.username.as_deref(),
+            password,
+        ) {
+            warn!(
+                "connection from {}: client {} (username {:?}) refused: {refusal}",
+                self.peer, client_id, c.username
+            );
+            self.refuse(AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
+            return Ok(false);
+        }
+        self.username = c.username.as_deref().map(Arc::from);
+        self.acl = (
+            snapshot.generation,
+            snapshot.client_acl(&client_id, c.username.as_deref()),
+        );
         self.session_expiry = match (v5, c.clean_start) {
             (true, _) => c.properties.session_expiry_interval.unwrap_or(0),
             (false, true) => 0,
@@ -251,6 +293,7 @@ impl Connection {
             version: self.version,
             tx,
             max_packet_size: c.properties.maximum_packet_size.filter(|_| v5),
+            username: self.username.clone(),
         };
         let mut properties = Properties::default();
         if v5 {
@@ -464,6 +507,33 @@ impl Connection {
             return Err(violation(reason::TOPIC_NAME_INVALID, rule));
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
+        let pause = self.rate_limiter.acquire(Instant::now(), p.payload.len());
+        if !pause.is_zero() {
+            // Over its publish rate: stop reading from this client for a while, so TCP slows it
+            // down and nothing it sent is dropped.
+            thread::sleep(pause);
+        }
+        if !self.can_publish(&p.topic) {
+            // Dropped, as mosquitto does; v5 clients are told (0x87), v3 clients cannot be.
+            self.denied += 1;
+            if self.denied == 1 || self.denied % 1000 == 0 {
+                info!(
+                    "client {}: PUBLISH to {} denied by ACL ({} so far)",
+                    self.client_id, p.topic, self.denied
+                );
+            }
+            Stats::add(&self.broker.stats.publish_denied, 1);
+            let code = if self.version.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            };
+            return match qos {
+                QoS::AtMostOnce => Ok(()),
+                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(packet_id, code))),
+                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(packet_id, code))),
+            };
+        }
         if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
@@ -540,6 +610,23 @@ impl Connection {
                 self.send(Packet::PubRec(ack(packet_id, code(delivered))))
             }
         }
+    }
+
+    /// ACL write access; clients never write to `$SYS` (the broker's own topics).
+    fn can_publish(&mut self, topic: &str) -> bool {
+        if topic.starts_with("$SYS/") || topic == "$SYS" {
+            return false;
+        }
+        let generation = self.broker.security.generation();
+        if self.acl.0 != generation {
+            let acl = self
+                .broker
+                .security
+                .current()
+                .client_acl(&self.client_id, self.username.as_deref());
+            self.acl = (generation, acl);
+        }
+        self.acl.1.as_ref().is_none_or(|acl| acl.can_publish(topic))
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
@@ -699,6 +786,19 @@ impl Connection {
             return;
         };
         self.broker.stats.client_disconnected();
+        let will_topic = self
+            .will
+            .as_ref()
+            .map(|w| w.topic.clone())
+            .unwrap_or_default();
+        if self.will.is_some() && publish_will && !self.can_publish(&will_topic) {
+            // The will obeys the ACL like any other publish.
+            info!(
+                "client {}: will on {will_topic} denied by ACL; not published",
+                self.client_id
+            );
+            self.will = None;
+        }
         let will = self
             .will
             .take()

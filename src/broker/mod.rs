@@ -5,10 +5,14 @@
 //! `router` to every matching `session`, whose connection's writer sends it; then it is handed to
 //! the InfluxDB `sink`.
 
+pub mod acl;
+pub mod auth;
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod ratelimit;
 pub mod router;
+pub mod security;
 pub mod session;
 pub mod stats;
 pub mod sys;
@@ -20,6 +24,7 @@ use crate::sink::{Sink, SinkRecord};
 use log::{debug, info};
 use message::Message;
 use router::Router;
+use security::SecurityFiles;
 use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
 use stats::Stats;
 use std::collections::HashMap;
@@ -37,6 +42,8 @@ struct LiveConnection {
 
 pub struct Broker {
     pub config: Config,
+    /// Password and ACL files, replaced on SIGHUP.
+    pub security: SecurityFiles,
     pub router: Router,
     pub stats: Stats,
     pub sink: Sink,
@@ -54,9 +61,10 @@ pub struct Attached {
 }
 
 impl Broker {
-    pub fn new(config: Config, sink: Sink) -> Arc<Broker> {
+    pub fn new(config: Config, sink: Sink, security: SecurityFiles) -> Arc<Broker> {
         Arc::new(Broker {
             config,
+            security,
             router: Router::default(),
             stats: Stats::default(),
             sink,
@@ -102,9 +110,11 @@ impl Broker {
         let count = deliveries.len();
         for d in deliveries {
             let (session, route) = d.route(&message);
-            session
-                .lock()
-                .deliver(&message, route, &session.client_id, &self.stats);
+            let mut state = session.lock();
+            // ACL read access is checked per delivered message, as mosquitto does.
+            if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                state.deliver(&message, route, &session.client_id, &self.stats);
+            }
         }
         if self.config.log.messages {
             info!(
@@ -138,6 +148,9 @@ impl Broker {
         }
         let mut state = session.lock();
         for message in retained {
+            if !state.can_receive(&session.client_id, &message.topic, &self.security) {
+                continue;
+            }
             let route = Route {
                 qos: message.qos.min(granted),
                 retain: true,

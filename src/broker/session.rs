@@ -4,7 +4,9 @@
 //! A session outlives its connection for its expiry interval (3.1.1 clean session = 0: forever).
 //! Every method is called with the session's mutex held and never blocks.
 
+use super::acl::ClientAcl;
 use super::message::Message;
+use super::security::SecurityFiles;
 use super::stats::Stats;
 use crate::protocol::{Ack, Packet, ProtocolVersion, QoS, SubscriptionOptions};
 use crossbeam_channel::Sender;
@@ -43,6 +45,8 @@ pub struct Link {
     pub tx: Sender<Outbound>,
     /// v5 Maximum Packet Size of the client: larger PUBLISHes are not sent [MQTT-3.1.2-25].
     pub max_packet_size: Option<u32>,
+    /// Authenticated username, for ACL checks on what the session may receive.
+    pub username: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +124,10 @@ pub struct Session {
     /// A PUBLISH resent with the same id is acknowledged but not routed again (exactly once).
     incoming_qos2: HashSet<u16>,
     dropped: u64,
+    /// Username of the last connection (kept while offline, for ACL checks on queued messages).
+    username: Option<Arc<str>>,
+    /// The ACL rules for this client, rebuilt when the files are reloaded (by generation).
+    acl: Option<(u64, Option<ClientAcl>)>,
 }
 
 impl Session {
@@ -137,6 +145,8 @@ impl Session {
             queued: VecDeque::new(),
             incoming_qos2: HashSet::new(),
             dropped: 0,
+            username: None,
+            acl: None,
         }
     }
 
@@ -165,6 +175,10 @@ impl Session {
     /// and the queue drained into the window [MQTT-4.4.0-1]. A delayed will is cancelled
     /// [MQTT-3.1.3-9].
     pub fn attach(&mut self, link: Link, limits: SessionLimits, first: Outbound) -> Option<Link> {
+        if self.username != link.username {
+            self.username = link.username.clone();
+            self.acl = None;
+        }
         let old = self.link.replace(link);
         self.limits = limits;
         self.disconnected_at = None;
@@ -203,6 +217,23 @@ impl Session {
     /// Take the current link away (session discarded or taken over).
     pub fn take_link(&mut self) -> Option<Link> {
         self.link.take()
+    }
+
+    /// May this client receive messages on `topic` (ACL read access)? The client's rules are
+    /// cached and rebuilt only when the files were reloaded, so this is one atomic load when
+    /// nothing changed.
+    pub fn can_receive(&mut self, client_id: &str, topic: &str, security: &SecurityFiles) -> bool {
+        let generation = security.generation();
+        let acl = match &self.acl {
+            Some((g, acl)) if *g == generation => acl,
+            _ => {
+                let acl = security
+                    .current()
+                    .client_acl(client_id, self.username.as_deref());
+                &self.acl.insert((generation, acl)).1
+            }
+        };
+        acl.as_ref().is_none_or(|acl| acl.can_receive(topic))
     }
 
     /// Deliver one message along `route` (QoS already min(published, granted)).

@@ -15,6 +15,8 @@ pub struct Stats {
     pub publish_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// PUBLISHes refused by the ACL (or to $SYS).
+    pub publish_denied: AtomicU64,
     /// Persistent sessions ended because their expiry interval passed.
     pub sessions_expired: AtomicU64,
     /// QoS 1/2 messages dropped because a session's queue was full.

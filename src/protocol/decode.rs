@@ -216,7 +216,7 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
             return Err(malformed(format!(
-                "{}: {field} needs {n} bytes but only {} remain",
+                "{}: {field} needs {n} bytes but only {} remain [MQTT-2.2.3]",
                 self.packet,
                 self.remaining()
             )));
@@ -251,7 +251,7 @@ impl<'a> Reader<'a> {
             }
         }
         Err(malformed(format!(
-            "{}: {field} is a variable byte integer longer than 4 bytes",
+            "{}: {field} is a variable byte integer longer than 4 bytes [MQTT-1.5.5]",
             self.packet
         )))
     }
@@ -298,7 +298,7 @@ impl<'a> Reader<'a> {
     fn finish(&self) -> Result<(), DecodeError> {
         if self.remaining() != 0 {
             return Err(malformed(format!(
-                "{}: {} unexpected bytes after the last field",
+                "{}: {} unexpected bytes after the last field [MQTT-2.2.3]",
                 self.packet,
                 self.remaining()
             )));
@@ -371,7 +371,7 @@ pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, 
         14 => decode_disconnect(body, version).map(Packet::Disconnect),
         15 if version.is_v5() => decode_auth(body).map(Packet::Auth),
         _ => Err(malformed(format!(
-            "reserved control packet type {packet_type} for MQTT {version}"
+            "reserved control packet type {packet_type} for MQTT {version} [MQTT-2.2.1]"
         ))),
     }
 }
@@ -943,7 +943,11 @@ fn read_properties(r: &mut Reader<'_>, ctx: PropContext) -> Result<Properties, D
             0x29 => p.subscription_identifier_available = Some(read_flag(r, field, where_)?),
             0x2A => p.shared_subscription_available = Some(read_flag(r, field, where_)?),
             // property_allowed() is false for every other identifier; kept as an error, not a panic.
-            _ => return Err(malformed(format!("{where_}: unknown property {id:#04x}"))),
+            _ => {
+                return Err(malformed(format!(
+                    "{where_}: unknown property {id:#04x} [MQTT-2.2.2]"
+                )))
+            }
         }
         if r.pos > end {
             return Err(malformed(format!(

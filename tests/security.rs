@@ -1,0 +1,288 @@
+//! Authentication and authorization through the real broker: mosquitto-format password and ACL
+//! files, `mqflux passwd`, SIGHUP reload and the per-client publish rate limit.
+
+mod common;
+
+use common::client::{options, MqttClient};
+use common::raw::{self, RawClient};
+use common::{run_to_exit, Broker};
+use rumqttc::{ConnectReturnCode, MqttOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A directory for password/ACL files that outlives the broker using them.
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Files {
+        Files {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+fn mosquitto_passwd(file: &Path, user: &str, password: &str) {
+    let status = Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .status()
+        .expect("run mosquitto_passwd (Debian package mosquitto)");
+    assert!(status.success(), "mosquitto_passwd failed");
+}
+
+fn with_credentials(broker: &Broker, client_id: &str, user: &str, password: &str) -> MqttOptions {
+    let mut o = options(broker, client_id);
+    o.set_credentials(user, password);
+    o
+}
+
+fn refusal_code(result: Result<MqttClient, String>) -> String {
+    match result {
+        Ok(_) => panic!("connection was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn password_file_written_by_mosquitto_passwd_is_accepted() {
+    let files = Files::new();
+    let pw = files.write("passwd", "");
+    mosquitto_passwd(&pw, "alice", "s3cret-pw");
+    let broker = Broker::with_config(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {:?}\n",
+        pw
+    ));
+
+    let ok = MqttClient::connect_with(with_credentials(&broker, "alice-1", "alice", "s3cret-pw"));
+    assert_eq!(ok.connack.code, ConnectReturnCode::Success);
+
+    // Wrong password, unknown user and no credentials: CONNACK 0x05 Not authorized (3.1.1).
+    let wrong = MqttClient::try_connect(with_credentials(&broker, "alice-2", "alice", "nope"));
+    assert!(refusal_code(wrong).contains("NotAuthorized"));
+    let unknown = MqttClient::try_connect(with_credentials(&broker, "eve-1", "eve", "x"));
+    assert!(refusal_code(unknown).contains("NotAuthorized"));
+    let anonymous = MqttClient::try_connect(options(&broker, "anon-1"));
+    assert!(refusal_code(anonymous).contains("NotAuthorized"));
+
+    // The refusal is logged with the reason, never with the password.
+    let line = broker.wait_for_log(&["alice-2", "wrong password"]);
+    assert!(
+        !line.contains("nope"),
+        "password leaked into the log: {line}"
+    );
+    assert!(
+        !broker.log_text().contains("nope"),
+        "password leaked into the log"
+    );
+}
+
+#[test]
+fn users_added_with_mqflux_passwd_can_connect() {
+    let files = Files::new();
+    let pw = files.path("passwd");
+    let file = pw.to_str().expect("utf-8 path");
+    let (status, out) = run_to_exit(
+        &["passwd", file, "bob", "--password", "hunter22"],
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "mqflux passwd failed: {out}");
+    let text = std::fs::read_to_string(&pw).expect("read passwd");
+    assert!(
+        text.starts_with("bob:$7$101$"),
+        "not mosquitto's $7$ format: {text}"
+    );
+
+    let broker = Broker::with_config(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {:?}\n",
+        pw
+    ));
+    MqttClient::connect_with(with_credentials(&broker, "bob-1", "bob", "hunter22"));
+    let wrong = MqttClient::try_connect(with_credentials(&broker, "bob-2", "bob", "hunter23"));
+    assert!(refusal_code(wrong).contains("NotAuthorized"));
+}
+
+const ACL: &str = "\
+# anonymous clients: nothing at all
+
+user alice
+topic write sensors/#
+topic write users/+/inbox
+topic write public/#
+topic write will/#
+pattern readwrite clients/%c/#
+
+user bob
+topic read sensors/temp
+topic read will/#
+pattern read users/%u/inbox
+";
+
+fn acl_broker(files: &Files, acl: &str) -> Broker {
+    let pw = files.write("passwd", "");
+    mosquitto_passwd(&pw, "alice", "a");
+    mosquitto_passwd(&pw, "bob", "b");
+    let acl = files.write("acl", acl);
+    Broker::with_config(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {pw:?}\nacl_file = {acl:?}\n"
+    ))
+}
+
+/// Collect topics received until `sentinel` arrives.
+fn topics_until(client: &mut MqttClient, sentinel: &str) -> Vec<String> {
+    let mut topics = Vec::new();
+    loop {
+        let p = client.recv_publish();
+        if p.topic == sentinel {
+            return topics;
+        }
+        topics.push(p.topic);
+    }
+}
+
+#[test]
+fn acl_filters_publishes_and_deliveries_with_user_and_client_patterns() {
+    let files = Files::new();
+    let broker = acl_broker(&files, ACL);
+    let mut bob = MqttClient::connect_with(with_credentials(&broker, "bob-dev", "bob", "b"));
+    bob.subscribe("#", 1);
+    let mut alice = MqttClient::connect_with(with_credentials(&broker, "alice-dev", "alice", "a"));
+
+    alice.publish("sensors/temp", 1, false, b"21"); // bob may read
+    alice.publish("sensors/hum", 1, false, b"40"); // bob may not read
+    alice.publish("users/bob/inbox", 1, false, b"hi"); // %u pattern lets bob read his inbox
+    alice.publish("users/carol/inbox", 1, false, b"hi"); // but not carol's
+    alice.publish("secret/x", 1, false, b"no"); // alice may not write: dropped
+    alice.publish("clients/alice-dev/status", 1, false, b"up"); // %c: alice's own subtree
+    alice.publish("clients/other/status", 1, false, b"no"); // not hers: dropped
+    alice.publish("will/sentinel", 1, false, b"end");
+
+    let got = topics_until(&mut bob, "will/sentinel");
+    assert_eq!(got, vec!["sensors/temp", "users/bob/inbox"]);
+    broker.wait_for_log(&["alice-dev", "denied by ACL"]);
+}
+
+#[test]
+fn retained_and_will_messages_obey_the_acl() {
+    let files = Files::new();
+    let broker = acl_broker(&files, ACL);
+    let mut alice = MqttClient::connect_with(with_credentials(&broker, "alice-dev", "alice", "a"));
+    alice.publish("sensors/temp", 1, true, b"21");
+    alice.publish("sensors/hum", 1, true, b"40");
+    alice.publish("secret/retained", 1, true, b"never stored");
+
+    // A late subscriber gets only the retained messages it may read.
+    let mut bob = MqttClient::connect_with(with_credentials(&broker, "bob-dev", "bob", "b"));
+    bob.subscribe("#", 1);
+    let first = bob.recv_publish();
+    assert_eq!(first.topic, "sensors/temp");
+    assert!(bob
+        .recv_publish_timeout(Duration::from_millis(300))
+        .is_none());
+
+    // Wills obey the ACL too: one on a topic its client may not write is not published, one
+    // it may write is. The raw client drops its socket without DISCONNECT.
+    let will_client = |client_id: &str, topic: &str| raw::Connect {
+        client_id: client_id.into(),
+        username: Some("alice".into()),
+        password: Some(b"a".to_vec()),
+        will: Some(raw::Will {
+            topic: topic.into(),
+            payload: b"gone".to_vec(),
+            qos: 1,
+            retain: false,
+        }),
+        ..raw::Connect::default()
+    };
+    let (denied, _) =
+        RawClient::connect_mqtt(broker.addr(), &will_client("alice-will", "secret/will"));
+    denied.drop_connection();
+    broker.wait_for_log(&["alice-will", "denied by ACL; not published"]);
+    let (allowed, _) =
+        RawClient::connect_mqtt(broker.addr(), &will_client("alice-will2", "will/alice"));
+    allowed.drop_connection();
+    let will = bob.recv_publish();
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("will/alice", &b"gone"[..])
+    );
+}
+
+#[test]
+fn sighup_reloads_the_acl_without_dropping_connections() {
+    let files = Files::new();
+    let broker = acl_broker(&files, ACL);
+    let mut bob = MqttClient::connect_with(with_credentials(&broker, "bob-dev", "bob", "b"));
+    bob.subscribe("#", 1);
+    let mut alice = MqttClient::connect_with(with_credentials(&broker, "alice-dev", "alice", "a"));
+
+    alice.publish("public/news", 1, false, b"before");
+    alice.publish("will/sentinel", 1, false, b"1");
+    assert_eq!(
+        topics_until(&mut bob, "will/sentinel"),
+        Vec::<String>::new()
+    );
+
+    // Give bob read access to public/# and reload; both connections stay up.
+    let acl = files.path("acl");
+    std::fs::write(&acl, format!("{ACL}topic read public/#\n")).expect("rewrite acl");
+    let mark = broker.log_mark();
+    broker.send_signal(libc_sighup());
+    broker.wait_for_log_after(mark, &["reloaded"], Duration::from_secs(5));
+
+    alice.publish("public/news", 1, false, b"after");
+    alice.publish("will/sentinel", 1, false, b"2");
+    assert_eq!(topics_until(&mut bob, "will/sentinel"), vec!["public/news"]);
+
+    // A broken ACL on reload keeps the previous rules.
+    std::fs::write(&acl, "topic bogus-access-word x y z\n").expect("write broken acl");
+    let mark = broker.log_mark();
+    broker.send_signal(libc_sighup());
+    broker.wait_for_log_after(mark, &["reload failed"], Duration::from_secs(5));
+    alice.publish("public/news", 1, false, b"still");
+    alice.publish("will/sentinel", 1, false, b"3");
+    assert_eq!(topics_until(&mut bob, "will/sentinel"), vec!["public/news"]);
+}
+
+fn libc_sighup() -> i32 {
+    1 // SIGHUP on Linux
+}
+
+#[test]
+fn publish_rate_limit_slows_a_fast_publisher_without_dropping() {
+    let broker = Broker::with_config("[limits]\nmax_publish_rate = 20\n");
+    let mut sub = MqttClient::connect(&broker, "rate-sub");
+    sub.subscribe("rate/#", 1);
+    let mut publisher = MqttClient::connect(&broker, "rate-pub");
+    let started = Instant::now();
+    for i in 0..50u32 {
+        publisher.publish("rate/x", 1, false, &i.to_be_bytes());
+    }
+    let elapsed = started.elapsed();
+    // A burst of 20 passes at once, the other 30 at 20/s: at least ~1.5 s.
+    assert!(
+        elapsed >= Duration::from_millis(1300),
+        "not throttled: {elapsed:?}"
+    );
+    for i in 0..50u32 {
+        let p = sub.recv_publish();
+        assert_eq!(
+            &p.payload[..],
+            &i.to_be_bytes(),
+            "message {i} lost or out of order"
+        );
+    }
+}
