@@ -359,3 +359,37 @@ fn metrics_endpoint_is_off_unless_configured() {
         broker.log_text()
     );
 }
+
+#[test]
+fn mosquitto_sub_reads_the_sys_tree_and_its_updates() {
+    let broker = Broker::with_config("sys_interval = 1\n");
+    // Two retained values at once, then (a second later) the next uptime.
+    // -W: mosquitto_sub gives up after 10 s, so this cannot hang.
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-i", "ops-mosquitto-sub", "-v", "-C", "3", "-W", "10"])
+        .args(["-t", "$SYS/broker/version", "-t", "$SYS/broker/uptime"])
+        .output()
+        .expect("run mosquitto_sub (package mosquitto-clients)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines.contains(&concat!(
+            "$SYS/broker/version mqflux version ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    let uptimes: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("$SYS/broker/uptime "))
+        .collect();
+    assert_eq!(uptimes.len(), 2, "{text}");
+    assert_ne!(uptimes[0], uptimes[1], "uptime is updated every round");
+}
