@@ -57,6 +57,20 @@ impl DecodeError {
     }
 }
 
+/// The rule every decode error ultimately breaks when no more specific one exists: a protocol
+/// violation closes the connection (3.1.1 [MQTT-4.8.0-1]; 5.0 [MQTT-4.13.1-1] for Malformed
+/// Packet and Protocol Error). Every error message cites a rule so the broker's log line does.
+fn close_rule(version: ProtocolVersion) -> &'static str {
+    if version.is_v5() {
+        "[MQTT-4.13.1-1]"
+    } else {
+        "[MQTT-4.8.0-1]"
+    }
+}
+
+/// Properties exist only in 5.0.
+const V5_CLOSE_RULE: &str = "[MQTT-4.13.1-1]";
+
 fn malformed(msg: impl Into<String>) -> DecodeError {
     DecodeError::Malformed(msg.into())
 }
@@ -82,8 +96,12 @@ fn protocol(msg: impl Into<String>) -> DecodeError {
 /// After `TooLarge` the body is still unread, so the stream is out of sync: close the connection
 /// (v5: after a DISCONNECT 0x95).
 ///
-/// The body buffer grows with the bytes actually received (it is not pre-allocated to the
-/// announced size), so a peer announcing a large packet and sending nothing costs no memory.
+/// Bodies above 64 KiB are not pre-allocated to the announced size: the buffer grows with the bytes
+/// actually received, so a peer announcing a large packet and sending nothing costs little memory.
+///
+/// Each call reads the fixed header a byte at a time (it must not read past the packet), so wrap
+/// a `TcpStream` in a `BufReader`; that is safe with read timeouts, since a `BufReader` keeps its
+/// buffered bytes when the inner read fails.
 pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, DecodeError> {
     let mut first = [0u8; 1];
     loop {
@@ -109,7 +127,8 @@ pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, De
         }
         if length_bytes == 4 {
             return Err(malformed(
-                "remaining length uses more than 4 bytes [MQTT-2.2.3]",
+                "remaining length uses more than 4 bytes (3.1.1 section 2.2.3, 5.0 section 2.1.4) \
+                 [MQTT-4.8.0-1] [MQTT-4.13.1-1]",
             ));
         }
     }
@@ -122,32 +141,42 @@ pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, De
         });
     }
 
-    let mut body = Vec::with_capacity(remaining.min(INITIAL_BODY_CAPACITY));
-    let mut limited = r.take(remaining as u64);
-    loop {
-        match limited.read_to_end(&mut body) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(mid_frame_error(e, 1 + length_bytes + body.len())),
+    let body = if remaining <= INITIAL_BODY_CAPACITY {
+        // Common case: one exact allocation, filled by plain reads.
+        let mut body = vec![0u8; remaining];
+        read_exact_in_frame(r, &mut body, 1 + length_bytes)?;
+        body
+    } else {
+        // Large packet: let the buffer grow with the bytes that actually arrive.
+        let mut body = Vec::with_capacity(INITIAL_BODY_CAPACITY);
+        let mut limited = r.take(remaining as u64);
+        loop {
+            match limited.read_to_end(&mut body) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(mid_frame_error(e, 1 + length_bytes + body.len())),
+            }
         }
-    }
-    if body.len() < remaining {
-        return Err(DecodeError::Io(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!(
-                "connection closed after {} of {} body bytes of a packet",
-                body.len(),
-                remaining
-            ),
-        )));
-    }
+        if body.len() < remaining {
+            return Err(DecodeError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed after {} of {} bytes of a packet",
+                    1 + length_bytes + body.len(),
+                    size
+                ),
+            )));
+        }
+        body
+    };
     Ok(Frame {
         header,
         body: Bytes::from(body),
     })
 }
 
-/// Bodies up to this size get their buffer in one allocation; larger ones grow as data arrives.
+/// Bodies up to this size get their buffer in one allocation; larger ones grow as data arrives
+/// (so announcing a huge packet and sending nothing costs at most this much memory).
 const INITIAL_BODY_CAPACITY: usize = 64 * 1024;
 
 fn read_exact_in_frame(
@@ -198,14 +227,17 @@ struct Reader<'a> {
     buf: &'a Bytes,
     pos: usize,
     packet: &'static str,
+    /// Picks the rule cited in errors (CONNECT updates it once the level is known).
+    version: ProtocolVersion,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a Bytes, packet: &'static str) -> Self {
+    fn new(buf: &'a Bytes, packet: &'static str, version: ProtocolVersion) -> Self {
         Reader {
             buf,
             pos: 0,
             packet,
+            version,
         }
     }
 
@@ -216,9 +248,10 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, field: &str) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
             return Err(malformed(format!(
-                "{}: {field} needs {n} bytes but only {} remain [MQTT-2.2.3]",
+                "{}: {field} needs {n} bytes but only {} remain {}",
                 self.packet,
-                self.remaining()
+                self.remaining(),
+                close_rule(self.version)
             )));
         }
         let s = &self.buf[self.pos..self.pos + n];
@@ -251,8 +284,9 @@ impl<'a> Reader<'a> {
             }
         }
         Err(malformed(format!(
-            "{}: {field} is a variable byte integer longer than 4 bytes [MQTT-1.5.5]",
-            self.packet
+            "{}: {field} is a variable byte integer longer than 4 bytes (section 1.5.5) {}",
+            self.packet,
+            close_rule(self.version)
         )))
     }
 
@@ -275,13 +309,13 @@ impl<'a> Reader<'a> {
         // from_utf8 rejects ill-formed UTF-8 and the surrogates U+D800..U+DFFF [MQTT-1.5.3-1].
         let s = std::str::from_utf8(raw).map_err(|e| {
             malformed(format!(
-                "{}: {field} is not valid UTF-8 ({e}) [MQTT-1.5.3-1]",
+                "{}: {field} is not valid UTF-8 ({e}) [MQTT-1.5.3-1] (5.0: [MQTT-1.5.4-1])",
                 self.packet
             ))
         })?;
         if s.contains('\0') {
             return Err(malformed(format!(
-                "{}: {field} contains U+0000 [MQTT-1.5.3-2]",
+                "{}: {field} contains U+0000 [MQTT-1.5.3-2] (5.0: [MQTT-1.5.4-2])",
                 self.packet
             )));
         }
@@ -298,9 +332,10 @@ impl<'a> Reader<'a> {
     fn finish(&self) -> Result<(), DecodeError> {
         if self.remaining() != 0 {
             return Err(malformed(format!(
-                "{}: {} unexpected bytes after the last field [MQTT-2.2.3]",
+                "{}: {} unexpected bytes after the last field {}",
                 self.packet,
-                self.remaining()
+                self.remaining(),
+                close_rule(self.version)
             )));
         }
         Ok(())
@@ -353,13 +388,14 @@ pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, 
         12 | 13 => {
             if !body.is_empty() {
                 return Err(malformed(format!(
-                    "{}: remaining length must be 0, got {}",
+                    "{}: remaining length must be 0, got {} (section 3.12/3.13) {}",
                     if packet_type == 12 {
                         "PINGREQ"
                     } else {
                         "PINGRESP"
                     },
-                    body.len()
+                    body.len(),
+                    close_rule(version)
                 )));
             }
             Ok(if packet_type == 12 {
@@ -371,7 +407,8 @@ pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, 
         14 => decode_disconnect(body, version).map(Packet::Disconnect),
         15 if version.is_v5() => decode_auth(body).map(Packet::Auth),
         _ => Err(malformed(format!(
-            "reserved control packet type {packet_type} for MQTT {version} [MQTT-2.2.1]"
+            "reserved control packet type {packet_type} for MQTT {version} (section 2.1.2) {}",
+            close_rule(version)
         ))),
     }
 }
@@ -396,10 +433,16 @@ fn check_topic_name(topic: &str, packet: &str, field: &str) -> Result<(), Decode
     Ok(())
 }
 
-fn check_reason(code: u8, allowed: &[u8], packet: &str) -> Result<u8, DecodeError> {
+fn check_reason(
+    code: u8,
+    allowed: &[u8],
+    packet: &str,
+    version: ProtocolVersion,
+) -> Result<u8, DecodeError> {
     if !allowed.contains(&code) {
         return Err(protocol(format!(
-            "{packet}: invalid reason code {code:#04x}"
+            "{packet}: invalid reason code {code:#04x} (section 2.4) {}",
+            close_rule(version)
         )));
     }
     Ok(code)
@@ -425,7 +468,8 @@ const DISCONNECT_REASONS: &[u8] = &[
 const AUTH_REASONS: &[u8] = &[0x00, 0x18, 0x19];
 
 fn decode_connect(body: &Bytes) -> Result<Connect, DecodeError> {
-    let mut r = Reader::new(body, "CONNECT");
+    // Until the protocol level is read, errors cite the 3.1.1 rule.
+    let mut r = Reader::new(body, "CONNECT", ProtocolVersion::V311);
     let name = r.string("protocol name")?;
     let level = r.u8("protocol level")?;
     let version = match (name.as_str(), level) {
@@ -444,6 +488,7 @@ fn decode_connect(body: &Bytes) -> Result<Connect, DecodeError> {
         }
     };
 
+    r.version = version;
     let flags = r.u8("connect flags")?;
     if flags & 0x01 != 0 {
         return Err(malformed(
@@ -535,7 +580,7 @@ fn decode_connect(body: &Bytes) -> Result<Connect, DecodeError> {
 }
 
 fn decode_connack(body: &Bytes, version: ProtocolVersion) -> Result<ConnAck, DecodeError> {
-    let mut r = Reader::new(body, "CONNACK");
+    let mut r = Reader::new(body, "CONNACK", version);
     let ack_flags = r.u8("acknowledge flags")?;
     // 3.1 has no session-present flag: the whole byte is reserved.
     let reserved_mask = if version == ProtocolVersion::V31 {
@@ -551,11 +596,14 @@ fn decode_connack(body: &Bytes, version: ProtocolVersion) -> Result<ConnAck, Dec
     let session_present = ack_flags & 0x01 != 0;
     let code = r.u8("return code")?;
     let properties = if version.is_v5() {
-        check_reason(code, CONNACK_REASONS, "CONNACK")?;
+        check_reason(code, CONNACK_REASONS, "CONNACK", version)?;
         read_properties(&mut r, PropContext::ConnAck)?
     } else {
         if code > 5 {
-            return Err(protocol(format!("CONNACK: invalid return code {code}")));
+            return Err(protocol(format!(
+                "CONNACK: invalid return code {code} (section 3.2.2.3) {}",
+                close_rule(version)
+            )));
         }
         Properties::default()
     };
@@ -581,7 +629,7 @@ fn decode_publish(
             "PUBLISH: DUP flag set on a QoS 0 message [MQTT-3.3.1-2]",
         ));
     }
-    let mut r = Reader::new(body, "PUBLISH");
+    let mut r = Reader::new(body, "PUBLISH", version);
     let topic = r.string("topic name")?;
     // v5 allows an empty topic name when a topic alias is present (checked by the broker, which
     // owns the alias table); 3.x never does [MQTT-4.7.3-1].
@@ -619,12 +667,12 @@ fn decode_ack(
     name: &'static str,
     reasons: &[u8],
 ) -> Result<Ack, DecodeError> {
-    let mut r = Reader::new(body, name);
+    let mut r = Reader::new(body, name, version);
     let packet_id = check_packet_id(r.u16("packet identifier")?, name)?;
     let mut ack = Ack::new(packet_id);
     if version.is_v5() {
         if r.remaining() > 0 {
-            ack.reason_code = check_reason(r.u8("reason code")?, reasons, name)?;
+            ack.reason_code = check_reason(r.u8("reason code")?, reasons, name, version)?;
         }
         if r.remaining() > 0 {
             ack.properties = read_properties(&mut r, PropContext::Ack)?;
@@ -635,7 +683,7 @@ fn decode_ack(
 }
 
 fn decode_subscribe(body: &Bytes, version: ProtocolVersion) -> Result<Subscribe, DecodeError> {
-    let mut r = Reader::new(body, "SUBSCRIBE");
+    let mut r = Reader::new(body, "SUBSCRIBE", version);
     let packet_id = check_packet_id(r.u16("packet identifier")?, "SUBSCRIBE")?;
     let properties = if version.is_v5() {
         read_properties(&mut r, PropContext::Subscribe)?
@@ -660,7 +708,7 @@ fn decode_subscribe(body: &Bytes, version: ProtocolVersion) -> Result<Subscribe,
             let retain_handling = (opts >> 4) & 0x03;
             if retain_handling == 3 {
                 return Err(protocol(format!(
-                    "SUBSCRIBE: retain handling 3 for {filter:?} (section 3.8.3.1)"
+                    "SUBSCRIBE: retain handling 3 for {filter:?} (section 3.8.3.1) {V5_CLOSE_RULE}"
                 )));
             }
             SubscriptionOptions {
@@ -693,7 +741,7 @@ fn decode_subscribe(body: &Bytes, version: ProtocolVersion) -> Result<Subscribe,
 }
 
 fn decode_suback(body: &Bytes, version: ProtocolVersion) -> Result<SubAck, DecodeError> {
-    let mut r = Reader::new(body, "SUBACK");
+    let mut r = Reader::new(body, "SUBACK", version);
     let packet_id = check_packet_id(r.u16("packet identifier")?, "SUBACK")?;
     let (properties, allowed) = if version.is_v5() {
         (
@@ -705,10 +753,13 @@ fn decode_suback(body: &Bytes, version: ProtocolVersion) -> Result<SubAck, Decod
     };
     let reason_codes = r.rest().to_vec();
     if reason_codes.is_empty() {
-        return Err(protocol("SUBACK: no return codes"));
+        return Err(protocol(format!(
+            "SUBACK: no return codes (section 3.9.3) {}",
+            close_rule(version)
+        )));
     }
     for &code in &reason_codes {
-        check_reason(code, allowed, "SUBACK")?;
+        check_reason(code, allowed, "SUBACK", version)?;
     }
     Ok(SubAck {
         packet_id,
@@ -718,7 +769,7 @@ fn decode_suback(body: &Bytes, version: ProtocolVersion) -> Result<SubAck, Decod
 }
 
 fn decode_unsubscribe(body: &Bytes, version: ProtocolVersion) -> Result<Unsubscribe, DecodeError> {
-    let mut r = Reader::new(body, "UNSUBSCRIBE");
+    let mut r = Reader::new(body, "UNSUBSCRIBE", version);
     let packet_id = check_packet_id(r.u16("packet identifier")?, "UNSUBSCRIBE")?;
     let properties = if version.is_v5() {
         read_properties(&mut r, PropContext::Unsubscribe)?
@@ -740,7 +791,7 @@ fn decode_unsubscribe(body: &Bytes, version: ProtocolVersion) -> Result<Unsubscr
 }
 
 fn decode_unsuback(body: &Bytes, version: ProtocolVersion) -> Result<UnsubAck, DecodeError> {
-    let mut r = Reader::new(body, "UNSUBACK");
+    let mut r = Reader::new(body, "UNSUBACK", version);
     let packet_id = check_packet_id(r.u16("packet identifier")?, "UNSUBACK")?;
     let mut ack = UnsubAck {
         packet_id,
@@ -751,10 +802,12 @@ fn decode_unsuback(body: &Bytes, version: ProtocolVersion) -> Result<UnsubAck, D
         ack.properties = read_properties(&mut r, PropContext::UnsubAck)?;
         ack.reason_codes = r.rest().to_vec();
         if ack.reason_codes.is_empty() {
-            return Err(protocol("UNSUBACK: no reason codes"));
+            return Err(protocol(format!(
+                "UNSUBACK: no reason codes (section 3.11.3) {V5_CLOSE_RULE}"
+            )));
         }
         for &code in &ack.reason_codes {
-            check_reason(code, UNSUBACK_REASONS, "UNSUBACK")?;
+            check_reason(code, UNSUBACK_REASONS, "UNSUBACK", version)?;
         }
     }
     r.finish()?;
@@ -764,11 +817,16 @@ fn decode_unsuback(body: &Bytes, version: ProtocolVersion) -> Result<UnsubAck, D
 /// v3.x: empty body. v5: remaining length 0 means reason 0 and no properties, 1 means a reason code
 /// without properties (section 3.14.2).
 fn decode_disconnect(body: &Bytes, version: ProtocolVersion) -> Result<Disconnect, DecodeError> {
-    let mut r = Reader::new(body, "DISCONNECT");
+    let mut r = Reader::new(body, "DISCONNECT", version);
     let mut d = Disconnect::default();
     if version.is_v5() {
         if r.remaining() > 0 {
-            d.reason_code = check_reason(r.u8("reason code")?, DISCONNECT_REASONS, "DISCONNECT")?;
+            d.reason_code = check_reason(
+                r.u8("reason code")?,
+                DISCONNECT_REASONS,
+                "DISCONNECT",
+                version,
+            )?;
         }
         if r.remaining() > 0 {
             d.properties = read_properties(&mut r, PropContext::Disconnect)?;
@@ -780,10 +838,15 @@ fn decode_disconnect(body: &Bytes, version: ProtocolVersion) -> Result<Disconnec
 
 /// v5 only. Remaining length 0 means reason 0 (success) and no properties (section 3.15.2).
 fn decode_auth(body: &Bytes) -> Result<Auth, DecodeError> {
-    let mut r = Reader::new(body, "AUTH");
+    let mut r = Reader::new(body, "AUTH", ProtocolVersion::V5);
     let mut a = Auth::default();
     if r.remaining() > 0 {
-        a.reason_code = check_reason(r.u8("reason code")?, AUTH_REASONS, "AUTH")?;
+        a.reason_code = check_reason(
+            r.u8("reason code")?,
+            AUTH_REASONS,
+            "AUTH",
+            ProtocolVersion::V5,
+        )?;
     }
     if r.remaining() > 0 {
         a.properties = read_properties(&mut r, PropContext::Auth)?;
@@ -857,7 +920,7 @@ fn read_properties(r: &mut Reader<'_>, ctx: PropContext) -> Result<Properties, D
     let len = r.varint("property length")? as usize;
     if len > r.remaining() {
         return Err(malformed(format!(
-            "{}: property length {len} exceeds the {} remaining bytes",
+            "{}: property length {len} exceeds the {} remaining bytes (section 2.2.2.1) {V5_CLOSE_RULE}",
             ctx.name(),
             r.remaining()
         )));
@@ -873,14 +936,14 @@ fn read_properties(r: &mut Reader<'_>, ctx: PropContext) -> Result<Properties, D
         if !property_allowed(id, ctx) {
             // Section 2.2.2.2: an identifier not valid for the packet type is a Malformed Packet.
             return Err(malformed(format!(
-                "{where_}: property {id:#04x} is unknown or not allowed here (section 2.2.2.2)"
+                "{where_}: property {id:#04x} is unknown or not allowed here (section 2.2.2.2) {V5_CLOSE_RULE}"
             )));
         }
         let repeatable = id == 0x26 || (id == 0x0B && ctx == PropContext::Publish);
         if !repeatable {
             if seen & (1u64 << id) != 0 {
                 return Err(protocol(format!(
-                    "{where_}: property {id:#04x} included more than once"
+                    "{where_}: property {id:#04x} included more than once (section 3) {V5_CLOSE_RULE}"
                 )));
             }
             seen |= 1u64 << id;
@@ -893,7 +956,9 @@ fn read_properties(r: &mut Reader<'_>, ctx: PropContext) -> Result<Properties, D
             0x08 => {
                 let topic = r.string(field)?;
                 if topic.is_empty() {
-                    return Err(protocol(format!("{where_}: empty response topic")));
+                    return Err(protocol(format!(
+                        "{where_}: empty response topic [MQTT-4.7.3-1]"
+                    )));
                 }
                 if topic.contains(['+', '#']) {
                     return Err(protocol(format!(
@@ -906,7 +971,9 @@ fn read_properties(r: &mut Reader<'_>, ctx: PropContext) -> Result<Properties, D
             0x0B => {
                 let v = r.varint(field)?;
                 if v == 0 {
-                    return Err(protocol(format!("{where_}: subscription identifier 0")));
+                    return Err(protocol(format!(
+                        "{where_}: subscription identifier 0 (section 3.3.2.3.8) {V5_CLOSE_RULE}"
+                    )));
                 }
                 p.subscription_identifiers.push(v);
             }
@@ -935,7 +1002,9 @@ fn read_properties(r: &mut Reader<'_>, ctx: PropContext) -> Result<Properties, D
             0x27 => {
                 let v = r.u32(field)?;
                 if v == 0 {
-                    return Err(protocol(format!("{where_}: maximum packet size 0")));
+                    return Err(protocol(format!(
+                        "{where_}: maximum packet size 0 (section 3.1.2.11.4) {V5_CLOSE_RULE}"
+                    )));
                 }
                 p.maximum_packet_size = Some(v);
             }
@@ -945,19 +1014,19 @@ fn read_properties(r: &mut Reader<'_>, ctx: PropContext) -> Result<Properties, D
             // property_allowed() is false for every other identifier; kept as an error, not a panic.
             _ => {
                 return Err(malformed(format!(
-                    "{where_}: unknown property {id:#04x} [MQTT-2.2.2]"
+                    "{where_}: unknown property {id:#04x} {V5_CLOSE_RULE}"
                 )))
             }
         }
         if r.pos > end {
             return Err(malformed(format!(
-                "{where_}: property {id:#04x} runs past the property length"
+                "{where_}: property {id:#04x} runs past the property length {V5_CLOSE_RULE}"
             )));
         }
     }
     if p.authentication_data.is_some() && p.authentication_method.is_none() {
         return Err(protocol(format!(
-            "{where_}: authentication data without authentication method (section 3.1.2.11.10)"
+            "{where_}: authentication data without authentication method (section 3.1.2.11.10) {V5_CLOSE_RULE}"
         )));
     }
     Ok(p)
@@ -969,7 +1038,7 @@ fn read_flag(r: &mut Reader<'_>, field: &str, where_: &str) -> Result<u8, Decode
     let v = r.u8(field)?;
     if v > 1 {
         return Err(protocol(format!(
-            "{where_}: {field} must be 0 or 1, got {v}"
+            "{where_}: {field} must be 0 or 1, got {v} {V5_CLOSE_RULE}"
         )));
     }
     Ok(v)
@@ -978,7 +1047,9 @@ fn read_flag(r: &mut Reader<'_>, field: &str, where_: &str) -> Result<u8, Decode
 fn read_nonzero_u16(r: &mut Reader<'_>, field: &str, where_: &str) -> Result<u16, DecodeError> {
     let v = r.u16(field)?;
     if v == 0 {
-        return Err(protocol(format!("{where_}: {field} must not be 0")));
+        return Err(protocol(format!(
+            "{where_}: {field} must not be 0 {V5_CLOSE_RULE}"
+        )));
     }
     Ok(v)
 }
@@ -1144,6 +1215,33 @@ mod tests {
         }
         let mut cur = Cursor::new(vec![0x30, 0x80]);
         assert!(matches!(read_frame(&mut cur, 100), Err(DecodeError::Io(_))));
+    }
+
+    /// PUBLISH of 100,000 body bytes (above the 64 KiB single-allocation size): topic "t" + payload.
+    fn large_publish() -> Vec<u8> {
+        let mut bytes = vec![0x30, 0xA0, 0x8D, 0x06, 0x00, 0x01, b't']; // remaining 100,000
+        bytes.resize(3 + 1 + 100_000, b'p');
+        bytes
+    }
+
+    #[test]
+    fn large_body_is_read_completely() {
+        let frame = read_frame(&mut Cursor::new(large_publish()), 1 << 20).unwrap();
+        assert_eq!(frame.body.len(), 100_000);
+        let Packet::Publish(p) = decode_packet(&frame, V311).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.payload.len(), 100_000 - 3);
+    }
+
+    #[test]
+    fn truncated_large_body_is_an_unexpected_eof() {
+        let mut bytes = large_publish();
+        bytes.truncate(70_000);
+        match read_frame(&mut Cursor::new(bytes), 1 << 20) {
+            Err(DecodeError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("expected Io(UnexpectedEof), got {other:?}"),
+        }
     }
 
     /// Yields its chunks one per read call; `None` is a read timeout.
@@ -1929,9 +2027,10 @@ mod tests {
         assert_malformed(decode(&[0x00, 0x00], V5), "reserved control packet type 0");
     }
 
-    /// Every prefix of a valid packet body must fail cleanly (never panic), and random bodies too.
+    /// Every prefix of a valid packet body must fail cleanly (never panic), and random bodies too;
+    /// every Malformed/Protocol error cites a spec rule, which the broker logs as the reason.
     #[test]
-    fn truncated_and_random_bodies_never_panic() {
+    fn truncated_and_random_bodies_fail_cleanly_and_cite_a_rule() {
         let samples: &[&[u8]] = &[
             &[
                 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0xEE, 0x00, 0x0A, 0x05, 0x11, 0, 0, 0, 1,
@@ -1945,6 +2044,13 @@ mod tests {
                 0x00, 0x01, 0x04, 0x0B, 0x01, 0x26, 0x00, 0x01, b'a', 0x00, 0x01, b'a', 0x01,
             ],
         ];
+        let mut errors = 0;
+        let mut check_cites_rule = |r: Result<Packet, DecodeError>| {
+            if let Err(DecodeError::Malformed(m) | DecodeError::Protocol(m)) = r {
+                assert!(m.contains("[MQTT-"), "error cites no rule: {m}");
+                errors += 1;
+            }
+        };
         let headers = [
             0x10u8, 0x20, 0x32, 0x40, 0x62, 0x82, 0x90, 0xA2, 0xB0, 0xE0, 0xF0,
         ];
@@ -1956,7 +2062,7 @@ mod tests {
                             header,
                             body: Bytes::copy_from_slice(&body[..cut]),
                         };
-                        let _ = decode_packet(&frame, v);
+                        check_cites_rule(decode_packet(&frame, v));
                     }
                 }
             }
@@ -1973,14 +2079,18 @@ mod tests {
                 .collect();
             let header = (x >> 56) as u8;
             for v in [V31, V311, V5] {
-                let _ = decode_packet(
+                check_cites_rule(decode_packet(
                     &Frame {
                         header,
                         body: Bytes::from(body.clone()),
                     },
                     v,
-                );
+                ));
             }
         }
+        assert!(
+            errors > 10_000,
+            "the loop must exercise error paths, got {errors}"
+        );
     }
 }
