@@ -1,4 +1,4 @@
-//! mqflux daemon entry point: CLI, config, start the sink and the listener, wait for a signal.
+//! mqflux daemon entry point: CLI, config, start the sink and the listeners, wait for a signal.
 
 use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
@@ -10,7 +10,6 @@ use mqflux::config::Config;
 use mqflux::metrics::MetricsServer;
 use mqflux::sink::Sink;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,11 +48,11 @@ struct RunArgs {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Address to listen on; overrides `listener.bind` (default 0.0.0.0).
+    /// Address of the first listener; overrides its `bind` (default 0.0.0.0).
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
 
-    /// TCP port to listen on; overrides `listener.port` (default 1883). 0 picks a free port.
+    /// Port of the first listener; overrides its `port` (default 1883). 0 picks a free port.
     #[arg(short, long, value_name = "PORT")]
     port: Option<u16>,
 
@@ -123,11 +122,15 @@ fn main() -> ExitCode {
 fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(c) => {
+            let listeners: Vec<String> = c
+                .listeners
+                .iter()
+                .map(|l| format!("{}://{}:{}", l.protocol.scheme(), l.bind, l.port()))
+                .collect();
             println!(
-                "{}: ok (listener {}:{}, $SYS {}, metrics {}, InfluxDB sink {})",
+                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {})",
                 file.display(),
-                c.listener.bind,
-                c.listener.port,
+                listeners.join(" "),
                 match c.sys_interval {
                     0 => "off".to_string(),
                     n => format!("every {n}s"),
@@ -176,11 +179,13 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
         None => Config::default(),
     };
     // Command-line flags override the file; validate again so a bad --bind is reported too.
-    if let Some(bind) = &cli.bind {
-        config.listener.bind = bind.clone();
-    }
-    if let Some(port) = cli.port {
-        config.listener.port = port;
+    if let Some(first) = config.listeners.first_mut() {
+        if let Some(bind) = &cli.bind {
+            first.bind = bind.clone();
+        }
+        if let Some(port) = cli.port {
+            first.port = Some(port);
+        }
     }
     config.log.messages |= cli.log_messages;
     config.validate(&path)?;
@@ -190,12 +195,6 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
 fn run(config: Config) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let ip = config
-        .listener
-        .bind
-        .parse()
-        .map_err(|e| format!("listener.bind: {e}"))?;
-    let addr = SocketAddr::new(ip, config.listener.port);
     let security = SecurityFiles::load(
         config.security.password_file.as_deref(),
         config.security.acl_file.as_deref(),
@@ -209,16 +208,43 @@ fn run(config: Config) -> Result<(), String> {
     let housekeeping = broker
         .start_housekeeping()
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
-    let listener = Listener::start(&broker, addr).map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    for (i, settings) in broker.config.listeners.iter().enumerate() {
+        match Listener::start(&broker, settings) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                // Release what is already running before giving up.
+                broker.shutdown(Duration::from_secs(1));
+                listeners.into_iter().for_each(Listener::stop);
+                return Err(format!("listeners[{i}]: {e}"));
+            }
+        }
+    }
     let sys = SysPublisher::start(&broker, sys_interval)
-        .map_err(|e| format!("cannot start the $SYS publisher: {e}"))?;
+        .map_err(|e| format!("cannot start the $SYS publisher: {e}"));
     let metrics = match metrics_addr {
-        Some(a) => Some(MetricsServer::start(
-            &broker,
-            a,
-            vec![Box::new(listener.probe())],
-        )?),
-        None => None,
+        Some(addr) => {
+            let probes = listeners
+                .iter()
+                .map(|l| Box::new(l.probe()) as mqflux::metrics::Probe)
+                .collect();
+            MetricsServer::start(&broker, addr, probes).map(Some)
+        }
+        None => Ok(None),
+    };
+    let (sys, metrics) = match (sys, metrics) {
+        (Ok(sys), Ok(metrics)) => (sys, metrics),
+        (sys, metrics) => {
+            // Release what is already running before giving up.
+            let error = sys.as_ref().err().or(metrics.as_ref().err()).cloned();
+            if let Ok(Some(sys)) = sys {
+                sys.stop();
+            }
+            broker.shutdown(Duration::from_secs(1));
+            listeners.into_iter().for_each(Listener::stop);
+            let _ = housekeeping.join();
+            return Err(error.unwrap_or_default());
+        }
     };
     info!("mqflux {} ready", env!("CARGO_PKG_VERSION"));
 
@@ -241,7 +267,7 @@ fn run(config: Config) -> Result<(), String> {
     }
     // /health answers 503 "shutting down" from here until the metrics server stops.
     broker.shutdown(Duration::from_secs(5));
-    listener.stop();
+    listeners.into_iter().for_each(Listener::stop);
     let _ = housekeeping.join();
     if let Some(metrics) = metrics {
         metrics.stop();

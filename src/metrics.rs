@@ -354,8 +354,12 @@ mod tests {
     #[test]
     fn listener_probe_fails_once_the_listener_stopped() {
         let b = broker();
-        let listener =
-            crate::broker::listener::Listener::start(&b, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let settings = crate::config::ListenerConfig {
+            bind: "127.0.0.1".into(),
+            port: Some(0),
+            ..Default::default()
+        };
+        let listener = crate::broker::listener::Listener::start(&b, &settings).unwrap();
         let probe = listener.probe();
         assert_eq!(probe(), Ok(()));
         b.shutdown(std::time::Duration::from_secs(1));

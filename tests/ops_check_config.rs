@@ -29,11 +29,11 @@ fn check_config_summarises_sys_and_metrics_settings() {
     let file = write(
         &dir,
         "good.toml",
-        "sys_interval = 5\n[listener]\nport = 1884\n[metrics]\nbind = \"127.0.0.1:9883\"\n",
+        "sys_interval = 5\n[[listeners]]\nport = 1884\n[metrics]\nbind = \"127.0.0.1:9883\"\n",
     );
     let (status, out) = run_to_exit(&["check-config", &file], TIMEOUT);
     assert!(status.success(), "{out}");
-    assert!(out.contains(":1884"), "{out}");
+    assert!(out.contains("tcp://0.0.0.0:1884"), "{out}");
     assert!(out.contains("$SYS every 5s"), "{out}");
     assert!(out.contains("metrics 127.0.0.1:9883"), "{out}");
 }
@@ -45,7 +45,7 @@ fn check_config_lists_every_error_with_file_and_key() {
         &dir,
         "broken.toml",
         "sys_interval = 100000\n\
-         [listener]\n\
+         [[listeners]]\n\
          bind = \"not-an-ip\"\n\
          port = \"eighteen\"\n\
          [limits]\n\
@@ -60,8 +60,8 @@ fn check_config_lists_every_error_with_file_and_key() {
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
     let expected = [
         ("sys_interval", "expected 0 (off) to 86400"),
-        ("listener.bind", "expected an IP address"),
-        ("listener.port", "expected u16"),
+        ("listeners[0].bind", "IP address"),
+        ("listeners[0].port", "expected u16"),
         ("limits.max_inflight", "expected 1 to 65535"),
         ("limits.max_infligt", "unknown field"),
         ("metrics.bind", "expected IP:PORT"),
