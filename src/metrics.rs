@@ -3,8 +3,9 @@
 //!   the same `Snapshot` the `$SYS` tree publishes, named per Prometheus conventions
 //!   (`_total` counters, base units, `mqflux_` prefix). The `$SYS` load averages are left out:
 //!   Prometheus computes rates from the counters itself (`rate(...[5m])`).
-//! - `GET /health`: 200 "ok" while the broker serves clients, 503 with one reason per line
-//!   otherwise (a listener stopped, the broker shutting down).
+//! - `GET /health`: 200 "ok" while the broker serves clients and stores what they publish, 503
+//!   with one reason per line otherwise (a listener stopped, the broker shutting down, the last
+//!   write to InfluxDB failed).
 //!
 //! HTTP is served by `tiny_http` (small, blocking, no async runtime, the same threading model
 //! as the rest of mqflux) so request parsing, keep-alive and chunking are not hand-written.
@@ -124,6 +125,15 @@ pub fn health(broker: &Broker, probes: &[Probe]) -> Result<(), Vec<String>> {
         reasons.push("broker is shutting down".to_string());
     }
     reasons.extend(probes.iter().filter_map(|p| p().err()));
+    if broker.sink.is_enabled() {
+        let k = broker.sink.stats();
+        if let Some(e) = k.last_error {
+            reasons.push(format!(
+                "InfluxDB sink: last write failed: {e}; {} points held in the spool",
+                k.spool_points
+            ));
+        }
+    }
     if reasons.is_empty() {
         Ok(())
     } else {
@@ -262,7 +272,76 @@ pub fn render(s: &Snapshot) -> String {
             bytes,
         );
     }
+    if let Some(k) = &s.sink {
+        render_sink(&mut e, k);
+    }
     e.0
+}
+
+/// The InfluxDB sink's figures ($SYS/broker/sink/...).
+fn render_sink(e: &mut Exposition, k: &crate::sink::SinkStats) {
+    e.counter(
+        "mqflux_sink_points_received_total",
+        "Publishes handed to the InfluxDB sink.",
+        k.received,
+    );
+    e.counter(
+        "mqflux_sink_points_excluded_total",
+        "Publishes not stored by configuration (exclude, store = false).",
+        k.excluded,
+    );
+    e.counter(
+        "mqflux_sink_points_written_total",
+        "Points InfluxDB accepted.",
+        k.written,
+    );
+    e.counter(
+        "mqflux_sink_points_retried_total",
+        "Points whose write failed and is tried again, once per failed attempt.",
+        k.retried,
+    );
+    e.counter(
+        "mqflux_sink_points_spooled_total",
+        "Points written to the on-disk spool.",
+        k.spooled,
+    );
+    e.counter(
+        "mqflux_sink_points_replayed_total",
+        "Points written to InfluxDB from the spool.",
+        k.replayed,
+    );
+    let dropped: Vec<(String, u64)> = k
+        .dropped
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), *n))
+        .collect();
+    let samples: Vec<(&str, u64)> = dropped.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    e.family(
+        "mqflux_sink_points_dropped_total",
+        "counter",
+        "Points not stored, by reason.",
+        &samples,
+    );
+    e.counter(
+        "mqflux_sink_write_requests_total",
+        "HTTP write requests sent to InfluxDB.",
+        k.write_requests,
+    );
+    e.gauge(
+        "mqflux_sink_spool_points",
+        "Points waiting in the spool.",
+        k.spool_points,
+    );
+    e.gauge(
+        "mqflux_sink_spool_bytes",
+        "Size of the spool in bytes.",
+        k.spool_bytes,
+    );
+    e.gauge(
+        "mqflux_sink_last_write_ok",
+        "1 unless the last write to InfluxDB failed (the reason is in /health and $SYS/broker/sink/last_error).",
+        u64::from(k.last_error.is_none()),
+    );
 }
 
 #[cfg(test)]
@@ -365,5 +444,26 @@ mod tests {
         b.shutdown(std::time::Duration::from_secs(1));
         listener.stop();
         assert!(probe().unwrap_err().contains("not accepting"));
+    }
+
+    #[test]
+    fn sink_figures_are_valid_prometheus_text() {
+        let s = Snapshot {
+            sink: Some(crate::sink::SinkStats {
+                written: 10,
+                dropped: vec![("rejected", 2), ("spool_full", 1)],
+                last_error: Some("connection refused".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = parse(&render(&s));
+        assert_eq!(m["mqflux_sink_points_written_total"], 10.0);
+        assert_eq!(
+            m["mqflux_sink_points_dropped_total{reason=\"rejected\"}"],
+            2.0
+        );
+        assert_eq!(m["mqflux_sink_last_write_ok"], 0.0);
+        assert!(!parse(&render(&Snapshot::default())).contains_key("mqflux_sink_spool_bytes"));
     }
 }

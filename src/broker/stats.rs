@@ -80,6 +80,8 @@ pub struct Snapshot {
     /// Resident memory (VmRSS) and its peak (VmHWM) in bytes; None where /proc is unavailable.
     pub resident_bytes: Option<u64>,
     pub resident_peak_bytes: Option<u64>,
+    /// The InfluxDB sink's counters; None when the sink is disabled.
+    pub sink: Option<crate::sink::SinkStats>,
 }
 
 impl Snapshot {
@@ -111,6 +113,7 @@ impl Snapshot {
             retained: broker.router.retained_count() as u64,
             resident_bytes: memory.map(|m| m.resident_bytes),
             resident_peak_bytes: memory.map(|m| m.peak_resident_bytes),
+            sink: broker.sink.is_enabled().then(|| broker.sink.stats()),
         }
     }
 

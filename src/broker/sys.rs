@@ -126,6 +126,9 @@ impl SysTree {
 /// - load/*/{1min,5min,15min}: per-minute rates, exponentially averaged (see `LoadAverage`).
 /// - heap/current, heap/maximum: resident memory (VmRSS/VmHWM) in bytes; mosquitto reports its
 ///   own allocations here, which Rust's allocator does not count.
+/// - sink/... (mqflux's own, only with the sink enabled): points received from the router,
+///   written to InfluxDB, retried, spooled, dropped (all reasons); points and bytes in the spool
+///   now; why the last write failed ("none" once a write succeeds).
 pub fn sys_values(s: &Snapshot, loads: &LoadTracker) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = Vec::with_capacity(64);
     let mut put = |path: &str, value: String| v.push((format!("$SYS/broker/{path}"), value));
@@ -154,6 +157,18 @@ pub fn sys_values(s: &Snapshot, loads: &LoadTracker) -> Vec<(String, String)> {
     }
     if let Some(bytes) = s.resident_peak_bytes {
         put("heap/maximum", bytes.to_string());
+    }
+    if let Some(k) = &s.sink {
+        put("sink/points/received", k.received.to_string());
+        put("sink/points/written", k.written.to_string());
+        put("sink/points/retried", k.retried.to_string());
+        put("sink/points/spooled", k.spooled.to_string());
+        put("sink/points/dropped", k.dropped_total().to_string());
+        put("sink/spool/points", k.spool_points.to_string());
+        put("sink/spool/bytes", k.spool_bytes.to_string());
+        // Not empty when there is no error: an empty retained payload would clear the topic.
+        let last_error = k.last_error.as_deref().unwrap_or("none");
+        put("sink/last_error", last_error.to_string());
     }
     for (path, l) in loads.iter() {
         for (window, avg) in [("1min", l.one), ("5min", l.five), ("15min", l.fifteen)] {
@@ -237,5 +252,34 @@ mod tests {
         assert_eq!(second["$SYS/broker/load/publish/received/1min"], "55.27");
         assert!(!second.contains_key("$SYS/broker/clients/connected"));
         assert!(!second.contains_key("$SYS/broker/load/bytes/sent/1min"));
+    }
+
+    #[test]
+    fn sink_topics_appear_only_with_the_sink_enabled() {
+        assert!(!values(&Snapshot::default())
+            .keys()
+            .any(|k| k.starts_with("$SYS/broker/sink/")));
+        let s = Snapshot {
+            sink: Some(crate::sink::SinkStats {
+                written: 10,
+                retried: 3,
+                spool_bytes: 512,
+                dropped: vec![("rejected", 2), ("spool_full", 1)],
+                last_error: Some("connection refused".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = values(&s);
+        assert_eq!(v["$SYS/broker/sink/points/written"], "10");
+        assert_eq!(v["$SYS/broker/sink/points/retried"], "3");
+        assert_eq!(v["$SYS/broker/sink/points/dropped"], "3");
+        assert_eq!(v["$SYS/broker/sink/spool/bytes"], "512");
+        assert_eq!(v["$SYS/broker/sink/last_error"], "connection refused");
+        let ok = Snapshot {
+            sink: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(values(&ok)["$SYS/broker/sink/last_error"], "none");
     }
 }
