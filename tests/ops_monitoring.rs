@@ -205,12 +205,17 @@ fn metrics_endpoint_serves_valid_prometheus_text_that_tracks_traffic() {
         subscriber.recv_publish();
     }
 
-    let after = scrape(addr);
+    // The writer thread counts what it sent just after the write returns, so the subscriber can
+    // have the messages a moment before the counters move: wait for the send side.
+    let after = common::eventually(Duration::from_secs(5), || {
+        let m = scrape(addr);
+        (m["mqflux_publish_messages_sent_total"] >= 3.0).then_some(m)
+    })
+    .expect("mqflux_publish_messages_sent_total reaches 3");
     assert_eq!(after["mqflux_clients_connected"], 2.0);
     assert_eq!(after["mqflux_sessions"], 2.0);
     assert_eq!(after["mqflux_subscriptions"], 1.0);
     assert_eq!(after["mqflux_publish_messages_received_total"], 3.0);
-    assert!(after["mqflux_publish_messages_sent_total"] >= 3.0);
     assert!(after["mqflux_connections_total"] >= 2.0);
     assert!(after["mqflux_received_bytes_total"] > before["mqflux_received_bytes_total"]);
     assert!(after["mqflux_sent_bytes_total"] > before["mqflux_sent_bytes_total"]);
