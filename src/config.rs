@@ -35,22 +35,41 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Seconds between `$SYS/broker/...` updates; 0 disables the `$SYS` tree.
+    pub sys_interval: u64,
     /// Every `[[listeners]]` table; one plain MQTT listener on 0.0.0.0:1883 when none is given.
     pub listeners: Vec<ListenerConfig>,
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub security: SecurityConfig,
     pub sink: crate::sink::SinkConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The HTTP endpoint serving `/metrics` (Prometheus) and `/health`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// "IP:PORT" to serve on, e.g. "127.0.0.1:9883"; absent = no endpoint.
+    pub bind: Option<String>,
+}
+
+impl MetricsConfig {
+    pub fn bind_addr(&self) -> Option<std::net::SocketAddr> {
+        self.bind.as_deref().and_then(|b| b.parse().ok())
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
+            sys_interval: 10,
             listeners: vec![ListenerConfig::default()],
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             security: SecurityConfig::default(),
             sink: Default::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -303,27 +322,72 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }]
         })?;
-        let mut config = Config::parse(&text, path).map_err(|e| vec![e])?;
-        config.resolve_paths(path);
-        config.validate(path)?;
-        Ok(config)
+        Config::parse_all(&text, path)
     }
 
-    /// Parse TOML text; `path` is only used in error messages.
+    /// Parse and validate TOML text, reporting every error rather than the first: after each
+    /// error the offending line is commented out (so it takes its default) and parsing
+    /// resumes, which keeps the line numbers of later errors right. A TOML syntax error ends
+    /// the search, since nothing after it can be trusted.
+    pub fn parse_all(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        if let Err(e) = text.parse::<toml::Table>() {
+            return Err(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: format!(
+                    "TOML syntax error{}: {}",
+                    line_of(text, e.span()),
+                    e.message()
+                ),
+            }]);
+        }
+        let mut text = text.to_string();
+        let mut errors = Vec::new();
+        // Each round comments out at least one line, so this ends.
+        let config = loop {
+            match Config::deserialize_spanned(&text, path) {
+                Ok(config) => break Some(config),
+                Err((error, span)) => {
+                    errors.push(error);
+                    let Some(span) = span else { break None };
+                    match comment_out(&text, span.start) {
+                        Some(t) if t.parse::<toml::Table>().is_ok() => text = t,
+                        _ => break None,
+                    }
+                }
+            }
+        };
+        if let Some(mut config) = config {
+            config.resolve_paths(path);
+            if let Err(more) = config.validate(path) {
+                errors.extend(more);
+            }
+            if errors.is_empty() {
+                return Ok(config);
+            }
+        }
+        Err(errors)
+    }
+
+    /// Parse TOML text (first error only); `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::deserialize_spanned(text, path).map_err(|(e, _)| e)
+    }
+
+    fn deserialize_spanned(
+        text: &str,
+        path: &Path,
+    ) -> Result<Config, (ConfigError, Option<std::ops::Range<usize>>)> {
         let de = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
-                .unwrap_or_default();
-            ConfigError {
+            let error = ConfigError {
                 file: path.to_path_buf(),
                 key: if key == "." { String::new() } else { key },
-                message: format!("{}{line}", inner.message().trim()),
-            }
+                message: format!("{}{}", inner.message().trim(), line_of(text, inner.span())),
+            };
+            (error, inner.span())
         })
     }
 
@@ -363,6 +427,23 @@ impl Config {
         for (i, listener) in self.listeners.iter().enumerate() {
             for (key, message) in listener.problems() {
                 bad(&format!("listeners[{i}].{key}"), message);
+            }
+        }
+        if self.sys_interval > 86_400 {
+            bad(
+                "sys_interval",
+                format!(
+                    "expected 0 (off) to 86400 seconds, got {}",
+                    self.sys_interval
+                ),
+            );
+        }
+        if let Some(b) = &self.metrics.bind {
+            if b.parse::<std::net::SocketAddr>().is_err() {
+                bad(
+                    "metrics.bind",
+                    format!("expected IP:PORT like \"127.0.0.1:9883\", got {b:?}"),
+                );
             }
         }
         let l = &self.limits;
@@ -406,6 +487,40 @@ impl Config {
             Err(errors)
         }
     }
+}
+
+/// " (line N)" for a byte span of `text`, or "" without one.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.map(|s| {
+        let start = s.start.min(text.len());
+        format!(" (line {})", text[..start].matches('\n').count() + 1)
+    })
+    .unwrap_or_default()
+}
+
+/// `text` with the line holding byte `at` commented out; for a `[table]` header, the whole
+/// table. None if that line is already a comment (no progress possible).
+fn comment_out(text: &str, at: usize) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut offset = 0;
+    let mut in_table = false;
+    let mut changed = false;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let is_header = trimmed.starts_with('[');
+        let hit = (offset..offset + line.len()).contains(&at);
+        if is_header && !hit {
+            in_table = false;
+        }
+        if (hit || in_table) && !trimmed.starts_with('#') {
+            out.push_str("# ");
+            changed = true;
+            in_table |= hit && is_header;
+        }
+        out.push_str(line);
+        offset += line.len();
+    }
+    changed.then_some(out)
 }
 
 #[cfg(test)]
@@ -500,5 +615,71 @@ mod tests {
         assert_eq!(c.listeners[0].port(), 1883);
         assert_eq!(c.listeners[0].protocol, ListenerProtocol::Mqtt);
         assert_eq!(c.limits.max_inflight, 20);
+    }
+
+    #[test]
+    fn parse_all_lists_every_type_error_unknown_key_and_range_error() {
+        let text = "sys_interval = -1\n[[listeners]]\nport = \"x\"\nbnd = \"::\"\n[limits]\nmax_inflight = 0\n[metrics]\nbind = \"localhost\"\n";
+        let errs = Config::parse_all(text, Path::new("x.toml")).unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        for key in [
+            "sys_interval",
+            "listeners[0].port",
+            "limits.max_inflight",
+            "metrics.bind",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        assert!(errs
+            .iter()
+            .any(|e| e.message.contains("unknown field `bnd`")));
+        let port = errs.iter().find(|e| e.key == "listeners[0].port").unwrap();
+        assert!(port.message.contains("expected u16"), "{port}");
+        assert!(port.message.contains("(line 3)"), "{port}");
+        assert!(errs.iter().all(|e| e.file == Path::new("x.toml")));
+    }
+
+    #[test]
+    fn parse_all_skips_an_unknown_table_with_its_keys() {
+        let text = "[listner]\nport = 1\nbind = \"x\"\n[limits]\nmax_inflight = \"y\"\n";
+        let errs = Config::parse_all(text, Path::new("x.toml")).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].message.contains("unknown field `listner`"),
+            "{}",
+            errs[0]
+        );
+        assert_eq!(errs[1].key, "limits.max_inflight");
+    }
+
+    #[test]
+    fn syntax_error_is_reported_with_its_line() {
+        let errs =
+            Config::parse_all("[limits]\nmax_inflight = = 3\n", Path::new("x.toml")).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].message.contains("syntax error (line 2)"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn sys_interval_and_metrics_have_their_defaults() {
+        let c = Config::parse_all("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.sys_interval, 10);
+        assert_eq!(c.metrics.bind, None);
+        assert_eq!(Config::default().sys_interval, 10);
+        let c = Config::parse_all(
+            "sys_interval = 0\n[metrics]\nbind = \"127.0.0.1:9883\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.sys_interval, 0);
+        assert_eq!(
+            c.metrics.bind_addr(),
+            Some("127.0.0.1:9883".parse().unwrap())
+        );
     }
 }

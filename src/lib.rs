@@ -2,5 +2,6 @@
 
 pub mod broker;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod sink;

@@ -1,14 +1,16 @@
 //! mqflux daemon entry point: CLI, config, start the sink and the listeners, wait for a signal.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
 use mqflux::broker::listener::Listener;
 use mqflux::broker::security::SecurityFiles;
+use mqflux::broker::sys::SysPublisher;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
+use mqflux::metrics::MetricsServer;
 use mqflux::sink::Sink;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,8 +19,31 @@ use std::time::Duration;
 /// Without a subcommand, runs the broker. SIGINT/SIGTERM stop it gracefully; SIGHUP reloads the
 /// password and ACL files without dropping connections.
 #[derive(Parser, Debug)]
-#[command(name = "mqflux", version, about)]
+#[command(
+    name = "mqflux",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    run: RunArgs,
+
+    /// More log output: -v for debug, -vv for trace. RUST_LOG, if set, takes precedence.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Less log output: -q for warnings and errors only, -qq for errors only.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+}
+
+/// Options for running the broker (`mqflux [OPTIONS]`, no subcommand).
+#[derive(Args, Debug)]
+struct RunArgs {
     /// Configuration file (TOML). Without it the built-in defaults apply; see config.example.toml.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -31,24 +56,21 @@ struct Cli {
     #[arg(short, long, value_name = "PORT")]
     port: Option<u16>,
 
-    /// More log output: -v for debug, -vv for trace. RUST_LOG, if set, takes precedence.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
-
-    /// Less log output: -q for warnings and errors only, -qq for errors only.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    quiet: u8,
-
     /// Log the topic and payload of every message the broker accepts (same as `log.messages`).
     #[arg(long)]
     log_messages: bool,
-
-    #[command(subcommand)]
-    command: Option<Command>,
 }
 
+/// Tools beside the broker itself; each variant's doc comment is its `--help` line.
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Check a configuration file: list every error (file, key, what was expected) and exit 1,
+    /// or print a short summary and exit 0.
+    CheckConfig {
+        /// Configuration file (TOML) to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Create or update a user in a mosquitto-compatible password file ($7$ PBKDF2-SHA512, the
     /// format mosquitto_passwd writes). The password is read from standard input unless given.
     Passwd {
@@ -76,23 +98,60 @@ fn main() -> ExitCode {
         .parse_env("RUST_LOG")
         .init();
 
-    if let Some(Command::Passwd {
-        file,
-        user,
-        password,
-    }) = &cli.command
-    {
-        let mut stdin = std::io::stdin().lock();
-        return match mqflux::broker::auth::run_passwd(file, user, password.clone(), &mut stdin) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!("{e}");
-                ExitCode::FAILURE
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => check_config(file),
+        Some(Command::Passwd {
+            file,
+            user,
+            password,
+        }) => {
+            let mut stdin = std::io::stdin().lock();
+            match mqflux::broker::auth::run_passwd(file, user, password.clone(), &mut stdin) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-        };
+        }
+        None => run_broker(&cli.run),
     }
+}
 
-    let config = match load_config(&cli) {
+/// `mqflux check-config FILE`: every error on stderr, or a one-line summary on stdout.
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(c) => {
+            let listeners: Vec<String> = c
+                .listeners
+                .iter()
+                .map(|l| format!("{}://{}:{}", l.protocol.scheme(), l.bind, l.port()))
+                .collect();
+            println!(
+                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {})",
+                file.display(),
+                listeners.join(" "),
+                match c.sys_interval {
+                    0 => "off".to_string(),
+                    n => format!("every {n}s"),
+                },
+                c.metrics.bind.as_deref().unwrap_or("off"),
+                if c.sink.enabled { "on" } else { "off" },
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{}: {} error(s)", file.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_broker(cli: &RunArgs) -> ExitCode {
+    let config = match load_config(cli) {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
@@ -110,7 +169,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> Result<Config, Vec<mqflux::config::ConfigError>> {
+fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>> {
     let path = cli
         .config
         .clone()
@@ -143,6 +202,8 @@ fn run(config: Config) -> Result<(), String> {
     .map_err(|e| format!("cannot load security files: {e}"))?;
     let sink =
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
+    let sys_interval = Duration::from_secs(config.sys_interval);
+    let metrics_addr = config.metrics.bind_addr();
     let broker = Broker::new(config, sink, security);
     let housekeeping = broker
         .start_housekeeping()
@@ -159,6 +220,32 @@ fn run(config: Config) -> Result<(), String> {
             }
         }
     }
+    let sys = SysPublisher::start(&broker, sys_interval)
+        .map_err(|e| format!("cannot start the $SYS publisher: {e}"));
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let probes = listeners
+                .iter()
+                .map(|l| Box::new(l.probe()) as mqflux::metrics::Probe)
+                .collect();
+            MetricsServer::start(&broker, addr, probes).map(Some)
+        }
+        None => Ok(None),
+    };
+    let (sys, metrics) = match (sys, metrics) {
+        (Ok(sys), Ok(metrics)) => (sys, metrics),
+        (sys, metrics) => {
+            // Release what is already running before giving up.
+            let error = sys.as_ref().err().or(metrics.as_ref().err()).cloned();
+            if let Ok(Some(sys)) = sys {
+                sys.stop();
+            }
+            broker.shutdown(Duration::from_secs(1));
+            listeners.into_iter().for_each(Listener::stop);
+            let _ = housekeeping.join();
+            return Err(error.unwrap_or_default());
+        }
+    };
     info!("mqflux {} ready", env!("CARGO_PKG_VERSION"));
 
     for signal in signals.forever() {
@@ -175,9 +262,16 @@ fn run(config: Config) -> Result<(), String> {
         info!("received signal {signal}, shutting down");
         break;
     }
+    if let Some(sys) = sys {
+        sys.stop();
+    }
+    // /health answers 503 "shutting down" from here until the metrics server stops.
     broker.shutdown(Duration::from_secs(5));
     listeners.into_iter().for_each(Listener::stop);
     let _ = housekeeping.join();
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
     info!("stopped");
     Ok(())
 }

@@ -42,6 +42,18 @@ impl Drop for ConnectionSlot {
 pub struct Listener {
     local_addr: SocketAddr,
     thread: JoinHandle<()>,
+    /// True while the accept loop runs; read by the `/health` endpoint.
+    accepting: Arc<AtomicBool>,
+    scheme: &'static str,
+}
+
+/// Clears the `accepting` flag however the accept loop ends (even by a panic).
+struct AcceptingGuard(Arc<AtomicBool>);
+
+impl Drop for AcceptingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Listener {
@@ -80,10 +92,34 @@ impl Listener {
         });
         let max_connections = settings.max_connections;
         let broker = broker.clone();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let guard = AcceptingGuard(accepting.clone());
         let thread = thread::Builder::new()
             .name(format!("listener-{}", local_addr.port()))
-            .spawn(move || accept_loop(&broker, listener, &context, max_connections))?;
-        Ok(Listener { local_addr, thread })
+            .spawn(move || {
+                let _guard = guard;
+                accept_loop(&broker, listener, &context, max_connections)
+            })?;
+        Ok(Listener {
+            local_addr,
+            thread,
+            accepting,
+            scheme: protocol.scheme(),
+        })
+    }
+
+    /// A health check for this listener: Err once it no longer accepts connections.
+    pub fn probe(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let (accepting, addr, scheme) = (self.accepting.clone(), self.local_addr, self.scheme);
+        move || {
+            if accepting.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "listener {scheme}://{addr} is not accepting connections"
+                ))
+            }
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {

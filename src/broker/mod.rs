@@ -17,6 +17,7 @@ pub mod security;
 pub mod session;
 pub mod socket;
 pub mod stats;
+pub mod sys;
 pub mod tls;
 pub mod topic;
 
@@ -104,7 +105,10 @@ impl Broker {
     /// Route an accepted application message: retained store, subscribers, then the sink.
     /// Returns the number of sessions it was delivered to.
     pub fn publish(&self, message: Arc<Message>) -> usize {
-        Stats::add(&self.stats.publish_received, 1);
+        // Broker-generated messages ($SYS) are not PUBLISH packets received from a client.
+        if message.publisher.is_some() {
+            Stats::add(&self.stats.publish_received, 1);
+        }
         if message.retain {
             self.router.retain(&message);
         }
@@ -422,6 +426,18 @@ impl Broker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+
+    /// Messages in flight or queued across all sessions (for `$SYS/broker/messages/stored`).
+    pub fn pending_message_count(&self) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .values()
+            .map(|s| {
+                let state = s.lock();
+                state.inflight_len() + state.queued_len()
+            })
+            .sum()
     }
 
     /// Register a new connection; returns its id, or None when the broker is shutting down.

@@ -294,6 +294,8 @@ pub(crate) struct Counters {
     dropped: [AtomicU64; DropReason::ALL.len()],
     spool_points: AtomicU64,
     spool_bytes: AtomicU64,
+    /// Why the last write attempt failed; None once a write succeeds again.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -302,6 +304,9 @@ impl Counters {
     }
     pub(crate) fn drop_points(&self, reason: DropReason, n: usize) {
         Self::add(&self.dropped[reason.index()], n);
+    }
+    pub(crate) fn set_last_error(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
 
@@ -331,6 +336,8 @@ pub struct SinkStats {
     pub spool_bytes: u64,
     /// Dropped points by reason (`DropReason::as_str`), every reason listed.
     pub dropped: Vec<(&'static str, u64)>,
+    /// Why the last write to InfluxDB failed; None when it succeeded (or none was tried yet).
+    pub last_error: Option<String>,
 }
 
 impl SinkStats {
@@ -365,6 +372,11 @@ impl Counters {
                 .iter()
                 .map(|r| (r.as_str(), g(&self.dropped[r.index()])))
                 .collect(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

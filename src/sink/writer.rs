@@ -624,6 +624,7 @@ impl SenderLoop {
             match delivery.retry {
                 None => {
                     self.backoff.reset();
+                    counters.set_last_error(None);
                     if let Some(seq) = seq {
                         let mut st = self.shared.lock_spool();
                         st.spool.remove(seq);
@@ -676,6 +677,7 @@ impl SenderLoop {
     /// A write failed and will be retried: put what is left into the spool, in order.
     fn failed(&mut self, job: Job, written: Option<usize>, reason: &str, loud: bool) {
         let counters = self.shared.counters.clone();
+        counters.set_last_error(Some(reason.to_string()));
         let mut st = self.shared.lock_spool();
         match job {
             Job::Spooled(seq, rest) => {
