@@ -1,8 +1,10 @@
 //! MQTT over WebSocket (`protocol = "ws"`) and over secure WebSocket (`"wss"`): a tungstenite
 //! client sending MQTT packets in binary frames, crossing to a plain TCP client.
 
+mod common;
 mod listeners_support;
 
+use common::Broker;
 use listeners_support::*;
 use mqflux::protocol::Packet;
 use std::io::{self, Read, Write};
@@ -73,7 +75,7 @@ port = 0
 "#;
 
 fn tcp_client(broker: &Broker, id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(broker.addr("tcp")).unwrap();
+    let mut s = TcpStream::connect(broker.listener_addr("tcp")).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     mqtt_connect(&mut s, id);
     s
@@ -96,8 +98,8 @@ fn expect_publish(s: &mut impl Read, topic: &str, payload: &[u8]) {
 
 #[test]
 fn websocket_client_and_tcp_client_exchange_messages_with_subprotocol_mqtt() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let url = format!("ws://{addr}/mqtt");
@@ -127,13 +129,13 @@ fn websocket_client_and_tcp_client_exchange_messages_with_subprotocol_mqtt() {
 
     // A clean WebSocket close ends the session like a TCP close.
     ws.ws.close(None).unwrap();
-    broker.wait_log("client ws-client disconnected");
+    broker.wait_for_log_after(0, &["client ws-client disconnected"], WAIT);
 }
 
 #[test]
 fn websocket_upgrade_on_another_path_is_refused_with_404() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let url = format!("ws://{addr}/not-mqtt");
@@ -148,8 +150,8 @@ fn websocket_upgrade_on_another_path_is_refused_with_404() {
 
 #[test]
 fn websocket_client_offering_only_other_subprotocols_is_refused() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let url = format!("ws://{addr}/mqtt");
@@ -164,8 +166,8 @@ fn websocket_client_offering_only_other_subprotocols_is_refused() {
 
 #[test]
 fn websocket_text_frame_closes_the_connection() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let url = format!("ws://{addr}/mqtt");
@@ -177,7 +179,7 @@ fn websocket_text_frame_closes_the_connection() {
     mqtt_connect(&mut ws, "texter");
     // [MQTT-6.0.0-1] only binary frames carry MQTT; anything else closes the connection.
     ws.ws.send(Message::text("not mqtt")).unwrap();
-    broker.wait_log("client texter disconnected");
+    broker.wait_for_log_after(0, &["client texter disconnected"], WAIT);
     let mut buf = [0u8; 16];
     match ws.read(&mut buf) {
         Ok(0) | Err(_) => {}
@@ -196,8 +198,8 @@ fn secure_websocket_carries_mqtt_over_tls() {
         toml_path(&pki.server_key)
     );
     let ca = pki.ca.clone();
-    let broker = Broker::start_in(dir, &config);
-    let addr = broker.addr("wss");
+    let broker = Broker::builder().dir(dir).config(&config).start();
+    let addr = broker.listener_addr("wss");
 
     let tls = tls_client(addr, &ca);
     let url = format!("wss://localhost:{}/broker", addr.port());
@@ -219,8 +221,8 @@ fn secure_websocket_carries_mqtt_over_tls() {
 
 #[test]
 fn disconnect_sent_just_before_the_socket_closes_is_still_delivered() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let url = format!("ws://{addr}/mqtt");
@@ -238,7 +240,7 @@ fn disconnect_sent_just_before_the_socket_closes_is_still_delivered() {
     // Drop the TCP socket at once, without a WebSocket close: the pump must still hand the
     // DISCONNECT to the connection before it signals the end of the stream.
     drop(ws);
-    let line = broker.wait_log("client leaver disconnected");
+    let line = broker.wait_for_log_after(0, &["client leaver disconnected"], WAIT);
     assert!(line.contains("client sent DISCONNECT"), "{line}");
 }
 
@@ -252,8 +254,8 @@ fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
         toml_path(&pki.server_cert),
         toml_path(&pki.server_key)
     );
-    let mut broker = Broker::start_in(dir, &config);
-    let addr = broker.addr("ws");
+    let mut broker = Broker::builder().dir(dir).config(&config).start();
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let (ws, _) =
@@ -264,7 +266,7 @@ fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
     };
     mqtt_connect(&mut ws, "stayer");
     // A client stuck before its TLS handshake must not hold the shutdown for connect_timeout.
-    let _silent = TcpStream::connect(broker.addr("wss")).unwrap();
+    let _silent = TcpStream::connect(broker.listener_addr("wss")).unwrap();
 
     let took = broker.terminate();
     assert!(
@@ -281,8 +283,8 @@ fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
 
 #[test]
 fn refusal_connack_reaches_the_websocket_client_before_the_close() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let (ws, _) =
@@ -309,8 +311,8 @@ fn refusal_connack_reaches_the_websocket_client_before_the_close() {
 
 #[test]
 fn websocket_ping_is_answered_with_pong() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let (mut ws, _) =
@@ -349,10 +351,10 @@ fn wait_closed(s: &mut TcpStream) {
 
 #[test]
 fn upgrade_request_trickled_byte_by_byte_is_cut_off_at_the_connect_timeout() {
-    let broker = Broker::start(&format!(
+    let broker = Broker::with_config(&format!(
         "{WS_CONFIG}\n[limits]\nconnect_timeout_secs = 1\n"
     ));
-    let mut s = TcpStream::connect(broker.addr("ws")).unwrap();
+    let mut s = TcpStream::connect(broker.listener_addr("ws")).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let mut writer = s.try_clone().unwrap();
     let started = std::time::Instant::now();
@@ -372,15 +374,15 @@ fn upgrade_request_trickled_byte_by_byte_is_cut_off_at_the_connect_timeout() {
         took < std::time::Duration::from_secs(4),
         "closed only after {took:?}"
     );
-    broker.wait_log("closed during the handshake");
+    broker.wait_for_log_after(0, &["closed during the handshake"], WAIT);
     drop(s);
     trickler.join().unwrap();
 }
 
 #[test]
 fn endless_upgrade_request_header_is_refused() {
-    let broker = Broker::start(WS_CONFIG);
-    let mut s = TcpStream::connect(broker.addr("ws")).unwrap();
+    let broker = Broker::with_config(WS_CONFIG);
+    let mut s = TcpStream::connect(broker.listener_addr("ws")).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let _ = s.write_all(b"GET /mqtt HTTP/1.1\r\nX-Filler: ");
     let filler = vec![b'a'; 16 * 1024];
@@ -391,5 +393,5 @@ fn endless_upgrade_request_header_is_refused() {
         }
     }
     wait_closed(&mut s);
-    broker.wait_log("closed during the handshake");
+    broker.wait_for_log_after(0, &["closed during the handshake"], WAIT);
 }
