@@ -68,12 +68,7 @@ port = 0
 fn tls_client_that_stops_reading_neither_blocks_others_nor_makes_the_broker_spin() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "x");
-    let config = format!(
-        "{CONFIG}\n[[listeners]]\nprotocol = \"mqtts\"\nbind = \"127.0.0.1\"\nport = 0\n\
-         cert_file = {}\nkey_file = {}\n",
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key)
-    );
+    let config = format!("{CONFIG}\n{}", tls_listener_toml("mqtts", &pki));
     let broker = Broker::builder().dir(dir).config(&config).start();
     let mut stuck = tls_client(broker.listener_addr("mqtts"), &pki.ca);
     mqtt_connect(&mut stuck, "stuck-tls");

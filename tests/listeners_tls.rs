@@ -13,21 +13,8 @@ use std::process::{Command, Output, Stdio};
 
 fn tls_config(pki: &TestPki, extra: &str) -> String {
     format!(
-        r#"
-[[listeners]]
-bind = "127.0.0.1"
-port = 0
-
-[[listeners]]
-protocol = "mqtts"
-bind = "127.0.0.1"
-port = 0
-cert_file = {}
-key_file = {}
-{extra}
-"#,
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key),
+        "[[listeners]]\nbind = \"127.0.0.1\"\nport = 0\n\n{}{extra}\n",
+        tls_listener_toml("mqtts", pki)
     )
 }
 

@@ -70,7 +70,8 @@ type WsHandshake = Result<
         WebSocket<TcpStream>,
         tungstenite::handshake::client::Response,
     ),
-    tungstenite::HandshakeError<tungstenite::ClientHandshake<TcpStream>>,
+    // Boxed: the error holds a whole HTTP response.
+    Box<tungstenite::HandshakeError<tungstenite::ClientHandshake<TcpStream>>>,
 >;
 
 /// Open a TCP connection to `addr` (reads bounded by `WAIT`) and ask for a WebSocket upgrade
@@ -79,6 +80,7 @@ fn ws_handshake(addr: SocketAddr, path: &str, subprotocol: Option<&str>) -> WsHa
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     tungstenite::client(ws_request(&format!("ws://{addr}{path}"), subprotocol), tcp)
+        .map_err(Box::new)
 }
 
 /// A WebSocket connection to the broker's `/mqtt` path, with subprotocol "mqtt".
@@ -88,7 +90,7 @@ fn ws_mqtt(addr: SocketAddr) -> WebSocket<TcpStream> {
 
 /// The upgrade must be refused with this HTTP status; `what` names the request in the panic.
 fn assert_upgrade_refused(handshake: WsHandshake, status: u16, what: &str) {
-    match handshake {
+    match handshake.map_err(|e| *e) {
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
             assert_eq!(r.status(), status)
         }
@@ -214,12 +216,7 @@ fn websocket_text_frame_closes_the_connection() {
 fn secure_websocket_carries_mqtt_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "x");
-    let config = format!(
-        "[[listeners]]\nprotocol = \"wss\"\nbind = \"127.0.0.1\"\nport = 0\npath = \"/broker\"\n\
-         cert_file = {}\nkey_file = {}\n",
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key)
-    );
+    let config = tls_listener_toml("wss", &pki) + "path = \"/broker\"\n";
     let ca = pki.ca.clone();
     let broker = Broker::builder().dir(dir).config(&config).start();
     let addr = broker.listener_addr("wss");
@@ -261,12 +258,7 @@ fn disconnect_sent_just_before_the_socket_closes_is_still_delivered() {
 fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "x");
-    let config = format!(
-        "{WS_CONFIG}\n[[listeners]]\nprotocol = \"wss\"\nbind = \"127.0.0.1\"\nport = 0\n\
-         cert_file = {}\nkey_file = {}\n",
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key)
-    );
+    let config = format!("{WS_CONFIG}\n{}", tls_listener_toml("wss", &pki));
     let mut broker = Broker::builder().dir(dir).config(&config).start();
     let addr = broker.listener_addr("ws");
     let mut ws = WsStream::new(ws_mqtt(addr));

@@ -94,6 +94,17 @@ pub fn make_pki(dir: &Path, client_cn: &str) -> TestPki {
     }
 }
 
+/// A `[[listeners]]` table for a TLS-based listener (`mqtts` or `wss`) on a free loopback port,
+/// serving the server certificate of `pki`.
+pub fn tls_listener_toml(protocol: &str, pki: &TestPki) -> String {
+    format!(
+        "[[listeners]]\nprotocol = \"{protocol}\"\nbind = \"127.0.0.1\"\nport = 0\n\
+         cert_file = {}\nkey_file = {}\n",
+        toml_path(&pki.server_cert),
+        toml_path(&pki.server_key)
+    )
+}
+
 /// TOML string literal for a path.
 pub fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
