@@ -1,8 +1,10 @@
 //! A TLS or WebSocket client that stops reading: its transport pump must wait (poll) rather
 //! than spin, keep its buffers bounded, and not hold up anyone else.
 
+mod common;
 mod listeners_support;
 
+use common::Broker;
 use listeners_support::*;
 use mqflux::protocol::Packet;
 use std::io::{Read, Write};
@@ -16,7 +18,7 @@ const PAYLOAD: usize = 16 * 1024;
 /// Flood `flood/x` from a plain client while `stuck` (already subscribed) reads nothing; a plain
 /// subscriber must get everything, and the broker must then sit idle, not spin.
 fn flood_past_a_stuck_client(broker: &Broker) {
-    let tcp = broker.addr("tcp");
+    let tcp = broker.listener_addr("tcp");
     let mut sub = TcpStream::connect(tcp).unwrap();
     sub.set_read_timeout(Some(WAIT)).unwrap();
     mqtt_connect(&mut sub, "reader");
@@ -66,14 +68,9 @@ port = 0
 fn tls_client_that_stops_reading_neither_blocks_others_nor_makes_the_broker_spin() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "x");
-    let config = format!(
-        "{CONFIG}\n[[listeners]]\nprotocol = \"mqtts\"\nbind = \"127.0.0.1\"\nport = 0\n\
-         cert_file = {}\nkey_file = {}\n",
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key)
-    );
-    let broker = Broker::start_in(dir, &config);
-    let mut stuck = tls_client(broker.addr("mqtts"), &pki.ca);
+    let config = format!("{CONFIG}\n{}", tls_listener_toml("mqtts", &pki));
+    let broker = Broker::builder().dir(dir).config(&config).start();
+    let mut stuck = tls_client(broker.listener_addr("mqtts"), &pki.ca);
     mqtt_connect(&mut stuck, "stuck-tls");
     stuck
         .write_all(&encode(&subscribe_packet("flood/#")))
@@ -89,8 +86,8 @@ fn tls_client_that_stops_reading_neither_blocks_others_nor_makes_the_broker_spin
 fn websocket_client_that_stops_reading_neither_blocks_others_nor_makes_the_broker_spin() {
     let config =
         format!("{CONFIG}\n[[listeners]]\nprotocol = \"ws\"\nbind = \"127.0.0.1\"\nport = 0\n");
-    let broker = Broker::start(&config);
-    let addr = broker.addr("ws");
+    let broker = Broker::with_config(&config);
+    let addr = broker.listener_addr("ws");
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(WAIT)).unwrap();
     let mut request = format!("ws://{addr}/mqtt").into_client_request().unwrap();

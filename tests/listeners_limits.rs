@@ -1,7 +1,9 @@
 //! Several listeners at once, and each listener's own `max_connections`.
 
+mod common;
 mod listeners_support;
 
+use common::Broker;
 use listeners_support::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -25,7 +27,7 @@ fn try_connect(addr: std::net::SocketAddr, id: &str) -> (bool, TcpStream) {
 
 #[test]
 fn listener_max_connections_refuses_the_extra_connection_but_not_on_other_listeners() {
-    let broker = Broker::start(
+    let broker = Broker::with_config(
         r#"
 [[listeners]]
 bind = "127.0.0.1"
@@ -37,8 +39,8 @@ bind = "127.0.0.1"
 port = 0
 "#,
     );
-    let limited = broker.listeners[0].1;
-    let open = broker.listeners[1].1;
+    let limited = broker.listeners()[0].1;
+    let open = broker.listeners()[1].1;
     let (ok1, first) = try_connect(limited, "one");
     let (ok2, _second) = try_connect(limited, "two");
     assert!(ok1 && ok2);
@@ -47,7 +49,7 @@ port = 0
         !ok3,
         "third connection on a listener limited to 2 was accepted"
     );
-    broker.wait_log("this listener's max_connections (2) reached");
+    broker.wait_for_log_after(0, &["this listener's max_connections (2) reached"], WAIT);
     // The other listener has its own count.
     let (ok_other, _other) = try_connect(open, "elsewhere");
     assert!(ok_other);
@@ -69,7 +71,7 @@ port = 0
 
 #[test]
 fn websocket_listener_counts_connections_during_the_upgrade() {
-    let broker = Broker::start(
+    let broker = Broker::with_config(
         r#"
 [[listeners]]
 protocol = "ws"
@@ -78,7 +80,7 @@ port = 0
 max_connections = 1
 "#,
     );
-    let addr = broker.addr("ws");
+    let addr = broker.listener_addr("ws");
     // A client that connected but has not sent its upgrade request yet holds the only place.
     // The accept thread takes connections in arrival order, so it counts this one first.
     let _pending = TcpStream::connect(addr).unwrap();
@@ -89,5 +91,5 @@ max_connections = 1
         Ok(n) => assert_eq!(n, 0, "the extra connection got an answer"),
         Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "not closed"),
     }
-    broker.wait_log("this listener's max_connections (1) reached");
+    broker.wait_for_log_after(0, &["this listener's max_connections (1) reached"], WAIT);
 }

@@ -1,8 +1,10 @@
 //! MQTT over TLS (`protocol = "mqtts"`): handshake with a test CA generated here, publish and
 //! subscribe with Debian's mosquitto clients, client certificates, config errors.
 
+mod common;
 mod listeners_support;
 
+use common::Broker;
 use listeners_support::*;
 use mqflux::protocol::Packet;
 use std::io::Read;
@@ -11,21 +13,8 @@ use std::process::{Command, Output, Stdio};
 
 fn tls_config(pki: &TestPki, extra: &str) -> String {
     format!(
-        r#"
-[[listeners]]
-bind = "127.0.0.1"
-port = 0
-
-[[listeners]]
-protocol = "mqtts"
-bind = "127.0.0.1"
-port = 0
-cert_file = {}
-key_file = {}
-{extra}
-"#,
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key),
+        "[[listeners]]\nbind = \"127.0.0.1\"\nport = 0\n\n{}{extra}\n",
+        tls_listener_toml("mqtts", pki)
     )
 }
 
@@ -69,9 +58,12 @@ fn mosquitto(tool: &str, addr: SocketAddr, args: &[&str]) -> Output {
 fn mqtts_listener_carries_messages_both_ways_between_tls_and_tcp_clients() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "sensor-1");
-    let broker = Broker::start_in(dir, &tls_config(&pki, ""));
-    let tcp = broker.addr("tcp");
-    let tls = broker.addr("mqtts");
+    let broker = Broker::builder()
+        .dir(dir)
+        .config(&tls_config(&pki, ""))
+        .start();
+    let tcp = broker.listener_addr("tcp");
+    let tls = broker.listener_addr("mqtts");
     let ca = pki.ca.to_str().unwrap();
 
     // TLS publisher -> plain TCP subscriber.
@@ -111,9 +103,12 @@ fn client_certificate_is_required_and_its_cn_becomes_the_identity() {
         "ca_file = {}\nrequire_certificate = true\nuse_identity_as_username = true\n",
         toml_path(&pki.ca)
     );
-    let broker = Broker::start_in(dir, &tls_config(&pki, &extra));
-    let tls = broker.addr("mqtts");
-    let mut sub = tcp_subscriber(broker.addr("tcp"), "cert/#");
+    let broker = Broker::builder()
+        .dir(dir)
+        .config(&tls_config(&pki, &extra))
+        .start();
+    let tls = broker.listener_addr("mqtts");
+    let mut sub = tcp_subscriber(broker.listener_addr("tcp"), "cert/#");
     let ca = pki.ca.to_str().unwrap();
 
     let no_cert = mosquitto(
@@ -172,7 +167,7 @@ fn client_certificate_is_required_and_its_cn_becomes_the_identity() {
     );
     // Nothing from the refused clients was routed: the first message is the good one.
     expect_publish(&mut sub, "cert/ok", b"signed by the CA");
-    let line = broker.wait_log("client certified connected");
+    let line = broker.wait_for_log_after(0, &["client certified connected"], WAIT);
     assert!(line.contains("as \"sensor-1\""), "{line}");
 }
 
@@ -181,8 +176,8 @@ fn tls_handshake_that_never_completes_is_closed_after_the_connect_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "sensor-1");
     let config = tls_config(&pki, "") + "\n[limits]\nconnect_timeout_secs = 1\n";
-    let broker = Broker::start_in(dir, &config);
-    let mut silent = TcpStream::connect(broker.addr("mqtts")).unwrap();
+    let broker = Broker::builder().dir(dir).config(&config).start();
+    let mut silent = TcpStream::connect(broker.listener_addr("mqtts")).unwrap();
     silent.set_read_timeout(Some(WAIT)).unwrap();
     let started = std::time::Instant::now();
     let mut buf = [0u8; 64];
@@ -192,7 +187,7 @@ fn tls_handshake_that_never_completes_is_closed_after_the_connect_timeout() {
         Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "not closed: {e}"),
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    broker.wait_log("closed during the handshake");
+    broker.wait_for_log_after(0, &["closed during the handshake"], WAIT);
 }
 
 #[test]
@@ -280,8 +275,11 @@ fn certificate_identity_replaces_username_and_password_and_obeys_the_acl() {
         toml_path(&passwords),
         toml_path(&acl),
     );
-    let broker = Broker::start_in(dir, &tls_config(&pki, &extra));
-    let mut sub = TcpStream::connect(broker.addr("tcp")).unwrap();
+    let broker = Broker::builder()
+        .dir(dir)
+        .config(&tls_config(&pki, &extra))
+        .start();
+    let mut sub = TcpStream::connect(broker.listener_addr("tcp")).unwrap();
     sub.set_read_timeout(Some(WAIT)).unwrap();
     std::io::Write::write_all(
         &mut sub,
@@ -296,7 +294,7 @@ fn certificate_identity_replaces_username_and_password_and_obeys_the_acl() {
         // No -u/-P: the certificate is the only credential.
         let out = mosquitto(
             "mosquitto_pub",
-            broker.addr("mqtts"),
+            broker.listener_addr("mqtts"),
             &[
                 "--cafile",
                 pki.ca.to_str().unwrap(),

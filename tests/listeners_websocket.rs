@@ -1,12 +1,14 @@
 //! MQTT over WebSocket (`protocol = "ws"`) and over secure WebSocket (`"wss"`): a tungstenite
 //! client sending MQTT packets in binary frames, crossing to a plain TCP client.
 
+mod common;
 mod listeners_support;
 
+use common::Broker;
 use listeners_support::*;
 use mqflux::protocol::Packet;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
@@ -14,6 +16,15 @@ use tungstenite::{Message, WebSocket};
 struct WsStream<S: Read + Write> {
     ws: WebSocket<S>,
     pending: Vec<u8>,
+}
+
+impl<S: Read + Write> WsStream<S> {
+    fn new(ws: WebSocket<S>) -> Self {
+        WsStream {
+            ws,
+            pending: Vec::new(),
+        }
+    }
 }
 
 impl<S: Read + Write> Read for WsStream<S> {
@@ -54,6 +65,49 @@ fn ws_request(url: &str, subprotocol: Option<&str>) -> tungstenite::handshake::c
     request
 }
 
+type WsHandshake = Result<
+    (
+        WebSocket<TcpStream>,
+        tungstenite::handshake::client::Response,
+    ),
+    // Boxed: the error holds a whole HTTP response.
+    Box<tungstenite::HandshakeError<tungstenite::ClientHandshake<TcpStream>>>,
+>;
+
+/// Open a TCP connection to `addr` (reads bounded by `WAIT`) and ask for a WebSocket upgrade
+/// on `path`, offering `subprotocol`.
+fn ws_handshake(addr: SocketAddr, path: &str, subprotocol: Option<&str>) -> WsHandshake {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tungstenite::client(ws_request(&format!("ws://{addr}{path}"), subprotocol), tcp)
+        .map_err(Box::new)
+}
+
+/// A WebSocket connection to the broker's `/mqtt` path, with subprotocol "mqtt".
+fn ws_mqtt(addr: SocketAddr) -> WebSocket<TcpStream> {
+    ws_handshake(addr, "/mqtt", Some("mqtt")).unwrap().0
+}
+
+/// The upgrade must be refused with this HTTP status; `what` names the request in the panic.
+fn assert_upgrade_refused(handshake: WsHandshake, status: u16, what: &str) {
+    match handshake.map_err(|e| *e) {
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            assert_eq!(r.status(), status)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("{what} was accepted"),
+    }
+}
+
+/// The broker must have closed `s` (EOF or an error), with nothing more after `what`.
+fn assert_closed_after(s: &mut impl Read, what: &str) {
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{n} bytes after {what}"),
+    }
+}
+
 fn negotiated(response: &tungstenite::handshake::client::Response) -> Option<String> {
     response
         .headers()
@@ -73,7 +127,7 @@ port = 0
 "#;
 
 fn tcp_client(broker: &Broker, id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(broker.addr("tcp")).unwrap();
+    let mut s = TcpStream::connect(broker.listener_addr("tcp")).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     mqtt_connect(&mut s, id);
     s
@@ -96,18 +150,12 @@ fn expect_publish(s: &mut impl Read, topic: &str, payload: &[u8]) {
 
 #[test]
 fn websocket_client_and_tcp_client_exchange_messages_with_subprotocol_mqtt() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let url = format!("ws://{addr}/mqtt");
-    let (ws, response) = tungstenite::client(ws_request(&url, Some("mqtt")), tcp).unwrap();
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
+    let (ws, response) = ws_handshake(addr, "/mqtt", Some("mqtt")).unwrap();
     // [MQTT-6.0.0-4] the server selects "mqtt".
     assert_eq!(negotiated(&response).as_deref(), Some("mqtt"));
-    let mut ws = WsStream {
-        ws,
-        pending: Vec::new(),
-    };
+    let mut ws = WsStream::new(ws);
     mqtt_connect(&mut ws, "ws-client");
 
     // WebSocket -> TCP
@@ -127,86 +175,57 @@ fn websocket_client_and_tcp_client_exchange_messages_with_subprotocol_mqtt() {
 
     // A clean WebSocket close ends the session like a TCP close.
     ws.ws.close(None).unwrap();
-    broker.wait_log("client ws-client disconnected");
+    broker.wait_for_log_after(0, &["client ws-client disconnected"], WAIT);
 }
 
 #[test]
 fn websocket_upgrade_on_another_path_is_refused_with_404() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let url = format!("ws://{addr}/not-mqtt");
-    match tungstenite::client(ws_request(&url, Some("mqtt")), tcp) {
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-            assert_eq!(r.status(), 404)
-        }
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("upgrade on the wrong path was accepted"),
-    }
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
+    assert_upgrade_refused(
+        ws_handshake(addr, "/not-mqtt", Some("mqtt")),
+        404,
+        "upgrade on the wrong path",
+    );
 }
 
 #[test]
 fn websocket_client_offering_only_other_subprotocols_is_refused() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let url = format!("ws://{addr}/mqtt");
-    match tungstenite::client(ws_request(&url, Some("chat, wamp")), tcp) {
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
-            assert_eq!(r.status(), 400)
-        }
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("upgrade without the mqtt subprotocol was accepted"),
-    }
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
+    assert_upgrade_refused(
+        ws_handshake(addr, "/mqtt", Some("chat, wamp")),
+        400,
+        "upgrade without the mqtt subprotocol",
+    );
 }
 
 #[test]
 fn websocket_text_frame_closes_the_connection() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let url = format!("ws://{addr}/mqtt");
-    let (ws, _) = tungstenite::client(ws_request(&url, Some("mqtt")), tcp).unwrap();
-    let mut ws = WsStream {
-        ws,
-        pending: Vec::new(),
-    };
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
+    let mut ws = WsStream::new(ws_mqtt(addr));
     mqtt_connect(&mut ws, "texter");
     // [MQTT-6.0.0-1] only binary frames carry MQTT; anything else closes the connection.
     ws.ws.send(Message::text("not mqtt")).unwrap();
-    broker.wait_log("client texter disconnected");
-    let mut buf = [0u8; 16];
-    match ws.read(&mut buf) {
-        Ok(0) | Err(_) => {}
-        Ok(n) => panic!("{n} bytes after a text frame"),
-    }
+    broker.wait_for_log_after(0, &["client texter disconnected"], WAIT);
+    assert_closed_after(&mut ws, "a text frame");
 }
 
 #[test]
 fn secure_websocket_carries_mqtt_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "x");
-    let config = format!(
-        "[[listeners]]\nprotocol = \"wss\"\nbind = \"127.0.0.1\"\nport = 0\npath = \"/broker\"\n\
-         cert_file = {}\nkey_file = {}\n",
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key)
-    );
+    let config = tls_listener_toml("wss", &pki) + "path = \"/broker\"\n";
     let ca = pki.ca.clone();
-    let broker = Broker::start_in(dir, &config);
-    let addr = broker.addr("wss");
+    let broker = Broker::builder().dir(dir).config(&config).start();
+    let addr = broker.listener_addr("wss");
 
     let tls = tls_client(addr, &ca);
     let url = format!("wss://localhost:{}/broker", addr.port());
     let (ws, response) = tungstenite::client(ws_request(&url, Some("mqtt")), tls).unwrap();
     assert_eq!(negotiated(&response).as_deref(), Some("mqtt"));
-    let mut ws = WsStream {
-        ws,
-        pending: Vec::new(),
-    };
+    let mut ws = WsStream::new(ws);
     mqtt_connect(&mut ws, "wss-client");
     subscribe(&mut ws, "secure/#");
     ws.write_all(&encode(&publish_packet(
@@ -219,16 +238,9 @@ fn secure_websocket_carries_mqtt_over_tls() {
 
 #[test]
 fn disconnect_sent_just_before_the_socket_closes_is_still_delivered() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let url = format!("ws://{addr}/mqtt");
-    let (ws, _) = tungstenite::client(ws_request(&url, Some("mqtt")), tcp).unwrap();
-    let mut ws = WsStream {
-        ws,
-        pending: Vec::new(),
-    };
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
+    let mut ws = WsStream::new(ws_mqtt(addr));
     mqtt_connect(&mut ws, "leaver");
     let disconnect = Packet::Disconnect(mqflux::protocol::Disconnect {
         reason_code: 0,
@@ -238,7 +250,7 @@ fn disconnect_sent_just_before_the_socket_closes_is_still_delivered() {
     // Drop the TCP socket at once, without a WebSocket close: the pump must still hand the
     // DISCONNECT to the connection before it signals the end of the stream.
     drop(ws);
-    let line = broker.wait_log("client leaver disconnected");
+    let line = broker.wait_for_log_after(0, &["client leaver disconnected"], WAIT);
     assert!(line.contains("client sent DISCONNECT"), "{line}");
 }
 
@@ -246,25 +258,13 @@ fn disconnect_sent_just_before_the_socket_closes_is_still_delivered() {
 fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path(), "x");
-    let config = format!(
-        "{WS_CONFIG}\n[[listeners]]\nprotocol = \"wss\"\nbind = \"127.0.0.1\"\nport = 0\n\
-         cert_file = {}\nkey_file = {}\n",
-        toml_path(&pki.server_cert),
-        toml_path(&pki.server_key)
-    );
-    let mut broker = Broker::start_in(dir, &config);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let (ws, _) =
-        tungstenite::client(ws_request(&format!("ws://{addr}/mqtt"), Some("mqtt")), tcp).unwrap();
-    let mut ws = WsStream {
-        ws,
-        pending: Vec::new(),
-    };
+    let config = format!("{WS_CONFIG}\n{}", tls_listener_toml("wss", &pki));
+    let mut broker = Broker::builder().dir(dir).config(&config).start();
+    let addr = broker.listener_addr("ws");
+    let mut ws = WsStream::new(ws_mqtt(addr));
     mqtt_connect(&mut ws, "stayer");
     // A client stuck before its TLS handshake must not hold the shutdown for connect_timeout.
-    let _silent = TcpStream::connect(broker.addr("wss")).unwrap();
+    let _silent = TcpStream::connect(broker.listener_addr("wss")).unwrap();
 
     let took = broker.terminate();
     assert!(
@@ -272,25 +272,14 @@ fn shutdown_closes_websocket_and_tls_clients_and_pending_handshakes_promptly() {
         "shutdown took {took:?}"
     );
     // The WebSocket client got a close frame or EOF, not a hang.
-    let mut buf = [0u8; 16];
-    match ws.read(&mut buf) {
-        Ok(0) | Err(_) => {}
-        Ok(n) => panic!("{n} unexpected bytes"),
-    }
+    assert_closed_after(&mut ws, "the shutdown");
 }
 
 #[test]
 fn refusal_connack_reaches_the_websocket_client_before_the_close() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let (ws, _) =
-        tungstenite::client(ws_request(&format!("ws://{addr}/mqtt"), Some("mqtt")), tcp).unwrap();
-    let mut ws = WsStream {
-        ws,
-        pending: Vec::new(),
-    };
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
+    let mut ws = WsStream::new(ws_mqtt(addr));
     let mut connect = encode(&connect_packet("from-the-future"));
     // Protocol level byte after the fixed header (2) and the name "MQTT" (6): 4 -> 9.
     assert_eq!(connect[8], 4);
@@ -300,21 +289,14 @@ fn refusal_connack_reaches_the_websocket_client_before_the_close() {
     let mut connack = [0u8; 4];
     ws.read_exact(&mut connack).unwrap();
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x01]);
-    let mut rest = [0u8; 1];
-    match ws.read(&mut rest) {
-        Ok(0) | Err(_) => {}
-        Ok(_) => panic!("bytes after the refusal"),
-    }
+    assert_closed_after(&mut ws, "the refusal");
 }
 
 #[test]
 fn websocket_ping_is_answered_with_pong() {
-    let broker = Broker::start(WS_CONFIG);
-    let addr = broker.addr("ws");
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut ws, _) =
-        tungstenite::client(ws_request(&format!("ws://{addr}/mqtt"), Some("mqtt")), tcp).unwrap();
+    let broker = Broker::with_config(WS_CONFIG);
+    let addr = broker.listener_addr("ws");
+    let mut ws = ws_mqtt(addr);
     ws.send(Message::Ping(b"are you there"[..].into())).unwrap();
     loop {
         match ws.read().unwrap() {
@@ -349,10 +331,10 @@ fn wait_closed(s: &mut TcpStream) {
 
 #[test]
 fn upgrade_request_trickled_byte_by_byte_is_cut_off_at_the_connect_timeout() {
-    let broker = Broker::start(&format!(
+    let broker = Broker::with_config(&format!(
         "{WS_CONFIG}\n[limits]\nconnect_timeout_secs = 1\n"
     ));
-    let mut s = TcpStream::connect(broker.addr("ws")).unwrap();
+    let mut s = TcpStream::connect(broker.listener_addr("ws")).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let mut writer = s.try_clone().unwrap();
     let started = std::time::Instant::now();
@@ -372,15 +354,15 @@ fn upgrade_request_trickled_byte_by_byte_is_cut_off_at_the_connect_timeout() {
         took < std::time::Duration::from_secs(4),
         "closed only after {took:?}"
     );
-    broker.wait_log("closed during the handshake");
+    broker.wait_for_log_after(0, &["closed during the handshake"], WAIT);
     drop(s);
     trickler.join().unwrap();
 }
 
 #[test]
 fn endless_upgrade_request_header_is_refused() {
-    let broker = Broker::start(WS_CONFIG);
-    let mut s = TcpStream::connect(broker.addr("ws")).unwrap();
+    let broker = Broker::with_config(WS_CONFIG);
+    let mut s = TcpStream::connect(broker.listener_addr("ws")).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let _ = s.write_all(b"GET /mqtt HTTP/1.1\r\nX-Filler: ");
     let filler = vec![b'a'; 16 * 1024];
@@ -391,5 +373,5 @@ fn endless_upgrade_request_header_is_refused() {
         }
     }
     wait_closed(&mut s);
-    broker.wait_log("closed during the handshake");
+    broker.wait_for_log_after(0, &["closed during the handshake"], WAIT);
 }

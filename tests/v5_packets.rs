@@ -3,14 +3,16 @@
 //! pass-through and the request/response pattern. Raw packets where bytes matter; rumqttc v5
 //! for the request/response pattern.
 
+mod common;
 mod v5_common;
 
 use bytes::Bytes;
+use common::Broker;
 use mqflux::protocol::{
     reason, Ack, Packet, Properties, ProtocolVersion, Publish, QoS, Unsubscribe,
 };
 use std::time::{Duration, Instant};
-use v5_common::{connect_packet, payload_str, sub_options, Broker, RawClient, WAIT};
+use v5_common::{connect_packet, payload_str, sub_options, RawClient, WAIT};
 
 /// One frame: fixed-header byte, remaining length, body.
 fn frame(header: u8, body: &[u8]) -> Vec<u8> {
@@ -387,7 +389,7 @@ fn broker_shutdown_sends_disconnect_0x8b() {
 /// 0x95 "Packet too large".
 #[test]
 fn packet_above_broker_maximum_packet_size_gets_disconnect_0x95() {
-    let broker = Broker::start_with("[limits]\nmax_packet_size = 128\n");
+    let broker = Broker::with_config("[limits]\nmax_packet_size = 128\n");
     let mut c = RawClient::connect_v5(broker.port, "toolarge", props());
     c.publish("small", "fits", QoS::AtMostOnce);
     c.ping();
@@ -399,7 +401,7 @@ fn packet_above_broker_maximum_packet_size_gets_disconnect_0x95() {
 /// answered with DISCONNECT 0x93 "Receive Maximum exceeded".
 #[test]
 fn more_qos2_publishes_than_broker_receive_maximum_gets_disconnect_0x93() {
-    let broker = Broker::start_with("[limits]\nmax_inflight = 2\n");
+    let broker = Broker::with_config("[limits]\nmax_inflight = 2\n");
     let (mut c, ack) = RawClient::connect_with(broker.port, connect_packet("rm-exceed"));
     assert_eq!(ack.properties.receive_maximum, Some(2));
     for id in 1..=3u16 {
@@ -421,7 +423,7 @@ fn more_qos2_publishes_than_broker_receive_maximum_gets_disconnect_0x93() {
 /// "Topic Alias invalid"; so does alias 0 [MQTT-3.3.2-8].
 #[test]
 fn topic_alias_above_maximum_or_zero_gets_disconnect_0x94() {
-    let broker = Broker::start_with("[limits]\nmax_topic_alias = 3\n");
+    let broker = Broker::with_config("[limits]\nmax_topic_alias = 3\n");
     for alias in [4u16, 0] {
         let (mut c, ack) = RawClient::connect_with(broker.port, connect_packet("alias-bad"));
         assert_eq!(ack.properties.topic_alias_maximum, Some(3));
@@ -483,7 +485,7 @@ fn connect_with_authentication_method_gets_connack_0x8c_and_close() {
 /// Wildcard / Subscription Identifier / Shared Subscription Available means "supported".
 #[test]
 fn connack_states_limits_and_capabilities() {
-    let broker = Broker::start_with(
+    let broker = Broker::with_config(
         "[limits]\nmax_inflight = 7\nmax_packet_size = 4096\nmax_topic_alias = 5\n",
     );
     let (_c, ack) = RawClient::connect_with(broker.port, connect_packet("caps"));
@@ -874,7 +876,7 @@ fn time_until_keep_alive_close(c: &mut RawClient) -> Duration {
 /// the connection after 1.5 times it without a packet [MQTT-3.1.2-22].
 #[test]
 fn server_keep_alive_caps_a_longer_client_keep_alive_and_is_enforced() {
-    let broker = Broker::start_with("[limits]\nmax_keep_alive = 1\n");
+    let broker = Broker::with_config("[limits]\nmax_keep_alive = 1\n");
     let mut connect = connect_packet("ska-long");
     connect.keep_alive = 30;
     let (mut c, ack) = RawClient::connect_with(broker.port, connect);
@@ -890,7 +892,7 @@ fn server_keep_alive_caps_a_longer_client_keep_alive_and_is_enforced() {
 /// Section 3.2.2.3.14: a client asking for no keep-alive (0) gets the broker's maximum too.
 #[test]
 fn server_keep_alive_replaces_a_client_keep_alive_of_zero() {
-    let broker = Broker::start_with("[limits]\nmax_keep_alive = 1\n");
+    let broker = Broker::with_config("[limits]\nmax_keep_alive = 1\n");
     let mut connect = connect_packet("ska-zero");
     connect.keep_alive = 0;
     let (mut c, ack) = RawClient::connect_with(broker.port, connect);
@@ -904,7 +906,7 @@ fn server_keep_alive_replaces_a_client_keep_alive_of_zero() {
 /// the connection open.
 #[test]
 fn client_keep_alive_within_the_maximum_gets_no_server_keep_alive() {
-    let broker = Broker::start_with("[limits]\nmax_keep_alive = 60\n");
+    let broker = Broker::with_config("[limits]\nmax_keep_alive = 60\n");
     let mut connect = connect_packet("ska-ok");
     connect.keep_alive = 1;
     let (mut c, ack) = RawClient::connect_with(broker.port, connect);
@@ -1023,7 +1025,7 @@ fn v5_authentication_and_acl_refusals_use_v5_reason_codes() {
     assert!(status.success());
     let acl = files.path().join("acl");
     std::fs::write(&acl, "user alice\ntopic readwrite ok/#\n").expect("write acl");
-    let broker = Broker::start_with(&format!(
+    let broker = Broker::with_config(&format!(
         "[security]\nallow_anonymous = false\npassword_file = {passwords:?}\nacl_file = {acl:?}\n"
     ));
 

@@ -2,11 +2,13 @@
 //! Start, Will Delay Interval, Message Expiry Interval and Receive Maximum. Time-based rules use
 //! intervals of 1-2 s; a sleep is used only where the spec's clock is the thing under test.
 
+mod common;
 mod v5_common;
 
+use common::Broker;
 use mqflux::protocol::{reason, Ack, Packet, Properties, QoS};
 use std::time::{Duration, Instant};
-use v5_common::{connect_packet, payload_str, will, Broker, RawClient};
+use v5_common::{connect_packet, payload_str, will, RawClient};
 
 fn props() -> Properties {
     Properties::default()

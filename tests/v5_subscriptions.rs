@@ -2,12 +2,14 @@
 //! Handling), Subscription Identifiers, shared subscriptions (v5 and v3.1.1) and mixed protocol
 //! versions.
 
+mod common;
 mod v5_common;
 
 use bytes::Bytes;
+use common::Broker;
 use mqflux::protocol::{reason, Packet, Properties, ProtocolVersion, QoS, SubscriptionOptions};
 use std::time::{Duration, Instant};
-use v5_common::{connect_packet, payload_str, sub_options, Broker, RawClient, WAIT};
+use v5_common::{connect_packet, payload_str, sub_options, RawClient, WAIT};
 
 fn props() -> Properties {
     Properties::default()

@@ -1,7 +1,8 @@
 //! Test harness: runs the real `mqflux` binary on a free loopback port with a config file in a
 //! temp dir, and collects its log (stderr) so tests can wait for and assert log lines.
 //!
-//! - `Broker`: start / signal / kill / wait / restart (same port, same config), killed on drop.
+//! - `Broker`: start / signal / terminate / kill / wait / restart (same port, same config),
+//!   the address of each listener (`listener_addr("ws")`), CPU use; killed on drop.
 //! - `raw`: a byte-level MQTT client for exact packets and protocol violations.
 //! - `client`: helpers around rumqttc for real-client tests.
 #![allow(dead_code)]
@@ -16,10 +17,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long the broker may take to log `listening on tcp://...`.
+/// How long the broker may take to log `mqflux VERSION ready` (every listener bound).
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default wait for a log line.
 pub const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the broker may take to exit after SIGTERM.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the broker wrote to stderr, shared with the thread that reads it.
 #[derive(Default)]
@@ -71,10 +74,11 @@ impl Log {
 }
 
 /// Options for starting a broker.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct BrokerBuilder {
     config: String,
     args: Vec<String>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl BrokerBuilder {
@@ -90,15 +94,26 @@ impl BrokerBuilder {
         self
     }
 
+    /// Run in this directory (e.g. with certificates already written into it) instead of a
+    /// fresh one; the config file is written there as `mqflux.toml`.
+    pub fn dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
     pub fn start(self) -> Broker {
-        let dir = tempfile::tempdir().expect("create temp dir");
+        let dir = match self.dir {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("create temp dir"),
+        };
         let config_path = dir.path().join("mqflux.toml");
         std::fs::write(&config_path, &self.config).expect("write config file");
         let mut broker = Broker {
             child: None,
             port: 0,
+            listeners: Vec::new(),
             log: Arc::new(Log::default()),
-            _dir: dir,
+            dir,
             config_path,
             args: self.args,
         };
@@ -110,10 +125,14 @@ impl BrokerBuilder {
 /// A running `mqflux` process.
 pub struct Broker {
     child: Option<Child>,
-    /// The port the broker listens on (picked by the OS on first start, kept on restart).
+    /// The port of the first listener, which `--bind 127.0.0.1 --port` applies to (picked by
+    /// the OS on first start, kept on restart).
     pub port: u16,
+    /// (scheme, address) of every listener, in config order, from the `listening on
+    /// SCHEME://ADDR` log lines of the current run.
+    listeners: Vec<(String, SocketAddr)>,
     log: Arc<Log>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     config_path: PathBuf,
     args: Vec<String>,
 }
@@ -137,8 +156,27 @@ impl Broker {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Every listener as (scheme, address), in config order.
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// Address of the first listener with this scheme (`tcp`, `mqtts`, `ws`, `wss`).
+    pub fn listener_addr(&self, scheme: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(s, _)| s == scheme)
+            .unwrap_or_else(|| panic!("no {scheme} listener in {:?}", self.listeners))
+            .1
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The directory holding the config file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn pid(&self) -> u32 {
@@ -183,29 +221,44 @@ impl Broker {
             .expect("spawn stderr reader");
         self.child = Some(child);
 
-        let marker = if reference_broker().is_some() {
-            MOSQUITTO_MARKER
-        } else {
-            "listening on tcp://127.0.0.1:"
+        self.listeners = match reference_broker() {
+            Some(_) => {
+                let line = self.wait_for_start(log_start, &|l| l.contains(MOSQUITTO_MARKER));
+                let rest = &line[line.find(MOSQUITTO_MARKER).unwrap() + MOSQUITTO_MARKER.len()..];
+                let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                let port: u16 = digits
+                    .parse()
+                    .unwrap_or_else(|_| panic!("no port in start-up line {line:?}"));
+                vec![("tcp".to_string(), SocketAddr::from(([127, 0, 0, 1], port)))]
+            }
+            None => {
+                // Every listener logs `listening on SCHEME://ADDR` before this line.
+                self.wait_for_start(log_start, &|l| {
+                    l.contains("mqflux ") && l.trim_end().ends_with(" ready")
+                });
+                let log = self.log_text();
+                log[log_start..]
+                    .lines()
+                    .filter_map(|l| l.split("listening on ").nth(1))
+                    .map(|url| {
+                        let (scheme, addr) = url
+                            .trim()
+                            .split_once("://")
+                            .unwrap_or_else(|| panic!("no scheme in listener {url:?}"));
+                        let addr = addr
+                            .parse()
+                            .unwrap_or_else(|_| panic!("bad listener address {url:?}"));
+                        (scheme.to_string(), addr)
+                    })
+                    .collect()
+            }
         };
-        let Some(line) = self
-            .log
-            .wait_line(log_start, START_TIMEOUT, &|l| l.contains(marker))
-        else {
-            let status = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            panic!(
-                "broker did not log `{marker}PORT` within {START_TIMEOUT:?} (exit status: {status:?}); log:\n{}",
-                self.log_text()
-            );
-        };
-        let rest = &line[line.find(marker).unwrap() + marker.len()..];
-        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-        self.port = digits
-            .parse()
-            .unwrap_or_else(|_| panic!("no port in start-up line {line:?}"));
+        self.port = self
+            .listeners
+            .first()
+            .unwrap_or_else(|| panic!("broker logged no listener; log:\n{}", self.log_text()))
+            .1
+            .port();
         if port != 0 {
             assert_eq!(self.port, port, "broker restarted on a different port");
         }
@@ -215,6 +268,22 @@ impl Broker {
             eventually(START_TIMEOUT, || std::net::TcpStream::connect(addr).ok())
                 .expect("reference broker listens");
         }
+    }
+
+    /// Wait for the start-up line of the run whose log begins at `log_start`; panics with the
+    /// log and the exit status if it does not come within `START_TIMEOUT`.
+    fn wait_for_start(&mut self, log_start: usize, pred: &dyn Fn(&str) -> bool) -> String {
+        if let Some(line) = self.log.wait_line(log_start, START_TIMEOUT, pred) {
+            return line;
+        }
+        let status = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        panic!(
+            "broker did not finish starting within {START_TIMEOUT:?} (exit status: {status:?}); log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Command line for the reference broker (see `reference_broker`), with the limits of our
@@ -296,6 +365,42 @@ impl Broker {
             Some(child) => child.try_wait().expect("try_wait").is_none(),
             None => false,
         }
+    }
+
+    /// SIGTERM, then wait (at most `EXIT_TIMEOUT`) for a clean exit; returns how long the
+    /// broker took to exit.
+    pub fn terminate(&mut self) -> Duration {
+        let started = Instant::now();
+        self.send_signal(libc::SIGTERM);
+        let child = self.child.as_mut().expect("broker is running");
+        // Timed here rather than by `wait_exit`, which also waits for the log to drain.
+        let took = loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break started.elapsed();
+            }
+            assert!(
+                started.elapsed() < EXIT_TIMEOUT,
+                "broker did not exit within {EXIT_TIMEOUT:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let status = self.wait_exit(Duration::ZERO).expect("broker has exited");
+        assert!(
+            status.success(),
+            "broker exited with {status} after SIGTERM"
+        );
+        took
+    }
+
+    /// CPU time (user + system) the broker process has used so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let path = format!("/proc/{}/stat", self.pid());
+        let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| -> u64 { fields[i].parse().expect("numeric tick count") };
+        field(11) + field(12)
     }
 
     /// SIGKILL and reap.

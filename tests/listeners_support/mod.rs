@@ -1,151 +1,25 @@
-//! Test harness for the listener tests: start the real broker binary with a TOML config in a
-//! temp dir, learn its ports from the `listening on SCHEME://ADDR` log lines, generate a test CA
-//! with server and client certificates, and speak raw MQTT packets over any byte stream.
+//! Helpers for the listener tests: a test CA with server and client certificates, TLS clients,
+//! configs the broker must refuse, and raw MQTT packets over any byte stream. The broker
+//! process comes from `common::Broker` (test files declare `mod common;`), whose
+//! `listener_addr(scheme)` gives the port of each TLS or WebSocket listener.
 #![allow(dead_code)]
 
 use mqflux::protocol::{self, Connect, Packet, ProtocolVersion, Publish, QoS, Subscribe};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub struct Broker {
-    child: Child,
-    /// (scheme, address) of every listener, in config order.
-    pub listeners: Vec<(String, SocketAddr)>,
-    pub dir: tempfile::TempDir,
-    log: mpsc::Receiver<String>,
-}
-
-impl Broker {
-    /// Start the broker with `config` (TOML) and wait until it is ready.
-    pub fn start(config: &str) -> Broker {
-        let dir = tempfile::tempdir().unwrap();
-        Broker::start_in(dir, config)
-    }
-
-    /// Like `start`, in a directory prepared beforehand (certificates written into it).
-    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Broker {
-        let path = dir.path().join("mqflux.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mqflux"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut broker = Broker {
-            child,
-            listeners: Vec::new(),
-            dir,
-            log,
-        };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let line = broker
-                .log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("broker did not report ready in time");
-            if let Some(url) = line.split("listening on ").nth(1) {
-                let (scheme, addr) = url.trim().split_once("://").unwrap();
-                broker
-                    .listeners
-                    .push((scheme.to_string(), addr.parse().unwrap()));
-            }
-            if line.contains(" ready") {
-                return broker;
-            }
-        }
-    }
-
-    pub fn addr(&self, scheme: &str) -> SocketAddr {
-        self.listeners
-            .iter()
-            .find(|(s, _)| s == scheme)
-            .unwrap_or_else(|| panic!("no {scheme} listener in {:?}", self.listeners))
-            .1
-    }
-
-    /// Wait for a log line containing `text`.
-    pub fn wait_log(&self, text: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self
-                .log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line containing {text:?} within {WAIT:?}"),
-            }
-        }
-    }
-}
-
-impl Broker {
-    /// CPU time (user + system) the broker process has used so far, in clock ticks.
-    pub fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    }
-
-    /// Send SIGTERM and wait (bounded) for the process to exit; returns how long it took.
-    pub fn terminate(&mut self) -> Duration {
-        let started = Instant::now();
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "broker exited with {status}");
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "broker did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Run a config that must be refused; returns the broker's stderr and asserts exit code 2.
+/// Run a config that must be refused; returns the broker's output and asserts exit code 2.
 pub fn rejected_config(dir: &Path, config: &str) -> String {
     let path = dir.join("bad.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mqflux"))
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    stderr
+    let path = path.to_str().expect("UTF-8 temp path");
+    let (status, output) = crate::common::run_to_exit(&["--config", path], WAIT);
+    assert_eq!(status.code(), Some(2), "output: {output}");
+    output
 }
 
 /// A test PKI: a CA, a server certificate for localhost/127.0.0.1 and a client certificate
@@ -218,6 +92,17 @@ pub fn make_pki(dir: &Path, client_cn: &str) -> TestPki {
         stranger_cert: write("stranger.pem", stranger_cert),
         stranger_key: write("stranger.key", stranger_key),
     }
+}
+
+/// A `[[listeners]]` table for a TLS-based listener (`mqtts` or `wss`) on a free loopback port,
+/// serving the server certificate of `pki`.
+pub fn tls_listener_toml(protocol: &str, pki: &TestPki) -> String {
+    format!(
+        "[[listeners]]\nprotocol = \"{protocol}\"\nbind = \"127.0.0.1\"\nport = 0\n\
+         cert_file = {}\nkey_file = {}\n",
+        toml_path(&pki.server_cert),
+        toml_path(&pki.server_key)
+    )
 }
 
 /// TOML string literal for a path.

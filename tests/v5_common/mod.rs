@@ -1,6 +1,6 @@
-//! Minimal harness for the MQTT 5 integration tests: start the real `mqflux` binary on a free
-//! port, and a raw MQTT client built on the library's own codec (`encode_packet`, `read_frame`,
-//! `decode_packet`) for byte-precise cases. Every wait is bounded.
+//! The raw MQTT client of the MQTT 5 integration tests, built on the library's own codec
+//! (`encode_packet`, `read_frame`, `decode_packet`) for byte-precise cases. Every wait is
+//! bounded. The broker process comes from `common::Broker` (test files declare `mod common;`).
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use bytes::Bytes;
@@ -9,99 +9,12 @@ use mqflux::protocol::{
     SubAck, Subscribe, SubscribeFilter, SubscriptionOptions, Will,
 };
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Longest wait for a packet that must arrive.
 pub const WAIT: Duration = Duration::from_secs(5);
-
-/// The broker binary running in a temp dir; killed on drop.
-pub struct Broker {
-    child: Child,
-    pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    pub fn start() -> Broker {
-        Broker::start_with("")
-    }
-
-    /// Start with extra TOML appended to the config file (e.g. "[limits]\nmax_inflight = 5\n").
-    pub fn start_with(toml: &str) -> Broker {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("mqflux.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mqflux"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--port", "0", "--bind", "127.0.0.1"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mqflux");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining stderr for the broker's whole life so it never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on tcp://").nth(1) {
-                    let port = rest
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse::<u16>().ok());
-                    let _ = tx.send(port);
-                }
-                if std::env::var_os("MQFLUX_TEST_LOG").is_some() {
-                    eprintln!("broker: {line}");
-                }
-            }
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Some(port)) => port,
-            other => {
-                let _ = child.kill();
-                panic!("broker did not log its port within 10 s: {other:?}");
-            }
-        };
-        Broker {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Ask the broker to shut down gracefully (SIGTERM) and wait (bounded) for it to exit.
-    pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("broker did not exit within 10 s of SIGTERM");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What `RawClient::recv` saw instead of a packet.
 #[derive(Debug)]
