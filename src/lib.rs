@@ -4,3 +4,4 @@ pub mod broker;
 pub mod config;
 pub mod protocol;
 pub mod sink;
+pub mod store;

@@ -44,6 +44,10 @@ struct Cli {
     #[arg(long)]
     log_messages: bool,
 
+    /// Start even if the persistence store is damaged: keep what can be read, log what is lost.
+    #[arg(long)]
+    recover: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -102,7 +106,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config) {
+    match run(config, cli.recover) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -132,7 +136,7 @@ fn load_config(cli: &Cli) -> Result<Config, Vec<mqflux::config::ConfigError>> {
     Ok(config)
 }
 
-fn run(config: Config) -> Result<(), String> {
+fn run(config: Config, recover: bool) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let ip = config
@@ -148,7 +152,24 @@ fn run(config: Config) -> Result<(), String> {
     .map_err(|e| format!("cannot load security files: {e}"))?;
     let sink =
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
+    let store = match config.persistence.enabled_dir() {
+        Some(dir) => {
+            let interval = Duration::from_secs(config.persistence.periodic_interval_secs);
+            let mode = config.persistence.mode;
+            Some(
+                mqflux::store::Store::open(dir, mode, interval, recover)
+                    .map_err(|e| format!("cannot open the persistence store: {e}"))?,
+            )
+        }
+        None => {
+            info!("persistence off (no persistence.dir, or mode \"off\"): sessions, retained and queued messages are lost at restart");
+            None
+        }
+    };
     let broker = Broker::new(config, sink, security);
+    if let Some((store, loaded)) = store {
+        broker.attach_store(store, loaded);
+    }
     let housekeeping = broker
         .start_housekeeping()
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;

@@ -419,6 +419,9 @@ impl Connection {
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
+                // PUBREL only once "released" is stored: after a crash we must not resend the
+                // PUBLISH the client has completed [MQTT-4.3.3-1].
+                self.durable()?;
                 self.send(Packet::PubRel(ack(a.packet_id, code)))
             }
             Packet::PubRel(a) => {
@@ -428,6 +431,9 @@ impl Connection {
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
+                // PUBCOMP only once the id is forgotten on disk too, or a restarted broker
+                // would take the client's next message with that id for a resend.
+                self.durable()?;
                 // [MQTT-4.3.3-2] PUBCOMP even for an id we no longer know (resent PUBREL).
                 self.send(Packet::PubComp(ack(a.packet_id, code)))
             }
@@ -461,6 +467,17 @@ impl Connection {
                 reason::PROTOCOL_ERROR,
                 format!("[MQTT-2.2.1] {} is a server-to-client packet", p.name()),
             )),
+        }
+    }
+
+    /// With sync persistence, what an acknowledgement confirms must be on disk first.
+    fn durable(&self) -> Result<(), Exit> {
+        if self.broker.wait_durable() {
+            Ok(())
+        } else {
+            Err(Exit::Closed(
+                "the store could not make the client's message durable; not acknowledged".into(),
+            ))
         }
     }
 
@@ -581,6 +598,7 @@ impl Connection {
             }
             QoS::AtLeastOnce => {
                 let delivered = self.broker.publish(message);
+                self.durable()?;
                 self.send(Packet::PubAck(ack(packet_id, code(delivered))))
             }
             QoS::ExactlyOnce => {
@@ -607,6 +625,7 @@ impl Connection {
                     );
                     1
                 };
+                self.durable()?;
                 self.send(Packet::PubRec(ack(packet_id, code(delivered))))
             }
         }
@@ -658,10 +677,7 @@ impl Connection {
                 .broker
                 .router
                 .subscribe(&f.filter, &session, f.options, identifier);
-            session
-                .lock()
-                .subscriptions
-                .insert(f.filter.clone(), f.options);
+            session.lock().subscribe(&f.filter, f.options, identifier);
             reason_codes.push(f.options.qos as u8);
             // v5 retain handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11 (v5)].
             // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
@@ -675,6 +691,8 @@ impl Connection {
                 self.client_id, f.filter, f.options.qos as u8
             );
         }
+        // A granted subscription is stored before SUBACK confirms it.
+        self.durable()?;
         // [MQTT-3.8.4-1] SUBACK, with one return code per filter [MQTT-3.8.4-5].
         self.send(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
@@ -693,13 +711,14 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
             let existed = self.broker.router.unsubscribe(filter, &self.client_id);
-            session.lock().subscriptions.remove(filter);
+            session.lock().unsubscribe(filter);
             reason_codes.push(if existed {
                 reason::SUCCESS
             } else {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
         }
+        self.durable()?;
         // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed.
         self.send(Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
@@ -877,6 +896,11 @@ fn write_loop(
         let mut next = Some(first);
         let mut close = false;
         let mut packets = 0u64;
+        // A first QoS 2 send must not reach the client before its packet id is durable: after a
+        // crash the client would hold that id for a message the broker forgot, and treat the
+        // next message sent with it as a duplicate [MQTT-4.3.3-2] (lost), while the forgotten
+        // one came again under another id (twice).
+        let mut fresh_qos2 = false;
         while let Some(out) = next.take() {
             match out {
                 Outbound::Close => {
@@ -892,6 +916,7 @@ fn write_loop(
                     retain,
                     subscription_ids,
                 } => {
+                    fresh_qos2 |= qos == QoS::ExactlyOnce && !dup;
                     encode_delivery(
                         &mut buf,
                         version,
@@ -910,6 +935,10 @@ fn write_loop(
             if buf.len() < WRITE_BATCH {
                 next = rx.try_recv().ok();
             }
+        }
+        if fresh_qos2 && !broker.wait_durable() {
+            debug!("the store could not make a QoS 2 delivery durable; closing");
+            break;
         }
         if !buf.is_empty() {
             if let Err(e) = stream.write_all(&buf) {

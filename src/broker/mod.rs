@@ -20,16 +20,18 @@ pub mod topic;
 use crate::config::Config;
 use crate::protocol::QoS;
 use crate::sink::{Sink, SinkRecord};
+use crate::store::{records, Loaded, Store};
 use log::{debug, info};
 use message::Message;
 use router::Router;
 use security::SecurityFiles;
-use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
+use session::SessionRef;
+use session::{Link, Outbound, Route, Session, SessionHandle, SessionJournal, SessionLimits};
 use stats::Stats;
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,8 @@ pub struct Broker {
     pub router: Router,
     pub stats: Stats,
     pub sink: Sink,
+    /// Persistence, when configured (see `crate::store`).
+    store: OnceLock<Arc<Store>>,
     sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
     connections: Mutex<HashMap<u64, LiveConnection>>,
     next_connection_id: AtomicU64,
@@ -67,12 +71,45 @@ impl Broker {
             router: Router::default(),
             stats: Stats::default(),
             sink,
+            store: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
         })
+    }
+
+    /// Use `store` from now on, after rebuilding the retained messages and sessions it held.
+    /// Called once, before the listener starts.
+    pub fn attach_store(&self, store: Arc<Store>, loaded: Loaded) {
+        for message in loaded.retained {
+            self.router.retain(&message, || {});
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for stored in loaded.sessions {
+            let client_id: Arc<str> = stored.client_id.as_str().into();
+            let journal = SessionJournal::new(store.clone(), &client_id);
+            let state = Session::restore(stored, self.session_limits(None), journal);
+            let session = SessionHandle::restored(client_id.clone(), state);
+            let subscriptions = session.lock().subscription_list();
+            for (filter, options, identifier) in subscriptions {
+                self.router
+                    .subscribe(&filter, &session, options, identifier);
+            }
+            sessions.insert(client_id, session);
+        }
+        let _ = self.store.set(store);
+    }
+
+    /// In sync persistence mode, wait until every change this thread made so far is durable:
+    /// called before acknowledging a QoS 1/2 PUBLISH, a PUBREL or a PUBREC. False when the
+    /// store failed or timed out: the acknowledgement must not be sent.
+    pub fn wait_durable(&self) -> bool {
+        match self.store.get() {
+            Some(store) if store.is_sync() => store.wait_durable(crate::store::DURABLE_TIMEOUT),
+            _ => true,
+        }
     }
 
     pub fn uptime(&self) -> Duration {
@@ -98,7 +135,15 @@ impl Broker {
     pub fn publish(&self, message: Arc<Message>) -> usize {
         Stats::add(&self.stats.publish_received, 1);
         if message.retain {
-            self.router.retain(&message);
+            self.router.retain(&message, || {
+                if let Some(store) = self.store.get() {
+                    store.submit(if message.payload.is_empty() {
+                        records::retained_clear(&message.topic)
+                    } else {
+                        records::retained_put(&message)
+                    });
+                }
+            });
         }
         let deliveries = self
             .router
@@ -176,6 +221,8 @@ impl Broker {
     ) -> Attached {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let existing = sessions.get(client_id).cloned();
+        // Set when a stored session is created or discarded here.
+        let mut stored_change = false;
         let (session, session_present) = match existing {
             // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
             // if that connection has not finished closing yet: it is never resumed
@@ -190,6 +237,7 @@ impl Broker {
             }
             other => {
                 if let Some(old) = other {
+                    stored_change |= old.lock().has_journal();
                     self.end_session(&old, &mut sessions);
                 }
                 let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
@@ -200,6 +248,17 @@ impl Broker {
         let old_link = {
             let mut state = session.lock();
             state.expiry_interval = expiry_interval;
+            match self.store.get() {
+                Some(store) if expiry_interval != 0 && !state.has_journal() => {
+                    state.enable_journal(SessionJournal::new(store.clone(), client_id));
+                    stored_change = true;
+                }
+                _ => state.record_session(),
+            }
+            // CONNACK's "session present" must not be contradicted by a crash right after it.
+            if stored_change && !self.wait_durable() {
+                log::warn!("client {client_id}: the store did not confirm the session change");
+            }
             state.attach(
                 link,
                 limits,
@@ -239,6 +298,10 @@ impl Broker {
             return;
         }
         let ends_now = state.expiry_interval == 0;
+        if !ends_now {
+            // The v5 expiry interval may have changed at DISCONNECT.
+            state.record_session();
+        }
         let shared = state.take_shared_messages();
         let will_now = match will {
             Some((will, delay)) if delay > 0 && !ends_now => {
@@ -338,6 +401,7 @@ impl Broker {
         let (link, filters) = {
             let mut state = session.lock();
             state.ended = true;
+            state.end_journal();
             (state.take_link(), std::mem::take(&mut state.subscriptions))
         };
         if let Some(link) = link {
@@ -434,6 +498,10 @@ impl Broker {
                 debug!("connection {id} did not stop in time; closing its socket");
                 let _ = c.stream.shutdown(Shutdown::Both);
             }
+        }
+        if let Some(store) = self.store.get() {
+            // Everything the closed connections changed is written and fsynced.
+            store.stop();
         }
         self.sink.shutdown();
     }

@@ -9,9 +9,11 @@ use super::message::Message;
 use super::security::SecurityFiles;
 use super::stats::Stats;
 use crate::protocol::{Ack, Packet, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::store::{records, Store};
 use crossbeam_channel::Sender;
 use log::{debug, warn};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,14 @@ impl SessionHandle {
         })
     }
 
+    /// A session rebuilt from the store.
+    pub fn restored(client_id: Arc<str>, state: Session) -> SessionRef {
+        Arc::new(SessionHandle {
+            client_id,
+            state: Mutex::new(state),
+        })
+    }
+
     /// Lock the state; a poisoned lock (a panicked thread) still holds consistent data for us.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Session> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -92,7 +102,32 @@ pub struct Route {
     pub shared_group: Option<Arc<str>>,
 }
 
+/// Identifies one outgoing message of a session in the store; unique across the process (and
+/// across restarts: raised past every stored one at start-up), increasing in delivery order.
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn next_seq() -> u64 {
+    NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where a persistent session records its changes (see `crate::store`).
+pub struct SessionJournal {
+    store: Arc<Store>,
+    /// The client's key prefix.
+    client: Vec<u8>,
+}
+
+impl SessionJournal {
+    pub fn new(store: Arc<Store>, client_id: &str) -> SessionJournal {
+        SessionJournal {
+            store,
+            client: records::client_key(client_id),
+        }
+    }
+}
+
 struct Inflight {
+    seq: u64,
     packet_id: u16,
     message: Arc<Message>,
     route: Route,
@@ -101,6 +136,7 @@ struct Inflight {
 }
 
 struct Queued {
+    seq: u64,
     message: Arc<Message>,
     route: Route,
 }
@@ -111,6 +147,10 @@ pub struct Session {
     /// Set when the session is discarded; late deliveries to it are ignored.
     pub ended: bool,
     pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// v5 Subscription Identifier per filter, kept to persist the session.
+    subscription_ids: HashMap<String, u32>,
+    /// Set while the session is persistent and persistence is on.
+    journal: Option<SessionJournal>,
     /// When the last connection ended (None while connected).
     pub disconnected_at: Option<Instant>,
     /// A will waiting for its v5 Will Delay Interval [MQTT-3.1.3-9].
@@ -136,6 +176,8 @@ impl Session {
             expiry_interval,
             ended: false,
             subscriptions: HashMap::new(),
+            subscription_ids: HashMap::new(),
+            journal: None,
             disconnected_at: None,
             delayed_will: None,
             link: None,
@@ -147,6 +189,120 @@ impl Session {
             dropped: 0,
             username: None,
             acl: None,
+        }
+    }
+
+    /// Rebuild a session read from the store, disconnected since now (the expiry clock starts
+    /// again at start-up: a session is never expired early by a restart).
+    pub fn restore(
+        stored: records::StoredSession,
+        limits: SessionLimits,
+        journal: SessionJournal,
+    ) -> Session {
+        let mut s = Session::new(stored.expiry_interval, limits);
+        s.disconnected_at = Some(Instant::now());
+        for sub in stored.subscriptions {
+            if let Some(id) = sub.identifier {
+                s.subscription_ids.insert(sub.filter.clone(), id);
+            }
+            s.subscriptions.insert(sub.filter, sub.options);
+        }
+        for o in stored.outgoing {
+            NEXT_SEQ.fetch_max(o.seq + 1, Ordering::Relaxed);
+            if o.packet_id == 0 {
+                s.queued.push_back(Queued {
+                    seq: o.seq,
+                    message: o.message,
+                    route: o.route,
+                });
+            } else {
+                s.next_packet_id = o.packet_id.checked_add(1).unwrap_or(1);
+                s.inflight.push_back(Inflight {
+                    seq: o.seq,
+                    packet_id: o.packet_id,
+                    message: o.message,
+                    route: o.route,
+                    released: o.released,
+                });
+            }
+        }
+        s.incoming_qos2.extend(stored.incoming_qos2);
+        s.journal = Some(journal);
+        s
+    }
+
+    /// The subscriptions with their identifiers, as `Router::subscribe` takes them.
+    pub fn subscription_list(&self) -> Vec<(String, SubscriptionOptions, Option<u32>)> {
+        self.subscriptions
+            .iter()
+            .map(|(f, o)| (f.clone(), *o, self.subscription_ids.get(f).copied()))
+            .collect()
+    }
+
+    /// Start recording this session (it became persistent): write all of its state.
+    pub fn enable_journal(&mut self, journal: SessionJournal) {
+        self.journal = Some(journal);
+        self.record_session();
+        for q in &self.queued {
+            self.record(|c| records::outgoing_put(c, q.seq, &q.message, &q.route, 0, false));
+        }
+        for i in &self.inflight {
+            self.record(|c| {
+                records::outgoing_put(c, i.seq, &i.message, &i.route, i.packet_id, i.released)
+            });
+        }
+        for id in &self.incoming_qos2 {
+            self.record(|c| records::incoming_put(c, *id));
+        }
+    }
+
+    pub fn has_journal(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Stop recording and delete everything stored for the session (it ended).
+    pub fn end_journal(&mut self) {
+        if let Some(j) = self.journal.take() {
+            for op in records::session_end(&j.client) {
+                j.store.submit(op);
+            }
+        }
+    }
+
+    /// Record the expiry interval and subscriptions.
+    pub fn record_session(&self) {
+        self.record(|c| {
+            records::session_put(
+                c,
+                self.expiry_interval,
+                self.subscriptions
+                    .iter()
+                    .map(|(f, o)| (f.as_str(), *o, self.subscription_ids.get(f).copied())),
+            )
+        });
+    }
+
+    fn record(&self, op: impl FnOnce(&[u8]) -> crate::store::journal::Op) {
+        if let Some(j) = &self.journal {
+            j.store.submit(op(&j.client));
+        }
+    }
+
+    /// Add or replace a subscription (the router is updated by the caller).
+    pub fn subscribe(&mut self, filter: &str, options: SubscriptionOptions, id: Option<u32>) {
+        self.subscriptions.insert(filter.to_string(), options);
+        match id {
+            Some(id) => self.subscription_ids.insert(filter.to_string(), id),
+            None => self.subscription_ids.remove(filter),
+        };
+        self.record_session();
+    }
+
+    /// Remove a subscription (the router is updated by the caller).
+    pub fn unsubscribe(&mut self, filter: &str) {
+        self.subscription_ids.remove(filter);
+        if self.subscriptions.remove(filter).is_some() {
+            self.record_session();
         }
     }
 
@@ -286,11 +442,18 @@ impl Session {
             });
             return;
         }
+        let seq = next_seq();
         self.queued.push_back(Queued {
+            seq,
             message: message.clone(),
             route,
         });
         self.fill_window();
+        // Still queued (offline or window full): record it as queued; otherwise fill_window
+        // recorded it as inflight.
+        if let Some(q) = self.queued.back().filter(|q| q.seq == seq) {
+            self.record(|c| records::outgoing_put(c, seq, &q.message, &q.route, 0, false));
+        }
     }
 
     /// QoS 1/2 messages that came through a shared subscription and that this session has not
@@ -301,6 +464,7 @@ impl Session {
         let queued = std::mem::take(&mut self.queued);
         for q in queued {
             if q.route.shared_group.is_some() {
+                self.record(|c| records::outgoing_delete(c, q.seq));
                 taken.push((q.message, q.route));
             } else {
                 self.queued.push_back(q);
@@ -309,6 +473,7 @@ impl Session {
         let inflight = std::mem::take(&mut self.inflight);
         for i in inflight {
             if i.route.shared_group.is_some() && !i.released {
+                self.record(|c| records::outgoing_delete(c, i.seq));
                 taken.push((i.message, i.route));
             } else {
                 self.inflight.push_back(i);
@@ -361,9 +526,15 @@ impl Session {
                 break;
             };
             if q.message.is_expired() {
+                self.record(|c| records::outgoing_delete(c, q.seq));
                 continue;
             }
             let packet_id = self.allocate_packet_id();
+            // Recorded before it is handed to the writer, which waits for it to be durable
+            // before sending a QoS 2 message (see `connection::write_loop`).
+            self.record(|c| {
+                records::outgoing_put(c, q.seq, &q.message, &q.route, packet_id, false)
+            });
             self.send(Outbound::Publish {
                 message: q.message.clone(),
                 qos: q.route.qos,
@@ -373,6 +544,7 @@ impl Session {
                 subscription_ids: q.route.subscription_ids.clone(),
             });
             self.inflight.push_back(Inflight {
+                seq: q.seq,
                 packet_id,
                 message: q.message,
                 route: q.route,
@@ -420,7 +592,9 @@ impl Session {
         else {
             return false;
         };
-        self.inflight.remove(pos);
+        if let Some(done) = self.inflight.remove(pos) {
+            self.record(|c| records::outgoing_delete(c, done.seq));
+        }
         self.fill_window();
         true
     }
@@ -435,6 +609,16 @@ impl Session {
         {
             Some(item) => {
                 item.released = true;
+                if let Some(j) = &self.journal {
+                    j.store.submit(records::outgoing_put(
+                        &j.client,
+                        item.seq,
+                        &item.message,
+                        &item.route,
+                        item.packet_id,
+                        true,
+                    ));
+                }
                 true
             }
             None => false,
@@ -444,7 +628,11 @@ impl Session {
     /// Incoming QoS 2 PUBLISH: returns true if it is new (route it), false if it is a resend of
     /// one already routed and not yet released.
     pub fn receive_qos2(&mut self, packet_id: u16) -> bool {
-        self.incoming_qos2.insert(packet_id)
+        let new = self.incoming_qos2.insert(packet_id);
+        if new {
+            self.record(|c| records::incoming_put(c, packet_id));
+        }
+        new
     }
 
     /// Number of incoming QoS 2 messages awaiting PUBREL (counts against our Receive Maximum).
@@ -454,7 +642,11 @@ impl Session {
 
     /// Incoming PUBREL: forget the packet id. Returns false if it was unknown.
     pub fn release_qos2(&mut self, packet_id: u16) -> bool {
-        self.incoming_qos2.remove(&packet_id)
+        let known = self.incoming_qos2.remove(&packet_id);
+        if known {
+            self.record(|c| records::incoming_delete(c, packet_id));
+        }
+        known
     }
 
     pub fn inflight_len(&self) -> usize {
