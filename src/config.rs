@@ -32,10 +32,11 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub listener: ListenerConfig,
+    /// Every `[[listeners]]` table; one plain MQTT listener on 0.0.0.0:1883 when none is given.
+    pub listeners: Vec<ListenerConfig>,
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub security: SecurityConfig,
@@ -89,21 +90,179 @@ impl PersistenceConfig {
     }
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listeners: vec![ListenerConfig::default()],
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            security: SecurityConfig::default(),
+            sink: Default::default(),
+            persistence: PersistenceConfig::default(),
+        }
+    }
+}
+
+/// What a listener speaks on its socket. MQTT is carried as-is, inside TLS, inside WebSocket
+/// binary frames, or inside WebSocket over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Mqtt,
+    Mqtts,
+    Ws,
+    Wss,
+}
+
+impl ListenerProtocol {
+    /// URL scheme used in log lines (`tcp://` for plain MQTT, as tests and tools expect).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ListenerProtocol::Mqtt => "tcp",
+            ListenerProtocol::Mqtts => "mqtts",
+            ListenerProtocol::Ws => "ws",
+            ListenerProtocol::Wss => "wss",
+        }
+    }
+
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerProtocol::Mqtt => "mqtt",
+            other => other.scheme(),
+        }
+    }
+
+    /// Port used when the listener does not set one.
+    pub fn default_port(self) -> u16 {
+        match self {
+            ListenerProtocol::Mqtt => 1883,
+            ListenerProtocol::Mqtts => 8883,
+            ListenerProtocol::Ws => 8080,
+            ListenerProtocol::Wss => 8081,
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Mqtts | ListenerProtocol::Wss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerProtocol::Ws | ListenerProtocol::Wss)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerConfig {
+    /// "mqtt" (default), "mqtts" (TLS), "ws" (WebSocket) or "wss" (WebSocket over TLS).
+    pub protocol: ListenerProtocol,
     /// Address to bind, e.g. "0.0.0.0" or "127.0.0.1".
     pub bind: String,
-    /// TCP port; 0 picks a free port (logged at start-up).
-    pub port: u16,
+    /// TCP port; None = the protocol's default (see `port()`); 0 picks a free port.
+    pub port: Option<u16>,
+    /// Concurrent connections on this listener (TLS/WebSocket handshakes included); further
+    /// connections are closed at accept. 0 = unlimited (`limits.max_connections` still applies).
+    pub max_connections: usize,
+    /// mqtts/wss: the server certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// mqtts/wss: the server private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// mqtts/wss: CA certificates (PEM) that client certificates are verified against.
+    pub ca_file: Option<PathBuf>,
+    /// mqtts/wss: refuse clients without a certificate signed by `ca_file`.
+    pub require_certificate: bool,
+    /// mqtts/wss: the client certificate's subject CN becomes the client's username.
+    pub use_identity_as_username: bool,
+    /// ws/wss: the HTTP path of the WebSocket endpoint (default "/mqtt").
+    pub path: Option<String>,
 }
 
 impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
+            protocol: ListenerProtocol::Mqtt,
             bind: "0.0.0.0".into(),
-            port: 1883,
+            port: None,
+            max_connections: 0,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+            path: None,
         }
+    }
+}
+
+impl ListenerConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(self.protocol.default_port())
+    }
+
+    pub fn websocket_path(&self) -> &str {
+        self.path.as_deref().unwrap_or("/mqtt")
+    }
+
+    /// Problems with this listener as (key inside the table, message).
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.bind.parse::<std::net::IpAddr>().is_err() {
+            problems.push((
+                "bind",
+                format!(
+                    "expected an IP address like \"0.0.0.0\", got {:?}",
+                    self.bind
+                ),
+            ));
+        }
+        let protocol = self.protocol;
+        if protocol.is_tls() {
+            if (self.require_certificate || self.use_identity_as_username) && self.ca_file.is_none()
+            {
+                problems.push((
+                    "ca_file",
+                    "required when require_certificate or use_identity_as_username is set \
+                     (the CA that signs client certificates)"
+                        .into(),
+                ));
+            } else if let Err(e) = crate::broker::tls::server_config(self) {
+                problems.push((e.key, e.message));
+            }
+        } else {
+            let tls_keys = [
+                ("cert_file", self.cert_file.is_some()),
+                ("key_file", self.key_file.is_some()),
+                ("ca_file", self.ca_file.is_some()),
+                ("require_certificate", self.require_certificate),
+                ("use_identity_as_username", self.use_identity_as_username),
+            ];
+            for (key, set) in tls_keys {
+                if set {
+                    problems.push((
+                        key,
+                        format!(
+                            "only used by TLS listeners (protocol \"mqtts\" or \"wss\"), \
+                             this one is {:?}",
+                            protocol.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        match &self.path {
+            Some(_) if !protocol.is_websocket() => problems.push((
+                "path",
+                "only used by WebSocket listeners (protocol \"ws\" or \"wss\")".into(),
+            )),
+            Some(p) if !p.starts_with('/') => problems.push((
+                "path",
+                format!("expected an HTTP path starting with \"/\", got {p:?}"),
+            )),
+            _ => {}
+        }
+        problems
     }
 }
 
@@ -125,6 +284,10 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// v5 topic aliases a client may use towards the broker (0 disables them).
     pub max_topic_alias: u16,
+    /// Longest keep-alive in seconds a v5 client may use: one asking for more, or for none (0),
+    /// gets this as Server Keep Alive in CONNACK and is held to it. 0 = accept what the client
+    /// asks. (v3.1.1 clients cannot be told, so their own value always applies.)
+    pub max_keep_alive: u16,
     /// PUBLISH packets per second one client may send; a faster client is slowed down (the
     /// broker stops reading from it), nothing is dropped. 0 = unlimited.
     pub max_publish_rate: u32,
@@ -142,6 +305,7 @@ impl Default for LimitsConfig {
             connect_timeout_secs: 10,
             outbound_queue: 1024,
             max_topic_alias: 10,
+            max_keep_alive: 0,
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
         }
@@ -239,14 +403,16 @@ impl Config {
                 message,
             })
         };
-        if self.listener.bind.parse::<std::net::IpAddr>().is_err() {
+        if self.listeners.is_empty() {
             bad(
-                "listener.bind",
-                format!(
-                    "expected an IP address like \"0.0.0.0\", got {:?}",
-                    self.listener.bind
-                ),
+                "listeners",
+                "expected at least one [[listeners]] table (or none at all for the default)".into(),
             );
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            for (key, message) in listener.problems() {
+                bad(&format!("listeners[{i}].{key}"), message);
+            }
         }
         let l = &self.limits;
         if !(16..=crate::protocol::MAX_REMAINING_LENGTH + 5).contains(&l.max_packet_size) {
@@ -346,6 +512,50 @@ mod tests {
     }
 
     #[test]
+    fn listeners_array_takes_per_protocol_default_ports() {
+        let c = Config::parse(
+            "[[listeners]]\nprotocol = \"mqtts\"\n[[listeners]]\nprotocol = \"ws\"\n\
+             [[listeners]]\nprotocol = \"wss\"\nport = 9001\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let ports: Vec<_> = c.listeners.iter().map(|l| l.port()).collect();
+        assert_eq!(ports, [8883, 8080, 9001]);
+        assert_eq!(c.listeners[1].websocket_path(), "/mqtt");
+        assert_eq!(c.listeners[0].bind, "0.0.0.0");
+    }
+
+    #[test]
+    fn unknown_protocol_names_the_listener_key() {
+        let err = Config::parse(
+            "[[listeners]]\n[[listeners]]\nprotocol = \"quic\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "listeners[1].protocol");
+        assert!(err.message.contains("mqtts"), "{err}");
+    }
+
+    #[test]
+    fn listener_problems_carry_the_index() {
+        let c = Config::parse(
+            "[[listeners]]\n[[listeners]]\nbind = \"localhost\"\nca_file = \"ca.pem\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let errs = c.validate(Path::new("x.toml")).unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["listeners[1].bind", "listeners[1].ca_file"]);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
+        let c = Config::load(path).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+    }
+
+    #[test]
     fn persistence_mode_must_be_known_and_interval_positive() {
         let err =
             Config::parse("[persistence]\nmode = \"always\"\n", Path::new("x.toml")).unwrap_err();
@@ -363,7 +573,9 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let c = Config::parse("", Path::new("x.toml")).unwrap();
-        assert_eq!(c.listener.port, 1883);
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].port(), 1883);
+        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Mqtt);
         assert_eq!(c.limits.max_inflight, 20);
     }
 }

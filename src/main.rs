@@ -1,4 +1,4 @@
-//! mqflux daemon entry point: CLI, config, start the sink and the listener, wait for a signal.
+//! mqflux daemon entry point: CLI, config, start the sink and the listeners, wait for a signal.
 
 use clap::{Parser, Subcommand};
 use log::{error, info, warn};
@@ -8,7 +8,6 @@ use mqflux::broker::Broker;
 use mqflux::config::Config;
 use mqflux::sink::Sink;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,11 +23,11 @@ struct Cli {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Address to listen on; overrides `listener.bind` (default 0.0.0.0).
+    /// Address of the first listener; overrides its `bind` (default 0.0.0.0).
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
 
-    /// TCP port to listen on; overrides `listener.port` (default 1883). 0 picks a free port.
+    /// Port of the first listener; overrides its `port` (default 1883). 0 picks a free port.
     #[arg(short, long, value_name = "PORT")]
     port: Option<u16>,
 
@@ -125,11 +124,13 @@ fn load_config(cli: &Cli) -> Result<Config, Vec<mqflux::config::ConfigError>> {
         None => Config::default(),
     };
     // Command-line flags override the file; validate again so a bad --bind is reported too.
-    if let Some(bind) = &cli.bind {
-        config.listener.bind = bind.clone();
-    }
-    if let Some(port) = cli.port {
-        config.listener.port = port;
+    if let Some(first) = config.listeners.first_mut() {
+        if let Some(bind) = &cli.bind {
+            first.bind = bind.clone();
+        }
+        if let Some(port) = cli.port {
+            first.port = Some(port);
+        }
     }
     config.log.messages |= cli.log_messages;
     config.validate(&path)?;
@@ -139,12 +140,6 @@ fn load_config(cli: &Cli) -> Result<Config, Vec<mqflux::config::ConfigError>> {
 fn run(config: Config, recover: bool) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let ip = config
-        .listener
-        .bind
-        .parse()
-        .map_err(|e| format!("listener.bind: {e}"))?;
-    let addr = SocketAddr::new(ip, config.listener.port);
     let security = SecurityFiles::load(
         config.security.password_file.as_deref(),
         config.security.acl_file.as_deref(),
@@ -173,7 +168,18 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
     let housekeeping = broker
         .start_housekeeping()
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
-    let listener = Listener::start(&broker, addr).map_err(|e| e.to_string())?;
+    let mut listeners = Vec::new();
+    for (i, settings) in broker.config.listeners.iter().enumerate() {
+        match Listener::start(&broker, settings) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                // Release what is already running before giving up.
+                broker.shutdown(Duration::from_secs(1));
+                listeners.into_iter().for_each(Listener::stop);
+                return Err(format!("listeners[{i}]: {e}"));
+            }
+        }
+    }
     info!("mqflux {} ready", env!("CARGO_PKG_VERSION"));
 
     for signal in signals.forever() {
@@ -191,7 +197,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
         break;
     }
     broker.shutdown(Duration::from_secs(5));
-    listener.stop();
+    listeners.into_iter().for_each(Listener::stop);
     let _ = housekeeping.join();
     info!("stopped");
     Ok(())

@@ -245,3 +245,21 @@ fn publish_with_four_byte_remaining_length_is_delivered_intact() {
     assert!(p.payload == payload, "payload corrupted in transit");
     sub.send(&raw::puback(p.packet_id));
 }
+
+#[test]
+fn mqtt311_publisher_may_hold_more_unreleased_qos2_messages_than_max_inflight() {
+    // Receive Maximum is an MQTT 5 concept [MQTT-3.3.4-9 (v5)]; a 3.1.1 publisher with 50 QoS 2
+    // messages awaiting PUBREL (limits.max_inflight is 20) must not be disconnected.
+    let broker = Broker::start();
+    let mut publisher = RawClient::connected(broker.addr(), "q2-window");
+    for id in 1..=50u16 {
+        publisher.send(&raw::publish("q2/x", b"m", 2, id, false, false));
+    }
+    for id in 1..=50u16 {
+        publisher.expect_bytes(&raw::pubrec(id));
+    }
+    for id in 1..=50u16 {
+        publisher.send(&raw::pubrel(id));
+        publisher.expect_bytes(&raw::pubcomp(id));
+    }
+}

@@ -1,14 +1,43 @@
-//! The TCP accept loop: one named thread that hands every socket to its own connection threads.
+//! Listeners: one named accept thread per `[[listeners]]` entry. Plain MQTT sockets go straight
+//! to their connection threads; TLS and WebSocket sockets first get a transport pump (`pump.rs`)
+//! that does the handshake and then bridges the bare MQTT bytes to the connection threads.
 
 use super::connection;
+use super::pump;
+use super::socket::Socket;
 use super::stats::Stats;
+use super::tls;
 use super::Broker;
-use log::{error, info, warn};
+use crate::config::{ListenerConfig, ListenerProtocol};
+use log::{debug, error, info, warn};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// What a transport pump needs to know about the listener that accepted its socket.
+pub struct ListenerContext {
+    pub protocol: ListenerProtocol,
+    /// rustls configuration for mqtts / wss.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// ws / wss: the HTTP path of the WebSocket endpoint.
+    pub websocket_path: String,
+    /// mqtts / wss: hand the client certificate's subject CN to the connection.
+    pub use_identity_as_username: bool,
+    /// Connections of this listener still open (handshakes included).
+    active: Arc<AtomicUsize>,
+}
+
+/// One of a listener's `max_connections` places, held until the connection's threads end.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 pub struct Listener {
     local_addr: SocketAddr,
@@ -16,16 +45,44 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Bind `addr` and start accepting. Logs `listening on tcp://ADDR` once bound.
-    pub fn start(broker: &Arc<Broker>, addr: SocketAddr) -> io::Result<Listener> {
+    /// Bind the listener and start accepting. Logs `listening on SCHEME://ADDR` once bound
+    /// (`tcp://` for plain MQTT, `mqtts://`, `ws://`, `wss://` for the others).
+    pub fn start(broker: &Arc<Broker>, settings: &ListenerConfig) -> io::Result<Listener> {
+        let ip: IpAddr = settings.bind.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bind: not an IP address: {:?}", settings.bind),
+            )
+        })?;
+        let addr = SocketAddr::new(ip, settings.port());
+        let protocol = settings.protocol;
+        let tls = if protocol.is_tls() {
+            let config = tls::server_config(settings).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: {}", e.key, e.message),
+                )
+            })?;
+            Some(config)
+        } else {
+            None
+        };
         let listener = TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
-        info!("listening on tcp://{local_addr}");
+        info!("listening on {}://{local_addr}", protocol.scheme());
+        let context = Arc::new(ListenerContext {
+            protocol,
+            tls,
+            websocket_path: settings.websocket_path().to_string(),
+            use_identity_as_username: settings.use_identity_as_username,
+            active: Arc::new(AtomicUsize::new(0)),
+        });
+        let max_connections = settings.max_connections;
         let broker = broker.clone();
         let thread = thread::Builder::new()
-            .name("listener".into())
-            .spawn(move || accept_loop(&broker, listener))?;
+            .name(format!("listener-{}", local_addr.port()))
+            .spawn(move || accept_loop(&broker, listener, &context, max_connections))?;
         Ok(Listener { local_addr, thread })
     }
 
@@ -33,7 +90,8 @@ impl Listener {
         self.local_addr
     }
 
-    /// Stop accepting (the broker must already be marked as shutting down) and join the thread.
+    /// Stop accepting (the broker must already be marked as shutting down) and join the thread,
+    /// which joins this listener's transport pumps.
     pub fn stop(self) {
         // accept() has no timeout: wake it with a connection of our own.
         let mut wake = self.local_addr;
@@ -48,7 +106,21 @@ impl Listener {
     }
 }
 
-fn accept_loop(broker: &Arc<Broker>, listener: TcpListener) {
+/// A running transport pump and a handle on its client socket, to cut it short at shutdown.
+struct PumpThread {
+    thread: JoinHandle<()>,
+    socket: TcpStream,
+    /// Set by the pump once the handshake is done and it bridges a connection.
+    bridging: Arc<AtomicBool>,
+}
+
+fn accept_loop(
+    broker: &Arc<Broker>,
+    listener: TcpListener,
+    context: &Arc<ListenerContext>,
+    max_connections: usize,
+) {
+    let mut pumps: Vec<PumpThread> = Vec::new();
     for incoming in listener.incoming() {
         if broker.is_shutting_down() {
             break;
@@ -71,8 +143,56 @@ fn accept_loop(broker: &Arc<Broker>, listener: TcpListener) {
             warn!("connection from {peer} refused: limits.max_connections ({max}) reached");
             continue; // dropping the stream closes it
         }
-        if let Err(e) = connection::spawn(broker, stream, peer) {
-            error!("cannot start a thread for the connection from {peer}: {e}");
+        // Only this thread takes places, so checking then adding cannot overshoot.
+        if max_connections > 0 && context.active.load(Ordering::Acquire) >= max_connections {
+            Stats::add(&broker.stats.connections_refused, 1);
+            warn!(
+                "connection from {peer} refused: this listener's max_connections ({max_connections}) reached"
+            );
+            continue;
         }
+        context.active.fetch_add(1, Ordering::AcqRel);
+        let slot = ConnectionSlot(context.active.clone());
+        if context.protocol == ListenerProtocol::Mqtt {
+            if let Err(e) = connection::spawn(broker, Socket::Tcp(stream), peer, None, slot) {
+                error!("cannot start a thread for the connection from {peer}: {e}");
+            }
+            continue;
+        }
+        pumps.retain(|p| !p.thread.is_finished());
+        let socket = match stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("connection from {peer} dropped: cannot clone its socket: {e}");
+                continue;
+            }
+        };
+        let bridging = Arc::new(AtomicBool::new(false));
+        match pump::start(broker, context, stream, peer, slot, bridging.clone()) {
+            Ok(thread) => pumps.push(PumpThread {
+                thread,
+                socket,
+                bridging,
+            }),
+            Err(e) => error!("cannot start a transport thread for {peer}: {e}"),
+        }
+    }
+    // Handshakes still waiting for a client are cut off now. The broker has closed every
+    // connection, so bridging pumps are finishing: give them a moment to flush, then cut them off.
+    for p in &pumps {
+        if !p.bridging.load(Ordering::Acquire) {
+            let _ = p.socket.shutdown(Shutdown::Both);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pumps.iter().any(|p| !p.thread.is_finished()) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    for p in pumps {
+        if !p.thread.is_finished() {
+            debug!("closing a transport that did not finish in time");
+            let _ = p.socket.shutdown(Shutdown::Both);
+        }
+        let _ = p.thread.join();
     }
 }

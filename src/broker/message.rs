@@ -49,6 +49,20 @@ impl Message {
         }
     }
 
+    /// The same message published now: fresh receive time and expiry deadline. A will sent
+    /// after its Will Delay Interval is published then, and its Message Expiry Interval counts
+    /// from that moment (section 3.1.3.2.4).
+    pub fn published_now(&self) -> Message {
+        Message::new(
+            self.topic.clone(),
+            self.payload.clone(),
+            self.qos,
+            self.retain,
+            self.properties.clone(),
+            self.publisher.clone(),
+        )
+    }
+
     /// [MQTT-3.3.2-5] an expired message must not be delivered.
     pub fn is_expired(&self) -> bool {
         self.expires_at.is_some_and(|at| Instant::now() >= at)

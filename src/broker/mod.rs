@@ -10,11 +10,14 @@ pub mod auth;
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod pump;
 pub mod ratelimit;
 pub mod router;
 pub mod security;
 pub mod session;
+pub mod socket;
 pub mod stats;
+pub mod tls;
 pub mod topic;
 
 use crate::config::Config;
@@ -25,11 +28,12 @@ use log::{debug, info};
 use message::Message;
 use router::Router;
 use security::SecurityFiles;
-use session::SessionRef;
-use session::{Link, Outbound, Route, Session, SessionHandle, SessionJournal, SessionLimits};
+use session::{Link, Outbound, Route, Session, SessionHandle, SessionJournal};
+use session::{SessionLimits, SessionRef};
+use socket::Socket;
 use stats::Stats;
 use std::collections::HashMap;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -37,7 +41,7 @@ use std::time::{Duration, Instant};
 
 /// A live network connection, kept so shutdown can close it and join its thread.
 struct LiveConnection {
-    stream: TcpStream,
+    stream: Socket,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -223,6 +227,7 @@ impl Broker {
         let existing = sessions.get(client_id).cloned();
         // Set when a stored session is created or discarded here.
         let mut stored_change = false;
+        let mut pending_will = None;
         let (session, session_present) = match existing {
             // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
             // if that connection has not finished closing yet: it is never resumed
@@ -238,7 +243,7 @@ impl Broker {
             other => {
                 if let Some(old) = other {
                     stored_change |= old.lock().has_journal();
-                    self.end_session(&old, &mut sessions);
+                    pending_will = self.end_session(&old, &mut sessions);
                 }
                 let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
                 sessions.insert(s.client_id.clone(), s.clone());
@@ -270,6 +275,12 @@ impl Broker {
                 "client {client_id}: session taken over by a new connection; closing the old one"
             );
             close_link(&old, crate::protocol::reason::SESSION_TAKEN_OVER);
+        }
+        drop(sessions);
+        if let Some(will) = pending_will {
+            // The old session ended (clean start or expired) before its Will Delay Interval
+            // passed: the will is due now (section 3.1.3.2.2, "whichever happens first").
+            self.publish(will);
         }
         Attached {
             session,
@@ -312,12 +323,14 @@ impl Broker {
             other => other.map(|(will, _)| will),
         };
         drop(state);
-        if ends_now {
-            self.end_session(session, &mut sessions);
-        }
+        let ended_will = if ends_now {
+            self.end_session(session, &mut sessions)
+        } else {
+            None
+        };
         drop(sessions);
         self.redeliver_shared(session, shared);
-        if let Some(will) = will_now {
+        for will in will_now.into_iter().chain(ended_will) {
             self.publish(will);
         }
     }
@@ -364,7 +377,10 @@ impl Broker {
                     (
                         expired,
                         if due {
-                            state.delayed_will.take().map(|(_, w)| w)
+                            state
+                                .delayed_will
+                                .take()
+                                .map(|(_, w)| Arc::new(w.published_now()))
                         } else {
                             None
                         },
@@ -374,7 +390,7 @@ impl Broker {
                 if expired {
                     info!("session {} expired", session.client_id);
                     Stats::add(&self.stats.sessions_expired, 1);
-                    self.end_session(&session, &mut sessions);
+                    due_wills.extend(self.end_session(&session, &mut sessions));
                 }
             }
         }
@@ -397,12 +413,25 @@ impl Broker {
     }
 
     /// Discard a session: close its connection, drop its subscriptions, remove it from the table.
-    fn end_session(&self, session: &SessionRef, sessions: &mut HashMap<Arc<str>, SessionRef>) {
-        let (link, filters) = {
+    /// Returns a will that was waiting for its delay: it is due now that the session ends; the
+    /// caller publishes it once the session table is unlocked.
+    fn end_session(
+        &self,
+        session: &SessionRef,
+        sessions: &mut HashMap<Arc<str>, SessionRef>,
+    ) -> Option<Arc<Message>> {
+        let (link, filters, will) = {
             let mut state = session.lock();
             state.ended = true;
             state.end_journal();
-            (state.take_link(), std::mem::take(&mut state.subscriptions))
+            (
+                state.take_link(),
+                std::mem::take(&mut state.subscriptions),
+                state
+                    .delayed_will
+                    .take()
+                    .map(|(_, will)| Arc::new(will.published_now())),
+            )
         };
         if let Some(link) = link {
             close_link(&link, crate::protocol::reason::SESSION_TAKEN_OVER);
@@ -416,6 +445,7 @@ impl Broker {
         {
             sessions.remove(&session.client_id);
         }
+        will
     }
 
     pub fn session_count(&self) -> usize {
@@ -426,7 +456,7 @@ impl Broker {
     }
 
     /// Register a new connection; returns its id, or None when the broker is shutting down.
-    pub fn register_connection(&self, stream: &TcpStream) -> Option<u64> {
+    pub fn register_connection(&self, stream: &Socket) -> Option<u64> {
         let stream = stream.try_clone().ok()?;
         let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());

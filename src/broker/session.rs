@@ -133,6 +133,9 @@ struct Inflight {
     route: Route,
     /// QoS 2: PUBREC received and PUBREL sent; waiting for PUBCOMP.
     released: bool,
+    /// Carried over from an earlier connection and not resent yet: the new connection's
+    /// Receive Maximum had no room for it. Resent (same packet id, DUP) as slots free up.
+    awaiting_resend: bool,
 }
 
 struct Queued {
@@ -223,6 +226,7 @@ impl Session {
                     message: o.message,
                     route: o.route,
                     released: o.released,
+                    awaiting_resend: false,
                 });
             }
         }
@@ -340,20 +344,28 @@ impl Session {
         self.disconnected_at = None;
         self.delayed_will = None;
         self.send(first);
+        // PUBRELs are always resent. PUBLISHes are resent with their original packet ids
+        // [MQTT-4.4.0-1], but only as many as the new connection's Receive Maximum allows: a
+        // PUBREC'd QoS 2 message still holds a slot until PUBCOMP [MQTT-3.3.4-9 (v5)]. A
+        // message now too large for the client is dropped as if delivered [MQTT-3.1.2-25].
+        let max_packet_size = self.link.as_ref().and_then(|l| l.max_packet_size);
+        let journal = self.journal.as_ref();
+        self.inflight.retain(|item| {
+            let keep = item.released || !too_large(max_packet_size, &item.message, &item.route);
+            if let (false, Some(j)) = (keep, journal) {
+                j.store
+                    .submit(records::outgoing_delete(&j.client, item.seq));
+            }
+            keep
+        });
+        for item in &mut self.inflight {
+            item.awaiting_resend = !item.released;
+        }
         for item in &self.inflight {
-            let out = if item.released {
-                Outbound::Packet(Box::new(Packet::PubRel(Ack::new(item.packet_id))))
-            } else {
-                Outbound::Publish {
-                    message: item.message.clone(),
-                    qos: item.route.qos,
-                    packet_id: item.packet_id,
-                    dup: true,
-                    retain: item.route.retain,
-                    subscription_ids: item.route.subscription_ids.clone(),
-                }
-            };
-            self.send(out);
+            if item.released {
+                let rel = Packet::PubRel(Ack::new(item.packet_id));
+                self.send(Outbound::Packet(Box::new(rel)));
+            }
         }
         self.fill_window();
         old
@@ -495,24 +507,11 @@ impl Session {
     }
 
     fn too_large_for_client(&self, message: &Message, route: &Route) -> bool {
-        let Some(max) = self.link.as_ref().and_then(|l| l.max_packet_size) else {
-            return false;
-        };
-        let mut properties = message.properties.clone();
-        properties.subscription_identifiers = route.subscription_ids.clone();
-        let mut buf = Vec::new();
-        crate::protocol::encode::encode_publish(
-            &mut buf,
-            ProtocolVersion::V5,
-            &message.topic,
-            &message.payload,
-            route.qos,
-            route.retain,
-            false,
-            1,
-            &properties,
-        );
-        buf.len() > max as usize
+        too_large(
+            self.link.as_ref().and_then(|l| l.max_packet_size),
+            message,
+            route,
+        )
     }
 
     /// Move queued messages into the inflight window while it has room and a client is
@@ -521,11 +520,43 @@ impl Session {
         if self.link.is_none() {
             return;
         }
+        // First the messages of an earlier connection still waiting to be resent.
+        let mut in_use = self.inflight.iter().filter(|i| !i.awaiting_resend).count();
+        for i in 0..self.inflight.len() {
+            if in_use >= self.limits.max_inflight {
+                return;
+            }
+            let item = &self.inflight[i];
+            if !item.awaiting_resend {
+                continue;
+            }
+            let out = Outbound::Publish {
+                message: item.message.clone(),
+                qos: item.route.qos,
+                packet_id: item.packet_id,
+                dup: true,
+                retain: item.route.retain,
+                subscription_ids: item.route.subscription_ids.clone(),
+            };
+            self.send(out);
+            self.inflight[i].awaiting_resend = false;
+            in_use += 1;
+        }
         while self.inflight.len() < self.limits.max_inflight {
             let Some(q) = self.queued.pop_front() else {
                 break;
             };
             if q.message.is_expired() {
+                self.record(|c| records::outgoing_delete(c, q.seq));
+                continue;
+            }
+            if self.too_large_for_client(&q.message, &q.route) {
+                // Queued while offline, before the client's Maximum Packet Size was known:
+                // dropped as if delivered [MQTT-3.1.2-25].
+                debug!(
+                    "message on {} exceeds the client's maximum packet size; not sent",
+                    q.message.topic
+                );
                 self.record(|c| records::outgoing_delete(c, q.seq));
                 continue;
             }
@@ -549,6 +580,7 @@ impl Session {
                 message: q.message,
                 route: q.route,
                 released: false,
+                awaiting_resend: false,
             });
         }
     }
@@ -656,4 +688,26 @@ impl Session {
     pub fn queued_len(&self) -> usize {
         self.queued.len()
     }
+}
+
+/// Would `message`, sent along `route`, exceed a client's Maximum Packet Size?
+fn too_large(max_packet_size: Option<u32>, message: &Message, route: &Route) -> bool {
+    let Some(max) = max_packet_size else {
+        return false;
+    };
+    let mut properties = message.properties.clone();
+    properties.subscription_identifiers = route.subscription_ids.clone();
+    let mut buf = Vec::new();
+    crate::protocol::encode::encode_publish(
+        &mut buf,
+        ProtocolVersion::V5,
+        &message.topic,
+        &message.payload,
+        route.qos,
+        route.retain,
+        false,
+        1,
+        &properties,
+    );
+    buf.len() > max as usize
 }

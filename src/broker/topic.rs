@@ -31,6 +31,24 @@ pub fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// A SUBSCRIBE topic filter: a valid filter and, for `$share/{ShareName}/{filter}`, a non-empty
+/// ShareName without "/", "+" or "#" followed by "/" and a non-empty filter [MQTT-4.8.2-1/2 (v5)].
+pub fn validate_subscription_filter(filter: &str) -> Result<(), TopicError> {
+    validate_topic_filter(filter)?;
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Ok(());
+    };
+    match rest.split_once('/') {
+        Some((name, inner)) if !name.is_empty() && !name.contains(['+', '#']) => {
+            if inner.is_empty() {
+                return Err("[MQTT-4.8.2-2] a shared subscription needs a topic filter");
+            }
+            validate_topic_filter(inner)
+        }
+        _ => Err("[MQTT-4.8.2-1/2] $share/ needs a ShareName without '+' or '#', then '/'"),
+    }
+}
+
 /// Does `filter` match `topic`? Both must already be valid.
 ///
 /// Filters starting with a wildcard do not match topics starting with '$' [MQTT-4.7.2-1].
@@ -55,6 +73,28 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_subscription_filters_need_a_share_name_and_a_filter() {
+        for ok in [
+            "$share/g/a/b",
+            "$share/g/#",
+            "$share/g/+/x",
+            "$share",
+            "$shared/x",
+        ] {
+            assert!(validate_subscription_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "$share/g",
+            "$share//x",
+            "$share/g/",
+            "$share/g+/x",
+            "$share/#/x",
+        ] {
+            assert!(validate_subscription_filter(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn wildcards_match_per_spec_examples() {

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same mqflux-bench scenarios against Debian's mosquitto and against
+# mqflux, in one run, then a table with ratios (mqflux / mosquitto).
+#
+#   scripts/bench.sh [--quick] [--only NAME[,NAME..]] [--duration SECS] [--out DIR] [--no-build]
+#
+# - Installs Debian's mosquitto if it is missing (apt-get; needs root).
+# - Starts both brokers on free loopback ports with comparable limits: 20 QoS 1/2 messages in
+#   flight and 1000 queued per client, no persistence, no connection limit, mqflux's InfluxDB
+#   sink disabled.
+# - CPU pinning (when taskset exists and there are >= 2 CPUs): the load tool runs on CPU 0 and both
+#   brokers on CPU 1, so the tool gets one core and the broker the other; set BENCH_NO_PIN=1 to
+#   turn it off.
+# - BENCH_NICE=-10 (as root) runs the brokers and the tool at that nice level. On a machine shared
+#   with other work this keeps the comparison closer to an idle machine: the scheduler shares a
+#   busy CPU per thread, which favours a many-threaded broker over single-threaded mosquitto.
+# - Scenarios are interleaved (scenario 1 on mosquitto, then on mqflux, then scenario 2 ...), so
+#   a change of background load on the machine hits both brokers alike. The connection-scale
+#   scenario runs first, while both brokers are fresh (freed memory stays in the allocator and
+#   would hide the per-connection cost).
+# - Bounded: about 5 minutes in full (10 s per scenario, 10,000 connections; up to 7 when a broker
+#   stalls or refuses connections, which the tool waits out for at most 5 s / 60 s), about
+#   1.5 minutes with --quick (3 s per scenario, 2,000 connections); every tool run also has a
+#   hard 3-minute timeout.
+# - Both brokers are stopped on exit (trap), also on error or Ctrl-C.
+#
+# Results: DIR/mosquitto.jsonl, DIR/mqflux.jsonl (one JSON object per scenario), the brokers'
+# logs, and DIR/side-by-side.txt (also printed). DIR defaults to target/bench/<UTC time>.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+QUICK=()
+ONLY=""
+DURATION=()
+OUT=""
+BUILD=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=(--quick) ;;
+        --only) ONLY="$2"; shift ;;
+        --duration) DURATION=(--duration "$2"); shift ;;
+        --out) OUT="$2"; shift ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+OUT=${OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+: > "$OUT/mosquitto.jsonl"
+: > "$OUT/mqflux.jsonl"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# --- mosquitto -------------------------------------------------------------------------------
+MOSQUITTO=$(command -v mosquitto || true)
+[ -z "$MOSQUITTO" ] && [ -x /usr/sbin/mosquitto ] && MOSQUITTO=/usr/sbin/mosquitto
+if [ -z "$MOSQUITTO" ]; then
+    log "mosquitto not found: installing Debian's package"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bench.sh: mosquitto is missing and installing it needs root (apt-get install mosquitto)" >&2
+        exit 2
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+    MOSQUITTO=/usr/sbin/mosquitto
+fi
+
+# --- build -----------------------------------------------------------------------------------
+if [ "$BUILD" = 1 ]; then
+    log "building release binaries"
+    cargo build --release --quiet --bin mqflux --bin mqflux-bench
+fi
+MQFLUX=$ROOT/target/release/mqflux
+BENCH=$ROOT/target/release/mqflux-bench
+[ -x "$MQFLUX" ] && [ -x "$BENCH" ] || { echo "bench.sh: $MQFLUX or $BENCH missing" >&2; exit 2; }
+
+# --- pinning and limits ----------------------------------------------------------------------
+TOOL_PIN=()
+BROKER_PIN=()
+if [ -z "${BENCH_NO_PIN:-}" ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    TOOL_PIN=(taskset -c 0)
+    BROKER_PIN=(taskset -c 1)
+    log "pinning: load tool on CPU 0, brokers on CPU 1"
+else
+    log "no CPU pinning (taskset missing, 1 CPU, or BENCH_NO_PIN set)"
+fi
+if [ -n "${BENCH_NICE:-}" ]; then
+    TOOL_PIN=(nice -n "$BENCH_NICE" "${TOOL_PIN[@]}")
+    BROKER_PIN=(nice -n "$BENCH_NICE" "${BROKER_PIN[@]}")
+    log "nice level $BENCH_NICE for brokers and tool"
+fi
+# Connection scale needs one descriptor per connection on each side.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "open-files limit: $(ulimit -n)"
+
+# A TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$(( 20000 + RANDOM % 30000 ))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "bench.sh: no free port found" >&2
+    return 1
+}
+
+# Wait until something accepts connections on a port (10 s at most).
+wait_port() {
+    local port=$1 pid=$2 name=$3
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "bench.sh: $name exited during start-up; log:" >&2
+            tail -20 "$OUT/$name.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "bench.sh: $name did not listen on port $port within 10 s" >&2
+    return 1
+}
+
+MOSQ_PID=""
+MQF_PID=""
+cleanup() {
+    for pid in $MOSQ_PID $MQF_PID; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $MOSQ_PID $MQF_PID; do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+MOSQ_PORT=$(free_port)
+cat > "$OUT/mosquitto.conf" <<EOF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 20
+max_queued_messages 1000
+max_connections -1
+set_tcp_nodelay true
+log_dest file $OUT/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+EOF
+"${BROKER_PIN[@]}" "$MOSQUITTO" -c "$OUT/mosquitto.conf" >>"$OUT/mosquitto.log" 2>&1 &
+MOSQ_PID=$!
+wait_port "$MOSQ_PORT" "$MOSQ_PID" mosquitto
+
+MQF_PORT=$(free_port)
+while [ "$MQF_PORT" = "$MOSQ_PORT" ]; do MQF_PORT=$(free_port); done
+cat > "$OUT/mqflux.toml" <<EOF
+[limits]
+max_connections = 0
+max_inflight = 20
+max_queued = 1000
+
+[sink]
+enabled = false
+EOF
+"${BROKER_PIN[@]}" "$MQFLUX" --config "$OUT/mqflux.toml" --bind 127.0.0.1 --port "$MQF_PORT" -q \
+    >"$OUT/mqflux.log" 2>&1 &
+MQF_PID=$!
+wait_port "$MQF_PORT" "$MQF_PID" mqflux
+
+log "mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -1 | awk '{print $3}') pid $MOSQ_PID port $MOSQ_PORT"
+log "mqflux pid $MQF_PID port $MQF_PORT"
+log "results in $OUT"
+
+ONLY_ARGS=()
+[ -n "$ONLY" ] && ONLY_ARGS=(--only "$ONLY")
+mapfile -t SCENARIOS < <("$BENCH" suite "${QUICK[@]}" "${ONLY_ARGS[@]}" --list)
+[ ${#SCENARIOS[@]} -gt 0 ] || { echo "bench.sh: --only $ONLY matches no scenario" >&2; exit 2; }
+
+# One scenario against one broker; a hung run is cut off after 3 minutes.
+run_one() {
+    local label=$1 port=$2 pid=$3 scenario=$4
+    if ! kill -0 "$pid" 2>/dev/null; then
+        log "$label is no longer running: skipping '$scenario'"
+        return 0
+    fi
+    timeout --kill-after=10 180 "${TOOL_PIN[@]}" "$BENCH" suite "${QUICK[@]}" "${DURATION[@]}" \
+        --only "$scenario" --label "$label" --port "$port" --broker-pid "$pid" \
+        --json "$OUT/$label.jsonl" 2>>"$OUT/bench-tool.log" | tail -n +2 | sed "s/^/  $label: /" || true
+}
+
+START=$(date +%s)
+for s in "${SCENARIOS[@]}"; do
+    log "scenario: $s"
+    run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s"
+    run_one mqflux "$MQF_PORT" "$MQF_PID" "$s"
+done
+log "scenarios took $(( $(date +%s) - START )) s"
+
+for pair in "mosquitto:$MOSQ_PID" "mqflux:$MQF_PID"; do
+    kill -0 "${pair#*:}" 2>/dev/null || log "WARNING: ${pair%%:*} died during the run (see $OUT/${pair%%:*}.log)"
+done
+
+{
+    echo "mqflux-bench side by side ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs${TOOL_PIN:+, tool on CPU 0, brokers on CPU 1})"
+    echo
+    "$BENCH" compare "$OUT/mosquitto.jsonl" "$OUT/mqflux.jsonl"
+} | tee "$OUT/side-by-side.txt"

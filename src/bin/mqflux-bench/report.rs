@@ -1,0 +1,390 @@
+//! Results: one `Record` per scenario, printed as a table row and written as one JSON line, and
+//! the side-by-side comparison of two result files.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+/// One scenario's result. The JSON form is stable: scripts key on `name`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Record {
+    /// Stable key across brokers, e.g. "fan-in q1 10->1 v3.1.1".
+    pub name: String,
+    /// fan-in, fan-out, pairs, latency, connections.
+    pub scenario: String,
+    /// Broker under test (--label).
+    pub label: String,
+    pub mqtt: String,
+    pub qos: u8,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub payload_bytes: usize,
+    pub window: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    pub sent: u64,
+    pub acked: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub missing: u64,
+    pub elapsed_s: f64,
+    /// Messages published per second.
+    pub publish_rate: f64,
+    /// Messages delivered to subscribers per second (fan-out counts each copy).
+    pub delivery_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_us: Option<f64>,
+    /// CPU seconds (user + system) this tool used during the scenario.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_cpu_s: Option<f64>,
+    /// CPU seconds the broker used during the scenario (needs --broker-pid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_cpu_s: Option<f64>,
+    /// Deliveries per broker CPU second: efficiency, meaningful even on a busy machine where the
+    /// broker does not get a whole core.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_per_broker_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goal: Option<Goal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnRecord {
+    pub requested: usize,
+    pub attempted: usize,
+    pub connected: usize,
+    pub failed: usize,
+    pub alive: usize,
+    pub connect_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_before_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_after_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_conn_kib: Option<f64>,
+    /// Broker threads per connection (from /proc/PID/status).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads_per_conn: Option<f64>,
+    /// Broker file descriptors per connection (from /proc/PID/fd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fds_per_conn: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// The target for a suite scenario, checked by `compare`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Goal {
+    /// candidate/base of the primary metric (deliveries/s) at least this, and 0 lost.
+    RatioAtLeast(f64),
+    /// candidate/base of p99 latency at most this.
+    P99RatioAtMost(f64),
+    /// candidate RSS per connection at most this many KiB, all connections alive.
+    RssPerConnAtMost(f64),
+}
+
+impl Record {
+    /// Problems that make the numbers untrustworthy or show broker misbehaviour.
+    pub fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.lost > 0 {
+            v.push(format!("LOST {}", self.lost));
+        }
+        if self.duplicated > 0 {
+            v.push(format!("dup {}", self.duplicated));
+        }
+        if self.reordered > 0 {
+            v.push(format!("reord {}", self.reordered));
+        }
+        if self.qos == 0 && self.missing > 0 && self.scenario != "connections" {
+            v.push(format!("q0-dropped {}", self.missing));
+        }
+        if self.qos > 0 && self.acked < self.sent {
+            v.push(format!("unacked {}", self.sent - self.acked));
+        }
+        if let Some(c) = &self.connections {
+            if c.failed > 0 {
+                v.push(format!("failed {}", c.failed));
+            }
+            if c.attempted < c.requested {
+                v.push(format!("gave up after {}", c.attempted));
+            }
+            if c.alive < c.connected {
+                v.push(format!("dead {}", c.connected - c.alive));
+            }
+        }
+        if self.stalled.is_some() {
+            v.push("STALLED".into());
+        }
+        if !self.errors.is_empty() {
+            v.push(format!("{} errors", self.errors.len()));
+        }
+        v
+    }
+
+    /// The number a scenario is judged by, with its unit, and whether higher is better.
+    pub fn primary(&self) -> (f64, &'static str, bool) {
+        match self.scenario.as_str() {
+            "latency" => (self.p99_us.unwrap_or(f64::NAN), "p99 us", false),
+            "connections" => (
+                self.connections
+                    .as_ref()
+                    .map(|c| c.connect_rate)
+                    .unwrap_or(f64::NAN),
+                "conn/s",
+                true,
+            ),
+            _ => (self.delivery_rate, "deliv/s", true),
+        }
+    }
+}
+
+pub fn print_header() {
+    println!(
+        "{:<34} {:>10} {:>12} {:>9} {:>9} {:>9}  checks",
+        "scenario", "sent", "msg/s", "p50 us", "p99 us", "p99.9 us"
+    );
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into())
+}
+
+pub fn print_row(r: &Record) {
+    let problems = r.problems();
+    let mut checks = if problems.is_empty() {
+        "ok".to_string()
+    } else {
+        problems.join(", ")
+    };
+    if let Some(c) = &r.connections {
+        let rss = c
+            .rss_per_conn_kib
+            .map(|k| format!("{k:.1} KiB/conn"))
+            .unwrap_or_else(|| "RSS n/a".into());
+        let per = |v: Option<f64>, what: &str| {
+            v.map(|x| format!(", {x:.2} {what}/conn"))
+                .unwrap_or_default()
+        };
+        checks = format!(
+            "{}/{} up, {}/{} alive, {rss}{}{}; {checks}",
+            c.connected,
+            c.requested,
+            c.alive,
+            c.connected,
+            per(c.threads_per_conn, "threads"),
+            per(c.fds_per_conn, "fds")
+        );
+        println!(
+            "{:<34} {:>10} {:>12.0} {:>9} {:>9} {:>9}  {}",
+            r.name, c.requested, c.connect_rate, "-", "-", "-", checks
+        );
+    } else {
+        println!(
+            "{:<34} {:>10} {:>12.0} {:>9} {:>9} {:>9}  {}",
+            r.name,
+            r.sent,
+            r.delivery_rate,
+            opt(r.p50_us),
+            opt(r.p99_us),
+            opt(r.p999_us),
+            checks
+        );
+    }
+    if let (Some(b), Some(t)) = (r.broker_cpu_s, r.tool_cpu_s) {
+        println!(
+            "    cpu: broker {b:.1} s, tool {t:.1} s over {:.1} s",
+            r.elapsed_s
+        );
+    }
+    if let Some(s) = &r.stalled {
+        println!("    stalled: {s}");
+    }
+    for e in r.errors.iter().take(3) {
+        println!("    error: {e}");
+    }
+}
+
+pub fn append_json(path: &Path, r: &Record) -> Result<(), String> {
+    let line = serde_json::to_string(r).map_err(|e| e.to_string())?;
+    if path == Path::new("-") {
+        println!("{line}");
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn read_json(path: &Path) -> Result<Vec<Record>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with('{'))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Side-by-side table of two result files, matched by scenario name; ratio = candidate / base.
+pub fn compare(base: &[Record], cand: &[Record]) -> String {
+    let mut s = String::new();
+    let bl = base
+        .first()
+        .map(|r| r.label.clone())
+        .unwrap_or_else(|| "base".into());
+    let cl = cand
+        .first()
+        .map(|r| r.label.clone())
+        .unwrap_or_else(|| "candidate".into());
+    let by_name: HashMap<&str, &Record> = cand.iter().map(|r| (r.name.as_str(), r)).collect();
+    let ratio_head = format!("{cl}/{bl}");
+    let (bc_head, cc_head) = (format!("{bl} checks"), format!("{cl} checks"));
+    s += &format!(
+        "{:<34} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
+        "scenario", "metric", bl, cl, "ratio", "goal", bc_head, cc_head
+    );
+    s += &format!(
+        "{:<34} {:<9} {:>12} {:>12} {:>9}\n",
+        "", "", "", "", ratio_head
+    );
+    let mut metric_row =
+        |name: &str, metric: &str, b: f64, c: f64, goal: &str, bc: &str, cc: &str| {
+            let ratio = c / b;
+            s += &format!(
+                "{:<34} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
+                name,
+                metric,
+                fmt_num(b),
+                fmt_num(c),
+                if ratio.is_finite() {
+                    format!("{ratio:.2}x")
+                } else {
+                    "-".into()
+                },
+                goal,
+                bc,
+                cc
+            );
+        };
+    for b in base {
+        let Some(c) = by_name.get(b.name.as_str()) else {
+            metric_row(
+                &b.name,
+                "(missing)",
+                b.primary().0,
+                f64::NAN,
+                "",
+                &checks(b),
+                "not run",
+            );
+            continue;
+        };
+        // A stalled or failed message run has no meaningful rate: show "-" rather than a ratio.
+        let usable = |r: &Record| {
+            r.scenario == "connections" || (r.stalled.is_none() && r.errors.is_empty())
+        };
+        let (bu, cu) = (usable(b), usable(c));
+        let pair = |f: &Metric| {
+            let get = |r: &Record, ok: bool| {
+                if ok {
+                    f(r).unwrap_or(f64::NAN)
+                } else {
+                    f64::NAN
+                }
+            };
+            (get(b, bu), get(c, cu))
+        };
+        let unit = b.primary().1;
+        let (bv, cv) = pair(&|r| Some(r.primary().0));
+        let verdict = goal_verdict(b, c);
+        metric_row(&b.name, unit, bv, cv, &verdict, &checks(b), &checks(c));
+        let extra: Vec<(&str, &Metric)> = match b.scenario.as_str() {
+            "latency" => vec![("p50 us", &|r| r.p50_us), ("p99.9 us", &|r| r.p999_us)],
+            "connections" => vec![
+                ("KiB/conn", &|r| {
+                    r.connections.as_ref().and_then(|c| c.rss_per_conn_kib)
+                }),
+                ("fds/conn", &|r| {
+                    r.connections.as_ref().and_then(|c| c.fds_per_conn)
+                }),
+            ],
+            _ => vec![
+                ("p99 us", &|r| r.p99_us),
+                ("deliv/cpu-s", &|r| r.deliveries_per_broker_cpu_s),
+            ],
+        };
+        for (metric, f) in extra {
+            let (x, y) = pair(f);
+            metric_row("", metric, x, y, "", "", "");
+        }
+    }
+    s
+}
+
+/// Reads one number out of a record (None when the record lacks it).
+type Metric = dyn Fn(&Record) -> Option<f64>;
+
+fn checks(r: &Record) -> String {
+    let p = r.problems();
+    if p.is_empty() {
+        "ok".into()
+    } else {
+        p.join(",")
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn goal_verdict(b: &Record, c: &Record) -> String {
+    let clean = c.lost == 0 && c.stalled.is_none() && c.errors.is_empty();
+    match &b.goal {
+        None => String::new(),
+        Some(Goal::RatioAtLeast(x)) => {
+            let met = c.delivery_rate / b.delivery_rate >= *x && clean;
+            format!(">={x}x {}", if met { "MET" } else { "NO" })
+        }
+        Some(Goal::P99RatioAtMost(x)) => {
+            let met = c.p99_us.zip(b.p99_us).is_some_and(|(c, b)| c / b <= *x) && clean;
+            format!("<={x}x {}", if met { "MET" } else { "NO" })
+        }
+        Some(Goal::RssPerConnAtMost(k)) => {
+            let met = c.connections.as_ref().is_some_and(|cr| {
+                cr.rss_per_conn_kib.is_some_and(|r| r <= *k)
+                    && cr.alive == cr.requested
+                    && cr.failed == 0
+            });
+            format!("<={k}KiB {}", if met { "MET" } else { "NO" })
+        }
+    }
+}
