@@ -255,3 +255,38 @@ fn start_up_logs_what_the_store_restored() {
     let log = broker.log_text();
     assert!(log.contains("loaded 2 retained messages"), "{log}");
 }
+
+#[test]
+fn periodic_mode_keeps_state_across_a_graceful_restart_and_off_mode_keeps_nothing() {
+    for (mode, kept) in [("periodic", true), ("off", false)] {
+        let store = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[persistence]\ndir = {:?}\nmode = \"{mode}\"\nperiodic_interval_secs = 60\n",
+            store.path().to_str().unwrap()
+        );
+        let mut broker = Broker::with_config(&config);
+        let addr = broker.addr();
+        let (mut sub, _) = RawClient::connect_mqtt(addr, &Connect::persistent("sub"));
+        sub.subscribe(1, &[("t/#", 1)]);
+        sub.drop_connection();
+        let mut p = RawClient::connected(addr, "pub");
+        p.publish_acked("t/a", b"queued", 1, 1, false);
+        p.publish_acked("r/x", b"retained", 1, 2, true);
+        // A graceful stop writes and fsyncs what the interval had not yet.
+        stop(&mut broker, false);
+        broker.restart();
+        let (mut sub, present) = RawClient::connect_mqtt(addr, &Connect::persistent("sub"));
+        assert_eq!(present, kept, "mode {mode}");
+        sub.subscribe(2, &[("r/#", 1)]);
+        if kept {
+            let got: Vec<_> = (0..2).map(|_| sub.expect_publish().payload).collect();
+            assert!(got.contains(&b"queued".to_vec()) && got.contains(&b"retained".to_vec()));
+        } else {
+            sub.expect_silence(Duration::from_millis(300));
+            assert!(
+                !store.path().join(JOURNAL).exists(),
+                "mode off writes nothing"
+            );
+        }
+    }
+}
