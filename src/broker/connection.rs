@@ -114,7 +114,13 @@ struct Connection {
     /// PUBLISHes refused by the ACL, for throttled logging.
     denied: u64,
     rate_limiter: PublishRateLimiter,
+    /// Acknowledgements waiting for the store to make what they confirm durable (sync
+    /// persistence), in the order they are due [MQTT-4.6.0-2].
+    unconfirmed: Vec<Packet>,
 }
+
+/// Acknowledgements held back at most before the connection waits for the store.
+const MAX_UNCONFIRMED: usize = 256;
 
 impl Connection {
     fn new(
@@ -146,6 +152,7 @@ impl Connection {
             username: None,
             acl: (0, None),
             denied: 0,
+            unconfirmed: Vec::new(),
             rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
         }
     }
@@ -420,6 +427,13 @@ impl Connection {
     /// The packet loop after CONNACK. Returns why it ended.
     fn serve(&mut self, reader: &mut BufReader<Socket>) -> Option<Exit> {
         loop {
+            // Nothing more from the client for now: one wait on the store confirms every
+            // acknowledgement the burst it sent produced (group commit per connection too).
+            if !self.unconfirmed.is_empty() && reader.buffer().is_empty() {
+                if let Err(exit) = self.durable() {
+                    return Some(exit);
+                }
+            }
             let frame = match protocol::read_frame(reader, self.max_packet_size()) {
                 Ok(f) => f,
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
@@ -468,8 +482,7 @@ impl Connection {
                 };
                 // PUBREL only once "released" is stored: after a crash we must not resend the
                 // PUBLISH the client has completed [MQTT-4.3.3-1].
-                self.durable()?;
-                self.send(Packet::PubRel(ack(a.packet_id, code)))
+                self.ack_durable(Packet::PubRel(ack(a.packet_id, code)))
             }
             Packet::PubRel(a) => {
                 let known = self.session().lock().release_qos2(a.packet_id);
@@ -480,9 +493,8 @@ impl Connection {
                 };
                 // PUBCOMP only once the id is forgotten on disk too, or a restarted broker
                 // would take the client's next message with that id for a resend.
-                self.durable()?;
                 // [MQTT-4.3.3-2] PUBCOMP even for an id we no longer know (resent PUBREL).
-                self.send(Packet::PubComp(ack(a.packet_id, code)))
+                self.ack_durable(Packet::PubComp(ack(a.packet_id, code)))
             }
             Packet::PubComp(a) => {
                 if !self.session().lock().pubcomp(a.packet_id) {
@@ -517,15 +529,32 @@ impl Connection {
         }
     }
 
-    /// With sync persistence, what an acknowledgement confirms must be on disk first.
-    fn durable(&self) -> Result<(), Exit> {
-        if self.broker.wait_durable() {
-            Ok(())
-        } else {
-            Err(Exit::Closed(
+    /// With sync persistence, what an acknowledgement confirms must be on disk first: wait for
+    /// the store, then send the acknowledgements held back so far.
+    fn durable(&mut self) -> Result<(), Exit> {
+        if !self.broker.wait_durable() {
+            return Err(Exit::Closed(
                 "the store could not make the client's message durable; not acknowledged".into(),
-            ))
+            ));
         }
+        for packet in std::mem::take(&mut self.unconfirmed) {
+            self.send(packet)?;
+        }
+        Ok(())
+    }
+
+    /// Send an acknowledgement once what it confirms is durable. With sync persistence it is
+    /// held back until the client has nothing more buffered (see `serve`), so a burst of
+    /// PUBLISHes costs one wait on the store, not one each; the ack order is kept.
+    fn ack_durable(&mut self, packet: Packet) -> Result<(), Exit> {
+        if !self.broker.acks_wait_for_store() {
+            return self.send(packet);
+        }
+        self.unconfirmed.push(packet);
+        if self.unconfirmed.len() >= MAX_UNCONFIRMED {
+            self.durable()?;
+        }
+        Ok(())
     }
 
     fn session(&self) -> &SessionRef {
@@ -594,8 +623,8 @@ impl Connection {
             };
             return match qos {
                 QoS::AtMostOnce => Ok(()),
-                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(packet_id, code))),
-                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(packet_id, code))),
+                QoS::AtLeastOnce => self.ack_durable(Packet::PubAck(ack(packet_id, code))),
+                QoS::ExactlyOnce => self.ack_durable(Packet::PubRec(ack(packet_id, code))),
             };
         }
         if p.properties.payload_format_indicator == Some(1)
@@ -611,11 +640,11 @@ impl Connection {
                     reason::PAYLOAD_FORMAT_INVALID,
                     "payload is not UTF-8 as declared",
                 )),
-                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(
+                QoS::AtLeastOnce => self.ack_durable(Packet::PubAck(ack(
                     packet_id,
                     reason::PAYLOAD_FORMAT_INVALID,
                 ))),
-                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(
+                QoS::ExactlyOnce => self.ack_durable(Packet::PubRec(ack(
                     packet_id,
                     reason::PAYLOAD_FORMAT_INVALID,
                 ))),
@@ -645,8 +674,7 @@ impl Connection {
             }
             QoS::AtLeastOnce => {
                 let delivered = self.broker.publish(message);
-                self.durable()?;
-                self.send(Packet::PubAck(ack(packet_id, code(delivered))))
+                self.ack_durable(Packet::PubAck(ack(packet_id, code(delivered))))
             }
             QoS::ExactlyOnce => {
                 let (new, pending) = {
@@ -666,7 +694,8 @@ impl Connection {
                 }
                 // [MQTT-4.3.3-2] route once; a resend before PUBREL is only acknowledged again.
                 let delivered = if new {
-                    self.broker.publish(message)
+                    let incoming = self.session().lock().incoming_record(packet_id);
+                    self.broker.publish_exactly_once(message, incoming)
                 } else {
                     debug!(
                         "client {}: duplicate QoS 2 PUBLISH {packet_id} not routed again",
@@ -674,8 +703,7 @@ impl Connection {
                     );
                     1
                 };
-                self.durable()?;
-                self.send(Packet::PubRec(ack(packet_id, code(delivered))))
+                self.ack_durable(Packet::PubRec(ack(packet_id, code(delivered))))
             }
         }
     }
@@ -961,7 +989,7 @@ fn write_loop(
         let mut next = Some(first);
         let mut close = false;
         let mut packets = 0u64;
-        // A first QoS 2 send must not reach the client before its packet id is durable: after a
+        // A QoS 2 send must not reach the client before its packet id is durable: after a
         // crash the client would hold that id for a message the broker forgot, and treat the
         // next message sent with it as a duplicate [MQTT-4.3.3-2] (lost), while the forgotten
         // one came again under another id (twice).
@@ -982,7 +1010,9 @@ fn write_loop(
                     retain,
                     subscription_ids,
                 } => {
-                    fresh_qos2 |= qos == QoS::ExactlyOnce && !dup;
+                    // Resends too: after a reconnect without a restart, a message may be
+                    // resent before its first send was durable.
+                    fresh_qos2 |= qos == QoS::ExactlyOnce;
                     encode_delivery(
                         &mut buf,
                         version,

@@ -116,6 +116,11 @@ impl Broker {
         }
     }
 
+    /// Whether acknowledgements wait for the store (sync persistence).
+    pub fn acks_wait_for_store(&self) -> bool {
+        self.store.get().is_some_and(|s| s.is_sync())
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -137,6 +142,20 @@ impl Broker {
     /// Route an accepted application message: retained store, subscribers, then the sink.
     /// Returns the number of sessions it was delivered to.
     pub fn publish(&self, message: Arc<Message>) -> usize {
+        self.publish_exactly_once(message, None)
+    }
+
+    /// `publish` for a new incoming QoS 2 message: `incoming` is the store record of its packet
+    /// id (None when the publisher's session is not stored). It is written in one atomic record
+    /// with the deliveries, so that after a crash the broker has either routed the message and
+    /// knows the id (a resend is acknowledged, not routed again) or neither (a resend is routed)
+    /// [MQTT-4.3.3-2]. Every receiving session stays locked until the record is submitted, so no
+    /// acknowledgement of a delivery can reach the store before the delivery itself.
+    pub fn publish_exactly_once(
+        &self,
+        message: Arc<Message>,
+        incoming: Option<crate::store::journal::Op>,
+    ) -> usize {
         Stats::add(&self.stats.publish_received, 1);
         if message.retain {
             self.router.retain(&message, || {
@@ -153,13 +172,10 @@ impl Broker {
             .router
             .matches(&message.topic, message.publisher.as_deref());
         let count = deliveries.len();
-        for d in deliveries {
-            let (session, route) = d.route(&message);
-            let mut state = session.lock();
-            // ACL read access is checked per delivered message, as mosquitto does.
-            if state.can_receive(&session.client_id, &message.topic, &self.security) {
-                state.deliver(&message, route, &session.client_id, &self.stats);
-            }
+        if let (Some(op), Some(store)) = (incoming, self.store.get()) {
+            self.deliver_atomically(store, op, &message, deliveries);
+        } else {
+            self.deliver_all(&message, deliveries);
         }
         if self.config.log.messages {
             info!(
@@ -177,6 +193,49 @@ impl Broker {
             received_at_ns: message.received_at_ns,
         });
         count
+    }
+
+    fn deliver_all(&self, message: &Arc<Message>, deliveries: Vec<router::Delivery>) {
+        for d in deliveries {
+            let (session, route) = d.route(message);
+            let mut state = session.lock();
+            // ACL read access is checked per delivered message, as mosquitto does.
+            if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                state.deliver(message, route, &session.client_id, &self.stats);
+            }
+        }
+    }
+
+    /// Deliver with every receiving session locked (in address order, so two publishers
+    /// cannot deadlock), their store records and `first` submitted as one atomic record, and
+    /// the packets for their connections sent only after that.
+    fn deliver_atomically(
+        &self,
+        store: &Store,
+        first: crate::store::journal::Op,
+        message: &Arc<Message>,
+        deliveries: Vec<router::Delivery>,
+    ) {
+        let mut routes: Vec<(SessionRef, Route)> =
+            deliveries.into_iter().map(|d| d.route(message)).collect();
+        routes.sort_by_key(|(s, _)| Arc::as_ptr(s) as usize);
+        let mut sessions: Vec<SessionRef> = routes.iter().map(|(s, _)| s.clone()).collect();
+        sessions.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let mut states: Vec<_> = sessions.iter().map(|s| s.lock()).collect();
+        session::defer_sends(|| {
+            store.atomically(|| {
+                store.submit(first);
+                for (session, route) in routes {
+                    let Some(i) = sessions.iter().position(|s| Arc::ptr_eq(s, &session)) else {
+                        continue;
+                    };
+                    let state = &mut states[i];
+                    if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                        state.deliver(message, route, &session.client_id, &self.stats);
+                    }
+                }
+            })
+        });
     }
 
     /// Send the retained messages matching `filter` to one session, RETAIN set [MQTT-3.3.1-8].

@@ -110,6 +110,27 @@ fn next_seq() -> u64 {
     NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Packets held back for their connections' writers.
+type HeldSends = Vec<(Sender<Outbound>, Outbound)>;
+
+thread_local! {
+    /// Packets held back by `defer_sends` on this thread.
+    static DEFERRED: std::cell::RefCell<Option<HeldSends>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` holding back what sessions send to their connections meanwhile, then send it: a
+/// connection's writer must not see a delivery before the store has its record (it waits for
+/// the store only after it received the packet).
+pub fn defer_sends<T>(f: impl FnOnce() -> T) -> T {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let sends = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    for (tx, packet) in sends.unwrap_or_default() {
+        let _ = tx.send(packet);
+    }
+    out
+}
+
 /// Where a persistent session records its changes (see `crate::store`).
 pub struct SessionJournal {
     store: Arc<Store>,
@@ -597,6 +618,14 @@ impl Session {
 
     fn send(&self, out: Outbound) {
         if let Some(link) = &self.link {
+            let out = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+                Some(sends) => {
+                    sends.push((link.tx.clone(), out));
+                    None
+                }
+                None => Some(out),
+            });
+            let Some(out) = out else { return };
             // The channel is unbounded (it allocates lazily, so an idle client costs nothing);
             // what bounds it is the inflight window, `outbound_queue` for QoS 0, and the
             // reader waiting in `Connection::send`. An error means the connection is gone: the
@@ -660,11 +689,15 @@ impl Session {
     /// Incoming QoS 2 PUBLISH: returns true if it is new (route it), false if it is a resend of
     /// one already routed and not yet released.
     pub fn receive_qos2(&mut self, packet_id: u16) -> bool {
-        let new = self.incoming_qos2.insert(packet_id);
-        if new {
-            self.record(|c| records::incoming_put(c, packet_id));
-        }
-        new
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// The store record of an incoming QoS 2 packet id (None when the session is not stored):
+    /// written by `Broker::publish_exactly_once` atomically with the message's deliveries.
+    pub fn incoming_record(&self, packet_id: u16) -> Option<crate::store::journal::Op> {
+        self.journal
+            .as_ref()
+            .map(|j| records::incoming_put(&j.client, packet_id))
     }
 
     /// Number of incoming QoS 2 messages awaiting PUBREL (counts against our Receive Maximum).

@@ -18,6 +18,7 @@ const MAGIC: &[u8; 8] = b"MQFLUXJ1";
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_DELETE_PREFIX: u8 = 3;
+const OP_BATCH: u8 = 4;
 /// Records larger than this are corrupt (a message is at most 256 MiB plus a little).
 const MAX_RECORD: u32 = 300 * 1024 * 1024;
 
@@ -29,6 +30,8 @@ pub enum Op {
     Delete(Vec<u8>),
     /// Delete every key starting with these bytes (a session ends).
     DeletePrefix(Vec<u8>),
+    /// Operations that take effect together or not at all (one record, one checksum).
+    Batch(Vec<Op>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,11 @@ pub fn apply(map: &mut Map, op: Op) {
         Op::Delete(k) => {
             map.remove(&k);
         }
+        Op::Batch(ops) => {
+            for op in ops {
+                apply(map, op);
+            }
+        }
         Op::DeletePrefix(prefix) => {
             let doomed: Vec<Vec<u8>> = map
                 .range(prefix.clone()..)
@@ -88,10 +96,19 @@ pub fn apply(map: &mut Map, op: Op) {
 }
 
 pub fn encode(op: &Op, out: &mut Vec<u8>) {
+    let nested;
     let (code, key, value): (u8, &[u8], &[u8]) = match op {
         Op::Put(k, v) => (OP_PUT, k, v),
         Op::Delete(k) => (OP_DELETE, k, &[]),
         Op::DeletePrefix(k) => (OP_DELETE_PREFIX, k, &[]),
+        Op::Batch(ops) => {
+            let mut v = Vec::new();
+            for op in ops {
+                encode(op, &mut v);
+            }
+            nested = v;
+            (OP_BATCH, &[], &nested)
+        }
     };
     let body_len = 1 + 4 + key.len() + value.len();
     let start = out.len();
@@ -103,6 +120,49 @@ pub fn encode(op: &Op, out: &mut Vec<u8>) {
     out.extend_from_slice(value);
     let crc = crc32fast::hash(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Decode the record at `pos`: the operation and where the next record starts.
+fn decode_record(data: &[u8], pos: usize) -> Result<(Op, usize), String> {
+    if data.len() - pos < 8 {
+        return Err("record header cut short".into());
+    }
+    let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
+    if !(5..=MAX_RECORD).contains(&len) {
+        return Err(format!("bad record length {len}"));
+    }
+    let end = pos + 8 + len as usize;
+    if end > data.len() {
+        return Err("record cut short".into());
+    }
+    let body = &data[pos + 8..end];
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let key_len = u32::from_le_bytes(body[1..5].try_into().unwrap_or_default()) as usize;
+    if 5 + key_len > body.len() {
+        return Err("key longer than its record".into());
+    }
+    let key = body[5..5 + key_len].to_vec();
+    let value = &body[5 + key_len..];
+    let op = match body[0] {
+        OP_PUT => Op::Put(key, value.to_vec()),
+        OP_DELETE => Op::Delete(key),
+        OP_DELETE_PREFIX => Op::DeletePrefix(key),
+        OP_BATCH => {
+            let mut ops = Vec::new();
+            let mut at = 0;
+            while at < value.len() {
+                let (op, next) = decode_record(value, at)?;
+                ops.push(op);
+                at = next;
+            }
+            Op::Batch(ops)
+        }
+        other => return Err(format!("unknown operation {other}")),
+    };
+    Ok((op, end))
 }
 
 /// Replay a journal image. Returns the map and, if the image does not end cleanly, where and
@@ -125,52 +185,21 @@ pub fn replay(data: &[u8]) -> (Map, usize, Option<Loss>) {
     }
     let mut pos = MAGIC.len();
     while pos < data.len() {
-        let lose = |detail: String| Loss {
-            offset: pos as u64,
-            lost_bytes: (data.len() - pos) as u64,
-            detail,
-        };
-        if data.len() - pos < 8 {
-            return (map, records, Some(lose("record header cut short".into())));
-        }
-        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap_or_default());
-        if !(5..=MAX_RECORD).contains(&len) {
-            return (map, records, Some(lose(format!("bad record length {len}"))));
-        }
-        let end = pos + 8 + len as usize;
-        if end > data.len() {
-            return (map, records, Some(lose("record cut short".into())));
-        }
-        let body = &data[pos + 8..end];
-        if crc32fast::hash(body) != crc {
-            return (map, records, Some(lose("checksum mismatch".into())));
-        }
-        let key_len = u32::from_le_bytes(body[1..5].try_into().unwrap_or_default()) as usize;
-        if 5 + key_len > body.len() {
-            return (
-                map,
-                records,
-                Some(lose("key longer than its record".into())),
-            );
-        }
-        let key = body[5..5 + key_len].to_vec();
-        let value = &body[5 + key_len..];
-        let op = match body[0] {
-            OP_PUT => Op::Put(key, value.to_vec()),
-            OP_DELETE => Op::Delete(key),
-            OP_DELETE_PREFIX => Op::DeletePrefix(key),
-            other => {
-                return (
-                    map,
-                    records,
-                    Some(lose(format!("unknown operation {other}"))),
-                )
+        match decode_record(data, pos) {
+            Ok((op, end)) => {
+                apply(&mut map, op);
+                records += 1;
+                pos = end;
             }
-        };
-        apply(&mut map, op);
-        records += 1;
-        pos = end;
+            Err(detail) => {
+                let loss = Loss {
+                    offset: pos as u64,
+                    lost_bytes: (data.len() - pos) as u64,
+                    detail,
+                };
+                return (map, records, Some(loss));
+            }
+        }
     }
     (map, records, None)
 }
@@ -315,6 +344,25 @@ mod tests {
             let loss = loss.expect("a cut record is a loss");
             assert_eq!(loss.offset, first_end as u64);
             assert_eq!(loss.lost_bytes, (cut - first_end) as u64);
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_entirely_or_not_at_all() {
+        let batch = Op::Batch(vec![
+            Op::Put(b"in".to_vec(), vec![]),
+            Op::Put(b"out".to_vec(), b"m".to_vec()),
+        ]);
+        let data = image(&[Op::Put(b"a".to_vec(), vec![]), batch]);
+        let (map, records, loss) = replay(&data);
+        assert_eq!((map.len(), records, loss), (3, 2, None));
+        for cut in MAGIC.len() + 16..data.len() {
+            let (map, _, _) = replay(&data[..cut]);
+            assert_eq!(
+                map.len(),
+                1,
+                "cut at {cut}: only the record before the batch"
+            );
         }
     }
 

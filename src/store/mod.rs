@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 
 pub use records::Loaded;
 
+thread_local! {
+    /// Ops being collected by `Store::atomically` on this thread.
+    static CAPTURE: std::cell::RefCell<Option<Vec<Op>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// How long a connection waits for its message to become durable before giving up on the
 /// acknowledgement (and closing the connection, so the client resends).
 pub const DURABLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,8 +116,31 @@ impl Store {
     }
 
     pub fn submit(&self, op: Op) {
-        // After `stop` the thread is gone; late changes (during shutdown) are not recorded.
-        let _ = self.tx.send(Msg::Op(op));
+        let op = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+            Some(ops) => {
+                ops.push(op);
+                None
+            }
+            None => Some(op),
+        });
+        if let Some(op) = op {
+            // After `stop` the thread is gone; late changes (during shutdown) are not recorded.
+            let _ = self.tx.send(Msg::Op(op));
+        }
+    }
+
+    /// Run `f`, collecting what this thread submits meanwhile into one atomic record: after a
+    /// crash either all of it is in the store or none of it. The caller must keep other threads
+    /// from acting on these changes until `f` returns (it holds the locks involved).
+    pub fn atomically<T>(&self, f: impl FnOnce() -> T) -> T {
+        let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+        let out = f();
+        let ops = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+        match ops {
+            Some(ops) if !ops.is_empty() => self.submit(Op::Batch(ops)),
+            _ => {}
+        }
+        out
     }
 
     /// Whether acknowledgements must wait for `wait_durable`.
@@ -233,6 +261,12 @@ impl Writer {
             Op::Delete(k) => {
                 let old = self.map.get(k).map(|o| size(k, o)).unwrap_or(0);
                 self.live = self.live.saturating_sub(old);
+            }
+            Op::Batch(ops) => {
+                for op in ops {
+                    self.apply(op.clone());
+                }
+                return;
             }
             Op::DeletePrefix(p) => {
                 let gone: u64 = self
