@@ -7,7 +7,7 @@ use super::listener::ConnectionSlot;
 use super::message::Message;
 use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
 use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
-use super::socket::Socket;
+use super::socket::{SharedReader, Socket};
 use super::stats::Stats;
 use super::topic::{validate_subscription_filter, validate_topic_name};
 use super::Broker;
@@ -45,6 +45,8 @@ pub fn spawn(
     tls_identity: Option<String>,
     slot: ConnectionSlot,
 ) -> io::Result<()> {
+    // One socket shared by the reader, the writer and the broker's registry.
+    let stream = Arc::new(stream);
     let Some(id) = broker.register_connection(&stream) else {
         return Ok(()); // shutting down
     };
@@ -92,7 +94,7 @@ struct Connection {
     broker: Arc<Broker>,
     id: u64,
     peer: SocketAddr,
-    stream: Socket,
+    stream: Arc<Socket>,
     /// The TLS client certificate's subject CN, set only on listeners with
     /// `use_identity_as_username`: there it replaces the CONNECT username for authentication
     /// and ACLs (mosquitto's semantics), and the CONNECT password is not checked.
@@ -126,7 +128,7 @@ impl Connection {
     fn new(
         broker: Arc<Broker>,
         id: u64,
-        stream: Socket,
+        stream: Arc<Socket>,
         peer: SocketAddr,
         tls_identity: Option<String>,
     ) -> Connection {
@@ -159,16 +161,11 @@ impl Connection {
 
     fn run(mut self) {
         let _ = self.stream.set_nodelay(true);
-        let exit = match self.stream.try_clone() {
-            Ok(s) => {
-                let mut reader = BufReader::with_capacity(READ_BUFFER, s);
-                match self.connect(&mut reader) {
-                    Ok(true) => self.serve(&mut reader),
-                    Ok(false) => None,
-                    Err(exit) => Some(exit),
-                }
-            }
-            Err(e) => Some(Exit::Closed(format!("cannot clone socket: {e}"))),
+        let mut reader = BufReader::with_capacity(READ_BUFFER, SharedReader(self.stream.clone()));
+        let exit = match self.connect(&mut reader) {
+            Ok(true) => self.serve(&mut reader),
+            Ok(false) => None,
+            Err(exit) => Some(exit),
         };
         self.finish(exit);
     }
@@ -178,7 +175,7 @@ impl Connection {
     }
 
     /// Wait for CONNECT and answer it. Ok(true): connected; Ok(false): refused (already answered).
-    fn connect(&mut self, reader: &mut BufReader<Socket>) -> Result<bool, Exit> {
+    fn connect(&mut self, reader: &mut BufReader<SharedReader>) -> Result<bool, Exit> {
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
         let _ = self.stream.set_read_timeout(Some(timeout));
         let frame = match protocol::read_frame(reader, self.max_packet_size()) {
@@ -209,7 +206,7 @@ impl Connection {
             Err(DecodeError::UnsupportedProtocol { name, level }) => {
                 // [MQTT-3.1.2-2] answer CONNACK 0x01 and close.
                 warn!("connection from {}: unsupported protocol {name:?} level {level} [MQTT-3.1.2-2]", self.peer);
-                let _ = self.stream.write_all(&[
+                let _ = (&*self.stream).write_all(&[
                     0x20,
                     0x02,
                     0x00,
@@ -307,10 +304,7 @@ impl Connection {
 
         let limits = &self.broker.config.limits;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let writer_stream = self
-            .stream
-            .try_clone()
-            .map_err(|e| Exit::Closed(format!("cannot clone socket: {e}")))?;
+        let writer_stream = self.stream.clone();
         let _ = writer_stream.set_write_timeout(Some(STALLED_CLIENT_TIMEOUT));
         let (broker, version, id) = (self.broker.clone(), self.version, self.id);
         // The broker may use as many topic aliases towards the client as it allows.
@@ -421,11 +415,11 @@ impl Connection {
             properties: Properties::default(),
         };
         protocol::encode_packet(&Packet::ConnAck(connack), self.version, &mut buf);
-        let _ = self.stream.write_all(&buf);
+        let _ = (&*self.stream).write_all(&buf);
     }
 
     /// The packet loop after CONNACK. Returns why it ended.
-    fn serve(&mut self, reader: &mut BufReader<Socket>) -> Option<Exit> {
+    fn serve(&mut self, reader: &mut BufReader<SharedReader>) -> Option<Exit> {
         loop {
             // Nothing more from the client for now: one wait on the store confirms every
             // acknowledgement the burst it sent produced (group commit per connection too).
@@ -974,7 +968,7 @@ fn violation_from(e: DecodeError) -> Exit {
 /// The writer thread: encode everything queued (up to `WRITE_BATCH` bytes) and write it with one
 /// syscall, so a burst to one subscriber costs one write, not one per message.
 fn write_loop(
-    mut stream: Socket,
+    stream: Arc<Socket>,
     rx: Receiver<Outbound>,
     version: ProtocolVersion,
     alias_max: u16,
@@ -1037,7 +1031,7 @@ fn write_loop(
             break;
         }
         if !buf.is_empty() {
-            if let Err(e) = stream.write_all(&buf) {
+            if let Err(e) = (&*stream).write_all(&buf) {
                 debug!("write failed: {e}");
                 break;
             }

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 /// A live network connection, kept so shutdown can close it and join its thread.
 struct LiveConnection {
-    stream: Socket,
+    stream: Arc<Socket>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -515,8 +515,8 @@ impl Broker {
     }
 
     /// Register a new connection; returns its id, or None when the broker is shutting down.
-    pub fn register_connection(&self, stream: &Socket) -> Option<u64> {
-        let stream = stream.try_clone().ok()?;
+    pub fn register_connection(&self, stream: &Arc<Socket>) -> Option<u64> {
+        let stream = stream.clone();
         let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_shutting_down() {

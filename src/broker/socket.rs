@@ -56,6 +56,40 @@ impl Socket {
     }
 }
 
+/// Reading and writing through a shared reference (as std allows for `&TcpStream`), so the
+/// reader thread, the writer thread and the broker's registry share one `Arc<Socket>`: one file
+/// descriptor per client instead of one per handle.
+impl Read for &Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match *self {
+            Socket::Tcp(s) => (&*s).read(buf),
+            Socket::Bridged(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for &Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match *self {
+            Socket::Tcp(s) => (&*s).write(buf),
+            Socket::Bridged(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An owned reader over a shared socket, for `BufReader`.
+pub struct SharedReader(pub std::sync::Arc<Socket>);
+
+impl Read for SharedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

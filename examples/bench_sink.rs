@@ -1,0 +1,324 @@
+//! Sink throughput next to influxd's own ceiling, on this machine.
+//!
+//!     cargo build --release && cargo run --release --example bench_sink -- [POINTS] [ROUNDS]
+//!
+//! Starts its own influxd (the test harness), then per round, each on fresh timestamps of the
+//! same 100 series (`bench,device=devN,topic=sensors/devN/bench value=V`):
+//! - ceiling: POST pre-built line protocol (batches of 5000, one connection, as the sink does)
+//!   until the last batch is acknowledged;
+//! - sink: `Sink::submit` the publishes (topic `sensors/devN/bench`, plain number payload)
+//!   until `stats().written` reaches the count;
+//! - mqtt: the release `mqflux` binary with a `[sink]` section; one TCP connection sends the
+//!   publishes as pre-encoded QoS 0 PUBLISH packets; until InfluxDB's count reaches the total.
+//!
+//! Prints points/s (median of the rounds) and CPU time per point of influxd and of the client
+//! side (this process, or the broker process), which shows where the time goes when other
+//! work shares the machine's cores.
+
+#[path = "../tests/common/influx.rs"]
+mod influx;
+
+use bytes::Bytes;
+use mqflux::sink::{RuleConfig, Sink, SinkConfig, SinkRecord};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 5000;
+const SERIES: usize = 100;
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; here indices 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Run {
+    rate: f64,
+    influx_us_per_point: f64,
+    client_us_per_point: f64,
+}
+
+fn measure(influx: &influx::Influx, client_pid: u32, points: usize, f: impl FnOnce()) -> Run {
+    let ipid = influx.pid().expect("influxd running");
+    let (i0, c0) = (cpu_secs(ipid), cpu_secs(client_pid));
+    let start = Instant::now();
+    f();
+    let secs = start.elapsed().as_secs_f64();
+    let (i1, c1) = (cpu_secs(ipid), cpu_secs(client_pid));
+    Run {
+        rate: points as f64 / secs,
+        influx_us_per_point: (i1 - i0) * 1e6 / points as f64,
+        client_us_per_point: (c1 - c0) * 1e6 / points as f64,
+    }
+}
+
+fn ceiling(influx: &influx::Influx, points: usize, base: i64) -> Run {
+    let mut batches = Vec::new();
+    let mut cur = String::new();
+    for i in 0..points {
+        let dev = i % SERIES;
+        cur.push_str(&format!(
+            "bench,device=dev{dev},topic=sensors/dev{dev}/bench value={} {}\n",
+            i % 1000,
+            base + i as i64
+        ));
+        if (i + 1) % BATCH == 0 {
+            batches.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}/write", influx.url());
+    measure(influx, std::process::id(), points, || {
+        for b in &batches {
+            let r = agent
+                .post(&url)
+                .query("db", "bench")
+                .query("precision", "ns")
+                .send(b.as_bytes())
+                .expect("write");
+            assert_eq!(r.status().as_u16(), 204);
+        }
+    })
+}
+
+fn sink_config(influx: &influx::Influx, spool: &std::path::Path) -> SinkConfig {
+    SinkConfig {
+        enabled: true,
+        url: influx.url(),
+        database: "bench".into(),
+        spool_dir: spool.to_path_buf(),
+        rules: vec![RuleConfig {
+            topic: "sensors/{device}/{measurement}".into(),
+            ..RuleConfig::default()
+        }],
+        ..SinkConfig::default()
+    }
+}
+
+fn sink_api(influx: &influx::Influx, points: usize, base: i64, spool: &std::path::Path) -> Run {
+    let sink = Sink::start(&sink_config(influx, spool)).expect("start sink");
+    let topics: Vec<String> = (0..SERIES)
+        .map(|d| format!("sensors/dev{d}/bench"))
+        .collect();
+    let payloads: Vec<Bytes> = (0..1000).map(|v| Bytes::from(v.to_string())).collect();
+    let run = measure(influx, std::process::id(), points, || {
+        for i in 0..points {
+            sink.submit(SinkRecord {
+                topic: topics[i % SERIES].clone(),
+                payload: payloads[i % 1000].clone(),
+                received_at_ns: base + i as i64,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while sink.stats().written < points as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "sink did not finish: {:?}",
+                sink.stats()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let stats = sink.shutdown_with_stats();
+    assert_eq!(stats.dropped_total(), 0, "{stats:?}");
+    run
+}
+
+/// MQTT 3.1.1 remaining length.
+fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn publish_packet(topic: &str, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x30); // PUBLISH, QoS 0
+    remaining_length(2 + topic.len() + payload.len(), out);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(payload);
+}
+
+struct BrokerProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker(influx: &influx::Influx, dir: &std::path::Path) -> Option<BrokerProcess> {
+    let exe = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .parent()?
+        .join("mqflux");
+    if !exe.exists() {
+        eprintln!(
+            "{} not built (cargo build --release): skipping the MQTT measurement",
+            exe.display()
+        );
+        return None;
+    }
+    let config = dir.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listener]\nbind = \"127.0.0.1\"\n[sink]\nenabled = true\nurl = \"{}\"\ndatabase = \"bench\"\nspool_dir = \"{}\"\n[[sink.rules]]\ntopic = \"sensors/{{device}}/{{measurement}}\"\n",
+            influx.url(),
+            dir.join("spool").display()
+        ),
+    )
+    .ok()?;
+    let mut child = Command::new(exe)
+        .args(["--config", &config.display().to_string(), "--port", "0"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let stderr = child.stderr.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on tcp://").nth(1) {
+                let _ = tx.send(
+                    addr.trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok()),
+                );
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(10)).ok()??;
+    Some(BrokerProcess { child, port })
+}
+
+fn mqtt(influx: &influx::Influx, broker: &BrokerProcess, points: usize, round: usize) -> Run {
+    // Timestamps are the broker's receive time: count this round's points by measurement.
+    let measurement = format!("bench{round}");
+    let mut stream = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    let mut connect = vec![0x10];
+    let client_id = format!("bench-{round}");
+    let body_len = 10 + 2 + client_id.len();
+    remaining_length(body_len, &mut connect);
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
+    connect.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(client_id.as_bytes());
+    stream.write_all(&connect).expect("CONNECT");
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK");
+    let mut packets = Vec::with_capacity(points * 40);
+    for i in 0..points {
+        publish_packet(
+            &format!("sensors/dev{}/{measurement}", i % SERIES),
+            (i % 1000).to_string().as_bytes(),
+            &mut packets,
+        );
+    }
+    // A last publish on its own measurement: the sink keeps the order, so once it is stored
+    // every earlier point is too (checked below). Polling it costs influxd next to nothing.
+    let sentinel = format!("sentinel{round}");
+    publish_packet(&format!("sensors/dev0/{sentinel}"), b"1", &mut packets);
+    let done = format!("SELECT count(value) FROM {sentinel}");
+    let run = measure(influx, broker.child.id(), points, || {
+        stream.write_all(&packets).expect("send publishes");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let (_, rows) = influx.select("bench", &done);
+            if !rows.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "broker did not store the points");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let (_, rows) = influx.select("bench", &format!("SELECT count(value) FROM {measurement}"));
+    assert_eq!(
+        rows[0][1].as_i64(),
+        Some(points as i64),
+        "every point stored"
+    );
+    run
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn report(name: &str, runs: &[Run], ceiling: f64) {
+    let rate = median(runs.iter().map(|r| r.rate).collect());
+    let i = median(runs.iter().map(|r| r.influx_us_per_point).collect());
+    let c = median(runs.iter().map(|r| r.client_us_per_point).collect());
+    println!(
+        "{name:<8} {rate:>9.0} points/s ({:>3.0}% of ceiling)  CPU per point: influxd {i:.2} us, client {c:.2} us",
+        100.0 * rate / ceiling
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let points: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(500_000);
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let influx = influx::Influx::start();
+    influx.create_database("bench");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker(&influx, dir.path());
+    // Warm-up: series creation and the first shard are not what is measured.
+    ceiling(&influx, 20_000, 1_600_000_000_000_000_000);
+    let (mut c, mut s, mut m) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let base = 1_700_000_000_000_000_000 + (r as i64) * 2 * points as i64;
+        c.push(ceiling(&influx, points, base));
+        s.push(sink_api(&influx, points, base + points as i64, dir.path()));
+        if let Some(b) = &broker {
+            m.push(mqtt(&influx, b, points, r));
+        }
+        let last = |v: &Vec<Run>| {
+            v.last()
+                .map(|x| format!("{:.0}", x.rate))
+                .unwrap_or("-".into())
+        };
+        println!(
+            "round {}: ceiling {} sink {} mqtt {} points/s",
+            r + 1,
+            last(&c),
+            last(&s),
+            last(&m)
+        );
+    }
+    let cm = median(c.iter().map(|r| r.rate).collect());
+    println!("median of {rounds} rounds x {points} points:");
+    report("ceiling", &c, cm);
+    report("sink", &s, cm);
+    if !m.is_empty() {
+        report("mqtt", &m, cm);
+    }
+}

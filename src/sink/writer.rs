@@ -1,0 +1,932 @@
+//! The sink's two threads: `sink-batcher` (records -> line protocol batches, by size and time)
+//! and `sink-sender` (batches -> InfluxDB, with retry, splitting and the spool).
+
+use super::http::{error_text, InfluxClient, WriteResult};
+use super::line_protocol::{self, FieldType};
+use super::mapping::{FieldTypes, Mapping, Skip};
+use super::spool::{Batch, Spool, SpoolError};
+use super::{Counters, DropReason, SinkConfig, SinkRecord, SpoolFull};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A batch is also flushed at this many bytes (InfluxDB 1.x refuses bodies over 25 MB by default).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// Batches held in memory between batcher and sender; beyond them batches go to the spool.
+const BATCHES_IN_MEMORY: usize = 2;
+/// A full batch waits at least this long for a busy sender before it goes to the spool.
+const SPOOL_AFTER: Duration = Duration::from_millis(500);
+/// Dropped lines logged per refused batch.
+const LOGGED_LINES: usize = 5;
+
+struct SpoolState {
+    spool: Spool,
+    /// Sequence number of the spooled batch the sender is writing right now.
+    in_flight: Option<u64>,
+}
+
+struct Shared {
+    counters: Arc<Counters>,
+    spool: Mutex<SpoolState>,
+    /// Signalled whenever the spool shrinks (for `spool_full = "backpressure"`).
+    spool_shrunk: Condvar,
+    /// Signalled whenever the sender takes a batch from the channel.
+    sender_took: Condvar,
+    /// Field types learnt by the sender (from the database), applied by the batcher.
+    facts: Mutex<Vec<(String, String, FieldType)>>,
+    has_facts: AtomicBool,
+    stopping: AtomicBool,
+    stop_deadline: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn lock_spool(&self) -> MutexGuard<'_, SpoolState> {
+        // A panic elsewhere must not stop the sink: the spool state stays consistent per call.
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_gauges(&self, st: &SpoolState) {
+        self.counters
+            .spool_points
+            .store(st.spool.lines() as u64, Ordering::Relaxed);
+        self.counters
+            .spool_bytes
+            .store(st.spool.bytes(), Ordering::Relaxed);
+    }
+
+    fn past_deadline(&self) -> bool {
+        matches!(*self.stop_deadline.lock().unwrap_or_else(|e| e.into_inner()), Some(d) if Instant::now() >= d)
+    }
+
+    fn add_facts(&self, facts: Vec<(String, String, FieldType)>) {
+        if facts.is_empty() {
+            return;
+        }
+        self.facts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(facts);
+        self.has_facts.store(true, Ordering::Release);
+    }
+}
+
+pub(super) struct Writer {
+    /// None once shut down. Submitters hold the read lock while sending, so shutdown (write
+    /// lock) waits for every record already handed over.
+    records: RwLock<Option<Sender<SinkRecord>>>,
+    /// Dropped at shutdown: wakes the sender from a backoff wait.
+    stop: Mutex<Option<Sender<()>>>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    shutdown_timeout: Duration,
+    stopped_logged: AtomicBool,
+}
+
+impl Writer {
+    pub(super) fn start(config: &SinkConfig, counters: Arc<Counters>) -> Result<Writer, String> {
+        let mapping = Mapping::new(
+            &config.exclude,
+            &config.rules,
+            &config.default,
+            config.precision,
+        )
+        .map_err(|e| {
+            e.into_iter()
+                .map(|(k, m)| format!("sink.{k}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(|e| {
+            format!(
+                "sink.spool_dir {}: cannot open spool: {e}",
+                config.spool_dir.display()
+            )
+        })?;
+        if !spool.is_empty() {
+            log::info!(
+                "sink: {} points ({} bytes) in the spool from an earlier run will be written first",
+                spool.lines(),
+                spool.bytes()
+            );
+        }
+        let shared = Arc::new(Shared {
+            counters,
+            spool: Mutex::new(SpoolState {
+                spool,
+                in_flight: None,
+            }),
+            spool_shrunk: Condvar::new(),
+            sender_took: Condvar::new(),
+            facts: Mutex::new(Vec::new()),
+            has_facts: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            stop_deadline: Mutex::new(None),
+        });
+        shared.update_gauges(&shared.lock_spool());
+        let (record_tx, record_rx) = bounded(config.queue_capacity);
+        let (batch_tx, batch_rx) = bounded(BATCHES_IN_MEMORY);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let (ready_tx, ready_rx) = bounded::<()>(1);
+        let batcher = Batcher {
+            mapping,
+            types: FieldTypes::default(),
+            batch_size: config.batch_size,
+            flush_interval: Duration::from_millis(config.flush_interval_ms),
+            spool_full: config.spool_full,
+            batches: batch_tx,
+            shared: shared.clone(),
+            backpressure_logged: false,
+            ready: Some((ready_rx, Duration::from_secs(config.timeout_secs + 1))),
+        };
+        let sender = SenderLoop {
+            client: InfluxClient::new(config),
+            create_database: config.create_database,
+            prepared: false,
+            backoff: Backoff::new(config.retry_initial_ms, config.retry_max_ms),
+            batches: batch_rx,
+            stop: stop_rx,
+            shared: shared.clone(),
+            ready: Some(ready_tx),
+        };
+        let t1 = std::thread::Builder::new()
+            .name("sink-batcher".into())
+            .spawn(move || batcher.run(record_rx))
+            .map_err(|e| format!("cannot start sink-batcher thread: {e}"))?;
+        let t2 = std::thread::Builder::new()
+            .name("sink-sender".into())
+            .spawn(move || sender.run())
+            .map_err(|e| format!("cannot start sink-sender thread: {e}"))?;
+        log::info!(
+            "sink: writing to {} database {:?}",
+            config.url,
+            config.database
+        );
+        Ok(Writer {
+            records: RwLock::new(Some(record_tx)),
+            stop: Mutex::new(Some(stop_tx)),
+            shared,
+            threads: Mutex::new(vec![t1, t2]),
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            stopped_logged: AtomicBool::new(false),
+        })
+    }
+
+    pub(super) fn submit(&self, record: SinkRecord) {
+        let records = self.records.read().unwrap_or_else(|e| e.into_inner());
+        let sent = records
+            .as_ref()
+            .map(|tx| tx.send(record).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.shared.counters.drop_points(DropReason::Stopped, 1);
+            if !self.stopped_logged.swap(true, Ordering::Relaxed) {
+                log::error!("sink: writer is not running (shut down?); publishes are not stored");
+            }
+        }
+    }
+
+    /// Stop taking records, flush, and join the threads. Idempotent.
+    pub(super) fn shutdown(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        if threads.is_empty() {
+            return;
+        }
+        *self
+            .shared
+            .stop_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.shutdown_timeout);
+        self.shared.stopping.store(true, Ordering::Release);
+        // Closing the record channel ends the batcher once it has mapped what is queued.
+        *self.records.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.spool_shrunk.notify_all();
+        self.shared.sender_took.notify_all();
+        for t in threads {
+            let name = t.thread().name().unwrap_or("sink").to_string();
+            if t.join().is_err() {
+                log::error!("sink: thread {name} panicked");
+            }
+        }
+        let st = self.shared.lock_spool();
+        if !st.spool.is_empty() {
+            log::warn!(
+                "sink: {} points stay in the spool for the next start",
+                st.spool.lines()
+            );
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn skip_reason(s: Skip) -> DropReason {
+    match s {
+        Skip::EmptyPayload => DropReason::EmptyPayload,
+        Skip::NotUtf8 => DropReason::NotUtf8,
+        Skip::UnparsedPayload => DropReason::UnparsedPayload,
+        Skip::NoFields | Skip::Excluded => DropReason::NoFields,
+        Skip::TypeConflict => DropReason::TypeConflict,
+    }
+}
+
+struct Batcher {
+    mapping: Mapping,
+    types: FieldTypes,
+    batch_size: usize,
+    flush_interval: Duration,
+    spool_full: SpoolFull,
+    batches: Sender<Batch>,
+    shared: Arc<Shared>,
+    backpressure_logged: bool,
+    /// Signalled (or dropped) once the sender has asked the database for its field types.
+    ready: Option<(Receiver<()>, Duration)>,
+}
+
+impl Batcher {
+    fn run(mut self, records: Receiver<SinkRecord>) {
+        let mut buf = String::with_capacity(1 << 20);
+        let mut lines = 0usize;
+        let mut first_at: Option<Instant> = None;
+        let counters = self.shared.counters.clone();
+        loop {
+            let msg = match first_at {
+                Some(t) => records.recv_deadline(t + self.flush_interval),
+                None => records.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let flush = match msg {
+                Ok(rec) => {
+                    if let Some((ready, timeout)) = self.ready.take() {
+                        // Map the first publishes only once the stored field types are known
+                        // (or InfluxDB did not answer in time), so they cannot conflict.
+                        let _ = ready.recv_timeout(timeout);
+                    }
+                    self.apply_facts();
+                    match self.mapping.map(
+                        &rec.topic,
+                        &rec.payload,
+                        rec.received_at_ns,
+                        &mut self.types,
+                        &mut buf,
+                    ) {
+                        Ok(m) => {
+                            lines += m.lines;
+                            Counters::add(&counters.queued, m.lines);
+                            Counters::add(&counters.conflicting_fields, m.conflicting_fields);
+                            if m.dropped_lines > 0 {
+                                counters.drop_points(DropReason::TypeConflict, m.dropped_lines);
+                            }
+                            if first_at.is_none() && lines > 0 {
+                                first_at = Some(Instant::now());
+                            }
+                        }
+                        Err(Skip::Excluded) => Counters::add(&counters.excluded, 1),
+                        Err(s) => {
+                            log::debug!("sink: publish on {:?} not stored: {s:?}", rec.topic);
+                            counters.drop_points(skip_reason(s), 1);
+                        }
+                    }
+                    lines >= self.batch_size || buf.len() >= MAX_BATCH_BYTES
+                }
+                Err(RecvTimeoutError::Timeout) => true,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush(std::mem::take(&mut buf), lines);
+                    return;
+                }
+            };
+            if flush {
+                self.flush(
+                    std::mem::replace(&mut buf, String::with_capacity(1 << 20)),
+                    lines,
+                );
+                lines = 0;
+                first_at = None;
+            }
+        }
+    }
+
+    fn apply_facts(&mut self) {
+        if self.shared.has_facts.swap(false, Ordering::AcqRel) {
+            let facts =
+                std::mem::take(&mut *self.shared.facts.lock().unwrap_or_else(|e| e.into_inner()));
+            for (m, f, t) in facts {
+                self.types.learn(&m, &f, t, true);
+            }
+        }
+    }
+
+    /// Hand a batch to the sender, or to the spool when the sender is busy or the spool is not
+    /// empty (to keep the order).
+    fn flush(&mut self, data: String, lines: usize) {
+        if lines == 0 {
+            return;
+        }
+        let mut batch = Batch {
+            data: data.into_bytes(),
+            lines,
+        };
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
+        let mut st = shared.lock_spool();
+        // While the sender keeps up (it takes a batch every few ms), wait for it rather than
+        // paying an fsync'd spool round trip: the spool is for a sender that is stuck (InfluxDB
+        // down or slow). The check and the hand-over happen under the spool lock, so batches in
+        // the channel are always older than anything spooled.
+        let give_up = Instant::now() + self.flush_interval.max(SPOOL_AFTER);
+        while st.spool.is_empty() {
+            match self.batches.try_send(batch) {
+                Ok(()) => return,
+                Err(TrySendError::Disconnected(b)) => {
+                    batch = b;
+                    break;
+                }
+                Err(TrySendError::Full(b)) => {
+                    batch = b;
+                    let now = Instant::now();
+                    if now >= give_up || shared.stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    st = shared
+                        .sender_took
+                        .wait_timeout(st, give_up - now)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|e| e.into_inner().0);
+                }
+            }
+        }
+        loop {
+            let stopping = shared.stopping.load(Ordering::Acquire);
+            // A batch larger than the whole spool is kept anyway (exceeding the limit once)
+            // rather than lost or blocking forever.
+            let nothing_to_free =
+                st.in_flight.is_none() && st.spool.drop_oldest_candidate(None).is_none();
+            match st.spool.push_back(&batch, stopping || nothing_to_free) {
+                Ok(()) => {
+                    Counters::add(&counters.spooled, batch.lines);
+                    shared.update_gauges(&st);
+                    self.backpressure_logged = false;
+                    return;
+                }
+                Err(SpoolError::Full) => match self.spool_full {
+                    SpoolFull::DropOldest => {
+                        let keep = st.in_flight;
+                        if let Some(n) = st.spool.drop_oldest(keep) {
+                            counters.drop_points(DropReason::SpoolFull, n);
+                            log::warn!(
+                                "sink: spool full ({} bytes): dropped the oldest {n} spooled points (spool_full = \"drop_oldest\")",
+                                st.spool.bytes()
+                            );
+                            shared.update_gauges(&st);
+                        } else {
+                            // Only the batch in flight is left: wait for it.
+                            st = shared
+                                .spool_shrunk
+                                .wait_timeout(st, Duration::from_millis(100))
+                                .map(|r| r.0)
+                                .unwrap_or_else(|e| e.into_inner().0);
+                        }
+                    }
+                    SpoolFull::Backpressure => {
+                        if !self.backpressure_logged {
+                            log::warn!(
+                                "sink: spool full ({} bytes): holding publishers until InfluxDB takes points again (spool_full = \"backpressure\")",
+                                st.spool.bytes()
+                            );
+                            self.backpressure_logged = true;
+                        }
+                        st = shared
+                            .spool_shrunk
+                            .wait_timeout(st, Duration::from_millis(200))
+                            .map(|r| r.0)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                    }
+                },
+                Err(SpoolError::Io(e)) => {
+                    log::error!("sink: cannot write the spool: {e}; keeping the batch in memory");
+                    drop(st);
+                    if let Err(e) = self.batches.send(batch) {
+                        counters.drop_points(DropReason::SpoolIo, e.0.lines);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: the n-th wait is uniformly random in [d/2, d] where d
+/// doubles from `initial` up to `max`.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(initial_ms: u64, max_ms: u64) -> Backoff {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Backoff {
+            initial: Duration::from_millis(initial_ms),
+            max: Duration::from_millis(max_ms),
+            current: Duration::from_millis(initial_ms),
+            rng: seed | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    fn next(&mut self) -> Duration {
+        // xorshift64: jitter only, no need for a cryptographic source.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let half = d / 2;
+        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64 + 1))
+    }
+}
+
+enum Job {
+    Memory(Batch),
+    Spooled(u64, Batch),
+}
+
+/// Outcome of writing one batch (possibly in parts).
+struct Delivery {
+    written: usize,
+    /// What still has to be written, and why it failed.
+    retry: Option<(Batch, String, bool)>,
+}
+
+struct SenderLoop {
+    client: InfluxClient,
+    create_database: bool,
+    prepared: bool,
+    backoff: Backoff,
+    batches: Receiver<Batch>,
+    stop: Receiver<()>,
+    shared: Arc<Shared>,
+    ready: Option<Sender<()>>,
+}
+
+fn split(batch: &Batch) -> (Batch, Batch) {
+    let lines = line_protocol::lines(&batch.data);
+    let mid = lines.len() / 2;
+    let join = |ls: &[&[u8]]| {
+        let mut data = Vec::with_capacity(ls.iter().map(|l| l.len() + 1).sum());
+        for l in ls {
+            data.extend_from_slice(l);
+            data.push(b'\n');
+        }
+        Batch {
+            data,
+            lines: ls.len(),
+        }
+    };
+    (join(&lines[..mid]), join(&lines[mid..]))
+}
+
+fn concat(mut a: Batch, b: Batch) -> Batch {
+    a.data.extend_from_slice(&b.data);
+    a.lines += b.lines;
+    a
+}
+
+/// `input field "F" on measurement "M" is type T, already exists as type U` ->
+/// (measurement, field, input type, stored type).
+fn parse_type_conflict(text: &str) -> Option<(String, String, FieldType, FieldType)> {
+    let rest = &text[text.find("input field \"")? + 13..];
+    let (field, rest) = rest.split_once("\" on measurement \"")?;
+    let (measurement, rest) = rest.split_once("\" is type ")?;
+    let (input, rest) = rest.split_once(", already exists as type ")?;
+    let stored = rest.split(|c: char| !c.is_ascii_alphabetic()).next()?;
+    Some((
+        measurement.to_string(),
+        field.to_string(),
+        FieldType::from_influx_name(input)?,
+        FieldType::from_influx_name(stored)?,
+    ))
+}
+
+/// The lines quoted in `unable to parse '...'` messages.
+fn unparsable_lines(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("unable to parse '") {
+        rest = &rest[i + 17..];
+        // The quoted line ends at the last "': " before the next message.
+        let next = rest.find("unable to parse '").unwrap_or(rest.len());
+        let Some(end) = rest[..next].rfind("': ") else {
+            break;
+        };
+        out.push(rest[..end].to_string());
+        rest = &rest[end..];
+    }
+    out
+}
+
+fn dropped_count(text: &str) -> Option<usize> {
+    let i = text.rfind("dropped=")?;
+    text[i + 8..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl SenderLoop {
+    fn run(mut self) {
+        // The database is created at start-up when InfluxDB answers; otherwise before the
+        // first write that gets through.
+        if let Err(e) = self.prepare() {
+            log::warn!(
+                "sink: InfluxDB not ready at start-up ({e}); points are spooled until it is"
+            );
+        }
+        self.ready = None;
+        loop {
+            if self.shared.past_deadline() {
+                break;
+            }
+            let job = {
+                let mut st = self.shared.lock_spool();
+                match self.batches.try_recv() {
+                    Ok(b) => {
+                        self.shared.sender_took.notify_all();
+                        Some(Job::Memory(b))
+                    }
+                    Err(_) => {
+                        match st.spool.front() {
+                            Some((seq, Ok(b))) => {
+                                st.in_flight = Some(seq);
+                                Some(Job::Spooled(seq, b))
+                            }
+                            Some((seq, Err(e))) => {
+                                let n = st.spool.remove(seq);
+                                log::error!("sink: cannot read spooled batch ({n} points), dropping it: {e}");
+                                self.shared.counters.drop_points(DropReason::SpoolIo, n);
+                                self.shared.update_gauges(&st);
+                                continue;
+                            }
+                            None => None,
+                        }
+                    }
+                }
+            };
+            let job = match job {
+                Some(j) => j,
+                None => match self.batches.recv_timeout(Duration::from_millis(200)) {
+                    Ok(b) => {
+                        self.shared.sender_took.notify_all();
+                        Job::Memory(b)
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if self.shared.lock_spool().spool.is_empty() {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if !self.prepared {
+                if let Err(reason) = self.prepare() {
+                    self.failed(job, None, &reason, false);
+                    if self.wait_backoff(&reason) {
+                        continue;
+                    }
+                    break;
+                }
+            }
+            let (job_batch, seq) = match job {
+                Job::Memory(b) => (b, None),
+                Job::Spooled(seq, b) => (b, Some(seq)),
+            };
+            let delivery = self.deliver(job_batch);
+            let counters = &self.shared.counters;
+            Counters::add(&counters.written, delivery.written);
+            if seq.is_some() {
+                Counters::add(&counters.replayed, delivery.written);
+            }
+            match delivery.retry {
+                None => {
+                    self.backoff.reset();
+                    if let Some(seq) = seq {
+                        let mut st = self.shared.lock_spool();
+                        st.spool.remove(seq);
+                        st.in_flight = None;
+                        self.shared.update_gauges(&st);
+                        drop(st);
+                        self.shared.spool_shrunk.notify_all();
+                    }
+                }
+                Some((rest, reason, loud)) => {
+                    let job = match seq {
+                        Some(seq) => Job::Spooled(seq, rest),
+                        None => Job::Memory(rest),
+                    };
+                    self.failed(job, Some(delivery.written), &reason, loud);
+                    if !self.wait_backoff(&reason) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.spool_leftovers();
+    }
+
+    /// Create the database and learn its field types, once, before the first write.
+    fn prepare(&mut self) -> Result<(), String> {
+        if self.create_database {
+            match self.client.create_database() {
+                Ok(()) => log::info!("sink: database {:?} ready", self.client.database()),
+                Err((true, e)) => return Err(format!("cannot create database: {e}")),
+                Err((false, e)) => {
+                    log::error!(
+                        "sink: CREATE DATABASE {:?} failed: {e}; writing anyway",
+                        self.client.database()
+                    )
+                }
+            }
+        }
+        match self.client.field_types() {
+            Ok(facts) => {
+                log::debug!("sink: {} field types known in the database", facts.len());
+                self.shared.add_facts(facts);
+            }
+            Err(e) => log::debug!("sink: SHOW FIELD KEYS failed ({e}); relying on write errors"),
+        }
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// A write failed and will be retried: put what is left into the spool, in order.
+    fn failed(&mut self, job: Job, written: Option<usize>, reason: &str, loud: bool) {
+        let counters = self.shared.counters.clone();
+        let mut st = self.shared.lock_spool();
+        match job {
+            Job::Spooled(seq, rest) => {
+                Counters::add(&counters.retried, rest.lines);
+                if written.unwrap_or(0) > 0 {
+                    if let Err(e) = st.spool.replace(seq, &rest) {
+                        log::error!("sink: cannot rewrite spooled batch: {e}");
+                    }
+                }
+                st.in_flight = None;
+            }
+            Job::Memory(rest) => {
+                Counters::add(&counters.retried, rest.lines);
+                // Older than anything spooled, and so are the batches still in the channel:
+                // they all go in front, oldest first.
+                let mut pending = vec![rest];
+                while let Ok(b) = self.batches.try_recv() {
+                    pending.push(b);
+                }
+                for b in pending.into_iter().rev() {
+                    match st.spool.push_front(&b) {
+                        Ok(()) => Counters::add(&counters.spooled, b.lines),
+                        Err(e) => {
+                            log::error!(
+                                "sink: cannot spool {} points: {e}; they are lost",
+                                b.lines
+                            );
+                            counters.drop_points(DropReason::SpoolIo, b.lines);
+                        }
+                    }
+                }
+            }
+        }
+        self.shared.update_gauges(&st);
+        let held = st.spool.lines();
+        drop(st);
+        if loud {
+            log::error!("sink: InfluxDB write failed: {reason}; {held} points held in the spool");
+        } else {
+            log::warn!("sink: InfluxDB write failed: {reason}; {held} points held in the spool");
+        }
+    }
+
+    /// Wait before the next attempt. False when the sink is stopping (stop trying).
+    fn wait_backoff(&mut self, reason: &str) -> bool {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            log::warn!("sink: stopping while InfluxDB is failing ({reason})");
+            return false;
+        }
+        let d = self.backoff.next();
+        log::debug!("sink: retrying in {d:?}");
+        matches!(self.stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
+    }
+
+    /// At exit (only during shutdown): batches still in the channel, and any the batcher flushes
+    /// until it ends, go in front of the spool (the channel only holds batches older than it).
+    fn spool_leftovers(&mut self) {
+        {
+            let mut st = self.shared.lock_spool();
+            st.in_flight = None;
+        }
+        self.shared.spool_shrunk.notify_all();
+        // The batcher ends soon: its input is closed and it spools by force while stopping.
+        let mut pending = Vec::new();
+        for b in self.batches.iter() {
+            pending.push(b);
+            self.shared.sender_took.notify_all();
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let counters = self.shared.counters.clone();
+        let mut st = self.shared.lock_spool();
+        for b in pending.into_iter().rev() {
+            match st.spool.push_front(&b) {
+                Ok(()) => Counters::add(&counters.spooled, b.lines),
+                Err(e) => {
+                    log::error!(
+                        "sink: cannot spool {} points at shutdown: {e}; they are lost",
+                        b.lines
+                    );
+                    counters.drop_points(DropReason::SpoolIo, b.lines);
+                }
+            }
+        }
+        self.shared.update_gauges(&st);
+    }
+
+    /// Write a batch; 413 and whole-batch refusals are split in halves. Never resends points
+    /// InfluxDB may have stored (partial writes).
+    fn deliver(&mut self, batch: Batch) -> Delivery {
+        if batch.lines == 0 || batch.data.is_empty() {
+            return Delivery {
+                written: 0,
+                retry: None,
+            };
+        }
+        Counters::add(&self.shared.counters.write_requests, 1);
+        match self.client.write(&batch.data) {
+            WriteResult::Written => Delivery {
+                written: batch.lines,
+                retry: None,
+            },
+            WriteResult::TooLarge if batch.lines > 1 => {
+                log::warn!(
+                    "sink: InfluxDB refused a {}-byte batch as too large (413); splitting it",
+                    batch.data.len()
+                );
+                self.deliver_halves(&batch)
+            }
+            WriteResult::TooLarge => {
+                log::error!(
+                    "sink: InfluxDB refused a single {}-byte point as too large (413); dropped: {}",
+                    batch.data.len(),
+                    String::from_utf8_lossy(&batch.data[..batch.data.len().min(300)])
+                );
+                self.shared.counters.drop_points(DropReason::TooLarge, 1);
+                Delivery {
+                    written: 0,
+                    retry: None,
+                }
+            }
+            WriteResult::Rejected { status, body } => {
+                let text = error_text(&body);
+                let partial = text.starts_with("partial write");
+                if let Some((m, f, _, stored)) = parse_type_conflict(&text) {
+                    self.shared.add_facts(vec![(m, f, stored)]);
+                }
+                if !partial && batch.lines > 1 && !text.contains("unable to parse") {
+                    // Refused as a whole (influxd does this for a type conflict inside a batch
+                    // that creates a new shard): nothing was stored, so the halves can be sent
+                    // without writing any point twice, and only the bad point is lost.
+                    log::warn!("sink: InfluxDB refused a whole batch of {} points ({text}); retrying it in halves", batch.lines);
+                    return self.deliver_halves(&batch);
+                }
+                let written = self.rejected(&batch, status, &text, partial);
+                Delivery {
+                    written,
+                    retry: None,
+                }
+            }
+            WriteResult::Retry { reason, loud } => Delivery {
+                written: 0,
+                retry: Some((batch, reason, loud)),
+            },
+        }
+    }
+
+    fn deliver_halves(&mut self, batch: &Batch) -> Delivery {
+        let (a, b) = split(batch);
+        let first = self.deliver(a);
+        if let Some((rest, reason, loud)) = first.retry {
+            return Delivery {
+                written: first.written,
+                retry: Some((concat(rest, b), reason, loud)),
+            };
+        }
+        let second = self.deliver(b);
+        Delivery {
+            written: first.written + second.written,
+            retry: second.retry,
+        }
+    }
+
+    /// Log and count what InfluxDB refused; returns how many points it stored.
+    fn rejected(&mut self, batch: &Batch, status: u16, text: &str, partial: bool) -> usize {
+        let unparsable = unparsable_lines(text);
+        let dropped = if partial {
+            (dropped_count(text).unwrap_or(0) + unparsable.len()).clamp(1, batch.lines)
+        } else {
+            batch.lines
+        };
+        self.shared
+            .counters
+            .drop_points(DropReason::Rejected, dropped);
+        let mut shown: Vec<String> = unparsable.into_iter().take(LOGGED_LINES).collect();
+        if let Some((m, f, input, _)) = parse_type_conflict(text) {
+            for line in line_protocol::lines(&batch.data) {
+                if shown.len() >= LOGGED_LINES {
+                    break;
+                }
+                if let Ok(p) = line_protocol::parse_line(line) {
+                    if p.measurement == m && p.fields.iter().any(|(k, t)| *k == f && *t == input) {
+                        shown.push(String::from_utf8_lossy(line).into_owned());
+                    }
+                }
+            }
+        }
+        if shown.is_empty() && batch.lines == 1 {
+            shown.push(String::from_utf8_lossy(&batch.data).trim_end().to_string());
+        }
+        log::error!(
+            "sink: InfluxDB refused {dropped} of {} points (HTTP {status}, not resent): {text}{}",
+            batch.lines,
+            shown
+                .iter()
+                .map(|l| format!("\n  dropped: {}", l.chars().take(300).collect::<String>()))
+                .collect::<String>()
+        );
+        batch.lines - dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_conflict_message_is_understood() {
+        let t = "partial write: field type conflict: input field \"value\" on measurement \"m x\" is type string, already exists as type float dropped=2";
+        assert_eq!(
+            parse_type_conflict(t),
+            Some((
+                "m x".into(),
+                "value".into(),
+                FieldType::Str,
+                FieldType::Float
+            ))
+        );
+        assert_eq!(dropped_count(t), Some(2));
+    }
+
+    #[test]
+    fn unparsable_lines_are_extracted() {
+        let t = "partial write: unable to parse 'bad line': invalid field format\nunable to parse 'x y': it's bad dropped=0";
+        assert_eq!(
+            unparsable_lines(t),
+            vec!["bad line".to_string(), "x y".to_string()]
+        );
+        assert_eq!(dropped_count(t), Some(0));
+    }
+
+    #[test]
+    fn split_keeps_every_line_once() {
+        let b = Batch {
+            data: b"a v=1 1\nb s=\"x\ny\" 2\nc v=3 3\n".to_vec(),
+            lines: 3,
+        };
+        let (x, y) = split(&b);
+        assert_eq!((x.lines, y.lines), (1, 2));
+        assert_eq!(concat(x, y).data, b.data);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_max() {
+        let mut b = Backoff::new(100, 400);
+        let waits: Vec<_> = (0..5).map(|_| b.next().as_millis()).collect();
+        for (w, d) in waits.iter().zip([100u128, 200, 400, 400, 400]) {
+            assert!(*w >= d / 2 && *w <= d, "{waits:?}");
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+}
