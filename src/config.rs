@@ -44,6 +44,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub sink: crate::sink::SinkConfig,
     pub metrics: MetricsConfig,
+    pub persistence: PersistenceConfig,
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus) and `/health`.
@@ -60,6 +61,52 @@ impl MetricsConfig {
     }
 }
 
+/// When a QoS 1/2 message is durable relative to its acknowledgement (see `crate::store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistenceMode {
+    /// PUBACK/PUBREC/PUBREL/PUBCOMP are sent only once the state they confirm is on disk
+    /// (group commit: one fsync covers every client waiting at that moment).
+    #[default]
+    Sync,
+    /// Changes are written at once but fsynced every `periodic_interval_secs`: a crash of the
+    /// machine (not just the broker) can lose acknowledged messages from the last interval.
+    Periodic,
+    /// Nothing is stored; state lives in memory only.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PersistenceConfig {
+    /// Directory of the store (created if missing). Without it nothing is persisted, whatever
+    /// the mode: a broker never writes to a place its operator did not name.
+    pub dir: Option<PathBuf>,
+    pub mode: PersistenceMode,
+    /// fsync interval for `mode = "periodic"`.
+    pub periodic_interval_secs: u64,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        PersistenceConfig {
+            dir: None,
+            mode: PersistenceMode::Sync,
+            periodic_interval_secs: 1,
+        }
+    }
+}
+
+impl PersistenceConfig {
+    /// The store directory, when persistence is on.
+    pub fn enabled_dir(&self) -> Option<&Path> {
+        match self.mode {
+            PersistenceMode::Off => None,
+            _ => self.dir.as_deref(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -70,6 +117,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             sink: Default::default(),
             metrics: MetricsConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -398,6 +446,7 @@ impl Config {
         for p in [
             &mut self.security.password_file,
             &mut self.security.acl_file,
+            &mut self.persistence.dir,
         ]
         .into_iter()
         .flatten()
@@ -479,6 +528,19 @@ impl Config {
                     ),
                 );
             }
+        }
+        let p = &self.persistence;
+        if p.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            bad(
+                "persistence.dir",
+                "expected a directory path, got an empty string".into(),
+            );
+        }
+        if p.mode == PersistenceMode::Periodic && p.periodic_interval_secs == 0 {
+            bad(
+                "persistence.periodic_interval_secs",
+                "expected at least 1 second, got 0".into(),
+            );
         }
         errors.extend(self.sink.validate(path));
         if errors.is_empty() {
@@ -606,6 +668,21 @@ mod tests {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
         let c = Config::load(path).unwrap();
         assert_eq!(c.listeners.len(), 1);
+    }
+
+    #[test]
+    fn persistence_mode_must_be_known_and_interval_positive() {
+        let err =
+            Config::parse("[persistence]\nmode = \"always\"\n", Path::new("x.toml")).unwrap_err();
+        assert_eq!(err.key, "persistence.mode");
+        assert!(err.to_string().contains("sync"), "{err}");
+        let c = Config::parse(
+            "[persistence]\nmode = \"periodic\"\nperiodic_interval_secs = 0\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let errs = c.validate(Path::new("x.toml")).unwrap_err();
+        assert_eq!(errs[0].key, "persistence.periodic_interval_secs");
     }
 
     #[test]

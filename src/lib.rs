@@ -5,3 +5,4 @@ pub mod config;
 pub mod metrics;
 pub mod protocol;
 pub mod sink;
+pub mod store;

@@ -59,6 +59,10 @@ struct RunArgs {
     /// Log the topic and payload of every message the broker accepts (same as `log.messages`).
     #[arg(long)]
     log_messages: bool,
+
+    /// Start even if the persistence store is damaged: keep what can be read, log what is lost.
+    #[arg(long)]
+    recover: bool,
 }
 
 /// Tools beside the broker itself; each variant's doc comment is its `--help` line.
@@ -160,7 +164,7 @@ fn run_broker(cli: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config) {
+    match run(config, cli.recover) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -192,7 +196,7 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
     Ok(config)
 }
 
-fn run(config: Config) -> Result<(), String> {
+fn run(config: Config, recover: bool) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let security = SecurityFiles::load(
@@ -204,7 +208,24 @@ fn run(config: Config) -> Result<(), String> {
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
     let sys_interval = Duration::from_secs(config.sys_interval);
     let metrics_addr = config.metrics.bind_addr();
+    let store = match config.persistence.enabled_dir() {
+        Some(dir) => {
+            let interval = Duration::from_secs(config.persistence.periodic_interval_secs);
+            let mode = config.persistence.mode;
+            Some(
+                mqflux::store::Store::open(dir, mode, interval, recover)
+                    .map_err(|e| format!("cannot open the persistence store: {e}"))?,
+            )
+        }
+        None => {
+            info!("persistence off (no persistence.dir, or mode \"off\"): sessions, retained and queued messages are lost at restart");
+            None
+        }
+    };
     let broker = Broker::new(config, sink, security);
+    if let Some((store, loaded)) = store {
+        broker.attach_store(store, loaded);
+    }
     let housekeeping = broker
         .start_housekeeping()
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;

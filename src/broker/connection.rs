@@ -116,7 +116,13 @@ struct Connection {
     /// PUBLISHes refused by the ACL, for throttled logging.
     denied: u64,
     rate_limiter: PublishRateLimiter,
+    /// Acknowledgements waiting for the store to make what they confirm durable (sync
+    /// persistence), in the order they are due [MQTT-4.6.0-2].
+    unconfirmed: Vec<Packet>,
 }
+
+/// Acknowledgements held back at most before the connection waits for the store.
+const MAX_UNCONFIRMED: usize = 256;
 
 impl Connection {
     fn new(
@@ -148,6 +154,7 @@ impl Connection {
             username: None,
             acl: (0, None),
             denied: 0,
+            unconfirmed: Vec::new(),
             rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
         }
     }
@@ -414,6 +421,13 @@ impl Connection {
     /// The packet loop after CONNACK. Returns why it ended.
     fn serve(&mut self, reader: &mut BufReader<SharedReader>) -> Option<Exit> {
         loop {
+            // Nothing more from the client for now: one wait on the store confirms every
+            // acknowledgement the burst it sent produced (group commit per connection too).
+            if !self.unconfirmed.is_empty() && reader.buffer().is_empty() {
+                if let Err(exit) = self.durable() {
+                    return Some(exit);
+                }
+            }
             let frame = match protocol::read_frame(reader, self.max_packet_size()) {
                 Ok(f) => f,
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
@@ -467,7 +481,9 @@ impl Connection {
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send(Packet::PubRel(ack(a.packet_id, code)))
+                // PUBREL only once "released" is stored: after a crash we must not resend the
+                // PUBLISH the client has completed [MQTT-4.3.3-1].
+                self.ack_durable(Packet::PubRel(ack(a.packet_id, code)))
             }
             Packet::PubRel(a) => {
                 let known = self.session().lock().release_qos2(a.packet_id);
@@ -476,8 +492,10 @@ impl Connection {
                 } else {
                     reason::PACKET_IDENTIFIER_NOT_FOUND
                 };
+                // PUBCOMP only once the id is forgotten on disk too, or a restarted broker
+                // would take the client's next message with that id for a resend.
                 // [MQTT-4.3.3-2] PUBCOMP even for an id we no longer know (resent PUBREL).
-                self.send(Packet::PubComp(ack(a.packet_id, code)))
+                self.ack_durable(Packet::PubComp(ack(a.packet_id, code)))
             }
             Packet::PubComp(a) => {
                 if !self.session().lock().pubcomp(a.packet_id) {
@@ -510,6 +528,34 @@ impl Connection {
                 format!("[MQTT-2.2.1] {} is a server-to-client packet", p.name()),
             )),
         }
+    }
+
+    /// With sync persistence, what an acknowledgement confirms must be on disk first: wait for
+    /// the store, then send the acknowledgements held back so far.
+    fn durable(&mut self) -> Result<(), Exit> {
+        if !self.broker.wait_durable() {
+            return Err(Exit::Closed(
+                "the store could not make the client's message durable; not acknowledged".into(),
+            ));
+        }
+        for packet in std::mem::take(&mut self.unconfirmed) {
+            self.send(packet)?;
+        }
+        Ok(())
+    }
+
+    /// Send an acknowledgement once what it confirms is durable. With sync persistence it is
+    /// held back until the client has nothing more buffered (see `serve`), so a burst of
+    /// PUBLISHes costs one wait on the store, not one each; the ack order is kept.
+    fn ack_durable(&mut self, packet: Packet) -> Result<(), Exit> {
+        if !self.broker.acks_wait_for_store() {
+            return self.send(packet);
+        }
+        self.unconfirmed.push(packet);
+        if self.unconfirmed.len() >= MAX_UNCONFIRMED {
+            self.durable()?;
+        }
+        Ok(())
     }
 
     fn session(&self) -> &SessionRef {
@@ -578,8 +624,8 @@ impl Connection {
             };
             return match qos {
                 QoS::AtMostOnce => Ok(()),
-                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(packet_id, code))),
-                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(packet_id, code))),
+                QoS::AtLeastOnce => self.ack_durable(Packet::PubAck(ack(packet_id, code))),
+                QoS::ExactlyOnce => self.ack_durable(Packet::PubRec(ack(packet_id, code))),
             };
         }
         if p.properties.payload_format_indicator == Some(1)
@@ -595,11 +641,11 @@ impl Connection {
                     reason::PAYLOAD_FORMAT_INVALID,
                     "payload is not UTF-8 as declared",
                 )),
-                QoS::AtLeastOnce => self.send(Packet::PubAck(ack(
+                QoS::AtLeastOnce => self.ack_durable(Packet::PubAck(ack(
                     packet_id,
                     reason::PAYLOAD_FORMAT_INVALID,
                 ))),
-                QoS::ExactlyOnce => self.send(Packet::PubRec(ack(
+                QoS::ExactlyOnce => self.ack_durable(Packet::PubRec(ack(
                     packet_id,
                     reason::PAYLOAD_FORMAT_INVALID,
                 ))),
@@ -629,7 +675,7 @@ impl Connection {
             }
             QoS::AtLeastOnce => {
                 let delivered = self.broker.publish(message);
-                self.send(Packet::PubAck(ack(packet_id, code(delivered))))
+                self.ack_durable(Packet::PubAck(ack(packet_id, code(delivered))))
             }
             QoS::ExactlyOnce => {
                 let (new, pending) = {
@@ -649,7 +695,8 @@ impl Connection {
                 }
                 // [MQTT-4.3.3-2] route once; a resend before PUBREL is only acknowledged again.
                 let delivered = if new {
-                    self.broker.publish(message)
+                    let incoming = self.session().lock().incoming_record(packet_id);
+                    self.broker.publish_exactly_once(message, incoming)
                 } else {
                     debug!(
                         "client {}: duplicate QoS 2 PUBLISH {packet_id} not routed again",
@@ -657,7 +704,7 @@ impl Connection {
                     );
                     1
                 };
-                self.send(Packet::PubRec(ack(packet_id, code(delivered))))
+                self.ack_durable(Packet::PubRec(ack(packet_id, code(delivered))))
             }
         }
     }
@@ -708,10 +755,7 @@ impl Connection {
                 .broker
                 .router
                 .subscribe(&f.filter, &session, f.options, identifier);
-            session
-                .lock()
-                .subscriptions
-                .insert(f.filter.clone(), f.options);
+            session.lock().subscribe(&f.filter, f.options, identifier);
             reason_codes.push(f.options.qos as u8);
             // v5 retain handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11 (v5)].
             // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
@@ -725,6 +769,8 @@ impl Connection {
                 self.client_id, f.filter, f.options.qos as u8
             );
         }
+        // A granted subscription is stored before SUBACK confirms it.
+        self.durable()?;
         // [MQTT-3.8.4-1] SUBACK, with one return code per filter [MQTT-3.8.4-5].
         self.send(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
@@ -743,13 +789,14 @@ impl Connection {
         let mut reason_codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
             let existed = self.broker.router.unsubscribe(filter, &session);
-            session.lock().subscriptions.remove(filter);
+            session.lock().unsubscribe(filter);
             reason_codes.push(if existed {
                 reason::SUCCESS
             } else {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
         }
+        self.durable()?;
         // [MQTT-3.10.4-4] UNSUBACK even when nothing was removed.
         self.send(Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
@@ -943,6 +990,11 @@ fn write_loop(
         let mut next = Some(first);
         let mut close = false;
         let mut packets = 0u64;
+        // A QoS 2 send must not reach the client before its packet id is durable: after a
+        // crash the client would hold that id for a message the broker forgot, and treat the
+        // next message sent with it as a duplicate [MQTT-4.3.3-2] (lost), while the forgotten
+        // one came again under another id (twice).
+        let mut fresh_qos2 = false;
         let mut publishes = 0u64;
         while let Some(out) = next.take() {
             match out {
@@ -959,6 +1011,9 @@ fn write_loop(
                     retain,
                     subscription_ids,
                 } => {
+                    // Resends too: after a reconnect without a restart, a message may be
+                    // resent before its first send was durable.
+                    fresh_qos2 |= qos == QoS::ExactlyOnce;
                     encode_delivery(
                         &mut buf,
                         version,
@@ -977,6 +1032,10 @@ fn write_loop(
             if buf.len() < WRITE_BATCH {
                 next = rx.try_recv().ok();
             }
+        }
+        if fresh_qos2 && !broker.wait_durable() {
+            debug!("the store could not make a QoS 2 delivery durable; closing");
+            break;
         }
         if !buf.is_empty() {
             if let Err(e) = (&*stream).write_all(&buf) {

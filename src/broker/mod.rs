@@ -24,17 +24,19 @@ pub mod topic;
 use crate::config::Config;
 use crate::protocol::QoS;
 use crate::sink::{Sink, SinkRecord};
+use crate::store::{records, Loaded, Store};
 use log::{debug, info};
 use message::Message;
 use router::Router;
 use security::SecurityFiles;
-use session::{Link, Outbound, Route, SessionHandle, SessionLimits, SessionRef};
+use session::{Link, Outbound, Route, Session, SessionHandle, SessionJournal};
+use session::{SessionLimits, SessionRef};
 use socket::Socket;
 use stats::Stats;
 use std::collections::HashMap;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,8 @@ pub struct Broker {
     pub router: Router,
     pub stats: Stats,
     pub sink: Sink,
+    /// Persistence, when configured (see `crate::store`).
+    store: OnceLock<Arc<Store>>,
     sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
     connections: Mutex<HashMap<u64, LiveConnection>>,
     next_connection_id: AtomicU64,
@@ -76,12 +80,50 @@ impl Broker {
             router: Router::default(),
             stats: Stats::default(),
             sink,
+            store: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
         })
+    }
+
+    /// Use `store` from now on, after rebuilding the retained messages and sessions it held.
+    /// Called once, before the listener starts.
+    pub fn attach_store(&self, store: Arc<Store>, loaded: Loaded) {
+        for message in loaded.retained {
+            self.router.retain(&message, || {});
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for stored in loaded.sessions {
+            let client_id: Arc<str> = stored.client_id.as_str().into();
+            let journal = SessionJournal::new(store.clone(), &client_id);
+            let state = Session::restore(stored, self.session_limits(None), journal);
+            let session = SessionHandle::restored(client_id.clone(), state);
+            let subscriptions = session.lock().subscription_list();
+            for (filter, options, identifier) in subscriptions {
+                self.router
+                    .subscribe(&filter, &session, options, identifier);
+            }
+            sessions.insert(client_id, session);
+        }
+        let _ = self.store.set(store);
+    }
+
+    /// In sync persistence mode, wait until every change this thread made so far is durable:
+    /// called before acknowledging a QoS 1/2 PUBLISH, a PUBREL or a PUBREC. False when the
+    /// store failed or timed out: the acknowledgement must not be sent.
+    pub fn wait_durable(&self) -> bool {
+        match self.store.get() {
+            Some(store) if store.is_sync() => store.wait_durable(crate::store::DURABLE_TIMEOUT),
+            _ => true,
+        }
+    }
+
+    /// Whether acknowledgements wait for the store (sync persistence).
+    pub fn acks_wait_for_store(&self) -> bool {
+        self.store.get().is_some_and(|s| s.is_sync())
     }
 
     pub fn uptime(&self) -> Duration {
@@ -105,30 +147,45 @@ impl Broker {
     /// Route an accepted application message: retained store, subscribers, then the sink.
     /// Returns the number of sessions it was delivered to.
     pub fn publish(&self, message: Arc<Message>) -> usize {
+        self.publish_exactly_once(message, None)
+    }
+
+    /// `publish` for a new incoming QoS 2 message: `incoming` is the store record of its packet
+    /// id (None when the publisher's session is not stored). It is written in one atomic record
+    /// with the deliveries, so that after a crash the broker has either routed the message and
+    /// knows the id (a resend is acknowledged, not routed again) or neither (a resend is routed)
+    /// [MQTT-4.3.3-2]. Every receiving session stays locked until the record is submitted, so no
+    /// acknowledgement of a delivery can reach the store before the delivery itself.
+    pub fn publish_exactly_once(
+        &self,
+        message: Arc<Message>,
+        incoming: Option<crate::store::journal::Op>,
+    ) -> usize {
         // Broker-generated messages ($SYS) are not PUBLISH packets received from a client.
         if message.publisher.is_some() {
             Stats::add(&self.stats.publish_received, 1);
         }
         if message.retain {
-            self.router.retain(&message);
+            // $SYS values are regenerated at start-up; storing them would only fill the journal.
+            let durable = !message.topic.starts_with("$SYS/");
+            self.router.retain(&message, || {
+                if let Some(store) = self.store.get().filter(|_| durable) {
+                    store.submit(if message.payload.is_empty() {
+                        records::retained_clear(&message.topic)
+                    } else {
+                        records::retained_put(&message)
+                    });
+                }
+            });
         }
         let deliveries = self
             .router
             .matches(&message.topic, message.publisher.as_deref());
         let count = deliveries.len();
-        for d in deliveries {
-            let shared_group = d.shared_group.clone();
-            let (session, route) = d.route(&message);
-            // ACL read access is checked per delivered message, as mosquitto does. A shared
-            // group's message that its chosen member may not read goes to another member.
-            if !self.deliver_if_allowed(&session, &message, route) {
-                if let Some(group) = shared_group {
-                    if let Some(other) = self.router.redeliver_shared(&group, &session.client_id) {
-                        let (session, route) = other.route(&message);
-                        self.deliver_if_allowed(&session, &message, route);
-                    }
-                }
-            }
+        if let (Some(op), Some(store)) = (incoming, self.store.get()) {
+            self.deliver_atomically(store, op, &message, deliveries);
+        } else {
+            self.deliver_all(&message, deliveries);
         }
         if self.config.log.messages {
             info!(
@@ -146,6 +203,55 @@ impl Broker {
             received_at_ns: message.received_at_ns,
         });
         count
+    }
+
+    fn deliver_all(&self, message: &Arc<Message>, deliveries: Vec<router::Delivery>) {
+        for d in deliveries {
+            let shared_group = d.shared_group.clone();
+            let (session, route) = d.route(message);
+            // ACL read access is checked per delivered message, as mosquitto does. A shared
+            // group's message that its chosen member may not read goes to another member.
+            if !self.deliver_if_allowed(&session, message, route) {
+                if let Some(group) = shared_group {
+                    if let Some(other) = self.router.redeliver_shared(&group, &session.client_id) {
+                        let (session, route) = other.route(message);
+                        self.deliver_if_allowed(&session, message, route);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deliver with every receiving session locked (in address order, so two publishers
+    /// cannot deadlock), their store records and `first` submitted as one atomic record, and
+    /// the packets for their connections sent only after that.
+    fn deliver_atomically(
+        &self,
+        store: &Store,
+        first: crate::store::journal::Op,
+        message: &Arc<Message>,
+        deliveries: Vec<router::Delivery>,
+    ) {
+        let mut routes: Vec<(SessionRef, Route)> =
+            deliveries.into_iter().map(|d| d.route(message)).collect();
+        routes.sort_by_key(|(s, _)| Arc::as_ptr(s) as usize);
+        let mut sessions: Vec<SessionRef> = routes.iter().map(|(s, _)| s.clone()).collect();
+        sessions.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let mut states: Vec<_> = sessions.iter().map(|s| s.lock()).collect();
+        session::defer_sends(|| {
+            store.atomically(|| {
+                store.submit(first);
+                for (session, route) in routes {
+                    let Some(i) = sessions.iter().position(|s| Arc::ptr_eq(s, &session)) else {
+                        continue;
+                    };
+                    let state = &mut states[i];
+                    if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                        state.deliver(message, route, &session.client_id, &self.stats);
+                    }
+                }
+            })
+        });
     }
 
     /// Send the retained messages matching `filter` to one session, RETAIN set [MQTT-3.3.1-8].
@@ -198,6 +304,8 @@ impl Broker {
     ) -> Attached {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let existing = sessions.get(client_id).cloned();
+        // Set when a stored session is created or discarded here.
+        let mut stored_change = false;
         let mut pending_will = None;
         let (session, session_present) = match existing {
             // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
@@ -213,6 +321,7 @@ impl Broker {
             }
             other => {
                 if let Some(old) = other {
+                    stored_change |= old.lock().has_journal();
                     pending_will = self.end_session(&old, &mut sessions);
                 }
                 let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
@@ -223,6 +332,17 @@ impl Broker {
         let old_link = {
             let mut state = session.lock();
             state.expiry_interval = expiry_interval;
+            match self.store.get() {
+                Some(store) if expiry_interval != 0 && !state.has_journal() => {
+                    state.enable_journal(SessionJournal::new(store.clone(), client_id));
+                    stored_change = true;
+                }
+                _ => state.record_session(),
+            }
+            // CONNACK's "session present" must not be contradicted by a crash right after it.
+            if stored_change && !self.wait_durable() {
+                log::warn!("client {client_id}: the store did not confirm the session change");
+            }
             state.attach(
                 link,
                 limits,
@@ -273,6 +393,10 @@ impl Broker {
             return;
         }
         let ends_now = state.expiry_interval == 0;
+        if !ends_now {
+            // The v5 expiry interval may have changed at DISCONNECT.
+            state.record_session();
+        }
         let shared = state.take_shared_messages();
         let will_now = match will {
             Some((will, delay)) if delay > 0 && !ends_now => {
@@ -397,6 +521,7 @@ impl Broker {
         let (link, filters, will) = {
             let mut state = session.lock();
             state.ended = true;
+            state.end_journal();
             (
                 state.take_link(),
                 std::mem::take(&mut state.subscriptions),
@@ -513,6 +638,10 @@ impl Broker {
                 debug!("connection {id} did not stop in time; closing its socket");
                 let _ = c.stream.shutdown(Shutdown::Both);
             }
+        }
+        if let Some(store) = self.store.get() {
+            // Everything the closed connections changed is written and fsynced.
+            store.stop();
         }
         self.sink.shutdown();
     }

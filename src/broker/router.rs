@@ -221,8 +221,11 @@ impl Router {
 
     /// Store (or, with an empty payload, clear) the retained message for its topic.
     /// [MQTT-3.3.1-5] store; [MQTT-3.3.1-10]/[MQTT-3.3.1-11] empty payload removes it.
-    pub fn retain(&self, message: &Arc<Message>) {
+    /// `journal` is called with the store's lock held, so the store records concurrent changes
+    /// to one topic in the order they were applied.
+    pub fn retain(&self, message: &Arc<Message>, journal: impl FnOnce()) {
         let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        journal();
         if message.payload.is_empty() {
             retained.remove(&message.topic);
         } else {

@@ -9,9 +9,11 @@ use super::message::Message;
 use super::security::SecurityFiles;
 use super::stats::Stats;
 use crate::protocol::{Ack, Packet, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::store::{records, Store};
 use crossbeam_channel::Sender;
 use log::{debug, warn};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,6 +75,14 @@ impl SessionHandle {
         })
     }
 
+    /// A session rebuilt from the store.
+    pub fn restored(client_id: Arc<str>, state: Session) -> SessionRef {
+        Arc::new(SessionHandle {
+            client_id,
+            state: Mutex::new(state),
+        })
+    }
+
     /// Lock the state; a poisoned lock (a panicked thread) still holds consistent data for us.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Session> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -92,7 +102,53 @@ pub struct Route {
     pub shared_group: Option<Arc<str>>,
 }
 
+/// Identifies one outgoing message of a session in the store; unique across the process (and
+/// across restarts: raised past every stored one at start-up), increasing in delivery order.
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+
+fn next_seq() -> u64 {
+    NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Packets held back for their connections' writers.
+type HeldSends = Vec<(Sender<Outbound>, Outbound)>;
+
+thread_local! {
+    /// Packets held back by `defer_sends` on this thread.
+    static DEFERRED: std::cell::RefCell<Option<HeldSends>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` holding back what sessions send to their connections meanwhile, then send it: a
+/// connection's writer must not see a delivery before the store has its record (it waits for
+/// the store only after it received the packet).
+pub fn defer_sends<T>(f: impl FnOnce() -> T) -> T {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let sends = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    for (tx, packet) in sends.unwrap_or_default() {
+        let _ = tx.send(packet);
+    }
+    out
+}
+
+/// Where a persistent session records its changes (see `crate::store`).
+pub struct SessionJournal {
+    store: Arc<Store>,
+    /// The client's key prefix.
+    client: Vec<u8>,
+}
+
+impl SessionJournal {
+    pub fn new(store: Arc<Store>, client_id: &str) -> SessionJournal {
+        SessionJournal {
+            store,
+            client: records::client_key(client_id),
+        }
+    }
+}
+
 struct Inflight {
+    seq: u64,
     packet_id: u16,
     message: Arc<Message>,
     route: Route,
@@ -104,6 +160,7 @@ struct Inflight {
 }
 
 struct Queued {
+    seq: u64,
     message: Arc<Message>,
     route: Route,
 }
@@ -114,6 +171,10 @@ pub struct Session {
     /// Set when the session is discarded; late deliveries to it are ignored.
     pub ended: bool,
     pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// v5 Subscription Identifier per filter, kept to persist the session.
+    subscription_ids: HashMap<String, u32>,
+    /// Set while the session is persistent and persistence is on.
+    journal: Option<SessionJournal>,
     /// When the last connection ended (None while connected).
     pub disconnected_at: Option<Instant>,
     /// A will waiting for its v5 Will Delay Interval [MQTT-3.1.3-9].
@@ -139,6 +200,8 @@ impl Session {
             expiry_interval,
             ended: false,
             subscriptions: HashMap::new(),
+            subscription_ids: HashMap::new(),
+            journal: None,
             disconnected_at: None,
             delayed_will: None,
             link: None,
@@ -150,6 +213,121 @@ impl Session {
             dropped: 0,
             username: None,
             acl: None,
+        }
+    }
+
+    /// Rebuild a session read from the store, disconnected since now (the expiry clock starts
+    /// again at start-up: a session is never expired early by a restart).
+    pub fn restore(
+        stored: records::StoredSession,
+        limits: SessionLimits,
+        journal: SessionJournal,
+    ) -> Session {
+        let mut s = Session::new(stored.expiry_interval, limits);
+        s.disconnected_at = Some(Instant::now());
+        for sub in stored.subscriptions {
+            if let Some(id) = sub.identifier {
+                s.subscription_ids.insert(sub.filter.clone(), id);
+            }
+            s.subscriptions.insert(sub.filter, sub.options);
+        }
+        for o in stored.outgoing {
+            NEXT_SEQ.fetch_max(o.seq + 1, Ordering::Relaxed);
+            if o.packet_id == 0 {
+                s.queued.push_back(Queued {
+                    seq: o.seq,
+                    message: o.message,
+                    route: o.route,
+                });
+            } else {
+                s.next_packet_id = o.packet_id.checked_add(1).unwrap_or(1);
+                s.inflight.push_back(Inflight {
+                    seq: o.seq,
+                    packet_id: o.packet_id,
+                    message: o.message,
+                    route: o.route,
+                    released: o.released,
+                    awaiting_resend: false,
+                });
+            }
+        }
+        s.incoming_qos2.extend(stored.incoming_qos2);
+        s.journal = Some(journal);
+        s
+    }
+
+    /// The subscriptions with their identifiers, as `Router::subscribe` takes them.
+    pub fn subscription_list(&self) -> Vec<(String, SubscriptionOptions, Option<u32>)> {
+        self.subscriptions
+            .iter()
+            .map(|(f, o)| (f.clone(), *o, self.subscription_ids.get(f).copied()))
+            .collect()
+    }
+
+    /// Start recording this session (it became persistent): write all of its state.
+    pub fn enable_journal(&mut self, journal: SessionJournal) {
+        self.journal = Some(journal);
+        self.record_session();
+        for q in &self.queued {
+            self.record(|c| records::outgoing_put(c, q.seq, &q.message, &q.route, 0, false));
+        }
+        for i in &self.inflight {
+            self.record(|c| {
+                records::outgoing_put(c, i.seq, &i.message, &i.route, i.packet_id, i.released)
+            });
+        }
+        for id in &self.incoming_qos2 {
+            self.record(|c| records::incoming_put(c, *id));
+        }
+    }
+
+    pub fn has_journal(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Stop recording and delete everything stored for the session (it ended).
+    pub fn end_journal(&mut self) {
+        if let Some(j) = self.journal.take() {
+            for op in records::session_end(&j.client) {
+                j.store.submit(op);
+            }
+        }
+    }
+
+    /// Record the expiry interval and subscriptions.
+    pub fn record_session(&self) {
+        self.record(|c| {
+            records::session_put(
+                c,
+                self.expiry_interval,
+                self.subscriptions
+                    .iter()
+                    .map(|(f, o)| (f.as_str(), *o, self.subscription_ids.get(f).copied())),
+            )
+        });
+    }
+
+    fn record(&self, op: impl FnOnce(&[u8]) -> crate::store::journal::Op) {
+        if let Some(j) = &self.journal {
+            j.store.submit(op(&j.client));
+        }
+    }
+
+    /// Add or replace a subscription (the router is updated by the caller).
+    pub fn subscribe(&mut self, filter: &str, options: SubscriptionOptions, id: Option<u32>) {
+        self.subscriptions.insert(filter.to_string(), options);
+        match id {
+            Some(id) => self.subscription_ids.insert(filter.to_string(), id),
+            None => self.subscription_ids.remove(filter),
+        };
+        self.record_session();
+    }
+
+    /// Remove a subscription (the router is updated by the caller).
+    pub fn unsubscribe(&mut self, filter: &str) {
+        self.subscription_ids.remove(filter);
+        if self.subscriptions.remove(filter).is_some() {
+            self.record_session();
         }
     }
 
@@ -192,8 +370,14 @@ impl Session {
         // PUBREC'd QoS 2 message still holds a slot until PUBCOMP [MQTT-3.3.4-9 (v5)]. A
         // message now too large for the client is dropped as if delivered [MQTT-3.1.2-25].
         let max_packet_size = self.link.as_ref().and_then(|l| l.max_packet_size);
+        let journal = self.journal.as_ref();
         self.inflight.retain(|item| {
-            item.released || !too_large(max_packet_size, &item.message, &item.route)
+            let keep = item.released || !too_large(max_packet_size, &item.message, &item.route);
+            if let (false, Some(j)) = (keep, journal) {
+                j.store
+                    .submit(records::outgoing_delete(&j.client, item.seq));
+            }
+            keep
         });
         for item in &mut self.inflight {
             item.awaiting_resend = !item.released;
@@ -291,11 +475,18 @@ impl Session {
             });
             return;
         }
+        let seq = next_seq();
         self.queued.push_back(Queued {
+            seq,
             message: message.clone(),
             route,
         });
         self.fill_window();
+        // Still queued (offline or window full): record it as queued; otherwise fill_window
+        // recorded it as inflight.
+        if let Some(q) = self.queued.back().filter(|q| q.seq == seq) {
+            self.record(|c| records::outgoing_put(c, seq, &q.message, &q.route, 0, false));
+        }
     }
 
     /// Are this session's queues full, so that one more message would be dropped?
@@ -315,6 +506,7 @@ impl Session {
         let queued = std::mem::take(&mut self.queued);
         for q in queued {
             if q.route.shared_group.is_some() {
+                self.record(|c| records::outgoing_delete(c, q.seq));
                 taken.push((q.message, q.route));
             } else {
                 self.queued.push_back(q);
@@ -325,6 +517,7 @@ impl Session {
         let inflight = std::mem::take(&mut self.inflight);
         for i in inflight {
             if i.route.shared_group.is_some() && i.route.qos == QoS::AtLeastOnce {
+                self.record(|c| records::outgoing_delete(c, i.seq));
                 taken.push((i.message, i.route));
             } else {
                 self.inflight.push_back(i);
@@ -386,6 +579,7 @@ impl Session {
                 break;
             };
             if q.message.is_expired() {
+                self.record(|c| records::outgoing_delete(c, q.seq));
                 continue;
             }
             if self.too_large_for_client(&q.message, &q.route) {
@@ -395,9 +589,15 @@ impl Session {
                     "message on {} exceeds the client's maximum packet size; not sent",
                     q.message.topic
                 );
+                self.record(|c| records::outgoing_delete(c, q.seq));
                 continue;
             }
             let packet_id = self.allocate_packet_id();
+            // Recorded before it is handed to the writer, which waits for it to be durable
+            // before sending a QoS 2 message (see `connection::write_loop`).
+            self.record(|c| {
+                records::outgoing_put(c, q.seq, &q.message, &q.route, packet_id, false)
+            });
             self.send(Outbound::Publish {
                 message: q.message.clone(),
                 qos: q.route.qos,
@@ -407,6 +607,7 @@ impl Session {
                 subscription_ids: q.route.subscription_ids.clone(),
             });
             self.inflight.push_back(Inflight {
+                seq: q.seq,
                 packet_id,
                 message: q.message,
                 route: q.route,
@@ -428,6 +629,14 @@ impl Session {
 
     fn send(&self, out: Outbound) {
         if let Some(link) = &self.link {
+            let out = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+                Some(sends) => {
+                    sends.push((link.tx.clone(), out));
+                    None
+                }
+                None => Some(out),
+            });
+            let Some(out) = out else { return };
             // The channel is unbounded (it allocates lazily, so an idle client costs nothing);
             // what bounds it is the inflight window, `outbound_queue` for QoS 0, and the
             // reader waiting in `Connection::send`. An error means the connection is gone: the
@@ -455,7 +664,9 @@ impl Session {
         else {
             return false;
         };
-        self.inflight.remove(pos);
+        if let Some(done) = self.inflight.remove(pos) {
+            self.record(|c| records::outgoing_delete(c, done.seq));
+        }
         self.fill_window();
         true
     }
@@ -470,6 +681,16 @@ impl Session {
         {
             Some(item) => {
                 item.released = true;
+                if let Some(j) = &self.journal {
+                    j.store.submit(records::outgoing_put(
+                        &j.client,
+                        item.seq,
+                        &item.message,
+                        &item.route,
+                        item.packet_id,
+                        true,
+                    ));
+                }
                 true
             }
             None => false,
@@ -482,6 +703,14 @@ impl Session {
         self.incoming_qos2.insert(packet_id)
     }
 
+    /// The store record of an incoming QoS 2 packet id (None when the session is not stored):
+    /// written by `Broker::publish_exactly_once` atomically with the message's deliveries.
+    pub fn incoming_record(&self, packet_id: u16) -> Option<crate::store::journal::Op> {
+        self.journal
+            .as_ref()
+            .map(|j| records::incoming_put(&j.client, packet_id))
+    }
+
     /// Number of incoming QoS 2 messages awaiting PUBREL (counts against our Receive Maximum).
     pub fn incoming_qos2_len(&self) -> usize {
         self.incoming_qos2.len()
@@ -489,7 +718,11 @@ impl Session {
 
     /// Incoming PUBREL: forget the packet id. Returns false if it was unknown.
     pub fn release_qos2(&mut self, packet_id: u16) -> bool {
-        self.incoming_qos2.remove(&packet_id)
+        let known = self.incoming_qos2.remove(&packet_id);
+        if known {
+            self.record(|c| records::incoming_delete(c, packet_id));
+        }
+        known
     }
 
     pub fn inflight_len(&self) -> usize {

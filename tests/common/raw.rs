@@ -336,6 +336,25 @@ impl RawClient {
         }
     }
 
+    /// Like `connect_mqtt`, but a broker that is down or closes is `None`, not a panic (for
+    /// tests that kill the broker under load).
+    pub fn try_connect_mqtt(addr: SocketAddr, connect: &Connect) -> Option<(RawClient, bool)> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream.set_nodelay(true).ok()?;
+        let mut c = RawClient {
+            stream,
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+        };
+        c.try_send(&connect.encode()).ok()?;
+        let ack = c.read_packet(REPLY_TIMEOUT).ok()?;
+        if ack.kind() != CONNACK || ack.body.len() != 2 || ack.body[1] != 0 {
+            return None;
+        }
+        let present = ack.body[0] & 0x01 != 0;
+        Some((c, present))
+    }
+
     /// Open a connection, send `connect` and assert CONNACK with return code 0.
     /// Returns the client and the session-present flag.
     pub fn connect_mqtt(addr: SocketAddr, connect: &Connect) -> (RawClient, bool) {

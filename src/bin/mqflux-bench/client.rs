@@ -19,7 +19,7 @@ pub struct Client {
     pub receive_maximum: u16,
 }
 
-/// Open a TCP connection and complete the MQTT handshake.
+/// Open a TCP connection and complete the MQTT handshake (clean start).
 pub fn connect(
     addr: SocketAddr,
     version: ProtocolVersion,
@@ -27,6 +27,28 @@ pub fn connect(
     keep_alive: u16,
     read_buffer: usize,
     timeout: Duration,
+) -> Result<Client, String> {
+    connect_session(
+        addr,
+        version,
+        client_id,
+        keep_alive,
+        read_buffer,
+        timeout,
+        false,
+    )
+}
+
+/// `connect`, optionally asking for a persistent session (3.1.1 clean session 0; v5 clean start
+/// 0 with a Session Expiry Interval of 300 s), which a broker with persistence stores.
+pub fn connect_session(
+    addr: SocketAddr,
+    version: ProtocolVersion,
+    client_id: &str,
+    keep_alive: u16,
+    read_buffer: usize,
+    timeout: Duration,
+    persistent: bool,
 ) -> Result<Client, String> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("{client_id}: connect to {addr}: {e}"))?;
@@ -38,10 +60,13 @@ pub fn connect(
         // Let the broker keep as many QoS 1/2 deliveries in flight towards us as it likes; the
         // closed loop bounds them anyway.
         properties.receive_maximum = Some(u16::MAX);
+        if persistent {
+            properties.session_expiry_interval = Some(300);
+        }
     }
     let connect = Packet::Connect(Connect {
         version,
-        clean_start: true,
+        clean_start: !persistent,
         keep_alive,
         client_id: client_id.to_string(),
         will: None,

@@ -42,6 +42,8 @@ pub struct LoadParams {
     pub drain_timeout: Duration,
     pub stall_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Subscribers ask for persistent sessions (see `client::connect_session`).
+    pub persistent_subscribers: bool,
     /// Prefix making this run's client ids and topics unique.
     pub run_id: String,
 }
@@ -182,7 +184,15 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
     let mut sub_clients = Vec::new();
     for (i, (filter, _)) in topo.subscribers.iter().enumerate() {
         let id = format!("{}-s{i}", p.run_id);
-        let mut c = client::connect(p.addr, p.version, &id, 0, 256 * 1024, p.connect_timeout)?;
+        let mut c = client::connect_session(
+            p.addr,
+            p.version,
+            &id,
+            0,
+            256 * 1024,
+            p.connect_timeout,
+            p.persistent_subscribers,
+        )?;
         c.subscribe(filter, p.qos, p.connect_timeout)
             .map_err(|e| format!("{id}: {e}"))?;
         sockets.push(c.stream.try_clone().map_err(|e| e.to_string())?);

@@ -203,6 +203,10 @@ struct LoadArgs {
     /// declared stalled and stopped.
     #[arg(long, default_value_t = 5.0)]
     stall_timeout: f64,
+    /// Subscribers connect with a persistent session (clean session 0), so a broker with
+    /// persistence stores every QoS 1/2 delivery to them (its durability cost shows).
+    #[arg(long)]
+    persistent_subscribers: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,6 +326,7 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         drain_timeout: secs(l.drain_timeout)?,
         stall_timeout: secs(l.stall_timeout)?,
         connect_timeout: secs(b.connect_timeout)?,
+        persistent_subscribers: l.persistent_subscribers,
         run_id: run,
     };
     log::info!("running {} against {addr}", shape.name(l.qos, l.mqtt));
@@ -453,6 +458,7 @@ fn load_defaults(mqtt: Mqtt, qos: u8, duration: f64, window: u64, size: usize) -
         window,
         drain_timeout: 10.0,
         stall_timeout: 5.0,
+        persistent_subscribers: false,
     }
 }
 

@@ -1,0 +1,485 @@
+//! What the store holds, as keys and values of the journal's map.
+//!
+//! Keys (a client id is written as `[len u16 BE][bytes]` so one client's keys share a prefix):
+//! - `r` topic: a retained message
+//! - `s` client: a persistent session (expiry interval, subscriptions)
+//! - `o` client seq(u64 BE): an outgoing QoS 1/2 message, queued (packet id 0) or inflight
+//! - `i` client packet-id(u16 BE): an incoming QoS 2 message routed and awaiting PUBREL
+//!
+//! A message is stored as a v5 PUBLISH encoded by the broker's own codec (so its properties
+//! round-trip), plus what the wire format does not carry: publisher, receive time and the
+//! absolute expiry deadline.
+
+use super::journal::{Map, Op};
+use crate::broker::message::Message;
+use crate::broker::session::Route;
+use crate::protocol::{self, Packet, ProtocolVersion, QoS, SubscriptionOptions};
+use log::warn;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const RETAINED: u8 = b'r';
+const SESSION: u8 = b's';
+const OUTGOING: u8 = b'o';
+const INCOMING: u8 = b'i';
+
+/// The `[len][client id]` part of a session's keys.
+pub fn client_key(client_id: &str) -> Vec<u8> {
+    let id = &client_id.as_bytes()[..client_id.len().min(u16::MAX as usize)];
+    let mut k = Vec::with_capacity(2 + id.len());
+    k.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+fn key(kind: u8, client: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + client.len() + suffix.len());
+    k.push(kind);
+    k.extend_from_slice(client);
+    k.extend_from_slice(suffix);
+    k
+}
+
+pub fn retained_put(message: &Message) -> Op {
+    let mut v = Vec::new();
+    put_message(&mut v, message);
+    Op::Put(key(RETAINED, message.topic.as_bytes(), &[]), v)
+}
+
+pub fn retained_clear(topic: &str) -> Op {
+    Op::Delete(key(RETAINED, topic.as_bytes(), &[]))
+}
+
+/// One subscription of a persistent session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSubscription {
+    pub filter: String,
+    pub options: SubscriptionOptions,
+    pub identifier: Option<u32>,
+}
+
+pub fn session_put<'a>(
+    client: &[u8],
+    expiry_interval: u32,
+    subscriptions: impl Iterator<Item = (&'a str, SubscriptionOptions, Option<u32>)>,
+) -> Op {
+    let mut v = Vec::new();
+    v.extend_from_slice(&expiry_interval.to_be_bytes());
+    for (filter, o, id) in subscriptions {
+        put_bytes(&mut v, filter.as_bytes());
+        let flags = o.qos as u8
+            | (o.no_local as u8) << 2
+            | (o.retain_as_published as u8) << 3
+            | (o.retain_handling & 3) << 4;
+        v.push(flags);
+        put_opt_u32(&mut v, id);
+    }
+    Op::Put(key(SESSION, client, &[]), v)
+}
+
+/// Everything of one client: its session, messages and incoming QoS 2 ids.
+pub fn session_end(client: &[u8]) -> Vec<Op> {
+    [SESSION, OUTGOING, INCOMING]
+        .into_iter()
+        .map(|kind| {
+            let mut k = key(kind, client, &[]);
+            if kind == SESSION {
+                // The session key is exactly the prefix; a longer key would be another client's
+                // only if its length bytes differed, so an exact delete is what is meant.
+                return Op::Delete(std::mem::take(&mut k));
+            }
+            Op::DeletePrefix(k)
+        })
+        .collect()
+}
+
+pub fn outgoing_put(
+    client: &[u8],
+    seq: u64,
+    message: &Message,
+    route: &Route,
+    packet_id: u16,
+    released: bool,
+) -> Op {
+    let mut v = Vec::new();
+    v.extend_from_slice(&packet_id.to_be_bytes());
+    v.push(released as u8);
+    v.push(route.qos as u8);
+    v.push(route.retain as u8);
+    v.extend_from_slice(&(route.subscription_ids.len() as u32).to_be_bytes());
+    for id in &route.subscription_ids {
+        v.extend_from_slice(&id.to_be_bytes());
+    }
+    match &route.shared_group {
+        Some(g) => {
+            v.push(1);
+            put_bytes(&mut v, g.as_bytes());
+        }
+        None => v.push(0),
+    }
+    put_message(&mut v, message);
+    Op::Put(key(OUTGOING, client, &seq.to_be_bytes()), v)
+}
+
+pub fn outgoing_delete(client: &[u8], seq: u64) -> Op {
+    Op::Delete(key(OUTGOING, client, &seq.to_be_bytes()))
+}
+
+pub fn incoming_put(client: &[u8], packet_id: u16) -> Op {
+    Op::Put(key(INCOMING, client, &packet_id.to_be_bytes()), Vec::new())
+}
+
+pub fn incoming_delete(client: &[u8], packet_id: u16) -> Op {
+    Op::Delete(key(INCOMING, client, &packet_id.to_be_bytes()))
+}
+
+/// An outgoing message as it was when the broker stopped.
+pub struct StoredOutgoing {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub route: Route,
+    /// 0 = still queued, otherwise sent with this packet id.
+    pub packet_id: u16,
+    /// PUBREC received: only PUBREL is resent.
+    pub released: bool,
+}
+
+pub struct StoredSession {
+    pub client_id: String,
+    pub expiry_interval: u32,
+    pub subscriptions: Vec<StoredSubscription>,
+    /// In sequence (delivery) order.
+    pub outgoing: Vec<StoredOutgoing>,
+    pub incoming_qos2: Vec<u16>,
+}
+
+/// Everything read from the store at start-up.
+#[derive(Default)]
+pub struct Loaded {
+    pub retained: Vec<Arc<Message>>,
+    pub sessions: Vec<StoredSession>,
+}
+
+/// Decode the map. A record that does not decode (it passed its checksum, so only a bug or a
+/// format change can cause this) is skipped with a warning naming it.
+pub fn load(map: &Map) -> Loaded {
+    let mut loaded = Loaded::default();
+    // Keys sort by kind, then client: sessions ('s') come after outgoing ('o') and incoming
+    // ('i'), so collect those per client first.
+    let mut outgoing: std::collections::HashMap<Vec<u8>, Vec<StoredOutgoing>> = Default::default();
+    let mut incoming: std::collections::HashMap<Vec<u8>, Vec<u16>> = Default::default();
+    for (k, v) in map {
+        let Some((&kind, rest)) = k.split_first() else {
+            continue;
+        };
+        let ok = match kind {
+            RETAINED => Reader(v)
+                .message()
+                .filter(|m| !m.is_expired())
+                .map(|m| loaded.retained.push(Arc::new(m))),
+            OUTGOING => split_client(rest).and_then(|(client, suffix)| {
+                let seq = u64::from_be_bytes(suffix.try_into().ok()?);
+                let o = decode_outgoing(seq, v)?;
+                outgoing.entry(client.to_vec()).or_default().push(o);
+                Some(())
+            }),
+            INCOMING => split_client(rest).and_then(|(client, suffix)| {
+                let id = u16::from_be_bytes(suffix.try_into().ok()?);
+                incoming.entry(client.to_vec()).or_default().push(id);
+                Some(())
+            }),
+            SESSION => split_client(rest).and_then(|(client, _)| {
+                let mut s = decode_session(client, v)?;
+                let ck = client_key(&s.client_id);
+                s.outgoing = outgoing.remove(&ck).unwrap_or_default();
+                s.incoming_qos2 = incoming.remove(&ck).unwrap_or_default();
+                loaded.sessions.push(s);
+                Some(())
+            }),
+            _ => None,
+        };
+        if ok.is_none() && kind != RETAINED {
+            warn!(
+                "store: skipping an undecodable record (key {:?})",
+                String::from_utf8_lossy(k)
+            );
+        }
+    }
+    loaded
+}
+
+fn split_client(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    let end = 2 + len;
+    Some((rest.get(..end)?, rest.get(end..)?))
+}
+
+fn decode_session(client: &[u8], v: &[u8]) -> Option<StoredSession> {
+    let client_id = String::from_utf8(client.get(2..)?.to_vec()).ok()?;
+    let mut r = Reader(v);
+    let expiry_interval = r.u32()?;
+    let mut subscriptions = Vec::new();
+    while !r.0.is_empty() {
+        let filter = String::from_utf8(r.bytes()?.to_vec()).ok()?;
+        let flags = r.u8()?;
+        let options = SubscriptionOptions {
+            qos: QoS::from_u8(flags & 3)?,
+            no_local: flags & 4 != 0,
+            retain_as_published: flags & 8 != 0,
+            retain_handling: (flags >> 4) & 3,
+        };
+        let identifier = r.opt_u32()?;
+        subscriptions.push(StoredSubscription {
+            filter,
+            options,
+            identifier,
+        });
+    }
+    Some(StoredSession {
+        client_id,
+        expiry_interval,
+        subscriptions,
+        outgoing: Vec::new(),
+        incoming_qos2: Vec::new(),
+    })
+}
+
+fn decode_outgoing(seq: u64, v: &[u8]) -> Option<StoredOutgoing> {
+    let mut r = Reader(v);
+    let packet_id = r.u16()?;
+    let released = r.u8()? != 0;
+    let qos = QoS::from_u8(r.u8()?)?;
+    let retain = r.u8()? != 0;
+    let n = r.u32()? as usize;
+    let subscription_ids = (0..n).map(|_| r.u32()).collect::<Option<Vec<_>>>()?;
+    let shared_group = match r.u8()? {
+        0 => None,
+        _ => Some(Arc::from(std::str::from_utf8(r.bytes()?).ok()?)),
+    };
+    let message = Arc::new(r.message()?);
+    Some(StoredOutgoing {
+        seq,
+        message,
+        route: Route {
+            qos,
+            retain,
+            subscription_ids,
+            shared_group,
+        },
+        packet_id,
+        released,
+    })
+}
+
+fn put_bytes(v: &mut Vec<u8>, b: &[u8]) {
+    v.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    v.extend_from_slice(b);
+}
+
+fn put_opt_u32(v: &mut Vec<u8>, x: Option<u32>) {
+    match x {
+        Some(x) => {
+            v.push(1);
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        None => v.push(0),
+    }
+}
+
+fn unix_ms(at: Instant) -> i64 {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    now_unix + at.saturating_duration_since(Instant::now()).as_millis() as i64
+}
+
+fn put_message(v: &mut Vec<u8>, m: &Message) {
+    v.extend_from_slice(&m.received_at_ns.to_be_bytes());
+    v.extend_from_slice(&m.expires_at.map(unix_ms).unwrap_or(-1).to_be_bytes());
+    match &m.publisher {
+        Some(p) => {
+            v.push(1);
+            put_bytes(v, p.as_bytes());
+        }
+        None => v.push(0),
+    }
+    let mut publish = Vec::new();
+    let packet_id = if m.qos == QoS::AtMostOnce { 0 } else { 1 };
+    protocol::encode::encode_publish(
+        &mut publish,
+        ProtocolVersion::V5,
+        &m.topic,
+        &m.payload,
+        m.qos,
+        m.retain,
+        false,
+        packet_id,
+        &m.properties,
+    );
+    put_bytes(v, &publish);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn opt_u32(&mut self) -> Option<Option<u32>> {
+        match self.u8()? {
+            0 => Some(None),
+            _ => Some(Some(self.u32()?)),
+        }
+    }
+
+    fn message(&mut self) -> Option<Message> {
+        let received_at_ns = self.i64()?;
+        let expires_unix_ms = self.i64()?;
+        let publisher = match self.u8()? {
+            0 => None,
+            _ => Some(Arc::from(std::str::from_utf8(self.bytes()?).ok()?)),
+        };
+        let mut wire = self.bytes()?;
+        let frame = protocol::decode::read_frame(&mut wire, usize::MAX).ok()?;
+        let Packet::Publish(p) = protocol::decode_packet(&frame, ProtocolVersion::V5).ok()? else {
+            return None;
+        };
+        let expires_at = (expires_unix_ms >= 0).then(|| {
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64;
+            let left = (expires_unix_ms - now_unix).max(0) as u64;
+            Instant::now() + Duration::from_millis(left)
+        });
+        Some(Message {
+            topic: p.topic.into(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            publisher,
+            received_at_ns,
+            expires_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::journal::apply;
+    use bytes::Bytes;
+
+    fn message(topic: &str, qos: QoS) -> Message {
+        let properties = protocol::Properties {
+            content_type: Some("text/plain".into()),
+            message_expiry_interval: Some(3600),
+            ..Default::default()
+        };
+        Message::new(
+            topic.into(),
+            Bytes::from_static(b"payload"),
+            qos,
+            true,
+            properties,
+            Some("pub".into()),
+        )
+    }
+
+    #[test]
+    fn session_with_messages_and_incoming_ids_round_trips() {
+        let ck = client_key("c1");
+        let m = message("a/b", QoS::ExactlyOnce);
+        let route = Route {
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            subscription_ids: vec![7, 9],
+            shared_group: Some("$share/g/a/#".into()),
+        };
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            no_local: true,
+            retain_as_published: true,
+            retain_handling: 2,
+        };
+        let mut map = Map::new();
+        for op in [
+            session_put(&ck, 300, [("a/#", options, Some(7))].into_iter()),
+            outgoing_put(&ck, 5, &m, &route, 0, false),
+            outgoing_put(&ck, 4, &m, &route, 12, true),
+            incoming_put(&ck, 33),
+            retained_put(&m),
+            session_put(&client_key("other"), 1, std::iter::empty()),
+        ] {
+            apply(&mut map, op);
+        }
+        let loaded = load(&map);
+        assert_eq!(loaded.retained.len(), 1);
+        assert_eq!(loaded.sessions.len(), 2);
+        let s = loaded
+            .sessions
+            .iter()
+            .find(|s| s.client_id == "c1")
+            .unwrap();
+        assert_eq!(s.expiry_interval, 300);
+        assert_eq!(
+            s.subscriptions,
+            vec![StoredSubscription {
+                filter: "a/#".into(),
+                options,
+                identifier: Some(7)
+            }]
+        );
+        assert_eq!(s.incoming_qos2, vec![33]);
+        let seqs: Vec<_> = s
+            .outgoing
+            .iter()
+            .map(|o| (o.seq, o.packet_id, o.released))
+            .collect();
+        assert_eq!(seqs, vec![(4, 12, true), (5, 0, false)]);
+        let o = &s.outgoing[0];
+        assert_eq!(o.route.subscription_ids, vec![7, 9]);
+        assert_eq!(o.route.shared_group.as_deref(), Some("$share/g/a/#"));
+        assert_eq!(&*o.message.topic, "a/b");
+        assert_eq!(o.message.payload, Bytes::from_static(b"payload"));
+        assert_eq!(
+            o.message.properties.content_type.as_deref(),
+            Some("text/plain")
+        );
+        assert_eq!(o.message.publisher.as_deref(), Some("pub"));
+        assert_eq!(o.message.received_at_ns, m.received_at_ns);
+        let left = o.message.remaining_expiry_secs().unwrap();
+        assert!((3590..=3600).contains(&left), "{left}");
+
+        for op in session_end(&ck) {
+            apply(&mut map, op);
+        }
+        let loaded = load(&map);
+        assert_eq!(loaded.sessions.len(), 1);
+        assert_eq!(loaded.sessions[0].client_id, "other");
+        assert!(loaded.sessions[0].outgoing.is_empty());
+    }
+}
