@@ -286,3 +286,39 @@ fn publish_rate_limit_slows_a_fast_publisher_without_dropping() {
         );
     }
 }
+
+#[test]
+fn shared_subscription_messages_go_only_to_members_allowed_to_read_them() {
+    // A member that may not read the topic is skipped for one that may: nothing is lost to the
+    // ACL and nothing leaks past it.
+    let files = Files::new();
+    let broker = acl_broker(
+        &files,
+        &format!("{ACL}\nuser carol\ntopic read nothing/here\n"),
+    );
+    mosquitto_passwd(&files.path("passwd"), "carol", "c");
+    // The password file is read at start-up: reload it so carol exists.
+    broker.send_signal(libc_sighup());
+    broker.wait_for_log(&["reloaded"]);
+    let mut bob = MqttClient::connect_with(with_credentials(&broker, "bob-dev", "bob", "b"));
+    let mut carol = MqttClient::connect_with(with_credentials(&broker, "carol-dev", "carol", "c"));
+    bob.subscribe("$share/g/sensors/temp", 1);
+    carol.subscribe("$share/g/sensors/temp", 1);
+    let mut alice = MqttClient::connect_with(with_credentials(&broker, "alice-dev", "alice", "a"));
+    for i in 0..6u8 {
+        alice.publish("sensors/temp", 1, false, &[i]);
+    }
+    for i in 0..6u8 {
+        assert_eq!(
+            &bob.recv_publish().payload[..],
+            &[i],
+            "bob must get every message"
+        );
+    }
+    assert!(
+        carol
+            .recv_publish_timeout(Duration::from_millis(300))
+            .is_none(),
+        "carol may not read sensors/temp"
+    );
+}
