@@ -276,3 +276,32 @@ fn connect_with_null_character_in_will_topic_is_closed_without_connack() {
     // [MQTT-3.1.3-10] [MQTT-1.5.3-2]
     c.expect_closed(CLOSE_TIMEOUT);
 }
+
+#[test]
+fn packets_an_old_connection_still_had_buffered_do_not_touch_its_successors_session() {
+    // The old connection's reader is held back by the publish rate limit with an UNSUBSCRIBE
+    // still buffered; meanwhile a new connection takes the client id over and subscribes. When
+    // the old reader wakes it must not act for the session it no longer owns [MQTT-3.1.4-2].
+    let broker = Broker::with_config("[limits]\nmax_publish_rate = 1\n");
+    let mut old = RawClient::connected(broker.addr(), "stale");
+    assert_eq!(old.subscribe(1, &[("stale/t", 0)]), vec![0]);
+    for _ in 0..3 {
+        old.send(&raw::publish("stale/other", b"x", 0, 0, false, false));
+    }
+    old.send(&raw::unsubscribe(2, &["stale/t"]));
+    let mut new = RawClient::connected(broker.addr(), "stale");
+    assert_eq!(new.subscribe(1, &[("stale/t", 0)]), vec![0]);
+    // The old reader wakes up (about 1 s per rate-limited publish) and stops at its next packet.
+    broker.wait_for_log(&["stale", "session taken over by a new connection"]);
+    let mut publisher = RawClient::connected(broker.addr(), "stale-pub");
+    publisher.send(&raw::publish(
+        "stale/t",
+        b"still subscribed",
+        0,
+        0,
+        false,
+        false,
+    ));
+    let p = new.expect_publish();
+    assert_eq!(p.payload, b"still subscribed");
+}
