@@ -312,7 +312,40 @@ pub struct LimitsConfig {
     pub max_publish_rate: u32,
     /// Payload bytes per second one client may publish, enforced the same way. 0 = unlimited.
     pub max_publish_bytes_rate: u64,
+    /// Topic filters one session may hold; a SUBSCRIBE filter beyond it is refused (SUBACK
+    /// 0x80, or 0x97 Quota exceeded in v5). Re-subscribing to a held filter always works.
+    /// 0 = unlimited.
+    pub max_subscriptions_per_client: usize,
+    /// Retained topics the broker stores; a retained PUBLISH to a new topic beyond it is routed
+    /// but not stored (replacing or clearing a stored one always works). 0 = unlimited.
+    pub max_retained_messages: usize,
+    /// Bytes (topic + payload) of all retained messages, enforced like `max_retained_messages`.
+    /// 0 = unlimited.
+    pub max_retained_bytes: u64,
+    /// Longest time in seconds a session outlives its connection: a v5 client asking for more
+    /// is told this value in CONNACK, and a v3.1.1 persistent session (which would otherwise
+    /// never expire) ends this long after its client left. 0 = no cap.
+    pub max_session_expiry_secs: u64,
 }
+
+/// Default `limits.max_session_expiry_secs`: one week. Without a cap every v3.1.1 client id
+/// that ever connected with clean session off keeps a session (subscriptions plus up to
+/// `max_queued` messages) forever, so churned client ids grow memory without bound; a week
+/// still outlasts any outage a client would want its queued messages back after.
+pub const DEFAULT_MAX_SESSION_EXPIRY_SECS: u64 = 7 * 24 * 3600;
+
+impl LimitsConfig {
+    /// `max_session_expiry_secs` as a Session Expiry Interval; None when there is no cap.
+    pub fn session_expiry_cap(&self) -> Option<u32> {
+        (self.max_session_expiry_secs > 0).then(|| {
+            self.max_session_expiry_secs
+                .min(MAX_SESSION_EXPIRY_CAP as u64) as u32
+        })
+    }
+}
+
+/// Largest usable cap: 0xFFFFFFFF means "never expires" (MQTT 5.0 section 3.1.2.11.2).
+const MAX_SESSION_EXPIRY_CAP: u32 = u32::MAX - 1;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -327,6 +360,10 @@ impl Default for LimitsConfig {
             max_keep_alive: 0,
             max_publish_rate: 0,
             max_publish_bytes_rate: 0,
+            max_subscriptions_per_client: 1000,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
+            max_session_expiry_secs: DEFAULT_MAX_SESSION_EXPIRY_SECS,
         }
     }
 }
@@ -513,6 +550,15 @@ impl Config {
         }
         if l.outbound_queue == 0 {
             bad("limits.outbound_queue", "expected at least 1, got 0".into());
+        }
+        if l.max_session_expiry_secs > MAX_SESSION_EXPIRY_CAP as u64 {
+            bad(
+                "limits.max_session_expiry_secs",
+                format!(
+                    "expected 0 (no cap) to {MAX_SESSION_EXPIRY_CAP} seconds, got {}",
+                    l.max_session_expiry_secs
+                ),
+            );
         }
         let files = [
             ("security.password_file", &self.security.password_file),
@@ -740,6 +786,38 @@ mod tests {
             "{}",
             errs[0]
         );
+    }
+
+    #[test]
+    fn memory_limits_have_their_defaults_and_session_cap_is_range_checked() {
+        let c = Config::parse_all("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.limits.max_subscriptions_per_client, 1000);
+        assert_eq!(c.limits.max_retained_messages, 100_000);
+        assert_eq!(c.limits.max_retained_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.limits.session_expiry_cap(), Some(604_800));
+        let c = Config::parse_all(
+            "[limits]\nmax_session_expiry_secs = 0\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.session_expiry_cap(), None);
+        let errs = Config::parse_all(
+            "[limits]\nmax_session_expiry_secs = 4294967295\nmax_retained_bytes = -1\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.max_retained_bytes",
+                "limits.max_session_expiry_secs"
+            ],
+            "{errs:#?}"
+        );
+        assert!(errs[1]
+            .to_string()
+            .starts_with("x.toml: key `limits.max_session_expiry_secs`:"));
     }
 
     #[test]

@@ -301,6 +301,19 @@ impl Connection {
             (false, true) => 0,
             (false, false) => NEVER_EXPIRES,
         };
+        // `limits.max_session_expiry_secs`: a longer interval (or "never", 0xFFFFFFFF) is cut
+        // to the cap. A v5 client is told in CONNACK, since the server's value is the one that
+        // applies (MQTT 5.0 section 3.2.2.3.2); a v3.1.1 persistent session, which would
+        // otherwise never expire, silently gets the cap (3.1.1 has no way to say so).
+        let capped_expiry = self
+            .broker
+            .config
+            .limits
+            .session_expiry_cap()
+            .filter(|&cap| self.session_expiry > cap);
+        if let Some(cap) = capped_expiry {
+            self.session_expiry = cap;
+        }
 
         let limits = &self.broker.config.limits;
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -341,6 +354,7 @@ impl Connection {
             _ => c.keep_alive,
         };
         if v5 {
+            properties.session_expiry_interval = capped_expiry;
             properties.assigned_client_identifier = assigned;
             properties.receive_maximum = Some(limits.max_inflight);
             properties.maximum_packet_size =
@@ -751,6 +765,26 @@ impl Connection {
                 let message = "[MQTT-3.8.3-4] No Local on a shared subscription";
                 return Err(violation(reason::PROTOCOL_ERROR, message));
             }
+            // `limits.max_subscriptions_per_client`: a filter the session already holds is
+            // a replacement [MQTT-3.8.4-3] and never counts twice.
+            let max = self.broker.config.limits.max_subscriptions_per_client;
+            if max > 0 {
+                let (held, holds_filter) = {
+                    let state = session.lock();
+                    let held = state.subscriptions.len();
+                    (held, state.subscriptions.contains_key(&f.filter))
+                };
+                if held >= max && !holds_filter {
+                    warn!(
+                        "client {}: subscription to {:?} refused: {held} subscriptions held, \
+                         limits.max_subscriptions_per_client is {max}",
+                        self.client_id, f.filter
+                    );
+                    // 0x97 Quota exceeded (MQTT 5.0 section 3.9.3); v3.1.1 only has 0x80 Failure.
+                    reason_codes.push(if v5 { reason::QUOTA_EXCEEDED } else { 0x80 });
+                    continue;
+                }
+            }
             let existed = self
                 .broker
                 .router
@@ -812,6 +846,9 @@ impl Connection {
                     "[MQTT-3.14.2-2] session expiry set at DISCONNECT after being 0 at CONNECT";
                 return Err(violation(reason::PROTOCOL_ERROR, message));
             }
+            // The broker's cap holds here too (the server may end a session by policy).
+            let cap = self.broker.config.limits.session_expiry_cap();
+            let expiry = cap.map_or(expiry, |cap| expiry.min(cap));
             self.session_expiry = expiry;
             self.session().lock().expiry_interval = expiry;
         }

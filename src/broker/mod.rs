@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::protocol::QoS;
 use crate::sink::{Sink, SinkRecord};
 use crate::store::{records, Loaded, Store};
-use log::{debug, info};
+use log::{debug, info, warn};
 use message::Message;
 use router::Router;
 use security::SecurityFiles;
@@ -74,10 +74,14 @@ pub struct Attached {
 
 impl Broker {
     pub fn new(config: Config, sink: Sink, security: SecurityFiles) -> Arc<Broker> {
+        let retained_limits = router::RetainedLimits {
+            max_messages: config.limits.max_retained_messages,
+            max_bytes: config.limits.max_retained_bytes,
+        };
         Arc::new(Broker {
             config,
             security,
-            router: Router::default(),
+            router: Router::new(retained_limits),
             stats: Stats::default(),
             sink,
             store: OnceLock::new(),
@@ -168,7 +172,7 @@ impl Broker {
         if message.retain {
             // $SYS values are regenerated at start-up; storing them would only fill the journal.
             let durable = !message.topic.starts_with("$SYS/");
-            self.router.retain(&message, || {
+            let outcome = self.router.retain(&message, || {
                 if let Some(store) = self.store.get().filter(|_| durable) {
                     store.submit(if message.payload.is_empty() {
                         records::retained_clear(&message.topic)
@@ -177,6 +181,23 @@ impl Broker {
                     });
                 }
             });
+            if outcome == router::RetainOutcome::Refused {
+                // Logged for the first refusal and every 1000th after, so a client flooding
+                // new retained topics cannot flood the log as well.
+                let n = self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+                if n % 1000 == 0 {
+                    warn!(
+                        "retained message on {} from {} not stored: retained store full \
+                         (limits.max_retained_messages {}, max_retained_bytes {}; {} refused \
+                         so far); the message is still delivered",
+                        message.topic,
+                        message.publisher.as_deref().unwrap_or("broker"),
+                        self.config.limits.max_retained_messages,
+                        self.config.limits.max_retained_bytes,
+                        n + 1
+                    );
+                }
+            }
         }
         let deliveries = self
             .router

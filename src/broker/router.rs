@@ -96,13 +96,94 @@ impl Delivery {
     }
 }
 
+/// Bounds on the retained store (`limits.max_retained_messages` / `max_retained_bytes`);
+/// 0 = unlimited.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetainedLimits {
+    pub max_messages: usize,
+    pub max_bytes: u64,
+}
+
+/// What `Router::retain` did with a retained PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainOutcome {
+    /// Stored, as a new topic or replacing the topic's previous message.
+    Stored,
+    /// Empty payload: the topic's retained message (if any) was removed.
+    Cleared,
+    /// A new topic beyond `RetainedLimits`: not stored (the PUBLISH is still routed).
+    Refused,
+}
+
+/// The retained messages by topic, with the count and size of those that count against
+/// `RetainedLimits` kept up to date.
+#[derive(Default)]
+struct RetainedStore {
+    messages: HashMap<Arc<str>, Arc<Message>>,
+    /// Number of messages that count against the limits (`counts_against_limits`).
+    counted: usize,
+    /// Sum of `retained_size` over those messages.
+    bytes: u64,
+}
+
+/// What a retained message counts against `max_retained_bytes`: its topic and payload.
+fn retained_size(m: &Message) -> u64 {
+    (m.topic.len() + m.payload.len()) as u64
+}
+
+/// The broker's own `$SYS` tree (which clients cannot publish to) is neither limited nor
+/// counted: it is a fixed set of a few dozen topics, refreshed every `sys_interval`, and a
+/// store filled by clients must not freeze it, nor must it eat into the clients' allowance.
+fn counts_against_limits(topic: &str) -> bool {
+    !topic.starts_with("$SYS/")
+}
+
+impl RetainedStore {
+    fn remove(&mut self, topic: &str) {
+        if let Some(old) = self.messages.remove(topic) {
+            if counts_against_limits(&old.topic) {
+                self.counted -= 1;
+                self.bytes -= retained_size(&old);
+            }
+        }
+    }
+
+    fn insert(&mut self, message: &Arc<Message>) {
+        self.remove(&message.topic);
+        if counts_against_limits(&message.topic) {
+            self.counted += 1;
+            self.bytes += retained_size(message);
+        }
+        self.messages.insert(message.topic.clone(), message.clone());
+    }
+
+    /// Whether storing `message` as a NEW topic would exceed `limits`.
+    fn over_limit(&self, message: &Message, limits: &RetainedLimits) -> bool {
+        if !counts_against_limits(&message.topic) {
+            return false;
+        }
+        let too_many = limits.max_messages > 0 && self.counted >= limits.max_messages;
+        let too_big =
+            limits.max_bytes > 0 && self.bytes + retained_size(message) > limits.max_bytes;
+        too_many || too_big
+    }
+}
+
 #[derive(Default)]
 pub struct Router {
     subscriptions: RwLock<Node>,
-    retained: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+    retained: RwLock<RetainedStore>,
+    retained_limits: RetainedLimits,
 }
 
 impl Router {
+    pub fn new(retained_limits: RetainedLimits) -> Router {
+        Router {
+            retained_limits,
+            ..Router::default()
+        }
+    }
+
     /// Add or replace `session`'s subscription to `filter` (plain or `$share/...`).
     /// Returns true if it already existed.
     pub fn subscribe(
@@ -221,16 +302,26 @@ impl Router {
 
     /// Store (or, with an empty payload, clear) the retained message for its topic.
     /// [MQTT-3.3.1-5] store; [MQTT-3.3.1-10]/[MQTT-3.3.1-11] empty payload removes it.
-    /// `journal` is called with the store's lock held, so the store records concurrent changes
-    /// to one topic in the order they were applied.
-    pub fn retain(&self, message: &Arc<Message>, journal: impl FnOnce()) {
+    /// A new topic that would take the store beyond its limits is refused (the spec lets a
+    /// server decline to store: [MQTT-3.3.1-5] is a SHOULD for it to be kept "as long as
+    /// possible"); replacing a stored topic is always allowed, since it is how a client keeps
+    /// its value current, and `$SYS` topics are exempt (see `counts_against_limits`).
+    /// `journal` is called with the store's lock held, and only for a change actually made,
+    /// so the store records concurrent changes to one topic in the order they were applied.
+    pub fn retain(&self, message: &Arc<Message>, journal: impl FnOnce()) -> RetainOutcome {
         let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
-        journal();
         if message.payload.is_empty() {
+            journal();
             retained.remove(&message.topic);
-        } else {
-            retained.insert(message.topic.clone(), message.clone());
+            return RetainOutcome::Cleared;
         }
+        let exists = retained.messages.contains_key(&message.topic);
+        if !exists && retained.over_limit(message, &self.retained_limits) {
+            return RetainOutcome::Refused;
+        }
+        journal();
+        retained.insert(message);
+        RetainOutcome::Stored
     }
 
     /// Retained messages whose topic matches `filter` [MQTT-3.3.1-6]; expired ones are dropped
@@ -239,6 +330,7 @@ impl Router {
         let (live, expired): (Vec<_>, Vec<_>) = {
             let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
             let matching = retained
+                .messages
                 .values()
                 .filter(|m| filter_matches(filter, &m.topic));
             matching.cloned().partition(|m| !m.is_expired())
@@ -246,7 +338,11 @@ impl Router {
         if !expired.is_empty() {
             let mut retained = self.retained.write().unwrap_or_else(|e| e.into_inner());
             for m in expired {
-                if retained.get(&m.topic).is_some_and(|r| Arc::ptr_eq(r, &m)) {
+                if retained
+                    .messages
+                    .get(&m.topic)
+                    .is_some_and(|r| Arc::ptr_eq(r, &m))
+                {
                     retained.remove(&m.topic);
                 }
             }
@@ -258,7 +354,16 @@ impl Router {
         self.retained
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .messages
             .len()
+    }
+
+    /// Total size (topic + payload bytes) of the retained messages outside `$SYS`.
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes
     }
 }
 
@@ -379,4 +484,58 @@ fn merge_overlapping(out: &mut Vec<Delivery>) {
             false
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Properties, QoS};
+
+    fn retained(topic: &str, payload: &str) -> Arc<Message> {
+        Arc::new(Message::new(
+            topic.into(),
+            bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            QoS::AtMostOnce,
+            true,
+            Properties::default(),
+            Some("c".into()),
+        ))
+    }
+
+    #[test]
+    fn retained_byte_count_follows_replace_clear_and_sys_is_not_counted() {
+        let router = Router::new(RetainedLimits {
+            max_messages: 2,
+            max_bytes: 0,
+        });
+        let put = |t: &str, p: &str| router.retain(&retained(t, p), || {});
+        assert_eq!(put("a", "12345"), RetainOutcome::Stored);
+        assert_eq!(router.retained_bytes(), 6);
+        assert_eq!(put("a", "1"), RetainOutcome::Stored, "replace at any size");
+        assert_eq!(router.retained_bytes(), 2);
+        assert_eq!(put("b", "1"), RetainOutcome::Stored);
+        assert_eq!(
+            put("$SYS/broker/x", "1"),
+            RetainOutcome::Stored,
+            "$SYS exempt"
+        );
+        assert_eq!(put("c", "1"), RetainOutcome::Refused);
+        assert_eq!(router.retained_bytes(), 4, "$SYS not counted");
+        assert_eq!(put("a", ""), RetainOutcome::Cleared);
+        assert_eq!(router.retained_bytes(), 2);
+        assert_eq!(put("c", "1"), RetainOutcome::Stored, "clearing made room");
+        assert_eq!(router.retained_count(), 3);
+    }
+
+    #[test]
+    fn refused_retained_message_is_not_journaled() {
+        let router = Router::new(RetainedLimits {
+            max_messages: 0,
+            max_bytes: 10,
+        });
+        let mut journaled = 0;
+        router.retain(&retained("t", "123456789"), || journaled += 1);
+        let outcome = router.retain(&retained("u", "1"), || journaled += 1);
+        assert_eq!((outcome, journaled), (RetainOutcome::Refused, 1));
+    }
 }

@@ -23,6 +23,9 @@ pub struct Stats {
     pub dropped_queue_full: AtomicU64,
     /// QoS 0 messages dropped because a subscriber's outbound buffer was full (slow reader).
     pub dropped_slow_subscriber: AtomicU64,
+    /// Retained PUBLISHes to a new topic not stored because the retained store was full
+    /// (`limits.max_retained_messages` / `max_retained_bytes`); they were still routed.
+    pub retained_refused: AtomicU64,
 }
 
 impl Stats {
