@@ -189,14 +189,14 @@ fn start_broker(influx: &influx::Influx, dir: &std::path::Path) -> Option<Broker
     std::fs::write(
         &config,
         format!(
-            "[listener]\nbind = \"127.0.0.1\"\n[sink]\nenabled = true\nurl = \"{}\"\ndatabase = \"bench\"\nspool_dir = \"{}\"\n[[sink.rules]]\ntopic = \"sensors/{{device}}/{{measurement}}\"\n",
+            "[[listeners]]\nbind = \"127.0.0.1\"\nport = 0\n[sink]\nenabled = true\nurl = \"{}\"\ndatabase = \"bench\"\nspool_dir = \"{}\"\n[[sink.rules]]\ntopic = \"sensors/{{device}}/{{measurement}}\"\n",
             influx.url(),
             dir.join("spool").display()
         ),
     )
     .ok()?;
     let mut child = Command::new(exe)
-        .args(["--config", &config.display().to_string(), "--port", "0"])
+        .args(["--config", &config.display().to_string()])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -205,6 +205,9 @@ fn start_broker(influx: &influx::Influx, dir: &std::path::Path) -> Option<Broker
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" ERROR ") || line.contains(" WARN ") {
+                eprintln!("broker: {line}");
+            }
             if let Some(addr) = line.split("listening on tcp://").nth(1) {
                 let _ = tx.send(
                     addr.trim()
@@ -215,7 +218,12 @@ fn start_broker(influx: &influx::Influx, dir: &std::path::Path) -> Option<Broker
             }
         }
     });
-    let port = rx.recv_timeout(Duration::from_secs(10)).ok()??;
+    let Some(port) = rx.recv_timeout(Duration::from_secs(10)).ok().flatten() else {
+        eprintln!("the broker did not start (see its log above): skipping the MQTT measurement");
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    };
     Some(BrokerProcess { child, port })
 }
 
