@@ -219,7 +219,7 @@ impl Broker {
             );
         }
         self.sink.submit(SinkRecord {
-            topic: message.topic.to_string(),
+            topic: message.topic.clone(),
             payload: message.payload.clone(),
             received_at_ns: message.received_at_ns,
         });

@@ -214,7 +214,8 @@ impl SinkConfig {
 /// One accepted PUBLISH as the sink sees it.
 #[derive(Debug, Clone)]
 pub struct SinkRecord {
-    pub topic: String,
+    /// Shared with the broker's message (no copy per publish).
+    pub topic: Arc<str>,
     pub payload: Bytes,
     /// Broker receive time, nanoseconds since the Unix epoch.
     pub received_at_ns: i64,
