@@ -19,6 +19,7 @@
 mod influx;
 
 use bytes::Bytes;
+use mqflux::protocol::{self, ProtocolVersion::V311};
 use mqflux::sink::{RuleConfig, Sink, SinkConfig, SinkRecord};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -137,27 +138,11 @@ fn sink_api(influx: &influx::Influx, points: usize, base: i64, spool: &std::path
     run
 }
 
-/// MQTT 3.1.1 remaining length.
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
+/// A QoS 0 PUBLISH, encoded by the broker's own codec.
 fn publish_packet(topic: &str, payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x30); // PUBLISH, QoS 0
-    remaining_length(2 + topic.len() + payload.len(), out);
-    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    out.extend_from_slice(topic.as_bytes());
-    out.extend_from_slice(payload);
+    let qos = protocol::QoS::AtMostOnce;
+    let props = protocol::Properties::default();
+    protocol::encode_publish(out, V311, topic, payload, qos, false, false, 0, &props);
 }
 
 struct BrokerProcess {
@@ -231,13 +216,18 @@ fn mqtt(influx: &influx::Influx, broker: &BrokerProcess, points: usize, round: u
     // Timestamps are the broker's receive time: count this round's points by measurement.
     let measurement = format!("bench{round}");
     let mut stream = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
-    let mut connect = vec![0x10];
-    let client_id = format!("bench-{round}");
-    let body_len = 10 + 2 + client_id.len();
-    remaining_length(body_len, &mut connect);
-    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60]);
-    connect.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    connect.extend_from_slice(client_id.as_bytes());
+    let mut connect = Vec::new();
+    let packet = protocol::Packet::Connect(protocol::Connect {
+        version: V311,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: format!("bench-{round}"),
+        will: None,
+        username: None,
+        password: None,
+        properties: protocol::Properties::default(),
+    });
+    protocol::encode_packet(&packet, V311, &mut connect);
     stream.write_all(&connect).expect("CONNECT");
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).expect("CONNACK");
