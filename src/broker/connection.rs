@@ -1,13 +1,14 @@
-//! One client connection: a reader thread (`run`) that decodes packets and acts on them, and a
-//! writer thread that drains the connection's outbound queue, batching many packets per write.
+//! One client connection: a reader thread (`run`) that decodes packets and acts on them. What
+//! is sent to the client goes through its `Outbox` (see `outbox.rs`).
 
 use super::acl::ClientAcl;
 use super::auth::{authenticate, AuthRefusal};
 use super::listener::ConnectionSlot;
 use super::message::Message;
+use super::outbox::{self, Batching, Outbox, THREAD_STACK};
 use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
 use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
-use super::socket::{SharedReader, Socket};
+use super::socket::{ConnectionReader, Socket};
 use super::stats::Stats;
 use super::topic::{validate_subscription_filter, validate_topic_name};
 use super::Broker;
@@ -15,22 +16,14 @@ use crate::protocol::{
     self, connack_v3, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     ProtocolVersion, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
-use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-/// Connection threads do little stack work; small stacks keep thousands of clients cheap.
-const THREAD_STACK: usize = 128 * 1024;
-/// Read buffer per connection: enough for typical telemetry packets in one read.
-const READ_BUFFER: usize = 2048;
-/// The writer flushes once this much is encoded, even if more is queued.
-const WRITE_BATCH: usize = 64 * 1024;
 /// How long a control packet (PUBACK, SUBACK, ...) may wait for room in a client's outbound
 /// queue, and a socket write may block, before the client is considered not to be reading.
 const STALLED_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -101,8 +94,7 @@ struct Connection {
     tls_identity: Option<String>,
     client_id: Arc<str>,
     version: ProtocolVersion,
-    tx: Option<Sender<Outbound>>,
-    writer: Option<JoinHandle<()>>,
+    outbox: Option<Arc<Outbox>>,
     session: Option<SessionRef>,
     will: Option<Will>,
     /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
@@ -145,8 +137,7 @@ impl Connection {
             tls_identity,
             client_id: "(before CONNECT)".into(),
             version: ProtocolVersion::V311,
-            tx: None,
-            writer: None,
+            outbox: None,
             session: None,
             will: None,
             session_expiry: 0,
@@ -160,8 +151,10 @@ impl Connection {
     }
 
     fn run(mut self) {
+        // Sends this thread makes are written just before it reads again (see `outbox.rs`).
+        let _batching = Batching::start();
         let _ = self.stream.set_nodelay(true);
-        let mut reader = BufReader::with_capacity(READ_BUFFER, SharedReader(self.stream.clone()));
+        let mut reader = ConnectionReader::new(self.stream.clone());
         let exit = match self.connect(&mut reader) {
             Ok(true) => self.serve(&mut reader),
             Ok(false) => None,
@@ -175,7 +168,7 @@ impl Connection {
     }
 
     /// Wait for CONNECT and answer it. Ok(true): connected; Ok(false): refused (already answered).
-    fn connect(&mut self, reader: &mut BufReader<SharedReader>) -> Result<bool, Exit> {
+    fn connect(&mut self, reader: &mut ConnectionReader) -> Result<bool, Exit> {
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
         let _ = self.stream.set_read_timeout(Some(timeout));
         let frame = match protocol::read_frame(reader, self.max_packet_size()) {
@@ -316,29 +309,27 @@ impl Connection {
         }
 
         let limits = &self.broker.config.limits;
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let writer_stream = self.stream.clone();
-        let _ = writer_stream.set_write_timeout(Some(STALLED_CLIENT_TIMEOUT));
-        let (broker, version, id) = (self.broker.clone(), self.version, self.id);
+        // Bounds the blocking writes of the outbox's writer thread (see `outbox.rs`).
+        let _ = self.stream.set_write_timeout(Some(STALLED_CLIENT_TIMEOUT));
         // The broker may use as many topic aliases towards the client as it allows.
         let client_alias_max = if v5 {
             c.properties.topic_alias_maximum.unwrap_or(0)
         } else {
             0
         };
-        self.writer = Some(
-            thread::Builder::new()
-                .name(format!("conn-{id}-w"))
-                .stack_size(THREAD_STACK)
-                .spawn(move || write_loop(writer_stream, rx, version, client_alias_max, &broker))
-                .map_err(|e| Exit::Closed(format!("cannot start writer thread: {e}")))?,
+        let outbox = Outbox::new(
+            self.stream.clone(),
+            self.version,
+            client_alias_max,
+            self.broker.clone(),
+            self.id,
         );
-        self.tx = Some(tx.clone());
+        self.outbox = Some(outbox.clone());
 
         let link = Link {
             connection_id: self.id,
             version: self.version,
-            tx,
+            outbox,
             max_packet_size: c.properties.maximum_packet_size.filter(|_| v5),
             username: self.username.clone(),
         };
@@ -433,7 +424,7 @@ impl Connection {
     }
 
     /// The packet loop after CONNACK. Returns why it ended.
-    fn serve(&mut self, reader: &mut BufReader<SharedReader>) -> Option<Exit> {
+    fn serve(&mut self, reader: &mut ConnectionReader) -> Option<Exit> {
         loop {
             // Nothing more from the client for now: one wait on the store confirms every
             // acknowledgement the burst it sent produced (group commit per connection too).
@@ -547,6 +538,7 @@ impl Connection {
     /// With sync persistence, what an acknowledgement confirms must be on disk first: wait for
     /// the store, then send the acknowledgements held back so far.
     fn durable(&mut self) -> Result<(), Exit> {
+        outbox::flush_batched();
         if !self.broker.wait_durable() {
             return Err(Exit::Closed(
                 "the store could not make the client's message durable; not acknowledged".into(),
@@ -619,6 +611,7 @@ impl Connection {
         if !pause.is_zero() {
             // Over its publish rate: stop reading from this client for a while, so TCP slows it
             // down and nothing it sent is dropped.
+            outbox::flush_batched();
             thread::sleep(pause);
         }
         if !self.can_publish(&p.topic) {
@@ -862,20 +855,24 @@ impl Connection {
     /// Queue a control packet for the writer. If the client is not reading, wait (and so stop
     /// reading from it: TCP backpressure) rather than let its queue grow without bound.
     fn send(&self, packet: Packet) -> Result<(), Exit> {
-        let Some(tx) = &self.tx else { return Ok(()) };
+        let Some(outbox) = &self.outbox else {
+            return Ok(());
+        };
         let limits = &self.broker.config.limits;
         let bound = limits.outbound_queue + limits.max_inflight as usize;
         let started = Instant::now();
-        while tx.len() >= bound {
+        while outbox.backlog() >= bound {
             if started.elapsed() > STALLED_CLIENT_TIMEOUT {
                 return Err(Exit::Closed(format!(
                     "client not reading for {}s",
                     STALLED_CLIENT_TIMEOUT.as_secs()
                 )));
             }
+            outbox::flush_batched();
             thread::sleep(Duration::from_millis(1));
         }
-        tx.send(Outbound::Packet(Box::new(packet)))
+        outbox
+            .send(Outbound::Packet(Box::new(packet)))
             .map_err(|_| Exit::Closed("write failed".into()))
     }
 
@@ -920,13 +917,8 @@ impl Connection {
         if let Some(session) = self.session.take() {
             self.detach(session, publish_will, shutting_down, &why);
         }
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Outbound::Close);
-        }
-        match self.writer.take() {
-            Some(writer) => {
-                let _ = writer.join();
-            }
+        match self.outbox.take() {
+            Some(outbox) => outbox.close(),
             None => {
                 let _ = self.stream.shutdown(Shutdown::Both);
             }
@@ -1007,149 +999,4 @@ fn violation_from(e: DecodeError) -> Exit {
             message: e.to_string(),
         },
     }
-}
-
-/// The writer thread: encode everything queued (up to `WRITE_BATCH` bytes) and write it with one
-/// syscall, so a burst to one subscriber costs one write, not one per message.
-fn write_loop(
-    stream: Arc<Socket>,
-    rx: Receiver<Outbound>,
-    version: ProtocolVersion,
-    alias_max: u16,
-    broker: &Broker,
-) {
-    let mut buf = Vec::with_capacity(512);
-    let mut aliases = TopicAliases {
-        max: alias_max,
-        assigned: HashMap::new(),
-    };
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        let mut close = false;
-        let mut packets = 0u64;
-        // A QoS 2 send must not reach the client before its packet id is durable: after a
-        // crash the client would hold that id for a message the broker forgot, and treat the
-        // next message sent with it as a duplicate [MQTT-4.3.3-2] (lost), while the forgotten
-        // one came again under another id (twice).
-        let mut fresh_qos2 = false;
-        let mut publishes = 0u64;
-        while let Some(out) = next.take() {
-            match out {
-                Outbound::Close => {
-                    close = true;
-                    break;
-                }
-                Outbound::Packet(p) => protocol::encode_packet(&p, version, &mut buf),
-                Outbound::Publish {
-                    message,
-                    qos,
-                    packet_id,
-                    dup,
-                    retain,
-                    subscription_ids,
-                } => {
-                    // Resends too: after a reconnect without a restart, a message may be
-                    // resent before its first send was durable.
-                    fresh_qos2 |= qos == QoS::ExactlyOnce;
-                    encode_delivery(
-                        &mut buf,
-                        version,
-                        &mut aliases,
-                        &message,
-                        qos,
-                        packet_id,
-                        dup,
-                        retain,
-                        subscription_ids,
-                    );
-                    publishes += 1;
-                }
-            }
-            packets += 1;
-            if buf.len() < WRITE_BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if fresh_qos2 && !broker.wait_durable() {
-            debug!("the store could not make a QoS 2 delivery durable; closing");
-            break;
-        }
-        if !buf.is_empty() {
-            if let Err(e) = (&*stream).write_all(&buf) {
-                debug!("write failed: {e}");
-                break;
-            }
-            // Counted once per batch: a shared counter bumped per message by every writer
-            // thread was the top item of the fan-out profile.
-            Stats::add(&broker.stats.messages_sent, packets);
-            Stats::add(&broker.stats.publish_sent, publishes);
-            Stats::add(&broker.stats.bytes_sent, buf.len() as u64);
-            buf.clear();
-            if buf.capacity() > 4 * WRITE_BATCH {
-                buf = Vec::with_capacity(512);
-            }
-        }
-        if close {
-            break;
-        }
-    }
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-/// Topic aliases the broker assigns towards one v5 client, up to the client's maximum.
-struct TopicAliases {
-    max: u16,
-    assigned: HashMap<Arc<str>, u16>,
-}
-
-/// Encode one PUBLISH for one subscriber. v3 and plain v5 deliveries are written straight from
-/// the shared message; only v5 deliveries that need per-subscriber properties (subscription ids,
-/// remaining expiry, topic alias) copy the properties.
-#[allow(clippy::too_many_arguments)]
-fn encode_delivery(
-    buf: &mut Vec<u8>,
-    version: ProtocolVersion,
-    aliases: &mut TopicAliases,
-    message: &Message,
-    qos: QoS,
-    packet_id: u16,
-    dup: bool,
-    retain: bool,
-    subscription_ids: Vec<u32>,
-) {
-    let mut topic: &str = &message.topic;
-    let mut properties = Cow::Borrowed(&message.properties);
-    if version.is_v5() {
-        if !subscription_ids.is_empty() {
-            properties.to_mut().subscription_identifiers = subscription_ids;
-        }
-        if let Some(remaining) = message.remaining_expiry_secs() {
-            properties.to_mut().message_expiry_interval = Some(remaining);
-        }
-        if aliases.max > 0 {
-            match aliases.assigned.get(&message.topic) {
-                Some(&alias) => {
-                    properties.to_mut().topic_alias = Some(alias);
-                    topic = "";
-                }
-                None if aliases.assigned.len() < aliases.max as usize => {
-                    let alias = aliases.assigned.len() as u16 + 1;
-                    aliases.assigned.insert(message.topic.clone(), alias);
-                    properties.to_mut().topic_alias = Some(alias);
-                }
-                None => {}
-            }
-        }
-    }
-    protocol::encode::encode_publish(
-        buf,
-        version,
-        topic,
-        &message.payload,
-        qos,
-        retain,
-        dup,
-        packet_id,
-        &properties,
-    );
 }

@@ -1,15 +1,16 @@
 //! The broker: listener, connections, sessions and routing.
 //!
-//! Data flow: `listener` accepts a socket and starts a `connection` (a reader thread plus a
-//! writer thread). The reader decodes packets and calls into `Broker`: a PUBLISH is routed by the
-//! `router` to every matching `session`, whose connection's writer sends it; then it is handed to
-//! the InfluxDB `sink`.
+//! Data flow: `listener` accepts a socket and starts a `connection` (a reader thread). The reader
+//! decodes packets and calls into `Broker`: a PUBLISH is routed by the `router` to every matching
+//! `session`, which queues it on its connection's `outbox` (written by the publishing thread, or
+//! by a writer thread when the client's socket is full); then it is handed to the InfluxDB `sink`.
 
 pub mod acl;
 pub mod auth;
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod outbox;
 pub mod pump;
 pub mod ratelimit;
 pub mod router;
@@ -297,6 +298,8 @@ impl Broker {
             let mut state = session.lock();
             while state.backlog_full() && Instant::now() < deadline && !self.is_shutting_down() {
                 drop(state);
+                // What this thread queued for the session must go out for room to appear.
+                outbox::flush_batched();
                 std::thread::sleep(Duration::from_millis(1));
                 state = session.lock();
             }
@@ -675,9 +678,9 @@ fn close_link(link: &Link, reason_code: u8) {
             reason_code,
             properties: Default::default(),
         };
-        let _ = link.tx.send(Outbound::Packet(Box::new(
+        let _ = link.outbox.send(Outbound::Packet(Box::new(
             crate::protocol::Packet::Disconnect(disconnect),
         )));
     }
-    let _ = link.tx.send(Outbound::Close);
+    let _ = link.outbox.send(Outbound::Close);
 }

@@ -6,11 +6,12 @@
 
 use super::acl::ClientAcl;
 use super::message::Message;
+pub use super::outbox::Outbound;
+use super::outbox::Outbox;
 use super::security::SecurityFiles;
 use super::stats::Stats;
 use crate::protocol::{Ack, Packet, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::store::{records, Store};
-use crossbeam_channel::Sender;
 use log::{debug, warn};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,23 +21,6 @@ use std::time::{Duration, Instant};
 /// Session Expiry Interval meaning "never expires" [MQTT-3.1.2-11 (v5)].
 pub const NEVER_EXPIRES: u32 = u32::MAX;
 
-/// What a connection's writer thread is asked to send.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Boxed: `Packet` is large (v5 properties) and most traffic is `Publish`.
-    Packet(Box<Packet>),
-    Publish {
-        message: Arc<Message>,
-        qos: QoS,
-        packet_id: u16,
-        dup: bool,
-        retain: bool,
-        subscription_ids: Vec<u32>,
-    },
-    /// Flush what is queued, then close the socket.
-    Close,
-}
-
 /// The connection a session is currently attached to.
 #[derive(Clone)]
 pub struct Link {
@@ -44,7 +28,7 @@ pub struct Link {
     /// the session.
     pub connection_id: u64,
     pub version: ProtocolVersion,
-    pub tx: Sender<Outbound>,
+    pub outbox: Arc<Outbox>,
     /// v5 Maximum Packet Size of the client: larger PUBLISHes are not sent [MQTT-3.1.2-25].
     pub max_packet_size: Option<u32>,
     /// Authenticated username, for ACL checks on what the session may receive.
@@ -110,8 +94,8 @@ fn next_seq() -> u64 {
     NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Packets held back for their connections' writers.
-type HeldSends = Vec<(Sender<Outbound>, Outbound)>;
+/// Packets held back for their connections.
+type HeldSends = Vec<(Arc<Outbox>, Outbound)>;
 
 thread_local! {
     /// Packets held back by `defer_sends` on this thread.
@@ -125,8 +109,8 @@ pub fn defer_sends<T>(f: impl FnOnce() -> T) -> T {
     let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
     let out = f();
     let sends = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
-    for (tx, packet) in sends.unwrap_or_default() {
-        let _ = tx.send(packet);
+    for (outbox, packet) in sends.unwrap_or_default() {
+        let _ = outbox.send(packet);
     }
     out
 }
@@ -445,7 +429,7 @@ impl Session {
             // QoS 0 is not queued for offline sessions (as mosquitto), and dropped for a client
             // whose writer is this far behind rather than growing memory without bound.
             if let Some(link) = &self.link {
-                if link.tx.len() >= self.limits.outbound_queue {
+                if link.outbox.backlog() >= self.limits.outbound_queue {
                     Stats::add(&stats.dropped_slow_subscriber, 1);
                     let max = self.limits.outbound_queue;
                     self.count_drop(client_id, || {
@@ -495,7 +479,7 @@ impl Session {
             || self
                 .link
                 .as_ref()
-                .is_some_and(|l| l.tx.len() >= self.limits.outbound_queue)
+                .is_some_and(|l| l.outbox.backlog() >= self.limits.outbound_queue)
     }
 
     /// Messages that came through a shared subscription and that this session has not started
@@ -631,17 +615,17 @@ impl Session {
         if let Some(link) = &self.link {
             let out = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
                 Some(sends) => {
-                    sends.push((link.tx.clone(), out));
+                    sends.push((link.outbox.clone(), out));
                     None
                 }
                 None => Some(out),
             });
             let Some(out) = out else { return };
-            // The channel is unbounded (it allocates lazily, so an idle client costs nothing);
+            // The outbox is unbounded (it allocates lazily, so an idle client costs nothing);
             // what bounds it is the inflight window, `outbound_queue` for QoS 0, and the
             // reader waiting in `Connection::send`. An error means the connection is gone: the
             // message stays inflight and is resent on reconnect.
-            let _ = link.tx.send(out);
+            let _ = link.outbox.send(out);
         }
     }
 

@@ -7,7 +7,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -48,6 +50,29 @@ impl Socket {
         }
     }
 
+    /// Write what the socket buffer takes now, without blocking (`WouldBlock` when it is full),
+    /// whatever the blocking mode the reader thread uses on the same descriptor.
+    pub fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
+        let fd = match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Bridged(s) => s.as_raw_fd(),
+        };
+        // SAFETY: `fd` is open for as long as `self` lives; `buf` is valid for `buf.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         match self {
             Socket::Tcp(s) => s.shutdown(how),
@@ -57,7 +82,7 @@ impl Socket {
 }
 
 /// Reading and writing through a shared reference (as std allows for `&TcpStream`), so the
-/// reader thread, the writer thread and the broker's registry share one `Arc<Socket>`: one file
+/// reader thread, the outbox and the broker's registry share one `Arc<Socket>`: one file
 /// descriptor per client instead of one per handle.
 impl Read for &Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -81,12 +106,83 @@ impl Write for &Socket {
     }
 }
 
-/// An owned reader over a shared socket, for `BufReader`.
-pub struct SharedReader(pub std::sync::Arc<Socket>);
+/// The buffered reader of a connection's reader thread. The buffer follows the traffic: it
+/// starts small, so an idle client costs little; it grows while reads fill it, so a busy
+/// publisher's burst is taken (and what it routes is written, see `outbox.rs`) per large read
+/// instead of per few packets; it shrinks back once reads stay small.
+pub struct ConnectionReader {
+    socket: Arc<Socket>,
+    buf: Box<[u8]>,
+    pos: usize,
+    filled: usize,
+    /// Consecutive reads that used less than a quarter of the buffer.
+    small_reads: u32,
+}
 
-impl Read for SharedReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+const MIN_READ_BUFFER: usize = 1024;
+const MAX_READ_BUFFER: usize = 64 * 1024;
+/// Small reads in a row before the buffer is halved.
+const SHRINK_AFTER: u32 = 16;
+
+impl ConnectionReader {
+    pub fn new(socket: Arc<Socket>) -> ConnectionReader {
+        ConnectionReader {
+            socket,
+            buf: vec![0; MIN_READ_BUFFER].into_boxed_slice(),
+            pos: 0,
+            filled: 0,
+            small_reads: 0,
+        }
+    }
+
+    /// Bytes read from the socket and not yet consumed.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf[self.pos..self.filled]
+    }
+
+    /// Read from the socket (the reader thread may block here, so first it writes what handling
+    /// the last read queued), then resize the buffer for the next read.
+    fn read_socket(&mut self, into_buffer: bool, out: &mut [u8]) -> io::Result<usize> {
+        super::outbox::flush_batched();
+        if !into_buffer {
+            return (&*self.socket).read(out);
+        }
+        let n = (&*self.socket).read(&mut self.buf)?;
+        self.pos = 0;
+        self.filled = n;
+        let size = self.buf.len();
+        let resized = if n == size && size < MAX_READ_BUFFER {
+            Some(size * 4)
+        } else if n < size / 4 && size > MIN_READ_BUFFER {
+            self.small_reads += 1;
+            (self.small_reads >= SHRINK_AFTER).then_some(size / 2)
+        } else {
+            self.small_reads = 0;
+            None
+        };
+        if let Some(new_size) = resized {
+            let mut buf = vec![0; new_size.clamp(MIN_READ_BUFFER, MAX_READ_BUFFER)];
+            buf[..n].copy_from_slice(&self.buf[..n]);
+            self.buf = buf.into_boxed_slice();
+            self.small_reads = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl Read for ConnectionReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.filled {
+            // A read as large as the buffer skips it (a big packet's body), as `BufReader` does.
+            if out.len() >= self.buf.len() {
+                return self.read_socket(false, out);
+            }
+            self.read_socket(true, &mut [])?;
+        }
+        let n = out.len().min(self.filled - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -177,7 +177,16 @@ impl Writer {
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
         let sent = records
             .as_ref()
-            .map(|tx| tx.send(record).is_ok())
+            .map(|tx| match tx.try_send(record) {
+                Ok(()) => true,
+                Err(TrySendError::Disconnected(_)) => false,
+                Err(TrySendError::Full(record)) => {
+                    // About to wait for the batcher (backpressure): first write what this
+                    // connection thread has queued for its clients, which must not wait too.
+                    crate::broker::outbox::flush_batched();
+                    tx.send(record).is_ok()
+                }
+            })
             .unwrap_or(false);
         if !sent {
             self.shared.counters.drop_points(DropReason::Stopped, 1);
