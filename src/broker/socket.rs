@@ -53,14 +53,11 @@ impl Socket {
     /// Write what the socket buffer takes now, without blocking (`WouldBlock` when it is full),
     /// whatever the blocking mode the reader thread uses on the same descriptor.
     pub fn send_nonblocking(&self, buf: &[u8]) -> io::Result<usize> {
-        let fd = match self {
-            Socket::Tcp(s) => s.as_raw_fd(),
-            Socket::Bridged(s) => s.as_raw_fd(),
-        };
-        // SAFETY: `fd` is open for as long as `self` lives; `buf` is valid for `buf.len()` bytes.
+        // SAFETY: the descriptor is open for as long as `self` lives; `buf` is valid for
+        // `buf.len()` bytes.
         let n = unsafe {
             libc::send(
-                fd,
+                self.raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -70,6 +67,31 @@ impl Socket {
             Err(io::Error::last_os_error())
         } else {
             Ok(n as usize)
+        }
+    }
+
+    /// Read what has arrived, without blocking (`WouldBlock` when nothing has).
+    pub fn recv_nonblocking(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: as in `send_nonblocking`; `buf` is writable for `buf.len()` bytes.
+        let n = unsafe {
+            libc::recv(
+                self.raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn raw_fd(&self) -> std::os::unix::io::RawFd {
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Bridged(s) => s.as_raw_fd(),
         }
     }
 
@@ -117,10 +139,14 @@ pub struct ConnectionReader {
     filled: usize,
     /// Consecutive reads that used less than a quarter of the buffer.
     small_reads: u32,
+    /// Reads since this thread last wrote what it queued.
+    deferred_reads: u32,
 }
 
 const MIN_READ_BUFFER: usize = 1024;
 const MAX_READ_BUFFER: usize = 64 * 1024;
+/// Reads that may pass while this thread holds sends back, when input keeps arriving.
+const MAX_DEFERRED_READS: u32 = 4;
 /// Small reads in a row before the buffer is halved.
 const SHRINK_AFTER: u32 = 16;
 
@@ -132,6 +158,7 @@ impl ConnectionReader {
             pos: 0,
             filled: 0,
             small_reads: 0,
+            deferred_reads: 0,
         }
     }
 
@@ -143,11 +170,34 @@ impl ConnectionReader {
     /// Read from the socket (the reader thread may block here, so first it writes what handling
     /// the last read queued), then resize the buffer for the next read.
     fn read_socket(&mut self, into_buffer: bool, out: &mut [u8]) -> io::Result<usize> {
-        super::outbox::flush_batched();
-        if !into_buffer {
-            return (&*self.socket).read(out);
-        }
-        let n = (&*self.socket).read(&mut self.buf)?;
+        // When more input is already waiting, the sends of this read and the next one go out
+        // together (fewer sends, fewer wake-ups of the receivers); a few reads at most.
+        let ready = if into_buffer
+            && self.deferred_reads < MAX_DEFERRED_READS
+            && super::outbox::has_batched()
+        {
+            match self.socket.recv_nonblocking(&mut self.buf) {
+                Ok(n) => Some(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let n = match ready {
+            Some(n) => {
+                self.deferred_reads += 1;
+                n
+            }
+            None => {
+                super::outbox::flush_batched();
+                self.deferred_reads = 0;
+                if !into_buffer {
+                    return (&*self.socket).read(out);
+                }
+                (&*self.socket).read(&mut self.buf)?
+            }
+        };
         self.pos = 0;
         self.filled = n;
         let size = self.buf.len();
