@@ -263,3 +263,78 @@ fn mqtt311_publisher_may_hold_more_unreleased_qos2_messages_than_max_inflight() 
         publisher.expect_bytes(&raw::pubcomp(id));
     }
 }
+
+/// Names of the broker's threads, from /proc.
+fn thread_names(broker: &Broker) -> Vec<String> {
+    let dir = format!("/proc/{}/task", broker.pid());
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {dir}: {e}"))
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn subscriber_that_stops_reading_then_resumes_gets_every_message_in_order() {
+    // [MQTT-4.6.0-6]: messages to a subscriber keep the order they were published in, also when
+    // its socket fills up and the broker's writing moves to a blocking writer thread and back.
+    const BIG: usize = 400;
+    const SMALL: usize = 200;
+    let broker = Broker::start();
+    let mut sub = RawClient::connected(broker.addr(), "stuck-sub");
+    assert_eq!(sub.subscribe(1, &[("stuck/#", 1)]), vec![1]);
+    let mut publisher = RawClient::connected(broker.addr(), "stuck-pub");
+
+    // 400 x 32 KiB at QoS 0 (12.8 MiB, more than the socket buffers hold) while `sub` reads
+    // nothing; `outbound_queue` (1024) is not reached, so nothing may be dropped.
+    let mut payload = vec![b'x'; 32 * 1024];
+    for i in 0..BIG {
+        payload[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        publisher.send(&raw::publish("stuck/big", &payload, 0, 0, false, false));
+    }
+    publisher.ping(); // the broker has handled every PUBLISH before the PINGREQ
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !thread_names(&broker).iter().any(|n| n.ends_with("-w")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writer thread took over the full socket: {:?}",
+            thread_names(&broker)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The stuck client costs no CPU: the writer blocks on the socket, nobody spins.
+    let before = broker.cpu_ticks();
+    std::thread::sleep(Duration::from_millis(500));
+    let used = broker.cpu_ticks() - before;
+    assert!(
+        used < 10,
+        "broker used {used} ticks in 0.5 s while a client was stuck"
+    );
+
+    // QoS 1 messages queued behind the QoS 0 backlog, then sent by the direct path again.
+    for i in 0..SMALL {
+        let id = i as u16 + 1;
+        publisher.publish_acked("stuck/small", &(i as u32).to_be_bytes(), 1, id, false);
+    }
+    for i in 0..BIG {
+        let p = sub.expect_publish();
+        assert_eq!(p.topic, "stuck/big");
+        assert_eq!(p.payload.len(), 32 * 1024);
+        assert_eq!(
+            p.payload[..4],
+            (i as u32).to_be_bytes(),
+            "big message {i} out of order"
+        );
+    }
+    for i in 0..SMALL {
+        let p = sub.expect_publish();
+        assert_eq!((p.topic.as_str(), p.qos), ("stuck/small", 1));
+        assert_eq!(
+            p.payload,
+            (i as u32).to_be_bytes(),
+            "small message {i} out of order"
+        );
+        sub.ack(&p);
+    }
+    sub.expect_silence(Duration::from_millis(200));
+}
