@@ -272,7 +272,8 @@ fn suback_reports_granted_qos_and_0x8f_for_an_invalid_filter() {
     );
 }
 
-/// Section 3.11.3: UNSUBACK 0x00 for a removed subscription, 0x11 "No subscription existed".
+/// Section 3.11.3: UNSUBACK 0x00 for a removed subscription, 0x11 "No subscription existed",
+/// 0x8F "Topic Filter invalid" for a filter that breaks the wildcard rules [MQTT-4.7.1-1].
 #[test]
 fn unsuback_says_0x11_when_no_subscription_existed() {
     let broker = Broker::start();
@@ -281,7 +282,7 @@ fn unsuback_says_0x11_when_no_subscription_existed() {
     let id = c.packet_id();
     c.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: id,
-        filters: vec!["x/y".into(), "never/subscribed".into()],
+        filters: vec!["x/y".into(), "never/subscribed".into(), "bad/#/x".into()],
         properties: props(),
     }));
     let ack = c.wait_for("UNSUBACK", |p| match p {
@@ -291,7 +292,11 @@ fn unsuback_says_0x11_when_no_subscription_existed() {
     assert_eq!(ack.packet_id, id);
     assert_eq!(
         ack.reason_codes,
-        vec![reason::SUCCESS, reason::NO_SUBSCRIPTION_EXISTED]
+        vec![
+            reason::SUCCESS,
+            reason::NO_SUBSCRIPTION_EXISTED,
+            reason::TOPIC_FILTER_INVALID
+        ]
     );
 }
 

@@ -815,6 +815,12 @@ impl Connection {
         let session = self.session().clone();
         let mut reason_codes = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
+            if validate_subscription_filter(filter).is_err() {
+                // v5 0x8F "Topic Filter invalid" (section 3.11.2.1): no subscription can have
+                // this filter, so there is nothing to remove.
+                reason_codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let existed = self.broker.router.unsubscribe(filter, &session);
             session.lock().unsubscribe(filter);
             reason_codes.push(if existed {
