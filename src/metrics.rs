@@ -265,6 +265,11 @@ pub fn render(s: &Snapshot) -> String {
         "Retained messages stored ($SYS/broker/retained messages/count).",
         s.retained,
     );
+    e.counter(
+        "mqflux_retained_messages_refused_total",
+        "Retained PUBLISHes not stored because the retained store was full ($SYS/broker/retained messages/refused).",
+        s.retained_refused,
+    );
     if let Some(bytes) = s.resident_bytes {
         e.gauge(
             "process_resident_memory_bytes",
@@ -384,6 +389,7 @@ mod tests {
         let s = Snapshot {
             publish_received: 5,
             dropped_slow_subscriber: 2,
+            retained_refused: 3,
             resident_bytes: Some(1 << 20),
             ..Default::default()
         };
@@ -393,6 +399,7 @@ mod tests {
             m["mqflux_publish_messages_dropped_total{reason=\"slow_subscriber\"}"],
             2.0
         );
+        assert_eq!(m["mqflux_retained_messages_refused_total"], 3.0);
         assert_eq!(m["process_resident_memory_bytes"], 1048576.0);
         assert!(render(&s).ends_with('\n'));
     }

@@ -188,6 +188,25 @@ fn sys_values_are_kept_when_the_retained_store_is_full() {
     let p = sys.expect_publish();
     assert_eq!(p.topic, "$SYS/broker/uptime");
     assert!(p.retain, "delivered from the retained store");
+
+    // The refusal of fill/2 is counted in $SYS (and /metrics, from the same snapshot).
+    let mut refused = RawClient::connected(broker.addr(), "sys-refused");
+    let topic = "$SYS/broker/retained messages/refused";
+    assert_eq!(refused.subscribe(1, &[(topic, 0)]), [0]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let p = refused.expect_publish();
+        assert_eq!(p.topic, topic);
+        let count: u64 = String::from_utf8(p.payload).unwrap().parse().unwrap();
+        if count == 1 {
+            break;
+        }
+        assert_eq!(count, 0, "only fill/2 was refused");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refusal never counted"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

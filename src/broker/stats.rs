@@ -76,6 +76,8 @@ pub struct Snapshot {
     pub publish_sent: u64,
     pub dropped_queue_full: u64,
     pub dropped_slow_subscriber: u64,
+    /// Retained PUBLISHes not stored because the retained store was full.
+    pub retained_refused: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub subscriptions: u64,
@@ -110,6 +112,7 @@ impl Snapshot {
             publish_sent: Stats::get(&s.publish_sent),
             dropped_queue_full: Stats::get(&s.dropped_queue_full),
             dropped_slow_subscriber: Stats::get(&s.dropped_slow_subscriber),
+            retained_refused: Stats::get(&s.retained_refused),
             bytes_received: Stats::get(&s.bytes_received),
             bytes_sent: Stats::get(&s.bytes_sent),
             subscriptions: broker.router.subscription_count() as u64,

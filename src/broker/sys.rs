@@ -123,6 +123,8 @@ impl SysTree {
 ///   flight or queued for sessions (counted per session, not deduplicated).
 /// - publish/messages/*: PUBLISH packets only; dropped: discarded because a subscriber's queue
 ///   was full.
+/// - retained messages/refused (mqflux's own): retained PUBLISHes to a new topic not stored
+///   because `limits.max_retained_messages` / `max_retained_bytes` was reached.
 /// - load/*/{1min,5min,15min}: per-minute rates, exponentially averaged (see `LoadAverage`).
 /// - heap/current, heap/maximum: resident memory (VmRSS/VmHWM) in bytes; mosquitto reports its
 ///   own allocations here, which Rust's allocator does not count.
@@ -152,6 +154,7 @@ pub fn sys_values(s: &Snapshot, loads: &LoadTracker) -> Vec<(String, String)> {
     put("bytes/sent", s.bytes_sent.to_string());
     put("subscriptions/count", s.subscriptions.to_string());
     put("retained messages/count", s.retained.to_string());
+    put("retained messages/refused", s.retained_refused.to_string());
     if let Some(bytes) = s.resident_bytes {
         put("heap/current", bytes.to_string());
     }
