@@ -298,7 +298,7 @@ pub struct LimitsConfig {
     pub max_queued: usize,
     /// Seconds a new socket may take to send CONNECT before it is closed.
     pub connect_timeout_secs: u64,
-    /// Encoded packets buffered per client for its writer thread; QoS 0 messages beyond it are
+    /// Packets waiting to be written to one client; QoS 0 messages beyond it are
     /// dropped (and counted) so that one slow reader cannot grow broker memory.
     pub outbound_queue: usize,
     /// v5 topic aliases a client may use towards the broker (0 disables them).
