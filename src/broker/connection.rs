@@ -5,11 +5,12 @@ use super::acl::ClientAcl;
 use super::auth::{authenticate, AuthRefusal};
 use super::listener::ConnectionSlot;
 use super::message::Message;
-use super::outbox::{self, Batching, Outbox, THREAD_STACK};
+use super::outbox::{self, Batching, Outbox};
 use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
 use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
 use super::socket::{ConnectionReader, Socket};
 use super::stats::Stats;
+use super::threads::{self, release_unused_stack};
 use super::topic::{validate_subscription_filter, validate_topic_name};
 use super::Broker;
 use crate::protocol::{
@@ -44,14 +45,11 @@ pub fn spawn(
         return Ok(()); // shutting down
     };
     let b = broker.clone();
-    let spawned = thread::Builder::new()
-        .name(format!("conn-{id}"))
-        .stack_size(THREAD_STACK)
-        .spawn(move || {
-            Connection::new(b.clone(), id, stream, peer, tls_identity).run();
-            b.unregister_connection(id);
-            drop(slot);
-        });
+    let spawned = threads::spawn(&format!("conn-{id}"), move || {
+        Connection::boxed(b.clone(), id, stream, peer, tls_identity).run();
+        b.unregister_connection(id);
+        drop(slot);
+    });
     match spawned {
         Ok(thread) => {
             broker.set_connection_thread(id, thread);
@@ -117,6 +115,19 @@ struct Connection {
 const MAX_UNCONFIRMED: usize = 256;
 
 impl Connection {
+    /// On the heap, built in a frame that is gone before the thread starts waiting for input:
+    /// the idle thread's stack stays shallow (see `threads.rs`).
+    #[inline(never)]
+    fn boxed(
+        broker: Arc<Broker>,
+        id: u64,
+        stream: Arc<Socket>,
+        peer: SocketAddr,
+        tls_identity: Option<String>,
+    ) -> Box<Connection> {
+        Box::new(Connection::new(broker, id, stream, peer, tls_identity))
+    }
+
     fn new(
         broker: Arc<Broker>,
         id: u64,
@@ -150,13 +161,19 @@ impl Connection {
         }
     }
 
-    fn run(mut self) {
+    fn run(mut self: Box<Self>) {
         // Sends this thread makes are written just before it reads again (see `outbox.rs`).
         let _batching = Batching::start();
         let _ = self.stream.set_nodelay(true);
         let mut reader = ConnectionReader::new(self.stream.clone());
         let exit = match self.connect(&mut reader) {
-            Ok(true) => self.serve(&mut reader),
+            Ok(true) => {
+                // CONNECT (and writing CONNACK) was the deepest work an idle client causes:
+                // hand its stack pages back before the client's first wait.
+                outbox::flush_batched();
+                release_unused_stack();
+                self.serve(&mut reader)
+            }
             Ok(false) => None,
             Err(exit) => Some(exit),
         };
@@ -168,6 +185,7 @@ impl Connection {
     }
 
     /// Wait for CONNECT and answer it. Ok(true): connected; Ok(false): refused (already answered).
+    #[inline(never)]
     fn connect(&mut self, reader: &mut ConnectionReader) -> Result<bool, Exit> {
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
         let _ = self.stream.set_read_timeout(Some(timeout));
@@ -424,6 +442,7 @@ impl Connection {
     }
 
     /// The packet loop after CONNACK. Returns why it ended.
+    #[inline(never)]
     fn serve(&mut self, reader: &mut ConnectionReader) -> Option<Exit> {
         loop {
             // Nothing more from the client for now: one wait on the store confirms every
@@ -438,19 +457,24 @@ impl Connection {
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
                 Err(e) => return Some(violation_from(e)),
             };
-            Stats::add(&self.broker.stats.messages_received, 1);
-            Stats::add(
-                &self.broker.stats.bytes_received,
-                frame.body.len() as u64 + 2,
-            );
-            let packet = match protocol::decode_packet(&frame, self.version) {
-                Ok(p) => p,
-                Err(e) => return Some(violation_from(e)),
-            };
-            if let Err(exit) = self.handle(packet) {
+            if let Err(exit) = self.process(frame) {
                 return Some(exit);
             }
         }
+    }
+
+    /// Decode and act on one packet. Not inlined into `serve`: the decoded packet's space then
+    /// lives in this frame, not in the one under which an idle client's thread waits to read
+    /// (see `threads.rs`: a shallower wait keeps fewer stack pages resident).
+    #[inline(never)]
+    fn process(&mut self, frame: protocol::Frame) -> Result<(), Exit> {
+        Stats::add(&self.broker.stats.messages_received, 1);
+        Stats::add(
+            &self.broker.stats.bytes_received,
+            frame.body.len() as u64 + 2,
+        );
+        let packet = protocol::decode_packet(&frame, self.version).map_err(violation_from)?;
+        self.handle(packet)
     }
 
     fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
@@ -884,7 +908,8 @@ impl Connection {
 
     /// Close the connection: log why, tell a v5 client, stop the writer, detach the session
     /// and publish the will unless the client disconnected normally [MQTT-3.1.2-8].
-    fn finish(mut self, exit: Option<Exit>) {
+    #[inline(never)]
+    fn finish(&mut self, exit: Option<Exit>) {
         let shutting_down = self.broker.is_shutting_down();
         let (publish_will, why) = match &exit {
             None => (false, String::new()),

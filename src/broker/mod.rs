@@ -19,6 +19,7 @@ pub mod session;
 pub mod socket;
 pub mod stats;
 pub mod sys;
+pub mod threads;
 pub mod tls;
 pub mod topic;
 
@@ -48,7 +49,7 @@ const RETAINED_REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A live network connection, kept so shutdown can close it and join its thread.
 struct LiveConnection {
     stream: Arc<Socket>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<threads::ConnectionThread>,
 }
 
 pub struct Broker {
@@ -607,7 +608,7 @@ impl Broker {
         Some(id)
     }
 
-    pub fn set_connection_thread(&self, id: u64, thread: JoinHandle<()>) {
+    pub fn set_connection_thread(&self, id: u64, thread: threads::ConnectionThread) {
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         match conns.get_mut(&id) {
             Some(c) => c.thread = Some(thread),
@@ -657,7 +658,7 @@ impl Broker {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if thread.is_finished() {
-                let _ = thread.join();
+                thread.join();
             } else {
                 debug!("connection {id} did not stop in time; closing its socket");
                 let _ = c.stream.shutdown(Shutdown::Both);

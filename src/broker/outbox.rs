@@ -13,6 +13,7 @@
 use super::message::Message;
 use super::socket::Socket;
 use super::stats::Stats;
+use super::threads::{self, ConnectionThread};
 use super::Broker;
 use crate::protocol::{self, Packet, ProtocolVersion, QoS};
 use log::{debug, warn};
@@ -22,11 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
 
-/// Stack of the writer thread (and of connection threads): they do little stack work, and
-/// small stacks keep thousands of clients cheap.
-pub const THREAD_STACK: usize = 128 * 1024;
 /// A flush writes once this much is encoded, even if more is queued.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -78,7 +75,7 @@ struct State {
     /// Encoded bytes a non-blocking send could not write, for the writer thread.
     unsent: Option<Batch>,
     closed: bool,
-    writer: Option<JoinHandle<()>>,
+    writer: Option<ConnectionThread>,
     aliases: TopicAliases,
 }
 
@@ -223,7 +220,7 @@ impl Outbox {
         let writer = st.writer.take();
         drop(st);
         if let Some(writer) = writer {
-            let _ = writer.join();
+            writer.join();
         }
     }
 
@@ -305,10 +302,8 @@ impl Outbox {
         st.owner = Owner::Writer;
         if st.writer.is_none() {
             let outbox = self.clone();
-            let spawned = thread::Builder::new()
-                .name(format!("conn-{}-w", self.connection_id))
-                .stack_size(THREAD_STACK)
-                .spawn(move || outbox.write_loop());
+            let name = format!("conn-{}-w", self.connection_id);
+            let spawned = threads::spawn(&name, move || outbox.write_loop());
             match spawned {
                 Ok(writer) => st.writer = Some(writer),
                 Err(e) => {

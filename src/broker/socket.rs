@@ -10,7 +10,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub enum Socket {
@@ -141,12 +141,16 @@ pub struct ConnectionReader {
     small_reads: u32,
     /// Reads since this thread last wrote what it queued.
     deferred_reads: u32,
+    /// When this thread last gave unused stack pages back (see `threads.rs`).
+    stack_released: Instant,
 }
 
 const MIN_READ_BUFFER: usize = 1024;
 const MAX_READ_BUFFER: usize = 64 * 1024;
 /// Reads that may pass while this thread holds sends back, when input keeps arriving.
 const MAX_DEFERRED_READS: u32 = 4;
+/// Least time between two releases of the reader thread's unused stack pages.
+const STACK_RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 /// Small reads in a row before the buffer is halved.
 const SHRINK_AFTER: u32 = 16;
 
@@ -159,6 +163,7 @@ impl ConnectionReader {
             filled: 0,
             small_reads: 0,
             deferred_reads: 0,
+            stack_released: Instant::now(),
         }
     }
 
@@ -192,6 +197,12 @@ impl ConnectionReader {
             None => {
                 super::outbox::flush_batched();
                 self.deferred_reads = 0;
+                // About to wait, maybe for long: drop stack pages that handling the last
+                // packets touched (at most once a second, so a busy client pays nothing).
+                if self.stack_released.elapsed() >= STACK_RELEASE_INTERVAL {
+                    super::threads::release_unused_stack();
+                    self.stack_released = Instant::now();
+                }
                 if !into_buffer {
                     return (&*self.socket).read(out);
                 }
