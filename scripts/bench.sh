@@ -18,7 +18,8 @@
 #   a change of background load on the machine hits both brokers alike. The connection-scale
 #   scenario runs first, while both brokers are fresh (freed memory stays in the allocator and
 #   would hide the per-connection cost).
-# - Bounded: about 5 minutes in full (10 s per scenario, 10,000 connections; up to 7 when a broker
+# - Bounded: about 6 minutes in full (10 s per scenario, 10,000 connections, then up to 20,000 as
+#   the open-files limit allows; up to 8 when a broker
 #   stalls or refuses connections, which the tool waits out for at most 5 s / 60 s), about
 #   1.5 minutes with --quick (3 s per scenario, 2,000 connections); every tool run also has a
 #   hard 3-minute timeout.
