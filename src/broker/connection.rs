@@ -185,6 +185,8 @@ impl Connection {
     }
 
     /// Wait for CONNECT and answer it. Ok(true): connected; Ok(false): refused (already answered).
+    /// `connect`, `serve` and `finish` are not inlined into `run`, so its frame (above every
+    /// wait) stays small; see `process`.
     #[inline(never)]
     fn connect(&mut self, reader: &mut ConnectionReader) -> Result<bool, Exit> {
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
@@ -906,8 +908,8 @@ impl Connection {
             .map_err(|_| Exit::Closed("write failed".into()))
     }
 
-    /// Close the connection: log why, tell a v5 client, stop the writer, detach the session
-    /// and publish the will unless the client disconnected normally [MQTT-3.1.2-8].
+    /// Close the connection: log why, tell a v5 client, flush and close the outbox, detach the
+    /// session and publish the will unless the client disconnected normally [MQTT-3.1.2-8].
     #[inline(never)]
     fn finish(&mut self, exit: Option<Exit>) {
         let shutting_down = self.broker.is_shutting_down();
