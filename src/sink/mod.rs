@@ -283,7 +283,9 @@ impl DropReason {
 /// Live counters, shared by the sink's threads.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    received: AtomicU64,
+    /// Counted by the publishing threads, the rest mostly by the batcher: on a cache line of its
+    /// own, so that the two do not take the same line from each other for every publish.
+    received: crossbeam_utils::CachePadded<AtomicU64>,
     excluded: AtomicU64,
     queued: AtomicU64,
     written: AtomicU64,
