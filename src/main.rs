@@ -14,6 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+// mimalloc instead of the system allocator: a publish's buffers are allocated on its
+// connection's thread and freed on another (the sink's batcher, a subscriber's writer). glibc
+// malloc makes that producer/consumer pattern expensive (the allocating thread's cache is never
+// refilled, every allocation takes the arena path): it was the top item of the broker's profile
+// with the InfluxDB sink on (malloc and free about a quarter of the broker's CPU time per
+// publish). mimalloc hands frees from other threads back cheaply.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An MQTT 3.1.1/5.0 broker that also stores every published message in InfluxDB.
 ///
 /// Without a subcommand, runs the broker. SIGINT/SIGTERM stop it gracefully; SIGHUP reloads the
