@@ -62,7 +62,8 @@ pub struct SinkConfig {
     pub create_database: bool,
     /// Points per write request.
     pub batch_size: usize,
-    /// A non-empty batch is written at the latest this long after its first point.
+    /// A non-empty batch is written at the latest this long after its first point (after 5 ms
+    /// already when the sender is idle and no publish is queued).
     pub flush_interval_ms: u64,
     /// Compress write requests.
     pub gzip: bool,

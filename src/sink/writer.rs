@@ -307,11 +307,17 @@ impl Batcher {
         // However the batcher ends, publishers waiting for room must not wait for it.
         let _done = BatcherDone(self.shared.clone());
         let half = records.capacity().unwrap_or(0) / 2;
+        // Points mapped but not yet added to `counters.queued`: added when the batch is handed
+        // on or the queue is empty, not with an atomic add per publish.
+        let mut queued = 0usize;
         loop {
             let msg = match records.try_recv() {
                 Ok(rec) => Ok(rec),
                 Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) => self.next_record(&records, first_at),
+                Err(TryRecvError::Empty) => {
+                    Counters::add(&counters.queued, std::mem::take(&mut queued));
+                    self.next_record(&records, first_at)
+                }
             };
             if msg.is_ok()
                 && self.shared.room_waiters.load(Ordering::SeqCst) > 0
@@ -337,8 +343,10 @@ impl Batcher {
                     ) {
                         Ok(m) => {
                             lines += m.lines;
-                            Counters::add(&counters.queued, m.lines);
-                            Counters::add(&counters.conflicting_fields, m.conflicting_fields);
+                            queued += m.lines;
+                            if m.conflicting_fields > 0 {
+                                Counters::add(&counters.conflicting_fields, m.conflicting_fields);
+                            }
                             if m.dropped_lines > 0 {
                                 counters.drop_points(DropReason::TypeConflict, m.dropped_lines);
                             }
@@ -356,11 +364,13 @@ impl Batcher {
                 }
                 Err(RecvTimeoutError::Timeout) => true,
                 Err(RecvTimeoutError::Disconnected) => {
+                    Counters::add(&counters.queued, queued);
                     self.flush(std::mem::take(&mut buf), lines);
                     return;
                 }
             };
             if flush {
+                Counters::add(&counters.queued, std::mem::take(&mut queued));
                 self.flush(
                     std::mem::replace(&mut buf, String::with_capacity(1 << 20)),
                     lines,
@@ -411,7 +421,10 @@ impl Batcher {
     }
 
     fn apply_facts(&mut self) {
-        if self.shared.has_facts.swap(false, Ordering::AcqRel) {
+        // A plain load first: this runs for every publish, the swap only when there are facts.
+        if self.shared.has_facts.load(Ordering::Acquire)
+            && self.shared.has_facts.swap(false, Ordering::AcqRel)
+        {
             let facts =
                 std::mem::take(&mut *self.shared.facts.lock().unwrap_or_else(|e| e.into_inner()));
             for (m, f, t) in facts {
