@@ -314,13 +314,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn report(name: &str, runs: &[Run], ceiling: f64) {
+/// Medians over the rounds. The share of the ceiling is given twice: the median rate over the
+/// median ceiling, and the median of each round's rate over the ceiling measured just before
+/// it in the same round (less sensitive to load that other work puts on the machine meanwhile).
+fn report(name: &str, runs: &[Run], ceilings: &[Run]) {
     let rate = median(runs.iter().map(|r| r.rate).collect());
+    let ceiling = median(ceilings.iter().map(|r| r.rate).collect());
+    let paired = median(
+        runs.iter()
+            .zip(ceilings)
+            .map(|(r, c)| r.rate / c.rate)
+            .collect(),
+    );
     let i = median(runs.iter().map(|r| r.influx_us_per_point).collect());
     let c = median(runs.iter().map(|r| r.client_us_per_point).collect());
     println!(
-        "{name:<8} {rate:>9.0} points/s ({:>3.0}% of ceiling)  CPU per point: influxd {i:.2} us, client {c:.2} us",
-        100.0 * rate / ceiling
+        "{name:<8} {rate:>9.0} points/s ({:>3.0}% of ceiling, per round {:>3.0}%)  CPU per point: influxd {i:.2} us, client {c:.2} us",
+        100.0 * rate / ceiling,
+        100.0 * paired
     );
 }
 
@@ -355,11 +366,10 @@ fn main() {
             last(&m)
         );
     }
-    let cm = median(c.iter().map(|r| r.rate).collect());
     println!("median of {rounds} rounds x {points} points:");
-    report("ceiling", &c, cm);
-    report("sink", &s, cm);
+    report("ceiling", &c, &c);
+    report("sink", &s, &c);
     if !m.is_empty() {
-        report("mqtt", &m, cm);
+        report("mqtt", &m, &c);
     }
 }
