@@ -62,9 +62,12 @@ pub struct SinkConfig {
     pub create_database: bool,
     /// Points per write request.
     pub batch_size: usize,
-    /// A non-empty batch is written at the latest this long after its first point (after 5 ms
-    /// already when the sender is idle and no publish is queued).
+    /// A non-empty batch is written at the latest this long after its first point.
     pub flush_interval_ms: u64,
+    /// A partial batch is written already this long after its first point when the sender is
+    /// idle and no publish is queued (InfluxDB need not wait for the batch to fill); 0: only
+    /// `batch_size` and `flush_interval_ms` end a batch.
+    pub idle_flush_ms: u64,
     /// Compress write requests.
     pub gzip: bool,
     /// Timeout of one HTTP request.
@@ -103,6 +106,7 @@ impl Default for SinkConfig {
             create_database: true,
             batch_size: 5000,
             flush_interval_ms: 1000,
+            idle_flush_ms: 5,
             gzip: false,
             timeout_secs: 10,
             retry_initial_ms: 100,

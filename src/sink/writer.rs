@@ -25,11 +25,6 @@ const LOGGED_LINES: usize = 5;
 /// paying for a wake-up of the batcher for each (or the batcher spinning, which on a small
 /// machine takes CPU from InfluxDB). The added latency is negligible next to a write.
 const IDLE_NAP: Duration = Duration::from_micros(200);
-/// A partial batch is written as soon as the sender is idle and no publish is queued, once its
-/// first point is this old (rather than after `flush_interval_ms`): InfluxDB does not wait
-/// while points are held back, and a trickle of publishes still makes at most a few hundred
-/// requests a second, not one per publish.
-const IDLE_FLUSH_AFTER: Duration = Duration::from_millis(5);
 
 struct SpoolState {
     spool: Spool,
@@ -159,6 +154,8 @@ impl Writer {
             types: FieldTypes::default(),
             batch_size: config.batch_size,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
+            idle_flush: (config.idle_flush_ms > 0)
+                .then(|| Duration::from_millis(config.idle_flush_ms)),
             spool_full: config.spool_full,
             batches: batch_tx,
             shared: shared.clone(),
@@ -290,6 +287,10 @@ struct Batcher {
     types: FieldTypes,
     batch_size: usize,
     flush_interval: Duration,
+    /// `idle_flush_ms`: a partial batch this old goes to an idle sender (None: off). InfluxDB
+    /// does not wait while points are held back, and a trickle of publishes still makes at most
+    /// one request per interval, not one per publish.
+    idle_flush: Option<Duration>,
     spool_full: SpoolFull,
     batches: Sender<Batch>,
     shared: Arc<Shared>,
@@ -382,7 +383,7 @@ impl Batcher {
     }
 
     /// Wait for a record when none is queued. `Timeout`: write the partial batch now (its
-    /// `flush_interval` is over, or it is `IDLE_FLUSH_AFTER` old and the sender is idle).
+    /// `flush_interval` is over, or it is `idle_flush` old and the sender is idle).
     fn next_record(
         &self,
         records: &Receiver<SinkRecord>,
@@ -400,17 +401,23 @@ impl Batcher {
             };
             let now = Instant::now();
             let deadline = first + self.flush_interval;
-            let idle_flush = (first + IDLE_FLUSH_AFTER).min(deadline);
-            if now >= deadline
-                || (now >= idle_flush && self.shared.sender_idle.load(Ordering::Acquire))
-            {
-                return Err(RecvTimeoutError::Timeout);
-            }
-            // A record, the deadline, or time to look whether the sender has become idle.
-            let wake = if now < idle_flush {
-                idle_flush
-            } else {
-                (now + IDLE_FLUSH_AFTER).min(deadline)
+            let wake = match self.idle_flush {
+                None if now >= deadline => return Err(RecvTimeoutError::Timeout),
+                None => deadline,
+                Some(linger) => {
+                    let idle_flush = (first + linger).min(deadline);
+                    if now >= deadline
+                        || (now >= idle_flush && self.shared.sender_idle.load(Ordering::Acquire))
+                    {
+                        return Err(RecvTimeoutError::Timeout);
+                    }
+                    // A record, the deadline, or time to look whether the sender is idle.
+                    if now < idle_flush {
+                        idle_flush
+                    } else {
+                        (now + linger).min(deadline)
+                    }
+                }
             };
             match records.recv_deadline(wake) {
                 Ok(rec) => return Ok(rec),
