@@ -156,8 +156,10 @@ fn sigterm_flushes_buffered_points_before_exit() {
     let influx = Influx::start();
     let spool = tempfile::tempdir().unwrap();
     // A batch that would otherwise wait a minute.
-    let config = sink_config(&influx, "flush", spool.path(), "")
-        .replace("flush_interval_ms = 50", "flush_interval_ms = 60000");
+    let config = sink_config(&influx, "flush", spool.path(), "").replace(
+        "flush_interval_ms = 50",
+        "flush_interval_ms = 60000\nidle_flush_ms = 0",
+    );
     let mut broker = Broker::with_config(&config);
     let mut c = MqttClient::connect(&broker, "flusher");
     for i in 0..10 {

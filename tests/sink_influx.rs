@@ -217,6 +217,7 @@ fn partial_write_with_one_bad_point_stores_the_others_once_and_later_points_adap
     let mut cfg = config(&influx, "pw", spool.path());
     cfg.rules = vec![rule("s/{measurement}")];
     cfg.flush_interval_ms = 60_000; // one batch, written at shutdown
+    cfg.idle_flush_ms = 0;
     let sink = Sink::start(&cfg).unwrap();
     assert!(influx.wait_until(WAIT, || influx.databases().contains(&"pw".to_string())));
     // The field becomes a string in the database behind the sink's back.
@@ -413,6 +414,29 @@ fn influx_cli_reads_back_what_the_sink_wrote() {
 }
 
 #[test]
+fn partial_batch_is_written_when_the_sender_is_idle_not_after_the_flush_interval() {
+    let influx = Influx::start();
+    let spool = tempfile::tempdir().unwrap();
+    let mut cfg = config(&influx, "idle", spool.path());
+    cfg.rules = vec![rule("i/{measurement}")];
+    cfg.flush_interval_ms = 600_000; // the test would time out long before this
+    cfg.idle_flush_ms = 5;
+    let sink = Sink::start(&cfg).unwrap();
+    for i in 0..3 {
+        sink.submit(record("i/trickle", &i.to_string(), T0 + i));
+    }
+    // Nothing else is queued and the sender has nothing to do: the 3 points go out at once.
+    assert!(
+        influx.wait_until(WAIT, || sink.stats().written == 3),
+        "{:?}",
+        sink.stats()
+    );
+    assert_eq!(influx.count("idle", "trickle", "value"), 3);
+    let stats = sink.shutdown_with_stats();
+    assert_eq!((stats.written, stats.dropped_total()), (3, 0), "{stats:?}");
+}
+
+#[test]
 fn batch_refused_as_too_large_is_split_and_fully_stored() {
     // 413 beyond 4 KB: a 200-point batch (~12 KB) must be split until the parts fit.
     let influx = Influx::start_with(influx::InfluxOptions {
@@ -422,7 +446,8 @@ fn batch_refused_as_too_large_is_split_and_fully_stored() {
     let spool = tempfile::tempdir().unwrap();
     let mut cfg = config(&influx, "big", spool.path());
     cfg.rules = vec![rule("b/{measurement}")];
-    cfg.flush_interval_ms = 60_000;
+    cfg.flush_interval_ms = 60_000; // one batch, written at shutdown
+    cfg.idle_flush_ms = 0;
     let sink = Sink::start(&cfg).unwrap();
     for i in 0..200 {
         sink.submit(record("b/split", &i.to_string(), T0 + i));

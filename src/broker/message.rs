@@ -4,7 +4,7 @@
 use crate::protocol::{Properties, QoS};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug)]
 pub struct Message {
@@ -79,5 +79,10 @@ impl Message {
 }
 
 pub fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+    // SystemTime directly: this runs for every publish, and chrono's Utc::now() also works
+    // out a calendar date that is not needed here.
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    }
 }

@@ -220,11 +220,21 @@ impl Broker {
                 String::from_utf8_lossy(&message.payload)
             );
         }
-        self.sink.submit(SinkRecord {
-            topic: message.topic.clone(),
-            payload: message.payload.clone(),
-            received_at_ns: message.received_at_ns,
-        });
+        // Usually nothing else holds the message by now (no subscriber queue, not retained):
+        // then its topic and payload move to the sink instead of being shared.
+        let record = match Arc::try_unwrap(message) {
+            Ok(m) => SinkRecord {
+                topic: m.topic,
+                payload: m.payload,
+                received_at_ns: m.received_at_ns,
+            },
+            Err(m) => SinkRecord {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                received_at_ns: m.received_at_ns,
+            },
+        };
+        self.sink.submit(record);
         count
     }
 

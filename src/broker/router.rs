@@ -256,11 +256,16 @@ impl Router {
     /// Every session a message on `topic` goes to. Subscriptions with v5 No Local do not match
     /// their own client's messages [MQTT-3.8.3-3].
     pub fn matches(&self, topic: &str, publisher: Option<&str>) -> Vec<Delivery> {
-        let levels: Vec<&str> = topic.split('/').collect();
         let mut out = Vec::new();
         let mut shared = Vec::new();
         {
             let root = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+            // No subscription at all (a broker that only feeds the sink): nothing to split.
+            if root.children.is_empty() {
+                return out;
+            }
+            // On the stack for all but very deep topics: this runs for every publish.
+            let levels: smallvec::SmallVec<[&str; 16]> = topic.split('/').collect();
             let mut m = Matcher {
                 publisher,
                 out: &mut out,

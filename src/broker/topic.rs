@@ -14,10 +14,19 @@ pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err("[MQTT-4.7.3-1] topic name must be at least one character long");
     }
-    if topic.split('/').nth(MAX_TOPIC_LEVELS).is_some() {
+    // One pass over the bytes (this runs for every publish): levels and wildcards.
+    let (mut separators, mut wildcard) = (0usize, false);
+    for b in topic.bytes() {
+        match b {
+            b'/' => separators += 1,
+            b'+' | b'#' => wildcard = true,
+            _ => {}
+        }
+    }
+    if separators >= MAX_TOPIC_LEVELS {
         return Err(TOO_DEEP);
     }
-    if topic.contains(['+', '#']) {
+    if wildcard {
         return Err("[MQTT-3.3.2-2] topic name must not contain wildcard characters");
     }
     Ok(())

@@ -264,13 +264,19 @@ impl Rule {
         })
     }
 
-    /// Whether the rule's filter matches a topic (no allocation: this runs for every publish).
+    /// Whether the rule's filter matches a topic.
     pub fn is_match(&self, topic: &str) -> bool {
+        self.is_match_levels(&split_levels(topic), topic.starts_with('$'))
+    }
+
+    /// `is_match` on a topic already split into levels (`dollar`: it starts with `$`). The
+    /// mapping splits each topic once and matches every rule against the same levels.
+    fn is_match_levels(&self, topic: &[&str], dollar: bool) -> bool {
         // [MQTT-4.7.2-1] filters starting with a wildcard do not match topics starting with `$`.
-        if topic.starts_with('$') && !matches!(self.levels.first(), Some(Level::Literal(_))) {
+        if dollar && !matches!(self.levels.first(), Some(Level::Literal(_))) {
             return false;
         }
-        let mut parts = topic.split('/');
+        let mut parts = topic.iter();
         for level in &self.levels {
             match level {
                 // [MQTT-4.7.1-2] `#` also matches the parent level (`a/#` matches `a`).
@@ -281,7 +287,7 @@ impl Rule {
                     }
                 }
                 Level::Literal(l) => {
-                    if parts.next() != Some(l.as_str()) {
+                    if parts.next() != Some(&l.as_str()) {
                         return false;
                     }
                 }
@@ -293,15 +299,6 @@ impl Rule {
     /// Match a topic; on success returns its levels.
     pub fn matches<'t>(&self, topic: &'t str) -> Option<Vec<&'t str>> {
         self.is_match(topic).then(|| topic.split('/').collect())
-    }
-
-    /// Whether mapping needs the topic's levels (named levels as tags or in the measurement).
-    fn needs_levels(&self) -> bool {
-        !self.level_tags.is_empty()
-            || self
-                .measurement
-                .iter()
-                .any(|p| matches!(p, TemplatePart::Level(_)))
     }
 
     fn measurement_for<'a>(&'a self, levels: &[&'a str]) -> Cow<'a, str> {
@@ -322,6 +319,13 @@ impl Rule {
         }
         Cow::Owned(m)
     }
+}
+
+/// A topic's levels (split at `/`); topics rarely have more than 8.
+type Levels<'t> = SmallVec<[&'t str; 8]>;
+
+fn split_levels(topic: &str) -> Levels<'_> {
+    topic.split('/').collect()
 }
 
 /// A plain MQTT topic filter without named levels (for `sink.exclude`).
@@ -361,6 +365,21 @@ pub enum Skip {
 pub struct FieldTypes {
     known: HashMap<String, HashMap<String, FieldType>>,
     entries: usize,
+    /// The (measurement, field, type) last found in `known`: a stream of publishes mostly
+    /// repeats the same few fields, and this saves two hash lookups per point. The strings are
+    /// reused (no allocation once they are long enough); emptied whenever a type changes.
+    last: Option<(String, String, FieldType)>,
+}
+
+/// What a field's value becomes, given the type the database has for it.
+#[derive(Debug, PartialEq)]
+enum Reconciled {
+    /// Written as it is (same type, or the field is new).
+    AsIs,
+    /// Converted to the stored type.
+    Converted(FieldValue),
+    /// Cannot be converted: the field is left out.
+    Conflict,
 }
 
 /// Beyond this many (measurement, field) pairs new ones are not remembered (memory bound; the
@@ -379,8 +398,9 @@ impl FieldTypes {
     pub fn learn(&mut self, measurement: &str, field: &str, ty: FieldType, authoritative: bool) {
         if let Some(fields) = self.known.get_mut(measurement) {
             if let Some(t) = fields.get_mut(field) {
-                if authoritative {
+                if authoritative && *t != ty {
                     *t = ty;
+                    self.last = None;
                 }
                 return;
             }
@@ -395,22 +415,36 @@ impl FieldTypes {
             .insert(field.to_string(), ty);
     }
 
+    /// The stored type of a field, through the one-entry memo.
+    fn lookup(&mut self, measurement: &str, field: &str) -> Option<FieldType> {
+        if let Some((m, f, t)) = &self.last {
+            if m == measurement && f == field {
+                return Some(*t);
+            }
+        }
+        let t = self.get(measurement, field)?;
+        let (m, f, ty) = self
+            .last
+            .get_or_insert_with(|| (String::new(), String::new(), t));
+        m.clear();
+        m.push_str(measurement);
+        f.clear();
+        f.push_str(field);
+        *ty = t;
+        Some(t)
+    }
+
     /// Convert `value` to the type the database has for the field, or None when it cannot be.
-    fn reconcile(
-        &mut self,
-        measurement: &str,
-        field: &str,
-        value: &FieldValue,
-    ) -> Option<FieldValue> {
+    fn reconcile(&mut self, measurement: &str, field: &str, value: &FieldValue) -> Reconciled {
         let ty = value.field_type();
-        let Some(known) = self.get(measurement, field) else {
+        let Some(known) = self.lookup(measurement, field) else {
             self.learn(measurement, field, ty, false);
-            return Some(value.clone());
+            return Reconciled::AsIs;
         };
         if known == ty {
-            return Some(value.clone());
+            return Reconciled::AsIs;
         }
-        match (known, value) {
+        let converted = match (known, value) {
             (FieldType::Str, FieldValue::Float(f)) => Some(FieldValue::Str(f.to_string())),
             (FieldType::Str, FieldValue::Bool(b)) => Some(FieldValue::Str(b.to_string())),
             (FieldType::Str, FieldValue::Integer(i)) => Some(FieldValue::Str(i.to_string())),
@@ -430,7 +464,8 @@ impl FieldTypes {
                 _ => None,
             },
             _ => None,
-        }
+        };
+        converted.map_or(Reconciled::Conflict, Reconciled::Converted)
     }
 }
 
@@ -498,13 +533,21 @@ impl Mapping {
 
     /// The rule for a topic: None when excluded.
     pub fn rule_for(&self, topic: &str) -> Option<&Rule> {
-        if self.exclude.iter().any(|r| r.is_match(topic)) {
+        self.rule_for_levels(&split_levels(topic), topic.starts_with('$'))
+    }
+
+    fn rule_for_levels(&self, levels: &[&str], dollar: bool) -> Option<&Rule> {
+        if self
+            .exclude
+            .iter()
+            .any(|r| r.is_match_levels(levels, dollar))
+        {
             return None;
         }
         let rule = self
             .rules
             .iter()
-            .find(|r| r.is_match(topic))
+            .find(|r| r.is_match_levels(levels, dollar))
             .unwrap_or(&self.default);
         rule.config.store.then_some(rule)
     }
@@ -518,7 +561,11 @@ impl Mapping {
         types: &mut FieldTypes,
         out: &mut String,
     ) -> Result<Mapped, Skip> {
-        let rule = self.rule_for(topic).ok_or(Skip::Excluded)?;
+        // Split once: the same levels serve rule matching, the measurement and the tags.
+        let levels = split_levels(topic);
+        let rule = self
+            .rule_for_levels(&levels, topic.starts_with('$'))
+            .ok_or(Skip::Excluded)?;
         let cfg = &rule.config;
         if payload.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(Skip::EmptyPayload);
@@ -533,11 +580,6 @@ impl Mapping {
         }
         // Everything below borrows from the topic, payload and config: one point costs a few
         // small allocations at most (this runs for every publish).
-        let levels: SmallVec<[&str; 8]> = if rule.needs_levels() {
-            topic.split('/').collect()
-        } else {
-            SmallVec::new()
-        };
         let measurement = rule.measurement_for(&levels);
         let mut tags: SmallVec<[(&str, &str); 8]> = SmallVec::new();
         tags.extend(cfg.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -593,14 +635,15 @@ impl Mapping {
         }
         let before = fields.len();
         let mut converted = 0;
-        let mut kept: SmallVec<[(&str, FieldValue); 4]> = SmallVec::new();
+        let mut kept: SmallVec<[(&str, Cow<'_, FieldValue>); 4]> = SmallVec::new();
         for (k, v) in &fields {
-            let ty = v.field_type();
-            if let Some(r) = types.reconcile(&measurement, k, v) {
-                if r.field_type() != ty {
+            match types.reconcile(&measurement, k, v) {
+                Reconciled::AsIs => kept.push((k, Cow::Borrowed(v))),
+                Reconciled::Converted(r) => {
                     converted += 1;
+                    kept.push((k, Cow::Owned(r)));
                 }
-                kept.push((k, r));
+                Reconciled::Conflict => {}
             }
         }
         if kept.is_empty() {
@@ -609,7 +652,8 @@ impl Mapping {
         tags.sort_by(|a, b| a.0.cmp(b.0));
         tags.dedup_by(|later, earlier| later.0 == earlier.0);
         let conflicting_fields = before - kept.len() + converted;
-        let refs: SmallVec<[(&str, &FieldValue); 4]> = kept.iter().map(|(k, v)| (*k, v)).collect();
+        let refs: SmallVec<[(&str, &FieldValue); 4]> =
+            kept.iter().map(|(k, v)| (*k, v.as_ref())).collect();
         let ts = timestamp.unwrap_or(received_at_ns);
         if !line_protocol::encode_line(out, self.precision, &measurement, &tags, &refs, ts) {
             return Err(Skip::NoFields);

@@ -6,8 +6,8 @@ use super::line_protocol::{self, FieldType};
 use super::mapping::{FieldTypes, Mapping, Skip};
 use super::spool::{Batch, Spool, SpoolError};
 use super::{Counters, DropReason, SinkConfig, SinkRecord, SpoolFull};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +20,11 @@ const BATCHES_IN_MEMORY: usize = 2;
 const SPOOL_AFTER: Duration = Duration::from_millis(500);
 /// Dropped lines logged per refused batch.
 const LOGGED_LINES: usize = 5;
+/// When the batcher finds no publish queued it sleeps this long before it waits on the queue:
+/// under load more arrive meanwhile and are taken in one go, instead of the publishing thread
+/// paying for a wake-up of the batcher for each (or the batcher spinning, which on a small
+/// machine takes CPU from InfluxDB). The added latency is negligible next to a write.
+const IDLE_NAP: Duration = Duration::from_micros(200);
 
 struct SpoolState {
     spool: Spool,
@@ -39,6 +44,16 @@ struct Shared {
     has_facts: AtomicBool,
     stopping: AtomicBool,
     stop_deadline: Mutex<Option<Instant>>,
+    /// The sender has nothing to write (no batch in the channel, nothing spooled, no backoff).
+    sender_idle: AtomicBool,
+    /// Publishers that found the record queue full wait here until half of it is free again
+    /// (signalled by the batcher), rather than taking each slot as it frees, which would wake
+    /// a publisher and the batcher once per record.
+    room: Mutex<()>,
+    room_freed: Condvar,
+    room_waiters: AtomicUsize,
+    /// The batcher has ended (its queue takes nothing any more).
+    batcher_done: AtomicBool,
 }
 
 impl Shared {
@@ -123,6 +138,11 @@ impl Writer {
             has_facts: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stop_deadline: Mutex::new(None),
+            sender_idle: AtomicBool::new(false),
+            room: Mutex::new(()),
+            room_freed: Condvar::new(),
+            room_waiters: AtomicUsize::new(0),
+            batcher_done: AtomicBool::new(false),
         });
         shared.update_gauges(&shared.lock_spool());
         let (record_tx, record_rx) = bounded(config.queue_capacity);
@@ -134,6 +154,8 @@ impl Writer {
             types: FieldTypes::default(),
             batch_size: config.batch_size,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
+            idle_flush: (config.idle_flush_ms > 0)
+                .then(|| Duration::from_millis(config.idle_flush_ms)),
             spool_full: config.spool_full,
             batches: batch_tx,
             shared: shared.clone(),
@@ -175,25 +197,43 @@ impl Writer {
 
     pub(super) fn submit(&self, record: SinkRecord) {
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
-        let sent = records
-            .as_ref()
-            .map(|tx| match tx.try_send(record) {
-                Ok(()) => true,
-                Err(TrySendError::Disconnected(_)) => false,
-                Err(TrySendError::Full(record)) => {
-                    // About to wait for the batcher (backpressure): first write what this
-                    // connection thread has queued for its clients, which must not wait too.
-                    crate::broker::outbox::flush_batched();
-                    tx.send(record).is_ok()
-                }
-            })
-            .unwrap_or(false);
+        let sent = match records.as_ref().map(|tx| (tx, tx.try_send(record))) {
+            None => false,
+            Some((_, Ok(()))) => true,
+            Some((_, Err(TrySendError::Disconnected(_)))) => false,
+            Some((tx, Err(TrySendError::Full(record)))) => {
+                // About to wait for the batcher (backpressure): first write what this
+                // connection thread has queued for its clients, which must not wait too.
+                crate::broker::outbox::flush_batched();
+                self.wait_for_room(tx);
+                tx.send(record).is_ok()
+            }
+        };
         if !sent {
             self.shared.counters.drop_points(DropReason::Stopped, 1);
             if !self.stopped_logged.swap(true, Ordering::Relaxed) {
                 log::error!("sink: writer is not running (shut down?); publishes are not stored");
             }
         }
+    }
+
+    /// The record queue is full: block (backpressure) until half of it is free again, or the
+    /// batcher has ended.
+    fn wait_for_room(&self, tx: &Sender<SinkRecord>) {
+        let shared = &self.shared;
+        let half = tx.capacity().unwrap_or(0) / 2;
+        shared.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let mut room = shared.room.lock().unwrap_or_else(|e| e.into_inner());
+        while tx.len() > half && !shared.batcher_done.load(Ordering::SeqCst) {
+            // The timeout only bounds the damage of a missed signal; the batcher signals.
+            room = shared
+                .room_freed
+                .wait_timeout(room, Duration::from_millis(50))
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        drop(room);
+        shared.room_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Stop taking records, flush, and join the threads. Idempotent.
@@ -250,6 +290,10 @@ struct Batcher {
     types: FieldTypes,
     batch_size: usize,
     flush_interval: Duration,
+    /// `idle_flush_ms`: a partial batch this old goes to an idle sender (None: off). InfluxDB
+    /// does not wait while points are held back, and a trickle of publishes still makes at most
+    /// one request per interval, not one per publish.
+    idle_flush: Option<Duration>,
     spool_full: SpoolFull,
     batches: Sender<Batch>,
     shared: Arc<Shared>,
@@ -264,11 +308,28 @@ impl Batcher {
         let mut lines = 0usize;
         let mut first_at: Option<Instant> = None;
         let counters = self.shared.counters.clone();
+        // However the batcher ends, publishers waiting for room must not wait for it.
+        let _done = BatcherDone(self.shared.clone());
+        let half = records.capacity().unwrap_or(0) / 2;
+        // Points mapped but not yet added to `counters.queued`: added when the batch is handed
+        // on or the queue is empty, not with an atomic add per publish.
+        let mut queued = 0usize;
         loop {
-            let msg = match first_at {
-                Some(t) => records.recv_deadline(t + self.flush_interval),
-                None => records.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let msg = match records.try_recv() {
+                Ok(rec) => Ok(rec),
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {
+                    Counters::add(&counters.queued, std::mem::take(&mut queued));
+                    self.next_record(&records, first_at)
+                }
             };
+            if msg.is_ok()
+                && self.shared.room_waiters.load(Ordering::SeqCst) > 0
+                && records.len() <= half
+            {
+                let _room = self.shared.room.lock().unwrap_or_else(|e| e.into_inner());
+                self.shared.room_freed.notify_all();
+            }
             let flush = match msg {
                 Ok(rec) => {
                     if let Some((ready, timeout)) = self.ready.take() {
@@ -286,8 +347,10 @@ impl Batcher {
                     ) {
                         Ok(m) => {
                             lines += m.lines;
-                            Counters::add(&counters.queued, m.lines);
-                            Counters::add(&counters.conflicting_fields, m.conflicting_fields);
+                            queued += m.lines;
+                            if m.conflicting_fields > 0 {
+                                Counters::add(&counters.conflicting_fields, m.conflicting_fields);
+                            }
                             if m.dropped_lines > 0 {
                                 counters.drop_points(DropReason::TypeConflict, m.dropped_lines);
                             }
@@ -305,11 +368,13 @@ impl Batcher {
                 }
                 Err(RecvTimeoutError::Timeout) => true,
                 Err(RecvTimeoutError::Disconnected) => {
+                    Counters::add(&counters.queued, queued);
                     self.flush(std::mem::take(&mut buf), lines);
                     return;
                 }
             };
             if flush {
+                Counters::add(&counters.queued, std::mem::take(&mut queued));
                 self.flush(
                     std::mem::replace(&mut buf, String::with_capacity(1 << 20)),
                     lines,
@@ -320,8 +385,56 @@ impl Batcher {
         }
     }
 
+    /// Wait for a record when none is queued. `Timeout`: write the partial batch now (its
+    /// `flush_interval` is over, or it is `idle_flush` old and the sender is idle).
+    fn next_record(
+        &self,
+        records: &Receiver<SinkRecord>,
+        first_at: Option<Instant>,
+    ) -> Result<SinkRecord, RecvTimeoutError> {
+        std::thread::sleep(IDLE_NAP);
+        loop {
+            match records.try_recv() {
+                Ok(rec) => return Ok(rec),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            let Some(first) = first_at else {
+                return records.recv().map_err(|_| RecvTimeoutError::Disconnected);
+            };
+            let now = Instant::now();
+            let deadline = first + self.flush_interval;
+            let wake = match self.idle_flush {
+                None if now >= deadline => return Err(RecvTimeoutError::Timeout),
+                None => deadline,
+                Some(linger) => {
+                    let idle_flush = (first + linger).min(deadline);
+                    if now >= deadline
+                        || (now >= idle_flush && self.shared.sender_idle.load(Ordering::Acquire))
+                    {
+                        return Err(RecvTimeoutError::Timeout);
+                    }
+                    // A record, the deadline, or time to look whether the sender is idle.
+                    if now < idle_flush {
+                        idle_flush
+                    } else {
+                        (now + linger).min(deadline)
+                    }
+                }
+            };
+            match records.recv_deadline(wake) {
+                Ok(rec) => return Ok(rec),
+                Err(RecvTimeoutError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
     fn apply_facts(&mut self) {
-        if self.shared.has_facts.swap(false, Ordering::AcqRel) {
+        // A plain load first: this runs for every publish, the swap only when there are facts.
+        if self.shared.has_facts.load(Ordering::Acquire)
+            && self.shared.has_facts.swap(false, Ordering::AcqRel)
+        {
             let facts =
                 std::mem::take(&mut *self.shared.facts.lock().unwrap_or_else(|e| e.into_inner()));
             for (m, f, t) in facts {
@@ -426,6 +539,17 @@ impl Batcher {
                 }
             }
         }
+    }
+}
+
+/// Marks the batcher as ended when dropped (also when it panics) and wakes waiting publishers.
+struct BatcherDone(Arc<Shared>);
+
+impl Drop for BatcherDone {
+    fn drop(&mut self) {
+        self.0.batcher_done.store(true, Ordering::SeqCst);
+        let _room = self.0.room.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.room_freed.notify_all();
     }
 }
 
@@ -597,19 +721,25 @@ impl SenderLoop {
             };
             let job = match job {
                 Some(j) => j,
-                None => match self.batches.recv_timeout(Duration::from_millis(200)) {
-                    Ok(b) => {
-                        self.shared.sender_took.notify_all();
-                        Job::Memory(b)
-                    }
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        if self.shared.lock_spool().spool.is_empty() {
-                            break;
+                None => {
+                    // Nothing to write: the batcher may hand over a partial batch at once.
+                    self.shared.sender_idle.store(true, Ordering::Release);
+                    let next = self.batches.recv_timeout(Duration::from_millis(200));
+                    self.shared.sender_idle.store(false, Ordering::Release);
+                    match next {
+                        Ok(b) => {
+                            self.shared.sender_took.notify_all();
+                            Job::Memory(b)
                         }
-                        continue;
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            if self.shared.lock_spool().spool.is_empty() {
+                                break;
+                            }
+                            continue;
+                        }
                     }
-                },
+                }
             };
             if !self.prepared {
                 if let Err(reason) = self.prepare() {
