@@ -121,11 +121,6 @@ impl Drop for Batching {
     }
 }
 
-/// Whether this thread's batching scope holds outboxes to write.
-pub fn has_batched() -> bool {
-    DIRTY.with(|d| d.borrow().as_ref().is_some_and(|dirty| !dirty.is_empty()))
-}
-
 /// Write what this thread's batching scope holds. Called before anything that may block (a
 /// socket read, a wait for room, a sleep): a claimed outbox must not wait for this thread.
 pub fn flush_batched() {

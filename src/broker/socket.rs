@@ -70,24 +70,6 @@ impl Socket {
         }
     }
 
-    /// Read what has arrived, without blocking (`WouldBlock` when nothing has).
-    pub fn recv_nonblocking(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: as in `send_nonblocking`; `buf` is writable for `buf.len()` bytes.
-        let n = unsafe {
-            libc::recv(
-                self.raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
     fn raw_fd(&self) -> std::os::unix::io::RawFd {
         match self {
             Socket::Tcp(s) => s.as_raw_fd(),
@@ -139,16 +121,12 @@ pub struct ConnectionReader {
     filled: usize,
     /// Consecutive reads that used less than a quarter of the buffer.
     small_reads: u32,
-    /// Reads since this thread last wrote what it queued.
-    deferred_reads: u32,
     /// When this thread last gave unused stack pages back (see `threads.rs`).
     stack_released: Instant,
 }
 
 const MIN_READ_BUFFER: usize = 1024;
 const MAX_READ_BUFFER: usize = 64 * 1024;
-/// Reads that may pass while this thread holds sends back, when input keeps arriving.
-const MAX_DEFERRED_READS: u32 = 4;
 /// Least time between two releases of the reader thread's unused stack pages.
 const STACK_RELEASE_INTERVAL: Duration = Duration::from_secs(1);
 /// Small reads in a row before the buffer is halved.
@@ -162,7 +140,6 @@ impl ConnectionReader {
             pos: 0,
             filled: 0,
             small_reads: 0,
-            deferred_reads: 0,
             stack_released: Instant::now(),
         }
     }
@@ -175,40 +152,17 @@ impl ConnectionReader {
     /// Read from the socket (the reader thread may block here, so first it writes what handling
     /// the last read queued), then resize the buffer for the next read.
     fn read_socket(&mut self, into_buffer: bool, out: &mut [u8]) -> io::Result<usize> {
-        // When more input is already waiting, the sends of this read and the next one go out
-        // together (fewer sends, fewer wake-ups of the receivers); a few reads at most.
-        let ready = if into_buffer
-            && self.deferred_reads < MAX_DEFERRED_READS
-            && super::outbox::has_batched()
-        {
-            match self.socket.recv_nonblocking(&mut self.buf) {
-                Ok(n) => Some(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                Err(e) => return Err(e),
-            }
-        } else {
-            None
-        };
-        let n = match ready {
-            Some(n) => {
-                self.deferred_reads += 1;
-                n
-            }
-            None => {
-                super::outbox::flush_batched();
-                self.deferred_reads = 0;
-                // About to wait, maybe for long: drop stack pages that handling the last
-                // packets touched (at most once a second, so a busy client pays nothing).
-                if self.stack_released.elapsed() >= STACK_RELEASE_INTERVAL {
-                    super::threads::release_unused_stack();
-                    self.stack_released = Instant::now();
-                }
-                if !into_buffer {
-                    return (&*self.socket).read(out);
-                }
-                (&*self.socket).read(&mut self.buf)?
-            }
-        };
+        super::outbox::flush_batched();
+        // About to wait, maybe for long: drop stack pages that handling the last packets
+        // touched (at most once a second, so a busy client pays nothing).
+        if self.stack_released.elapsed() >= STACK_RELEASE_INTERVAL {
+            super::threads::release_unused_stack();
+            self.stack_released = Instant::now();
+        }
+        if !into_buffer {
+            return (&*self.socket).read(out);
+        }
+        let n = (&*self.socket).read(&mut self.buf)?;
         self.pos = 0;
         self.filled = n;
         let size = self.buf.len();
