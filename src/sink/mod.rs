@@ -304,6 +304,8 @@ pub(crate) struct Counters {
     spool_bytes: AtomicU64,
     /// Why the last write attempt failed; None once a write succeeds again.
     last_error: std::sync::Mutex<Option<String>>,
+    /// The sender has created the database (if configured) and learnt its field types.
+    prepared: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -312,6 +314,9 @@ impl Counters {
     }
     pub(crate) fn drop_points(&self, reason: DropReason, n: usize) {
         Self::add(&self.dropped[reason.index()], n);
+    }
+    pub(crate) fn set_prepared(&self) {
+        self.prepared.store(true, Ordering::Release);
     }
     pub(crate) fn set_last_error(&self, error: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
@@ -346,6 +351,9 @@ pub struct SinkStats {
     pub dropped: Vec<(&'static str, u64)>,
     /// Why the last write to InfluxDB failed; None when it succeeded (or none was tried yet).
     pub last_error: Option<String>,
+    /// The database was created (if configured) and its field types learnt: from then on a
+    /// type the sink has not seen can only come from a write error.
+    pub prepared: bool,
 }
 
 impl SinkStats {
@@ -385,6 +393,7 @@ impl Counters {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            prepared: self.prepared.load(Ordering::Acquire),
         }
     }
 }

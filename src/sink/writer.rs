@@ -810,6 +810,7 @@ impl SenderLoop {
             Err(e) => log::debug!("sink: SHOW FIELD KEYS failed ({e}); relying on write errors"),
         }
         self.prepared = true;
+        self.shared.counters.set_prepared();
         Ok(())
     }
 
