@@ -121,14 +121,15 @@ pub struct ConnectionReader {
     filled: usize,
     /// Consecutive reads that used less than a quarter of the buffer.
     small_reads: u32,
-    /// When this thread last gave unused stack pages back (see `threads.rs`).
-    stack_released: Instant,
+    /// The last read waited at least `CLIENT_PAUSE` (see `threads.rs` for why it matters).
+    paused: bool,
 }
 
 const MIN_READ_BUFFER: usize = 1024;
 const MAX_READ_BUFFER: usize = 64 * 1024;
-/// Least time between two releases of the reader thread's unused stack pages.
-const STACK_RELEASE_INTERVAL: Duration = Duration::from_secs(1);
+/// A wait for input this long means the client is pausing: its thread's unused stack pages
+/// are given back before the next wait. Costs at most one madvise per pause.
+const CLIENT_PAUSE: Duration = Duration::from_millis(100);
 /// Small reads in a row before the buffer is halved.
 const SHRINK_AFTER: u32 = 16;
 
@@ -140,7 +141,7 @@ impl ConnectionReader {
             pos: 0,
             filled: 0,
             small_reads: 0,
-            stack_released: Instant::now(),
+            paused: false,
         }
     }
 
@@ -153,16 +154,23 @@ impl ConnectionReader {
     /// the last read queued), then resize the buffer for the next read.
     fn read_socket(&mut self, into_buffer: bool, out: &mut [u8]) -> io::Result<usize> {
         super::outbox::flush_batched();
-        // About to wait, maybe for long: drop stack pages that handling the last packets
-        // touched (at most once a second, so a busy client pays nothing).
-        if self.stack_released.elapsed() >= STACK_RELEASE_INTERVAL {
+        // The client paused before what we just handled (an idle client's keep-alive ping), so
+        // it will likely pause again: drop the stack pages handling it touched. A busy client
+        // never waits that long and pays nothing.
+        if self.paused {
             super::threads::release_unused_stack();
-            self.stack_released = Instant::now();
         }
+        let started = Instant::now();
+        let read = if into_buffer {
+            (&*self.socket).read(&mut self.buf)
+        } else {
+            (&*self.socket).read(out)
+        };
+        self.paused = started.elapsed() >= CLIENT_PAUSE;
+        let n = read?;
         if !into_buffer {
-            return (&*self.socket).read(out);
+            return Ok(n);
         }
-        let n = (&*self.socket).read(&mut self.buf)?;
         self.pos = 0;
         self.filled = n;
         let size = self.buf.len();
