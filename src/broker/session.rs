@@ -94,6 +94,19 @@ fn next_seq() -> u64 {
     NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
+thread_local! {
+    /// Set when this thread queued a message for a connected session whose inflight window was
+    /// full (see `take_fed_backlog`).
+    static FED_BACKLOG: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread, since the last call, queued a message behind a connected session's
+/// full inflight window: that session's client is behind, and only its own connection thread
+/// (handling the client's acks) can move the window on.
+pub fn take_fed_backlog() -> bool {
+    FED_BACKLOG.with(|f| f.replace(false))
+}
+
 /// Packets held back for their connections.
 type HeldSends = Vec<(Arc<Outbox>, Outbound)>;
 
@@ -466,6 +479,9 @@ impl Session {
             route,
         });
         self.fill_window();
+        if self.link.is_some() && !self.queued.is_empty() {
+            FED_BACKLOG.with(|f| f.set(true));
+        }
         // Still queued (offline or window full): record it as queued; otherwise fill_window
         // recorded it as inflight.
         if let Some(q) = self.queued.back().filter(|q| q.seq == seq) {
