@@ -168,15 +168,7 @@ wait_port "$MOSQ_PORT" "$MOSQ_PID" mosquitto
 
 MQF_PORT=$(free_port)
 while [ "$MQF_PORT" = "$MOSQ_PORT" ]; do MQF_PORT=$(free_port); done
-cat > "$OUT/mqflux.toml" <<EOF
-[limits]
-max_connections = 0
-max_inflight = 20
-max_queued = 1000
-
-[sink]
-enabled = false
-EOF
+cp "$ROOT/scripts/bench-mqflux.toml" "$OUT/mqflux.toml"
 "${BROKER_PIN[@]}" "$MQFLUX" --config "$OUT/mqflux.toml" --bind 127.0.0.1 --port "$MQF_PORT" -q \
     >"$OUT/mqflux.log" 2>&1 &
 MQF_PID=$!

@@ -24,15 +24,7 @@ BIN=${BIN:-$ROOT/target/release/mqflux}
 BENCH=$ROOT/target/release/mqflux-bench
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 out=$ROOT/target/connmem/$name; rm -rf "$out"; mkdir -p "$out"
-cat > "$out/mqflux.toml" <<EOC
-[limits]
-max_connections = 0
-max_inflight = 20
-max_queued = 1000
-
-[sink]
-enabled = false
-EOC
+cp "$ROOT/scripts/bench-mqflux.toml" "$out/mqflux.toml"
 port=$(( 30000 + RANDOM % 20000 ))
 env "$@" "$BIN" --config "$out/mqflux.toml" --bind 127.0.0.1 --port $port -q > "$out/broker.log" 2>&1 &
 bpid=$!

@@ -633,12 +633,7 @@ impl Connection {
             return Err(violation(reason::TOPIC_NAME_INVALID, rule));
         }
         let (qos, packet_id) = (p.qos, p.packet_id);
-        // No clock read per publish when no rate limit is configured (the default).
-        let pause = if self.rate_limiter.is_unlimited() {
-            Duration::ZERO
-        } else {
-            self.rate_limiter.acquire(Instant::now(), p.payload.len())
-        };
+        let pause = self.rate_limiter.acquire_now(p.payload.len());
         if !pause.is_zero() {
             // Over its publish rate: stop reading from this client for a while, so TCP slows it
             // down and nothing it sent is dropped.

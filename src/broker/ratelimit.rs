@@ -174,6 +174,14 @@ impl PublishRateLimiter {
         Ok(())
     }
 
+    /// `acquire` now; without limits (the default) it reads no clock, which matters per publish.
+    pub fn acquire_now(&mut self, payload_len: usize) -> Duration {
+        if self.is_unlimited() {
+            return Duration::ZERO;
+        }
+        self.acquire(Instant::now(), payload_len)
+    }
+
     /// Throttle mode: charge the message unconditionally and return how long the connection
     /// should pause before reading its next packet so the client stays within the limits
     /// (zero when it is within them). Calling again before that pause has passed keeps

@@ -150,9 +150,9 @@ impl ConnectionReader {
         &self.buf[self.pos..self.filled]
     }
 
-    /// Read from the socket (the reader thread may block here, so first it writes what handling
-    /// the last read queued), then resize the buffer for the next read.
-    fn read_socket(&mut self, into_buffer: bool, out: &mut [u8]) -> io::Result<usize> {
+    /// What the reader thread does before it may block on the socket.
+    fn before_wait(&self) {
+        // What handling the last read queued for clients goes out now.
         super::outbox::flush_batched();
         // This thread just queued messages behind a subscriber's full inflight window: let the
         // subscriber's thread, whose acks open the window, run before reading more. On a busy
@@ -168,17 +168,12 @@ impl ConnectionReader {
         if self.paused {
             super::threads::release_unused_stack();
         }
-        let started = Instant::now();
-        let read = if into_buffer {
-            (&*self.socket).read(&mut self.buf)
-        } else {
-            (&*self.socket).read(out)
-        };
-        self.paused = started.elapsed() >= CLIENT_PAUSE;
-        let n = read?;
-        if !into_buffer {
-            return Ok(n);
-        }
+    }
+
+    /// Refill the (consumed) buffer with one read, then resize it for the next one.
+    fn fill(&mut self) -> io::Result<()> {
+        self.before_wait();
+        let n = read_noting_pause(&self.socket, &mut self.paused, &mut self.buf)?;
         self.pos = 0;
         self.filled = n;
         let size = self.buf.len();
@@ -197,8 +192,16 @@ impl ConnectionReader {
             self.buf = buf.into_boxed_slice();
             self.small_reads = 0;
         }
-        Ok(n)
+        Ok(())
     }
+}
+
+/// One socket read; `paused` tells whether it waited `CLIENT_PAUSE` or longer.
+fn read_noting_pause(socket: &Socket, paused: &mut bool, buf: &mut [u8]) -> io::Result<usize> {
+    let started = Instant::now();
+    let read = (&*socket).read(buf);
+    *paused = started.elapsed() >= CLIENT_PAUSE;
+    read
 }
 
 impl Read for ConnectionReader {
@@ -206,9 +209,10 @@ impl Read for ConnectionReader {
         if self.pos == self.filled {
             // A read as large as the buffer skips it (a big packet's body), as `BufReader` does.
             if out.len() >= self.buf.len() {
-                return self.read_socket(false, out);
+                self.before_wait();
+                return read_noting_pause(&self.socket, &mut self.paused, out);
             }
-            self.read_socket(true, &mut [])?;
+            self.fill()?;
         }
         let n = out.len().min(self.filled - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
