@@ -81,7 +81,7 @@ fn main() {
         let mut checksum = 0usize;
         for _ in 0..N {
             let frame = read_frame(&mut reader, 1 << 20).expect("frame");
-            match decode_packet(&frame, version).expect("decode") {
+            match decode_packet(frame, version).expect("decode") {
                 Packet::Publish(p) => checksum += p.payload.len() + p.packet_id as usize,
                 other => panic!("unexpected {}", other.name()),
             }

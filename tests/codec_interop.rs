@@ -58,7 +58,7 @@ fn start_client(program: &str, args: &[&str]) -> (TcpStream, ClientProcess) {
 
 fn read_packet(stream: &mut TcpStream, version: ProtocolVersion) -> Packet {
     let frame = read_frame(stream, MAX_PACKET).expect("read frame");
-    decode_packet(&frame, version).expect("decode packet")
+    decode_packet(frame, version).expect("decode packet")
 }
 
 fn send(stream: &mut TcpStream, packet: Packet, version: ProtocolVersion) {
@@ -134,7 +134,7 @@ fn mosquitto_pub_publish_decodes(version: ProtocolVersion) {
     let Packet::Publish(publish) = read_packet(&mut stream, version) else {
         panic!("expected PUBLISH")
     };
-    assert_eq!(publish.topic, "sensors/room1/temp");
+    assert_eq!(&*publish.topic, "sensors/room1/temp");
     assert_eq!((publish.qos, publish.retain), (QoS::AtLeastOnce, true));
     assert_eq!(publish.payload.len(), payload.len());
     assert!(publish.payload.iter().all(|&b| b == b'x'));

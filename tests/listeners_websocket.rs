@@ -141,7 +141,7 @@ fn subscribe(s: &mut (impl Read + Write), filter: &str) {
 fn expect_publish(s: &mut impl Read, topic: &str, payload: &[u8]) {
     match read_packet(s) {
         Packet::Publish(p) => {
-            assert_eq!(p.topic, topic);
+            assert_eq!(&*p.topic, topic);
             assert_eq!(&p.payload[..], payload);
         }
         other => panic!("expected PUBLISH, got {}", other.name()),

@@ -178,7 +178,7 @@ fn will_is_published_after_the_will_delay_interval() {
     c.drop_connection();
     watcher.expect_no_publish(Duration::from_millis(700));
     let m = watcher.expect_publish();
-    assert_eq!((m.topic.as_str(), payload_str(&m)), ("wd/1", "offline"));
+    assert_eq!((&*m.topic, payload_str(&m)), ("wd/1", "offline"));
     assert!(
         lost.elapsed() >= Duration::from_secs(1),
         "published after {:?}",
@@ -212,7 +212,7 @@ fn will_is_published_when_the_session_expires_before_the_will_delay() {
     let (c, _) = RawClient::connect_with(broker.port, will_connect("wd-3", "wds/3", Some(60), 1));
     c.drop_connection();
     let m = watcher.expect_publish();
-    assert_eq!(m.topic, "wds/3");
+    assert_eq!(&*m.topic, "wds/3");
 }
 
 /// Section 3.1.3.2.2: the will is published when the Will Delay Interval passes or the session
@@ -230,7 +230,7 @@ fn delayed_will_is_published_when_clean_start_ends_the_old_session() {
     let (mut back, present) = connect(broker.port, "wd-cs", true, expiry(60));
     assert!(!present);
     let m = watcher.expect_publish();
-    assert_eq!((m.topic.as_str(), payload_str(&m)), ("wdcs/x", "offline"));
+    assert_eq!((&*m.topic, payload_str(&m)), ("wdcs/x", "offline"));
     back.ping();
 }
 
@@ -245,7 +245,7 @@ fn will_without_delay_is_published_at_once_on_connection_loss() {
     let lost = Instant::now();
     c.drop_connection();
     let m = watcher.expect_publish();
-    assert_eq!(m.topic, "wd0/x");
+    assert_eq!(&*m.topic, "wd0/x");
     assert!(lost.elapsed() < Duration::from_millis(900));
 }
 
@@ -549,7 +549,7 @@ fn will_message_expiry_counts_from_publication_after_the_will_delay() {
     let (c, _) = RawClient::connect_with(broker.port, c);
     c.drop_connection();
     let m = watcher.expect_publish();
-    assert_eq!(m.topic, "wx/status");
+    assert_eq!(&*m.topic, "wx/status");
     assert_eq!(m.properties.message_expiry_interval, Some(1));
 }
 

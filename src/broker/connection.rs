@@ -98,7 +98,7 @@ struct Connection {
     /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
     session_expiry: u32,
     /// v5 topic aliases the client set up towards us [MQTT-3.3.2-12 (v5)].
-    topic_aliases: HashMap<u16, String>,
+    topic_aliases: HashMap<u16, Arc<str>>,
     /// Authenticated username (for ACL `%u` and `user` sections).
     username: Option<Arc<str>>,
     /// This client's ACL rules and the security generation they were built from.
@@ -207,7 +207,7 @@ impl Connection {
             }
             Err(e) => return Err(violation_from(e)),
         };
-        let connect = match protocol::decode_packet(&frame, ProtocolVersion::V311) {
+        let connect = match protocol::decode_packet(frame, ProtocolVersion::V311) {
             Ok(Packet::Connect(c)) => c,
             Ok(other) => {
                 let message = format!(
@@ -475,7 +475,7 @@ impl Connection {
             &self.broker.stats.bytes_received,
             frame.body.len() as u64 + 2,
         );
-        let packet = protocol::decode_packet(&frame, self.version).map_err(violation_from)?;
+        let packet = protocol::decode_packet(frame, self.version).map_err(violation_from)?;
         self.handle(packet)
     }
 
@@ -685,7 +685,7 @@ impl Connection {
             };
         }
         let message = Arc::new(Message::new(
-            p.topic.into(),
+            p.topic,
             p.payload,
             qos,
             p.retain,

@@ -10,7 +10,9 @@
 //! [`DecodeError::Protocol`]. Every message names the packet, the field and, where one exists, the
 //! spec rule.
 use super::*;
+use bytes::Buf;
 use std::io::{self, Read};
+use std::sync::Arc;
 
 /// One MQTT frame: the first fixed-header byte and the body (variable header + payload).
 #[derive(Debug, Clone)]
@@ -304,6 +306,11 @@ impl<'a> Reader<'a> {
 
     /// UTF-8 Encoded String (section 1.5.3 / 3.1.1 section 1.5.3).
     fn string(&mut self, field: &str) -> Result<String, DecodeError> {
+        self.str(field).map(str::to_owned)
+    }
+
+    /// `string`, borrowed from the frame body.
+    fn str(&mut self, field: &str) -> Result<&'a str, DecodeError> {
         let len = self.u16(field)? as usize;
         let raw = self.take(len, field)?;
         // from_utf8 rejects ill-formed UTF-8 and the surrogates U+D800..U+DFFF [MQTT-1.5.3-1].
@@ -319,12 +326,12 @@ impl<'a> Reader<'a> {
                 self.packet
             )));
         }
-        Ok(s.to_owned())
+        Ok(s)
     }
 
-    /// Rest of the body as a zero-copy slice.
-    fn rest(&mut self) -> Bytes {
-        let b = self.buf.slice(self.pos..);
+    /// Rest of the body.
+    fn rest(&mut self) -> &'a [u8] {
+        let b = &self.buf[self.pos..];
         self.pos = self.buf.len();
         b
     }
@@ -352,7 +359,10 @@ impl<'a> Reader<'a> {
 /// Not checked here (they need connection state and belong to the broker): topic alias ranges
 /// (including alias 0), subscription identifiers in client-to-server PUBLISH, topic filter syntax,
 /// client identifier rules.
-pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, DecodeError> {
+///
+/// Takes the frame by value: a PUBLISH payload becomes the tail of the frame's own buffer (no
+/// copy and no shared-buffer allocation, see `decode_publish`).
+pub fn decode_packet(frame: Frame, version: ProtocolVersion) -> Result<Packet, DecodeError> {
     let packet_type = frame.header >> 4;
     let flags = frame.header & 0x0F;
     // [MQTT-2.2.2-1/2] (3.1.1) / section 2.1.3 (5.0): reserved flag values; anything else is
@@ -372,11 +382,13 @@ pub fn decode_packet(frame: &Frame, version: ProtocolVersion) -> Result<Packet, 
             )));
         }
     }
+    if packet_type == 3 {
+        return decode_publish(flags, frame.body, version).map(Packet::Publish);
+    }
     let body = &frame.body;
     match packet_type {
         1 => decode_connect(body).map(Packet::Connect),
         2 => decode_connack(body, version).map(Packet::ConnAck),
-        3 => decode_publish(flags, body, version).map(Packet::Publish),
         4 => decode_ack(body, version, "PUBACK", PUBACK_REASONS).map(Packet::PubAck),
         5 => decode_ack(body, version, "PUBREC", PUBACK_REASONS).map(Packet::PubRec),
         6 => decode_ack(body, version, "PUBREL", PUBREL_REASONS).map(Packet::PubRel),
@@ -617,7 +629,7 @@ fn decode_connack(body: &Bytes, version: ProtocolVersion) -> Result<ConnAck, Dec
 
 fn decode_publish(
     flags: u8,
-    body: &Bytes,
+    mut body: Bytes,
     version: ProtocolVersion,
 ) -> Result<Publish, DecodeError> {
     let dup = flags & 0x08 != 0;
@@ -629,8 +641,8 @@ fn decode_publish(
             "PUBLISH: DUP flag set on a QoS 0 message [MQTT-3.3.1-2]",
         ));
     }
-    let mut r = Reader::new(body, "PUBLISH", version);
-    let topic = r.string("topic name")?;
+    let mut r = Reader::new(&body, "PUBLISH", version);
+    let topic: Arc<str> = r.str("topic name")?.into();
     // v5 allows an empty topic name when a topic alias is present (checked by the broker, which
     // owns the alias table); 3.x never does [MQTT-4.7.3-1].
     if topic.is_empty() && !version.is_v5() {
@@ -647,14 +659,17 @@ fn decode_publish(
     } else {
         Properties::default()
     };
-    let payload = r.rest();
+    // The payload is the rest of the frame: advancing the frame's own `Bytes` keeps its single
+    // owner (a slice would allocate a shared reference count for every PUBLISH).
+    let header_len = r.pos;
+    body.advance(header_len);
     Ok(Publish {
         dup,
         qos,
         retain,
         topic,
         packet_id,
-        payload,
+        payload: body,
         properties,
     })
 }
@@ -1105,7 +1120,7 @@ mod tests {
             bytes.len(),
             "frame must consume the whole packet"
         );
-        decode_packet(&frame, version)
+        decode_packet(frame, version)
     }
 
     fn assert_malformed(r: Result<Packet, DecodeError>, needle: &str) {
@@ -1228,7 +1243,7 @@ mod tests {
     fn large_body_is_read_completely() {
         let frame = read_frame(&mut Cursor::new(large_publish()), 1 << 20).unwrap();
         assert_eq!(frame.body.len(), 100_000);
-        let Packet::Publish(p) = decode_packet(&frame, V311).unwrap() else {
+        let Packet::Publish(p) = decode_packet(frame, V311).unwrap() else {
             panic!()
         };
         assert_eq!(p.payload.len(), 100_000 - 3);
@@ -1618,16 +1633,17 @@ mod tests {
         let bytes = [0x31, 0x08, 0x00, 0x03, b'a', b'/', b'b', b'h', b'e', b'y'];
         let mut cur = Cursor::new(bytes.to_vec());
         let frame = read_frame(&mut cur, 100).unwrap();
-        let Packet::Publish(p) = decode_packet(&frame, V311).unwrap() else {
+        let payload_at = frame.body[5..].as_ptr();
+        let Packet::Publish(p) = decode_packet(frame, V311).unwrap() else {
             panic!()
         };
         assert_eq!(
-            (p.topic.as_str(), p.qos, p.retain, p.dup, p.packet_id),
+            (&*p.topic, p.qos, p.retain, p.dup, p.packet_id),
             ("a/b", QoS::AtMostOnce, true, false, 0)
         );
         assert_eq!(&p.payload[..], b"hey");
         // The payload points into the frame body: no copy.
-        assert_eq!(p.payload.as_ptr(), frame.body[5..].as_ptr());
+        assert_eq!(p.payload.as_ptr(), payload_at);
     }
 
     #[test]
@@ -1704,7 +1720,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((p.topic.as_str(), p.properties.topic_alias), ("", Some(7)));
+        assert_eq!((&*p.topic, p.properties.topic_alias), ("", Some(7)));
     }
 
     #[test]
@@ -2062,7 +2078,7 @@ mod tests {
                             header,
                             body: Bytes::copy_from_slice(&body[..cut]),
                         };
-                        check_cites_rule(decode_packet(&frame, v));
+                        check_cites_rule(decode_packet(frame, v));
                     }
                 }
             }
@@ -2080,7 +2096,7 @@ mod tests {
             let header = (x >> 56) as u8;
             for v in [V31, V311, V5] {
                 check_cites_rule(decode_packet(
-                    &Frame {
+                    Frame {
                         header,
                         body: Bytes::from(body.clone()),
                     },

@@ -545,7 +545,7 @@ mod tests {
             bytes.len(),
             "trailing bytes after frame: {bytes:02x?}"
         );
-        decode_packet(&frame, v).unwrap_or_else(|e| panic!("{e} decoding {p:?} as {bytes:02x?}"))
+        decode_packet(frame, v).unwrap_or_else(|e| panic!("{e} decoding {p:?} as {bytes:02x?}"))
     }
 
     fn assert_round_trip(p: Packet, v: ProtocolVersion) {
@@ -952,7 +952,7 @@ mod tests {
             &Properties::default(),
         );
         let frame = read_frame(&mut Cursor::new(out), usize::MAX).unwrap();
-        let Packet::Publish(p) = decode_packet(&frame, V311).unwrap() else {
+        let Packet::Publish(p) = decode_packet(frame, V311).unwrap() else {
             panic!()
         };
         assert_eq!(p.topic.len(), 65_534);
@@ -1260,7 +1260,7 @@ mod tests {
                 dup: qos != QoS::AtMostOnce && r & (1 << 41) != 0,
                 qos,
                 retain: r & (1 << 42) != 0,
-                topic,
+                topic: topic.into(),
                 packet_id: if qos == QoS::AtMostOnce {
                     0
                 } else {

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod encode;
 
 use bytes::Bytes;
+use std::sync::Arc;
 
 pub use decode::{decode_packet, read_frame, DecodeError, Frame};
 pub use encode::{encode_packet, encode_publish, variable_int_len, write_variable_int};
@@ -144,8 +145,9 @@ pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// May be empty in v5 when a topic alias is used.
-    pub topic: String,
+    /// May be empty in v5 when a topic alias is used. Shared: it becomes the routed message's
+    /// topic without another copy.
+    pub topic: Arc<str>,
     /// 0 for QoS 0 (no packet id on the wire), otherwise non-zero [MQTT-2.3.1-1].
     pub packet_id: u16,
     pub payload: Bytes,

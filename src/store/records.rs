@@ -363,7 +363,7 @@ impl<'a> Reader<'a> {
         };
         let mut wire = self.bytes()?;
         let frame = protocol::decode::read_frame(&mut wire, usize::MAX).ok()?;
-        let Packet::Publish(p) = protocol::decode_packet(&frame, ProtocolVersion::V5).ok()? else {
+        let Packet::Publish(p) = protocol::decode_packet(frame, ProtocolVersion::V5).ok()? else {
             return None;
         };
         let expires_at = (expires_unix_ms >= 0).then(|| {
@@ -375,7 +375,7 @@ impl<'a> Reader<'a> {
             Instant::now() + Duration::from_millis(left)
         });
         Some(Message {
-            topic: p.topic.into(),
+            topic: p.topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,

@@ -158,7 +158,7 @@ pub fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
 /// Read one MQTT packet from a blocking stream (read timeout set by the caller).
 pub fn read_packet(stream: &mut impl Read) -> Packet {
     let frame = protocol::read_frame(stream, 1 << 20).expect("read MQTT frame");
-    protocol::decode_packet(&frame, ProtocolVersion::V311).expect("decode MQTT packet")
+    protocol::decode_packet(frame, ProtocolVersion::V311).expect("decode MQTT packet")
 }
 
 /// CONNECT with a username and password.

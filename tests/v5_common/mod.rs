@@ -145,7 +145,7 @@ impl RawClient {
             }
             Err(e) => return Err(RecvError::Decode(e.to_string())),
         };
-        protocol::decode_packet(&frame, self.version).map_err(|e| RecvError::Decode(e.to_string()))
+        protocol::decode_packet(frame, self.version).map_err(|e| RecvError::Decode(e.to_string()))
     }
 
     /// Next packet; panics if none arrives within `WAIT`.

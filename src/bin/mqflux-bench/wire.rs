@@ -123,7 +123,7 @@ impl PublishTemplate {
             dup: false,
             qos,
             retain: false,
-            topic: topic.to_string(),
+            topic: topic.into(),
             packet_id: if qos == QoS::AtMostOnce { 0 } else { 1 },
             payload: payload.into(),
             properties: Properties::default(),
@@ -332,7 +332,7 @@ pub fn decode_other(header: u8, body: &[u8], version: ProtocolVersion) -> Result
         header,
         body: bytes::Bytes::copy_from_slice(body),
     };
-    codec::decode_packet(&frame, version).map_err(|e| e.to_string())
+    codec::decode_packet(frame, version).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
