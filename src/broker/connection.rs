@@ -684,14 +684,14 @@ impl Connection {
                 ))),
             };
         }
-        let message = Arc::new(Message::new(
+        let message = Message::new(
             p.topic,
             p.payload,
             qos,
             p.retain,
             p.properties,
             Some(self.client_id.clone()),
-        ));
+        );
         let v5 = self.version.is_v5();
         // v5: tell the publisher when nobody was subscribed (0x10, a success code).
         let code = |delivered: usize| {

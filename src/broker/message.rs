@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Message {
     pub topic: Arc<str>,
     pub payload: Bytes,

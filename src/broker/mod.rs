@@ -152,7 +152,7 @@ impl Broker {
 
     /// Route an accepted application message: retained store, subscribers, then the sink.
     /// Returns the number of sessions it was delivered to.
-    pub fn publish(&self, message: Arc<Message>) -> usize {
+    pub fn publish(&self, message: Message) -> usize {
         self.publish_exactly_once(message, None)
     }
 
@@ -164,52 +164,83 @@ impl Broker {
     /// acknowledgement of a delivery can reach the store before the delivery itself.
     pub fn publish_exactly_once(
         &self,
-        message: Arc<Message>,
+        message: Message,
         incoming: Option<crate::store::journal::Op>,
     ) -> usize {
         // Broker-generated messages ($SYS) are not PUBLISH packets received from a client.
         if message.publisher.is_some() {
             Stats::add(&self.stats.publish_received, 1);
         }
-        if message.retain {
-            // $SYS values are regenerated at start-up; storing them would only fill the journal.
-            let durable = !message.topic.starts_with("$SYS/");
-            let outcome = self.router.retain(&message, || {
-                if let Some(store) = self.store.get().filter(|_| durable) {
-                    store.submit(if message.payload.is_empty() {
-                        records::retained_clear(&message.topic)
-                    } else {
-                        records::retained_put(&message)
-                    });
-                }
-            });
-            if outcome == router::RetainOutcome::Refused {
-                // Logged for the first refusal and every 1000th after, so a client flooding
-                // new retained topics cannot flood the log as well.
-                let n = self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
-                if n % 1000 == 0 {
-                    warn!(
-                        "retained message on {} from {} not stored: retained store full \
-                         (limits.max_retained_messages {}, max_retained_bytes {}; {} refused \
-                         so far); the message is still delivered",
-                        message.topic,
-                        message.publisher.as_deref().unwrap_or("broker"),
-                        self.config.limits.max_retained_messages,
-                        self.config.limits.max_retained_bytes,
-                        n + 1
-                    );
-                }
+        let (message, deliveries) = if message.retain {
+            // Stored before the subscribers are looked up: a client subscribing meanwhile then
+            // gets the message live or as retained, never neither.
+            let message = Arc::new(message);
+            self.store_retained(&message);
+            let deliveries = self
+                .router
+                .matches(&message.topic, message.publisher.as_deref());
+            (message, deliveries)
+        } else {
+            let deliveries = self
+                .router
+                .matches(&message.topic, message.publisher.as_deref());
+            if deliveries.is_empty() && (incoming.is_none() || self.store.get().is_none()) {
+                // The usual telemetry publish: nobody to share it with, so it goes to the sink
+                // without being put behind an `Arc` first.
+                self.log_message(&message);
+                self.sink.submit(SinkRecord {
+                    topic: message.topic,
+                    payload: message.payload,
+                    received_at_ns: message.received_at_ns,
+                });
+                return 0;
             }
-        }
-        let deliveries = self
-            .router
-            .matches(&message.topic, message.publisher.as_deref());
+            (Arc::new(message), deliveries)
+        };
         let count = deliveries.len();
         if let (Some(op), Some(store)) = (incoming, self.store.get()) {
             self.deliver_atomically(store, op, &message, deliveries);
         } else {
             self.deliver_all(&message, deliveries);
         }
+        self.log_message(&message);
+        self.submit_to_sink(message);
+        count
+    }
+
+    fn store_retained(&self, message: &Arc<Message>) {
+        // $SYS values are regenerated at start-up; storing them would only fill the journal.
+        let durable = !message.topic.starts_with("$SYS/");
+        let outcome = self.router.retain(message, || {
+            if let Some(store) = self.store.get().filter(|_| durable) {
+                store.submit(if message.payload.is_empty() {
+                    records::retained_clear(&message.topic)
+                } else {
+                    records::retained_put(message)
+                });
+            }
+        });
+        if outcome == router::RetainOutcome::Refused {
+            // Logged for the first refusal and every 1000th after, so a client flooding
+            // new retained topics cannot flood the log as well.
+            let n = self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+            if n % 1000 == 0 {
+                warn!(
+                    "retained message on {} from {} not stored: retained store full \
+                     (limits.max_retained_messages {}, max_retained_bytes {}; {} refused \
+                     so far); the message is still delivered",
+                    message.topic,
+                    message.publisher.as_deref().unwrap_or("broker"),
+                    self.config.limits.max_retained_messages,
+                    self.config.limits.max_retained_bytes,
+                    n + 1
+                );
+            }
+        }
+    }
+
+    /// `log.messages`: one info line per routed message.
+    fn log_message(&self, message: &Message) {
         if self.config.log.messages {
             info!(
                 "message from {} on {} (qos {}, retain {}): {}",
@@ -220,8 +251,11 @@ impl Broker {
                 String::from_utf8_lossy(&message.payload)
             );
         }
-        // Usually nothing else holds the message by now (no subscriber queue, not retained):
-        // then its topic and payload move to the sink instead of being shared.
+    }
+
+    fn submit_to_sink(&self, message: Arc<Message>) {
+        // Often nothing else holds the message by now (subscribers got it at once, not
+        // retained): then its topic and payload move to the sink instead of being shared.
         let record = match Arc::try_unwrap(message) {
             Ok(m) => SinkRecord {
                 topic: m.topic,
@@ -235,7 +269,6 @@ impl Broker {
             },
         };
         self.sink.submit(record);
-        count
     }
 
     fn deliver_all(&self, message: &Arc<Message>, deliveries: Vec<router::Delivery>) {
@@ -394,7 +427,7 @@ impl Broker {
         if let Some(will) = pending_will {
             // The old session ended (clean start or expired) before its Will Delay Interval
             // passed: the will is due now (section 3.1.3.2.2, "whichever happens first").
-            self.publish(will);
+            self.publish(Arc::unwrap_or_clone(will));
         }
         Attached {
             session,
@@ -421,7 +454,7 @@ impl Broker {
             drop(sessions);
             match will {
                 Some((will, delay)) if delay == 0 || session_ended => {
-                    self.publish(will);
+                    self.publish(Arc::unwrap_or_clone(will));
                 }
                 _ => {}
             }
@@ -450,7 +483,7 @@ impl Broker {
         drop(sessions);
         self.redeliver_shared(session, shared);
         for will in will_now.into_iter().chain(ended_will) {
-            self.publish(will);
+            self.publish(Arc::unwrap_or_clone(will));
         }
     }
 
@@ -528,7 +561,7 @@ impl Broker {
             }
         }
         for will in due_wills {
-            self.publish(will);
+            self.publish(Arc::unwrap_or_clone(will));
         }
     }
 

@@ -69,14 +69,14 @@ impl SysPublisher {
 }
 
 fn publish(broker: &Broker, topic: String, payload: String) {
-    broker.publish(Arc::new(Message::new(
+    broker.publish(Message::new(
         topic.into(),
         Bytes::from(payload),
         QoS::AtMostOnce,
         true,
         Default::default(),
         None,
-    )));
+    ));
 }
 
 /// The `$SYS` tree's state between rounds: the last value of every topic (to publish only
