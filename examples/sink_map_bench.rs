@@ -5,7 +5,7 @@
 //! the rule `sensors/{device}/{measurement}` into line protocol, as the sink's batcher does.
 
 use mqflux::sink::line_protocol::Precision;
-use mqflux::sink::mapping::{FieldTypes, Mapping};
+use mqflux::sink::mapping::{FieldTypes, Mapping, TopicPlans};
 use mqflux::sink::RuleConfig;
 use std::time::Instant;
 
@@ -34,6 +34,7 @@ fn main() {
         ("decimals", &payloads[1000..]),
     ] {
         let mut types = FieldTypes::default();
+        let mut plans = TopicPlans::default();
         let mut out = String::with_capacity(1 << 20);
         let mut bytes = 0;
         let start = Instant::now();
@@ -43,6 +44,7 @@ fn main() {
                 &payloads[i % 1000],
                 1_700_000_000_000_000_000 + i as i64,
                 &mut types,
+                &mut plans,
                 &mut out,
             );
             assert!(r.is_ok());

@@ -185,10 +185,24 @@ pub fn encode_line(
     fields: &[(&str, &FieldValue)],
     timestamp_ns: i64,
 ) -> bool {
-    if !name_is_representable(measurement) || fields.is_empty() {
+    let start = out.len();
+    if fields.is_empty() || !push_series(out, measurement, tags) {
         return false;
     }
-    let start = out.len();
+    if !push_fields(out, precision, fields, timestamp_ns) {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
+/// Append a point's series key: the escaped measurement and tags (`weather,site=a\ b`). Tags
+/// whose key or value cannot be written are left out. Returns false (and writes nothing) when
+/// the measurement cannot be written.
+pub fn push_series(out: &mut String, measurement: &str, tags: &[(&str, &str)]) -> bool {
+    if !name_is_representable(measurement) {
+        return false;
+    }
     escape_measurement(out, measurement);
     for (k, v) in tags {
         if !name_is_representable(k) || !name_is_representable(v) {
@@ -199,6 +213,18 @@ pub fn encode_line(
         out.push('=');
         escape_key(out, v);
     }
+    true
+}
+
+/// Append the rest of a line after its series key: ` fields timestamp\n`. Returns false (and
+/// writes nothing) when no field can be written.
+pub fn push_fields(
+    out: &mut String,
+    precision: Precision,
+    fields: &[(&str, &FieldValue)],
+    timestamp_ns: i64,
+) -> bool {
+    let start = out.len();
     let mut sep = ' ';
     for (k, v) in fields {
         if !name_is_representable(k) {

@@ -321,6 +321,73 @@ impl Rule {
     }
 }
 
+impl Rule {
+    /// The point's tags, sorted by key: the rule's fixed tags, its named levels, the `topic`
+    /// tag, and `extra` (from the payload). On a repeated key the first of these wins.
+    fn tags_for<'a>(
+        &'a self,
+        levels: &[&'a str],
+        topic: &'a str,
+        extra: Option<(&'a str, &'a str)>,
+    ) -> SmallVec<[(&'a str, &'a str); 8]> {
+        let cfg = &self.config;
+        let mut tags: SmallVec<[(&str, &str); 8]> = SmallVec::new();
+        tags.extend(cfg.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        for (name, i) in &self.level_tags {
+            if let Some(v) = levels.get(*i) {
+                tags.push((name.as_str(), v));
+            }
+        }
+        if cfg.topic_tag {
+            tags.push(("topic", topic));
+        }
+        tags.extend(extra);
+        // Stable: of tags with the same key the first pushed is kept.
+        tags.sort_by(|a, b| a.0.cmp(b.0));
+        tags.dedup_by(|later, earlier| later.0 == earlier.0);
+        tags
+    }
+}
+
+/// What a topic maps to whatever the payload: its rule, measurement and series key (escaped
+/// measurement and tags; None when the measurement cannot be written).
+#[derive(Debug)]
+struct TopicPlan {
+    rule: usize,
+    measurement: String,
+    series: Option<String>,
+}
+
+/// Topics remembered by the batcher with their `TopicPlan` (None: excluded), so that a device
+/// publishing again does not have its topic matched against the rules, split into tags and
+/// escaped again for every point. Bounded: when full it starts over.
+#[derive(Debug, Default)]
+pub struct TopicPlans {
+    index: HashMap<Box<str>, usize>,
+    plans: Vec<Option<TopicPlan>>,
+}
+
+/// Topics remembered at most (a few hundred bytes each).
+const MAX_TOPIC_PLANS: usize = 10_000;
+
+impl TopicPlans {
+    fn get(&mut self, mapping: &Mapping, topic: &str) -> Option<&TopicPlan> {
+        let i = match self.index.get(topic) {
+            Some(&i) => i,
+            None => {
+                if self.plans.len() >= MAX_TOPIC_PLANS {
+                    self.index.clear();
+                    self.plans.clear();
+                }
+                self.plans.push(mapping.plan(topic));
+                self.index.insert(topic.into(), self.plans.len() - 1);
+                self.plans.len() - 1
+            }
+        };
+        self.plans[i].as_ref()
+    }
+}
+
 /// A topic's levels (split at `/`); topics rarely have more than 8.
 type Levels<'t> = SmallVec<[&'t str; 8]>;
 
@@ -537,6 +604,11 @@ impl Mapping {
     }
 
     fn rule_for_levels(&self, levels: &[&str], dollar: bool) -> Option<&Rule> {
+        self.rule_index(levels, dollar).map(|i| self.rule_at(i))
+    }
+
+    /// Index of the rule for a topic (`rules.len()` for the default rule); None when excluded.
+    fn rule_index(&self, levels: &[&str], dollar: bool) -> Option<usize> {
         if self
             .exclude
             .iter()
@@ -544,12 +616,31 @@ impl Mapping {
         {
             return None;
         }
-        let rule = self
+        let i = self
             .rules
             .iter()
-            .find(|r| r.is_match_levels(levels, dollar))
-            .unwrap_or(&self.default);
-        rule.config.store.then_some(rule)
+            .position(|r| r.is_match_levels(levels, dollar))
+            .unwrap_or(self.rules.len());
+        self.rule_at(i).config.store.then_some(i)
+    }
+
+    fn rule_at(&self, index: usize) -> &Rule {
+        self.rules.get(index).unwrap_or(&self.default)
+    }
+
+    /// What a topic maps to whatever the payload: see `TopicPlans`.
+    fn plan(&self, topic: &str) -> Option<TopicPlan> {
+        let levels = split_levels(topic);
+        let rule = self.rule_index(&levels, topic.starts_with('$'))?;
+        let measurement = self.rule_at(rule).measurement_for(&levels).into_owned();
+        let tags = self.rule_at(rule).tags_for(&levels, topic, None);
+        let mut series = String::new();
+        let series = line_protocol::push_series(&mut series, &measurement, &tags).then_some(series);
+        Some(TopicPlan {
+            rule,
+            measurement,
+            series,
+        })
     }
 
     /// Map one publish and append its line(s) to `out`.
@@ -559,13 +650,11 @@ impl Mapping {
         payload: &[u8],
         received_at_ns: i64,
         types: &mut FieldTypes,
+        plans: &mut TopicPlans,
         out: &mut String,
     ) -> Result<Mapped, Skip> {
-        // Split once: the same levels serve rule matching, the measurement and the tags.
-        let levels = split_levels(topic);
-        let rule = self
-            .rule_for_levels(&levels, topic.starts_with('$'))
-            .ok_or(Skip::Excluded)?;
+        let plan = plans.get(self, topic).ok_or(Skip::Excluded)?;
+        let rule = self.rule_at(plan.rule);
         let cfg = &rule.config;
         if payload.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(Skip::EmptyPayload);
@@ -578,19 +667,11 @@ impl Mapping {
                 None => {}
             }
         }
-        // Everything below borrows from the topic, payload and config: one point costs a few
-        // small allocations at most (this runs for every publish).
-        let measurement = rule.measurement_for(&levels);
-        let mut tags: SmallVec<[(&str, &str); 8]> = SmallVec::new();
-        tags.extend(cfg.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        for (name, i) in &rule.level_tags {
-            if let Some(v) = levels.get(*i) {
-                tags.push((name.as_str(), v));
-            }
-        }
-        if cfg.topic_tag {
-            tags.push(("topic", topic));
-        }
+        // Everything below borrows from the topic, payload, config and plan: one point costs a
+        // few small allocations at most (this runs for every publish).
+        let measurement = plan.measurement.as_str();
+        // A tag the payload adds (a number's unit) besides those of the topic.
+        let mut payload_tag = None;
         let mut fields: SmallVec<[(Cow<'_, str>, FieldValue); 4]> = SmallVec::new();
         let mut timestamp = None;
         let trimmed = text.trim();
@@ -624,7 +705,7 @@ impl Mapping {
             fields.push((Cow::Borrowed(&cfg.value_field), FieldValue::Bool(b)));
         } else if let Some((v, unit)) = parse_number_with_unit(trimmed) {
             fields.push((Cow::Borrowed(&cfg.value_field), FieldValue::Float(v)));
-            tags.push(("unit", unit));
+            payload_tag = Some(("unit", unit));
         } else if cfg.non_numeric == NonNumeric::String {
             fields.push((
                 Cow::Borrowed(&cfg.value_field),
@@ -637,7 +718,7 @@ impl Mapping {
         let mut converted = 0;
         let mut kept: SmallVec<[(&str, Cow<'_, FieldValue>); 4]> = SmallVec::new();
         for (k, v) in &fields {
-            match types.reconcile(&measurement, k, v) {
+            match types.reconcile(measurement, k, v) {
                 Reconciled::AsIs => kept.push((k, Cow::Borrowed(v))),
                 Reconciled::Converted(r) => {
                     converted += 1;
@@ -649,13 +730,27 @@ impl Mapping {
         if kept.is_empty() {
             return Err(Skip::TypeConflict);
         }
-        tags.sort_by(|a, b| a.0.cmp(b.0));
-        tags.dedup_by(|later, earlier| later.0 == earlier.0);
         let conflicting_fields = before - kept.len() + converted;
         let refs: SmallVec<[(&str, &FieldValue); 4]> =
             kept.iter().map(|(k, v)| (*k, v.as_ref())).collect();
         let ts = timestamp.unwrap_or(received_at_ns);
-        if !line_protocol::encode_line(out, self.precision, &measurement, &tags, &refs, ts) {
+        let written = match (payload_tag, &plan.series) {
+            (None, Some(series)) => {
+                let start = out.len();
+                out.push_str(series);
+                let written = line_protocol::push_fields(out, self.precision, &refs, ts);
+                if !written {
+                    out.truncate(start);
+                }
+                written
+            }
+            (None, None) => false,
+            (Some(extra), _) => {
+                let tags = rule.tags_for(&split_levels(topic), topic, Some(extra));
+                line_protocol::encode_line(out, self.precision, measurement, &tags, &refs, ts)
+            }
+        };
+        if !written {
             return Err(Skip::NoFields);
         }
         Ok(Mapped {
@@ -925,6 +1020,7 @@ mod tests {
             payload.as_bytes(),
             1_000,
             &mut FieldTypes::default(),
+            &mut TopicPlans::default(),
             &mut out,
         )?;
         Ok(out)
@@ -937,6 +1033,59 @@ mod tests {
             map(&m, "sensors/kitchen/temperature", "21.5").unwrap(),
             "temperature,device=kitchen,topic=sensors/kitchen/temperature value=21.5 1000\n"
         );
+    }
+
+    #[test]
+    fn a_remembered_topic_maps_every_payload_as_a_fresh_one() {
+        let mut r = rule("sensors/{device}/{measurement}");
+        r.tags.insert("zone".into(), "a b".into());
+        let m = mapping(vec![r]);
+        let mut plans = TopicPlans::default();
+        let topics = ["sensors/k,1/temp", "sensors/k2/hum", "$SYS/x", "other"];
+        let payloads = ["21.5", "24.3°C", r#"{"a":{"b":1},"ok":true}"#, "on", "45%"];
+        for _round in 0..2 {
+            for topic in topics {
+                for payload in payloads {
+                    let mut out = String::new();
+                    // Fresh field types: only the plans are carried from one call to the next.
+                    let types = &mut FieldTypes::default();
+                    let remembered = m
+                        .map(
+                            topic,
+                            payload.as_bytes(),
+                            1_000,
+                            types,
+                            &mut plans,
+                            &mut out,
+                        )
+                        .map(|_| out);
+                    assert_eq!(remembered, map(&m, topic, payload), "{topic} {payload}");
+                }
+            }
+        }
+        assert_eq!(plans.plans.len(), topics.len(), "one plan per topic");
+    }
+
+    #[test]
+    fn topic_plans_are_bounded() {
+        let m = mapping(vec![]);
+        let mut plans = TopicPlans::default();
+        let mut out = String::new();
+        for i in 0..MAX_TOPIC_PLANS + 10 {
+            let topic = format!("t/{i}");
+            m.map(
+                &topic,
+                b"1",
+                1,
+                &mut FieldTypes::default(),
+                &mut plans,
+                &mut out,
+            )
+            .unwrap();
+            assert!(plans.plans.len() <= MAX_TOPIC_PLANS);
+        }
+        assert_eq!(plans.plans.len(), 10);
+        assert_eq!(plans.index.len(), 10);
     }
 
     #[test]
@@ -1069,6 +1218,7 @@ mod tests {
                 &[0xff, 0xfe],
                 1,
                 &mut FieldTypes::default(),
+                &mut TopicPlans::default(),
                 &mut out
             ),
             Err(Skip::NotUtf8)
@@ -1170,10 +1320,11 @@ mod tests {
         let mut types = FieldTypes::default();
         types.learn("mqtt", "value", FieldType::Float, true);
         types.learn("mqtt", "s", FieldType::Str, true);
+        let mut plans = TopicPlans::default();
         let mut out = String::new();
         // "on" cannot become a float: the only field conflicts, the point is skipped.
         assert_eq!(
-            m.map("t", b"on", 1, &mut types, &mut out),
+            m.map("t", b"on", 1, &mut types, &mut plans, &mut out),
             Err(Skip::TypeConflict)
         );
         // Numbers for a string field become strings; a conflicting field is left out.
@@ -1183,6 +1334,7 @@ mod tests {
                 br#"{"s":5,"value":"x","ok":true}"#,
                 1,
                 &mut types,
+                &mut plans,
                 &mut out,
             )
             .unwrap();
@@ -1191,7 +1343,7 @@ mod tests {
         assert_eq!(r.conflicting_fields, 2);
         // The first type seen is remembered for later points.
         out.clear();
-        let _ = m.map("t", br#"{"ok":1}"#, 1, &mut types, &mut out);
+        let _ = m.map("t", br#"{"ok":1}"#, 1, &mut types, &mut plans, &mut out);
         assert_eq!(out, "");
     }
 

@@ -3,7 +3,7 @@
 
 use super::http::{error_text, InfluxClient, WriteResult};
 use super::line_protocol::{self, FieldType};
-use super::mapping::{FieldTypes, Mapping, Skip};
+use super::mapping::{FieldTypes, Mapping, Skip, TopicPlans};
 use super::spool::{Batch, Spool, SpoolError};
 use super::{Counters, DropReason, SinkConfig, SinkRecord, SpoolFull};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -152,6 +152,7 @@ impl Writer {
         let batcher = Batcher {
             mapping,
             types: FieldTypes::default(),
+            plans: TopicPlans::default(),
             batch_size: config.batch_size,
             flush_interval: Duration::from_millis(config.flush_interval_ms),
             idle_flush: (config.idle_flush_ms > 0)
@@ -288,6 +289,7 @@ fn skip_reason(s: Skip) -> DropReason {
 struct Batcher {
     mapping: Mapping,
     types: FieldTypes,
+    plans: TopicPlans,
     batch_size: usize,
     flush_interval: Duration,
     /// `idle_flush_ms`: a partial batch this old goes to an idle sender (None: off). InfluxDB
@@ -343,6 +345,7 @@ impl Batcher {
                         &rec.payload,
                         rec.received_at_ns,
                         &mut self.types,
+                        &mut self.plans,
                         &mut buf,
                     ) {
                         Ok(m) => {
