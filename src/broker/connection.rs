@@ -475,18 +475,30 @@ impl Connection {
             &self.broker.stats.bytes_received,
             frame.body.len() as u64 + 2,
         );
+        if frame.header >> 4 == 3 {
+            // The packet that counts skips the (twice as large) `Packet` enum.
+            let publish = protocol::decode_publish(frame, self.version).map_err(violation_from)?;
+            self.check_attached()?;
+            return self.on_publish(publish);
+        }
         let packet = protocol::decode_packet(frame, self.version).map_err(violation_from)?;
+        self.check_attached()?;
         self.handle(packet)
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
-        // After a takeover the old reader may still hold packets it read earlier; it must not
-        // act on the session its successor now owns.
-        if !self.session().lock().is_attached_to(self.id) {
-            return Err(Exit::Closed(
+    /// After a takeover the old reader may still hold packets it read earlier; it must not act
+    /// on the session its successor now owns.
+    fn check_attached(&self) -> Result<(), Exit> {
+        if self.session().lock().is_attached_to(self.id) {
+            Ok(())
+        } else {
+            Err(Exit::Closed(
                 "session taken over by a new connection".into(),
-            ));
+            ))
         }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
