@@ -2,7 +2,8 @@
 # Side-by-side benchmark: the same mqflux-bench scenarios against Debian's mosquitto and against
 # mqflux, in one run, then a table with ratios (mqflux / mosquitto).
 #
-#   scripts/bench.sh [--quick] [--only NAME[,NAME..]] [--duration SECS] [--out DIR] [--no-build]
+#   scripts/bench.sh [--quick] [--only NAME[,NAME..]] [--duration SECS] [--latency-rounds N]
+#                    [--out DIR] [--no-build]
 #
 # - Installs Debian's mosquitto if it is missing (apt-get; needs root).
 # - Starts both brokers on free loopback ports with comparable limits: 20 QoS 1/2 messages in
@@ -15,7 +16,12 @@
 #   with other work this keeps the comparison closer to an idle machine: the scheduler shares a
 #   busy CPU per thread, which favours a many-threaded broker over single-threaded mosquitto.
 # - Scenarios are interleaved (scenario 1 on mosquitto, then on mqflux, then scenario 2 ...), so
-#   a change of background load on the machine hits both brokers alike. The connection-scale
+#   a change of background load on the machine hits both brokers alike.
+# - Latency scenarios run as N alternating rounds (default 6, 2 with --quick; --latency-rounds)
+#   of half the scenario duration each, mosquitto first in odd rounds and mqflux first in even
+#   ones; the table shows the median of the rounds. On a VM the p99 of a single run moves by 2x
+#   from one run to the next (the wake-up of an idle virtual CPU dominates it), so one run per
+#   broker decides nothing. The connection-scale
 #   scenario runs first, while both brokers are fresh (freed memory stays in the allocator and
 #   would hide the per-connection cost).
 # - Bounded: about 6 minutes in full (10 s per scenario, 10,000 connections, then up to 20,000 as
@@ -37,11 +43,13 @@ ONLY=""
 DURATION=()
 OUT=""
 BUILD=1
+LAT_ROUNDS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=(--quick) ;;
         --only) ONLY="$2"; shift ;;
         --duration) DURATION=(--duration "$2"); shift ;;
+        --latency-rounds) LAT_ROUNDS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --no-build) BUILD=0 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
@@ -183,23 +191,45 @@ ONLY_ARGS=()
 mapfile -t SCENARIOS < <("$BENCH" suite "${QUICK[@]}" "${ONLY_ARGS[@]}" --list)
 [ ${#SCENARIOS[@]} -gt 0 ] || { echo "bench.sh: --only $ONLY matches no scenario" >&2; exit 2; }
 
-# One scenario against one broker; a hung run is cut off after 3 minutes.
+# One scenario against one broker; a hung run is cut off after 3 minutes. Optional 5th
+# argument: seconds to run instead of the suite's duration.
 run_one() {
-    local label=$1 port=$2 pid=$3 scenario=$4
+    local label=$1 port=$2 pid=$3 scenario=$4 duration=("${DURATION[@]}")
+    [ -n "${5:-}" ] && duration=(--duration "$5")
     if ! kill -0 "$pid" 2>/dev/null; then
         log "$label is no longer running: skipping '$scenario'"
         return 0
     fi
-    timeout --kill-after=10 180 "${TOOL_PIN[@]}" "$BENCH" suite "${QUICK[@]}" "${DURATION[@]}" \
+    timeout --kill-after=10 180 "${TOOL_PIN[@]}" "$BENCH" suite "${QUICK[@]}" "${duration[@]}" \
         --only "$scenario" --label "$label" --port "$port" --broker-pid "$pid" \
         --json "$OUT/$label.jsonl" 2>>"$OUT/bench-tool.log" | tail -n +2 | sed "s/^/  $label: /" || true
 }
 
+# Latency rounds: half the scenario duration each (10 s full, 3 s --quick, or --duration).
+SCENARIO_SECS=${DURATION[1]:-$([ ${#QUICK[@]} -gt 0 ] && echo 3 || echo 10)}
+ROUND_SECS=$(( (SCENARIO_SECS + 1) / 2 ))
+LAT_ROUNDS=${LAT_ROUNDS:-$([ ${#QUICK[@]} -gt 0 ] && echo 2 || echo 6)}
+
 START=$(date +%s)
 for s in "${SCENARIOS[@]}"; do
     log "scenario: $s"
-    run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s"
-    run_one mqflux "$MQF_PORT" "$MQF_PID" "$s"
+    case "$s" in
+        latency*)
+            for r in $(seq 1 "$LAT_ROUNDS"); do
+                if [ $((r % 2)) = 1 ]; then
+                    run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s" "$ROUND_SECS"
+                    run_one mqflux "$MQF_PORT" "$MQF_PID" "$s" "$ROUND_SECS"
+                else
+                    run_one mqflux "$MQF_PORT" "$MQF_PID" "$s" "$ROUND_SECS"
+                    run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s" "$ROUND_SECS"
+                fi
+            done
+            ;;
+        *)
+            run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s"
+            run_one mqflux "$MQF_PORT" "$MQF_PID" "$s"
+            ;;
+    esac
 done
 log "scenarios took $(( $(date +%s) - START )) s"
 

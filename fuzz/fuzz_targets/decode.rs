@@ -51,7 +51,7 @@ impl Read for Trickle<'_> {
 
 fn decode_all_versions(frame: &Frame) {
     for version in VERSIONS {
-        if let Err(e) = decode_packet(frame, version) {
+        if let Err(e) = decode_packet(frame.clone(), version) {
             // The reason code mapping and the message must not panic either.
             let _ = e.reason_code();
             let _ = e.to_string();

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             Err(_) => return,
         };
         for version in VERSIONS {
-            let Ok(packet) = decode_packet(&frame, version) else {
+            let Ok(packet) = decode_packet(frame.clone(), version) else {
                 continue;
             };
             let mut encoded = Vec::new();
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
                 panic!("re-encoded {packet:?} ({version}) does not frame: {e}")
             });
             assert!(reader.is_empty(), "encoder wrote bytes after the frame");
-            let decoded = decode_packet(&again, version).unwrap_or_else(|e| {
+            let decoded = decode_packet(again, version).unwrap_or_else(|e| {
                 panic!(
                     "re-encoded {packet:?} ({version}) does not decode: {e}\nbytes: {encoded:02x?}"
                 )

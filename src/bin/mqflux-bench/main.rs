@@ -380,6 +380,7 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         goal: None,
         stalled: o.stalled,
         errors: o.errors,
+        rounds: 1,
     })
 }
 

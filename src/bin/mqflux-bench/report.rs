@@ -63,6 +63,13 @@ pub struct Record {
     pub stalled: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Runs this record stands for (see `merge_rounds`); 0 in a file means 1.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rounds: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -159,7 +166,7 @@ impl Record {
 
 pub fn print_header() {
     println!(
-        "{:<34} {:>10} {:>12} {:>9} {:>9} {:>9}  checks",
+        "{:<40} {:>10} {:>12} {:>9} {:>9} {:>9}  checks",
         "scenario", "sent", "msg/s", "p50 us", "p99 us", "p99.9 us"
     );
 }
@@ -194,12 +201,12 @@ pub fn print_row(r: &Record) {
             per(c.fds_per_conn, "fds")
         );
         println!(
-            "{:<34} {:>10} {:>12.0} {:>9} {:>9} {:>9}  {}",
+            "{:<40} {:>10} {:>12.0} {:>9} {:>9} {:>9}  {}",
             r.name, c.requested, c.connect_rate, "-", "-", "-", checks
         );
     } else {
         println!(
-            "{:<34} {:>10} {:>12.0} {:>9} {:>9} {:>9}  {}",
+            "{:<40} {:>10} {:>12.0} {:>9} {:>9} {:>9}  {}",
             r.name,
             r.sent,
             r.delivery_rate,
@@ -248,8 +255,64 @@ pub fn read_json(path: &Path) -> Result<Vec<Record>, String> {
         .collect()
 }
 
+/// Records with the same name (rounds of one scenario, e.g. the latency rounds `bench.sh`
+/// alternates between the brokers) become one, in the order of first appearance: rates and
+/// latency quantiles are the median over the rounds, message counts and errors are summed, so
+/// a loss in any round still shows. A p99 from one run is at the mercy of whatever else the
+/// machine did in those seconds; the median of alternating rounds exposes both brokers alike.
+pub fn merge_rounds(records: &[Record]) -> Vec<Record> {
+    let mut groups: Vec<Vec<&Record>> = Vec::new();
+    for r in records {
+        match groups.iter_mut().find(|g| g[0].name == r.name) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let mut m = g[0].clone();
+            if g.len() == 1 {
+                return m;
+            }
+            let median = |f: &dyn Fn(&Record) -> Option<f64>| -> Option<f64> {
+                let mut v: Vec<f64> = g.iter().filter_map(|r| f(r)).collect();
+                v.sort_by(f64::total_cmp);
+                match v.len() {
+                    0 => None,
+                    n if n % 2 == 1 => Some(v[n / 2]),
+                    n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+                }
+            };
+            m.rounds = g.len();
+            m.publish_rate = median(&|r| Some(r.publish_rate)).unwrap_or(0.0);
+            m.delivery_rate = median(&|r| Some(r.delivery_rate)).unwrap_or(0.0);
+            m.p50_us = median(&|r| r.p50_us);
+            m.p99_us = median(&|r| r.p99_us);
+            m.p999_us = median(&|r| r.p999_us);
+            m.max_us = g.iter().filter_map(|r| r.max_us).reduce(f64::max);
+            m.deliveries_per_broker_cpu_s = median(&|r| r.deliveries_per_broker_cpu_s);
+            let sum = |f: fn(&Record) -> u64| g.iter().map(|r| f(r)).sum::<u64>();
+            m.sent = sum(|r| r.sent);
+            m.acked = sum(|r| r.acked);
+            m.expected = sum(|r| r.expected);
+            m.received = sum(|r| r.received);
+            m.lost = sum(|r| r.lost);
+            m.duplicated = sum(|r| r.duplicated);
+            m.reordered = sum(|r| r.reordered);
+            m.missing = sum(|r| r.missing);
+            m.elapsed_s = g.iter().map(|r| r.elapsed_s).sum();
+            m.stalled = g.iter().find_map(|r| r.stalled.clone());
+            m.errors = g.iter().flat_map(|r| r.errors.clone()).collect();
+            m
+        })
+        .collect()
+}
+
 /// Side-by-side table of two result files, matched by scenario name; ratio = candidate / base.
+/// Repeated scenarios are merged first (`merge_rounds`).
 pub fn compare(base: &[Record], cand: &[Record]) -> String {
+    let (base, cand) = (&merge_rounds(base)[..], &merge_rounds(cand)[..]);
     let mut s = String::new();
     let bl = base
         .first()
@@ -263,18 +326,18 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
     let ratio_head = format!("{cl}/{bl}");
     let (bc_head, cc_head) = (format!("{bl} checks"), format!("{cl} checks"));
     s += &format!(
-        "{:<34} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
+        "{:<40} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
         "scenario", "metric", bl, cl, "ratio", "goal", bc_head, cc_head
     );
     s += &format!(
-        "{:<34} {:<9} {:>12} {:>12} {:>9}\n",
+        "{:<40} {:<9} {:>12} {:>12} {:>9}\n",
         "", "", "", "", ratio_head
     );
     let mut metric_row =
         |name: &str, metric: &str, b: f64, c: f64, goal: &str, bc: &str, cc: &str| {
             let ratio = c / b;
             s += &format!(
-                "{:<34} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
+                "{:<40} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
                 name,
                 metric,
                 fmt_num(b),
@@ -290,9 +353,15 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
             );
         };
     for b in base {
+        let rounds = b.rounds.max(1);
+        let name = if rounds > 1 {
+            format!("{} (median of {rounds})", b.name)
+        } else {
+            b.name.clone()
+        };
         let Some(c) = by_name.get(b.name.as_str()) else {
             metric_row(
-                &b.name,
+                &name,
                 "(missing)",
                 b.primary().0,
                 f64::NAN,
@@ -320,7 +389,7 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
         let unit = b.primary().1;
         let (bv, cv) = pair(&|r| Some(r.primary().0));
         let verdict = goal_verdict(b, c);
-        metric_row(&b.name, unit, bv, cv, &verdict, &checks(b), &checks(c));
+        metric_row(&name, unit, bv, cv, &verdict, &checks(b), &checks(c));
         let extra: Vec<(&str, &Metric)> = match b.scenario.as_str() {
             "latency" => vec![("p50 us", &|r| r.p50_us), ("p99.9 us", &|r| r.p999_us)],
             "connections" => vec![
@@ -386,5 +455,46 @@ fn goal_verdict(b: &Record, c: &Record) -> String {
             });
             format!("<={k}KiB {}", if met { "MET" } else { "NO" })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(name: &str, p99: f64, lost: u64) -> Record {
+        Record {
+            name: name.into(),
+            scenario: "latency".into(),
+            p50_us: Some(p99 / 4.0),
+            p99_us: Some(p99),
+            sent: 10,
+            lost,
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn rounds_of_a_scenario_merge_into_medians_and_sums() {
+        let records = [
+            latency("lat", 300.0, 0),
+            latency("other", 50.0, 0),
+            latency("lat", 100.0, 1),
+            latency("lat", 200.0, 0),
+        ];
+        let merged = merge_rounds(&records);
+        assert_eq!(merged.len(), 2);
+        let (lat, other) = (&merged[0], &merged[1]);
+        assert_eq!((lat.name.as_str(), lat.rounds), ("lat", 3));
+        assert_eq!((lat.p99_us, lat.p50_us), (Some(200.0), Some(50.0)));
+        assert_eq!((lat.sent, lat.lost), (30, 1), "counts are summed");
+        assert_eq!(lat.problems(), vec!["LOST 1".to_string()]);
+        assert_eq!(
+            (other.rounds, other.p99_us),
+            (0, Some(50.0)),
+            "a single run is kept"
+        );
+        let table = compare(&records, &records);
+        assert!(table.contains("lat (median of 3)"), "{table}");
     }
 }
