@@ -16,14 +16,14 @@
 #   with other work this keeps the comparison closer to an idle machine: the scheduler shares a
 #   busy CPU per thread, which favours a many-threaded broker over single-threaded mosquitto.
 # - Scenarios are interleaved (scenario 1 on mosquitto, then on mqflux, then scenario 2 ...), so
-#   a change of background load on the machine hits both brokers alike.
+#   a change of background load on the machine hits both brokers alike. The connection-scale
+#   scenario runs first, while both brokers are fresh (freed memory stays in the allocator and
+#   would hide the per-connection cost).
 # - Latency scenarios run as N alternating rounds (default 6, 2 with --quick; --latency-rounds)
 #   of half the scenario duration each, mosquitto first in odd rounds and mqflux first in even
 #   ones; the table shows the median of the rounds. On a VM the p99 of a single run moves by 2x
 #   from one run to the next (the wake-up of an idle virtual CPU dominates it), so one run per
-#   broker decides nothing. The connection-scale
-#   scenario runs first, while both brokers are fresh (freed memory stays in the allocator and
-#   would hide the per-connection cost).
+#   broker decides nothing.
 # - Bounded: about 6 minutes in full (10 s per scenario, 10,000 connections, then up to 20,000 as
 #   the open-files limit allows; up to 8 when a broker
 #   stalls or refuses connections, which the tool waits out for at most 5 s / 60 s), about
@@ -49,7 +49,9 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=(--quick) ;;
         --only) ONLY="$2"; shift ;;
         --duration) DURATION=(--duration "$2"); shift ;;
-        --latency-rounds) LAT_ROUNDS="$2"; shift ;;
+        --latency-rounds)
+            [[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --latency-rounds needs a whole number >= 1, got '$2'" >&2; exit 2; }
+            LAT_ROUNDS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --no-build) BUILD=0 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
@@ -207,7 +209,7 @@ run_one() {
 
 # Latency rounds: half the scenario duration each (10 s full, 3 s --quick, or --duration).
 SCENARIO_SECS=${DURATION[1]:-$([ ${#QUICK[@]} -gt 0 ] && echo 3 || echo 10)}
-ROUND_SECS=$(( (SCENARIO_SECS + 1) / 2 ))
+ROUND_SECS=$(awk -v d="$SCENARIO_SECS" 'BEGIN { print d / 2 }')
 LAT_ROUNDS=${LAT_ROUNDS:-$([ ${#QUICK[@]} -gt 0 ] && echo 2 || echo 6)}
 
 START=$(date +%s)

@@ -8,11 +8,14 @@
 //! 2. the input as a stream of frames with a small maximum packet size (the `TooLarge` path), each
 //!    frame decoded in every version;
 //! 3. the same stream through a reader that hands out a few bytes per call and reports
-//!    `Interrupted` now and then, like a socket: it must cut exactly the same frames.
+//!    `Interrupted` now and then, like a socket: it must cut exactly the same frames;
+//! 4. the same stream cut by `frame_in` (the broker's buffered fast path): the same frames again,
+//!    up to where it needs more bytes than the input has.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mqflux::protocol::MAX_REMAINING_LENGTH;
+use mqflux::protocol::decode::frame_in;
 use mqflux::protocol::{decode_packet, read_frame, DecodeError, Frame, ProtocolVersion};
 use std::io::{self, Read};
 
@@ -96,5 +99,32 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         from_slice, from_trickle,
         "read_frame cut the stream differently when reads are short"
+    );
+
+    // 4. The buffered fast path: whole frames only; an incomplete last frame is left for
+    //    read_frame, which then reports the same end of stream.
+    let mut from_buffer = Vec::new();
+    let mut at = 0;
+    loop {
+        match frame_in(&data[at..], STREAM_MAX_PACKET_SIZE) {
+            Ok(Some((frame, used))) => {
+                assert!(used > 0 && at + used <= data.len());
+                from_buffer.push(Ok((frame.header, frame.body.to_vec())));
+                at += used;
+            }
+            Ok(None) => {
+                let mut rest = &data[at..];
+                from_buffer.extend(read_stream(&mut rest, frame_budget(data)));
+                break;
+            }
+            Err(e) => {
+                from_buffer.push(Err(e.to_string()));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        from_slice, from_buffer,
+        "frame_in cut the stream differently from read_frame"
     );
 });

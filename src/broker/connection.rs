@@ -191,7 +191,7 @@ impl Connection {
     fn connect(&mut self, reader: &mut ConnectionReader) -> Result<bool, Exit> {
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
         let _ = self.stream.set_read_timeout(Some(timeout));
-        let frame = match protocol::read_frame(reader, self.max_packet_size()) {
+        let frame = match reader.next_frame(self.max_packet_size()) {
             Ok(f) => f,
             Err(DecodeError::Io(e)) if is_timeout(&e) => {
                 info!(
@@ -454,7 +454,7 @@ impl Connection {
                     return Some(exit);
                 }
             }
-            let frame = match protocol::read_frame(reader, self.max_packet_size()) {
+            let frame = match reader.next_frame(self.max_packet_size()) {
                 Ok(f) => f,
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
                 Err(e) => return Some(violation_from(e)),
@@ -500,6 +500,7 @@ impl Connection {
 
     fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
+            // `process` hands PUBLISH to `on_publish` itself; kept so any packet can come here.
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
                 if !self.session().lock().puback(a.packet_id) {

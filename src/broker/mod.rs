@@ -254,8 +254,8 @@ impl Broker {
     }
 
     fn submit_to_sink(&self, message: Arc<Message>) {
-        // Often nothing else holds the message by now (subscribers got it at once, not
-        // retained): then its topic and payload move to the sink instead of being shared.
+        // When no delivery kept the message (all refused or dropped), its topic and payload
+        // move to the sink; otherwise the sink shares them.
         let record = match Arc::try_unwrap(message) {
             Ok(m) => SinkRecord {
                 topic: m.topic,

@@ -150,6 +150,21 @@ impl ConnectionReader {
         &self.buf[self.pos..self.filled]
     }
 
+    /// The next MQTT frame: straight out of the buffer when it holds the whole frame (one copy),
+    /// else read through the buffer as `read_frame` does.
+    pub fn next_frame(
+        &mut self,
+        max_packet_size: usize,
+    ) -> Result<crate::protocol::Frame, crate::protocol::DecodeError> {
+        if let Some((frame, used)) =
+            crate::protocol::decode::frame_in(self.buffer(), max_packet_size)?
+        {
+            self.pos += used;
+            return Ok(frame);
+        }
+        crate::protocol::read_frame(self, max_packet_size)
+    }
+
     /// What the reader thread does before it may block on the socket.
     fn before_wait(&self) {
         // What handling the last read queued for clients goes out now.

@@ -115,33 +115,13 @@ pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, De
         }
     }
     let header = first[0];
-
-    // Remaining Length: up to 4 bytes, 7 bits each, high bit = "more bytes follow". [MQTT-2.2.3]
-    let mut remaining: usize = 0;
-    let mut length_bytes = 0usize;
-    loop {
+    let (remaining, length_bytes) = remaining_length(|i| {
         let mut b = [0u8; 1];
-        read_exact_in_frame(r, &mut b, 1 + length_bytes)?;
-        remaining |= ((b[0] & 0x7F) as usize) << (7 * length_bytes);
-        length_bytes += 1;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-        if length_bytes == 4 {
-            return Err(malformed(
-                "remaining length uses more than 4 bytes (3.1.1 section 2.2.3, 5.0 section 2.1.4) \
-                 [MQTT-4.8.0-1] [MQTT-4.13.1-1]",
-            ));
-        }
-    }
-
-    let size = 1 + length_bytes + remaining;
-    if size > max_packet_size {
-        return Err(DecodeError::TooLarge {
-            size,
-            max: max_packet_size,
-        });
-    }
+        read_exact_in_frame(r, &mut b, 1 + i)?;
+        Ok(Some(b[0]))
+    })?
+    .expect("a reader yields every byte or fails");
+    let size = check_size(length_bytes, remaining, max_packet_size)?;
 
     let body = if remaining <= INITIAL_BODY_CAPACITY {
         // Common case: one exact allocation, filled by plain reads.
@@ -175,6 +155,61 @@ pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, De
         header,
         body: Bytes::from(body),
     })
+}
+
+/// The frame at the start of `buf` when `buf` holds all of it, with the bytes it takes; None
+/// when more bytes are needed. Errors and limits as `read_frame`. A reader with a buffer takes
+/// its frames this way in one copy, and uses `read_frame` for the rest.
+pub fn frame_in(buf: &[u8], max_packet_size: usize) -> Result<Option<(Frame, usize)>, DecodeError> {
+    let Some(&header) = buf.first() else {
+        return Ok(None);
+    };
+    let Some((remaining, length_bytes)) = remaining_length(|i| Ok(buf.get(1 + i).copied()))? else {
+        return Ok(None);
+    };
+    let size = check_size(length_bytes, remaining, max_packet_size)?;
+    let Some(body) = buf.get(1 + length_bytes..size) else {
+        return Ok(None);
+    };
+    let body = Bytes::copy_from_slice(body);
+    Ok(Some((Frame { header, body }, size)))
+}
+
+/// Remaining Length: up to 4 bytes, 7 bits each, high bit = "more bytes follow" [MQTT-2.2.3].
+/// `byte(i)` yields its i-th byte, None when not there yet. Returns (value, bytes it took).
+fn remaining_length(
+    mut byte: impl FnMut(usize) -> Result<Option<u8>, DecodeError>,
+) -> Result<Option<(usize, usize)>, DecodeError> {
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let Some(b) = byte(i)? else {
+            return Ok(None);
+        };
+        remaining |= ((b & 0x7F) as usize) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((remaining, i + 1)));
+        }
+    }
+    Err(malformed(
+        "remaining length uses more than 4 bytes (3.1.1 section 2.2.3, 5.0 section 2.1.4) \
+         [MQTT-4.8.0-1] [MQTT-4.13.1-1]",
+    ))
+}
+
+/// The whole packet's size, refused above `max_packet_size` (checked before any body is read).
+fn check_size(
+    length_bytes: usize,
+    remaining: usize,
+    max_packet_size: usize,
+) -> Result<usize, DecodeError> {
+    let size = 1 + length_bytes + remaining;
+    if size > max_packet_size {
+        return Err(DecodeError::TooLarge {
+            size,
+            max: max_packet_size,
+        });
+    }
+    Ok(size)
 }
 
 /// Bodies up to this size get their buffer in one allocation; larger ones grow as data arrives
@@ -1158,6 +1193,44 @@ mod tests {
         let f = read_frame(&mut cur, 100).unwrap();
         assert_eq!((f.header, &f.body[..]), (0x30, &[0x00, 0x01, b'a'][..]));
         assert!(matches!(read_frame(&mut cur, 100), Err(DecodeError::Eof)));
+    }
+
+    #[test]
+    fn frame_in_takes_whole_frames_from_a_buffer_and_waits_for_partial_ones() {
+        let stream = [0xC0, 0x00, 0x30, 0x03, 0x00, 0x01, b'a', 0x30, 0x83, 0x01];
+        let (f, used) = frame_in(&stream, 100).unwrap().unwrap();
+        assert_eq!((f.header, f.body.len(), used), (0xC0, 0, 2));
+        let (f, used) = frame_in(&stream[2..], 100).unwrap().unwrap();
+        assert_eq!(
+            (f.header, &f.body[..], used),
+            (0x30, &[0x00, 0x01, b'a'][..], 5)
+        );
+        // Remaining length 131 announced, body not there yet; and a cut inside the length.
+        assert!(frame_in(&stream[7..], 200).unwrap().is_none());
+        assert!(frame_in(&stream[7..9], 200).unwrap().is_none());
+        assert!(frame_in(&[], 200).unwrap().is_none());
+        // Limits are checked from the header alone, as read_frame does.
+        assert!(matches!(
+            frame_in(&stream[7..], 100),
+            Err(DecodeError::TooLarge {
+                size: 134,
+                max: 100
+            })
+        ));
+        assert!(matches!(
+            frame_in(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], usize::MAX),
+            Err(DecodeError::Malformed(_))
+        ));
+        // Every prefix of a stream gives what read_frame gives for the frames it holds.
+        let mut cur = Cursor::new(stream.to_vec());
+        let (mut at, mut n) = (0, 0);
+        while let Some((f, used)) = frame_in(&stream[at..], 200).unwrap() {
+            let r = read_frame(&mut cur, 200).unwrap();
+            assert_eq!((f.header, &f.body[..]), (r.header, &r.body[..]));
+            at += used;
+            n += 1;
+        }
+        assert_eq!((n, at), (2, 7));
     }
 
     #[test]

@@ -360,31 +360,55 @@ struct TopicPlan {
 
 /// Topics remembered by the batcher with their `TopicPlan` (None: excluded), so that a device
 /// publishing again does not have its topic matched against the rules, split into tags and
-/// escaped again for every point. Bounded: when full it starts over.
+/// escaped again for every point. Bounded in count and topic length; once full, other topics
+/// are mapped without being remembered, and after as many such publishes as it holds topics it
+/// starts over, so a fleet whose topics change gets its new ones remembered.
 #[derive(Debug, Default)]
 pub struct TopicPlans {
     index: HashMap<Box<str>, usize>,
     plans: Vec<Option<TopicPlan>>,
+    /// Publishes mapped without a plan since the cache filled up.
+    not_kept: usize,
 }
 
-/// Topics remembered at most (a few hundred bytes each).
+/// Topics remembered at most.
 const MAX_TOPIC_PLANS: usize = 10_000;
+/// Longer topics are not remembered (an entry holds the topic about three times: key, tag and
+/// series key), so the cache stays within a few tens of MB whatever clients publish.
+const MAX_PLANNED_TOPIC_LEN: usize = 256;
+
+/// What `TopicPlans` knows of a topic.
+enum Lookup<'p> {
+    Excluded,
+    Plan(&'p TopicPlan),
+    /// Not remembered (too long, or the cache is full): map it from scratch.
+    NotKept,
+}
 
 impl TopicPlans {
-    fn get(&mut self, mapping: &Mapping, topic: &str) -> Option<&TopicPlan> {
+    fn get(&mut self, mapping: &Mapping, topic: &str) -> Lookup<'_> {
         let i = match self.index.get(topic) {
             Some(&i) => i,
-            None => {
-                if self.plans.len() >= MAX_TOPIC_PLANS {
+            None if topic.len() > MAX_PLANNED_TOPIC_LEN => return Lookup::NotKept,
+            None if self.plans.len() >= MAX_TOPIC_PLANS => {
+                self.not_kept += 1;
+                if self.not_kept >= MAX_TOPIC_PLANS {
                     self.index.clear();
                     self.plans.clear();
+                    self.not_kept = 0;
                 }
+                return Lookup::NotKept;
+            }
+            None => {
                 self.plans.push(mapping.plan(topic));
                 self.index.insert(topic.into(), self.plans.len() - 1);
                 self.plans.len() - 1
             }
         };
-        self.plans[i].as_ref()
+        match &self.plans[i] {
+            Some(plan) => Lookup::Plan(plan),
+            None => Lookup::Excluded,
+        }
     }
 }
 
@@ -598,15 +622,6 @@ impl Mapping {
         }
     }
 
-    /// The rule for a topic: None when excluded.
-    pub fn rule_for(&self, topic: &str) -> Option<&Rule> {
-        self.rule_for_levels(&split_levels(topic), topic.starts_with('$'))
-    }
-
-    fn rule_for_levels(&self, levels: &[&str], dollar: bool) -> Option<&Rule> {
-        self.rule_index(levels, dollar).map(|i| self.rule_at(i))
-    }
-
     /// Index of the rule for a topic (`rules.len()` for the default rule); None when excluded.
     fn rule_index(&self, levels: &[&str], dollar: bool) -> Option<usize> {
         if self
@@ -653,8 +668,22 @@ impl Mapping {
         plans: &mut TopicPlans,
         out: &mut String,
     ) -> Result<Mapped, Skip> {
-        let plan = plans.get(self, topic).ok_or(Skip::Excluded)?;
-        let rule = self.rule_at(plan.rule);
+        let (rule, measurement, series) = match plans.get(self, topic) {
+            Lookup::Excluded => return Err(Skip::Excluded),
+            Lookup::Plan(plan) => (
+                self.rule_at(plan.rule),
+                Cow::Borrowed(plan.measurement.as_str()),
+                plan.series.as_deref(),
+            ),
+            Lookup::NotKept => {
+                let levels = split_levels(topic);
+                let rule = self
+                    .rule_index(&levels, topic.starts_with('$'))
+                    .map(|i| self.rule_at(i))
+                    .ok_or(Skip::Excluded)?;
+                (rule, rule.measurement_for(&levels), None)
+            }
+        };
         let cfg = &rule.config;
         if payload.iter().all(|b| b.is_ascii_whitespace()) {
             return Err(Skip::EmptyPayload);
@@ -669,7 +698,7 @@ impl Mapping {
         }
         // Everything below borrows from the topic, payload, config and plan: one point costs a
         // few small allocations at most (this runs for every publish).
-        let measurement = plan.measurement.as_str();
+        let measurement = measurement.as_ref();
         // A tag the payload adds (a number's unit) besides those of the topic.
         let mut payload_tag = None;
         let mut fields: SmallVec<[(Cow<'_, str>, FieldValue); 4]> = SmallVec::new();
@@ -734,7 +763,8 @@ impl Mapping {
         let refs: SmallVec<[(&str, &FieldValue); 4]> =
             kept.iter().map(|(k, v)| (*k, v.as_ref())).collect();
         let ts = timestamp.unwrap_or(received_at_ns);
-        let written = match (payload_tag, &plan.series) {
+        let written = match (payload_tag, series) {
+            // The usual point: the topic's series key as remembered, then fields and time.
             (None, Some(series)) => {
                 let start = out.len();
                 out.push_str(series);
@@ -744,9 +774,8 @@ impl Mapping {
                 }
                 written
             }
-            (None, None) => false,
-            (Some(extra), _) => {
-                let tags = rule.tags_for(&split_levels(topic), topic, Some(extra));
+            (extra, _) => {
+                let tags = rule.tags_for(&split_levels(topic), topic, extra);
                 line_protocol::encode_line(out, self.precision, measurement, &tags, &refs, ts)
             }
         };
@@ -1067,25 +1096,41 @@ mod tests {
     }
 
     #[test]
-    fn topic_plans_are_bounded() {
+    fn topic_plans_are_bounded_and_map_the_rest_as_fresh_ones() {
         let m = mapping(vec![]);
         let mut plans = TopicPlans::default();
         let mut out = String::new();
-        for i in 0..MAX_TOPIC_PLANS + 10 {
-            let topic = format!("t/{i}");
+        let mut map_one = |plans: &mut TopicPlans, topic: &str| {
+            out.clear();
             m.map(
-                &topic,
+                topic,
                 b"1",
-                1,
+                1_000,
                 &mut FieldTypes::default(),
-                &mut plans,
+                plans,
                 &mut out,
             )
             .unwrap();
-            assert!(plans.plans.len() <= MAX_TOPIC_PLANS);
+            assert_eq!(Ok(out.clone()), map(&m, topic, "1"), "{topic}");
+        };
+        let long = format!("long/{}", "x".repeat(MAX_PLANNED_TOPIC_LEN));
+        map_one(&mut plans, &long);
+        assert!(plans.plans.is_empty(), "a long topic is not remembered");
+        for i in 0..MAX_TOPIC_PLANS {
+            map_one(&mut plans, &format!("t/{i}"));
         }
-        assert_eq!(plans.plans.len(), 10);
-        assert_eq!(plans.index.len(), 10);
+        assert_eq!(plans.plans.len(), MAX_TOPIC_PLANS);
+        // Full: new topics are mapped without being remembered, the old ones stay...
+        for i in 0..MAX_TOPIC_PLANS - 1 {
+            map_one(&mut plans, &format!("new/{i}"));
+        }
+        assert_eq!(plans.plans.len(), MAX_TOPIC_PLANS);
+        assert!(plans.index.contains_key("t/0"));
+        // ... until as many publishes went unplanned as it holds: then it starts over.
+        map_one(&mut plans, "new/last");
+        assert!(plans.plans.is_empty());
+        map_one(&mut plans, "new/0");
+        assert_eq!(plans.plans.len(), 1);
     }
 
     #[test]

@@ -63,13 +63,13 @@ pub struct Record {
     pub stalled: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
-    /// Runs this record stands for (see `merge_rounds`); 0 in a file means 1.
-    #[serde(skip_serializing_if = "is_zero")]
+    /// Runs this record stands for (see `merge_rounds`); 0 (absent) or 1 is a single run.
+    #[serde(skip_serializing_if = "is_single")]
     pub rounds: usize,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
+fn is_single(n: &usize) -> bool {
+    *n <= 1
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -292,6 +292,8 @@ pub fn merge_rounds(records: &[Record]) -> Vec<Record> {
             m.p999_us = median(&|r| r.p999_us);
             m.max_us = g.iter().filter_map(|r| r.max_us).reduce(f64::max);
             m.deliveries_per_broker_cpu_s = median(&|r| r.deliveries_per_broker_cpu_s);
+            m.tool_cpu_s = median(&|r| r.tool_cpu_s);
+            m.broker_cpu_s = median(&|r| r.broker_cpu_s);
             let sum = |f: fn(&Record) -> u64| g.iter().map(|r| f(r)).sum::<u64>();
             m.sent = sum(|r| r.sent);
             m.acked = sum(|r| r.acked);
@@ -353,11 +355,15 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
             );
         };
     for b in base {
-        let rounds = b.rounds.max(1);
-        let name = if rounds > 1 {
-            format!("{} (median of {rounds})", b.name)
-        } else {
-            b.name.clone()
+        let rounds = (
+            b.rounds.max(1),
+            by_name.get(b.name.as_str()).map(|c| c.rounds.max(1)),
+        );
+        let name = match rounds {
+            (1, None | Some(1)) => b.name.clone(),
+            (n, None) => format!("{} (median of {n})", b.name),
+            (n, Some(m)) if n == m => format!("{} (median of {n})", b.name),
+            (n, Some(m)) => format!("{} (median of {n} / {m})", b.name),
         };
         let Some(c) = by_name.get(b.name.as_str()) else {
             metric_row(
