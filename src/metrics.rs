@@ -129,7 +129,7 @@ pub fn health(broker: &Broker, probes: &[Probe]) -> Result<(), Vec<String>> {
         let k = broker.sink.stats();
         if let Some(e) = k.last_error {
             reasons.push(format!(
-                "InfluxDB sink: last write failed: {e}; {} points held in the spool",
+                "InfluxDB sink: {e}; {} points held in the spool",
                 k.spool_points
             ));
         }
@@ -344,7 +344,7 @@ fn render_sink(e: &mut Exposition, k: &crate::sink::SinkStats) {
     );
     e.gauge(
         "mqflux_sink_last_write_ok",
-        "1 unless the last write to InfluxDB failed (the reason is in /health and $SYS/broker/sink/last_error).",
+        "1 unless the last write to InfluxDB failed or it has not been reachable since start-up (the reason is in /health and $SYS/broker/sink/last_error).",
         u64::from(k.last_error.is_none()),
     );
 }

@@ -137,3 +137,27 @@ fn health_is_503_when_influxdb_was_never_reachable() {
     assert!(body.contains("InfluxDB sink"), "{body}");
     assert!(body.contains("points held in the spool"), "{body}");
 }
+
+#[test]
+fn health_reports_an_influxdb_unreachable_at_start_up_before_any_publish_and_recovers_alone() {
+    let mut influx = Influx::start();
+    influx.stop();
+    let spool = tempfile::tempdir().unwrap();
+    let broker = Broker::with_config(&config(&influx.url(), spool.path()));
+    let addr = metrics_addr(&broker);
+    // Nothing is published: the start-up check alone tells.
+    let body = wait_health(addr, 503);
+    assert!(
+        body.contains("InfluxDB sink: InfluxDB not reachable"),
+        "{body}"
+    );
+    assert_eq!(scrape(addr)["mqflux_sink_last_write_ok"], 0.0);
+    // InfluxDB comes up on the same port: the sink notices without a publish.
+    influx.restart();
+    wait_health(addr, 200);
+    assert_eq!(scrape(addr)["mqflux_sink_last_write_ok"], 1.0);
+    assert!(
+        influx.databases().contains(&"ops".to_string()),
+        "database made once reachable"
+    );
+}

@@ -130,7 +130,8 @@ impl SysTree {
 ///   own allocations here, which Rust's allocator does not count.
 /// - sink/... (mqflux's own, only with the sink enabled): points received from the router,
 ///   written to InfluxDB, retried, spooled, dropped (all reasons); points and bytes in the spool
-///   now; why the last write failed ("none" once a write succeeds).
+///   now; why the sink cannot write: "last write failed: ..." or "InfluxDB not reachable ..."
+///   since start-up ("none" once a write succeeds or InfluxDB answers).
 pub fn sys_values(s: &Snapshot, loads: &LoadTracker) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = Vec::with_capacity(64);
     let mut put = |path: &str, value: String| v.push((format!("$SYS/broker/{path}"), value));

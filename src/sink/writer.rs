@@ -691,8 +691,14 @@ impl SenderLoop {
             log::warn!(
                 "sink: InfluxDB not ready at start-up ({e}); points are spooled until it is"
             );
+            self.shared
+                .counters
+                .set_last_error(Some(format!("InfluxDB not reachable at start-up: {e}")));
         }
         self.ready = None;
+        // While InfluxDB has not answered yet, it is asked again (with backoff) even when
+        // nothing is published, so that /health turns ok as soon as it is reachable.
+        let mut next_prepare = Instant::now() + self.backoff.next();
         loop {
             if self.shared.past_deadline() {
                 break;
@@ -724,6 +730,22 @@ impl SenderLoop {
             };
             let job = match job {
                 Some(j) => j,
+                None if !self.prepared && Instant::now() >= next_prepare => {
+                    match self.prepare() {
+                        Ok(()) => {
+                            log::info!("sink: InfluxDB is reachable");
+                            self.backoff.reset();
+                            self.shared.counters.set_last_error(None);
+                        }
+                        Err(e) => {
+                            self.shared
+                                .counters
+                                .set_last_error(Some(format!("InfluxDB not reachable: {e}")));
+                            next_prepare = Instant::now() + self.backoff.next();
+                        }
+                    }
+                    continue;
+                }
                 None => {
                     // Nothing to write: the batcher may hand over a partial batch at once.
                     self.shared.sender_idle.store(true, Ordering::Release);
@@ -820,7 +842,7 @@ impl SenderLoop {
     /// A write failed and will be retried: put what is left into the spool, in order.
     fn failed(&mut self, job: Job, written: Option<usize>, reason: &str, loud: bool) {
         let counters = self.shared.counters.clone();
-        counters.set_last_error(Some(reason.to_string()));
+        counters.set_last_error(Some(format!("last write failed: {reason}")));
         let mut st = self.shared.lock_spool();
         match job {
             Job::Spooled(seq, rest) => {
