@@ -474,6 +474,9 @@ impl Broker {
             }
             other => other.map(|(will, _)| will),
         };
+        if !ends_now {
+            state.record_detached();
+        }
         drop(state);
         let ended_will = if ends_now {
             self.end_session(session, &mut sessions)
@@ -529,6 +532,9 @@ impl Broker {
     pub fn housekeeping(&self) {
         let now = Instant::now();
         let mut due_wills = Vec::new();
+        // Sessions that live on after their delayed will was published: recorded without it
+        // once it has been published (a crash in between repeats the will, never loses it).
+        let mut will_sent = Vec::new();
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             let all: Vec<SessionRef> = sessions.values().cloned().collect();
@@ -552,6 +558,9 @@ impl Broker {
                         },
                     )
                 };
+                if will.is_some() && !expired {
+                    will_sent.push(session.clone());
+                }
                 due_wills.extend(will);
                 if expired {
                     info!("session {} expired", session.client_id);
@@ -562,6 +571,12 @@ impl Broker {
         }
         for will in due_wills {
             self.publish(Arc::unwrap_or_clone(will));
+        }
+        for session in will_sent {
+            let state = session.lock();
+            if state.delayed_will.is_none() {
+                state.record_detached();
+            }
         }
     }
 

@@ -213,15 +213,22 @@ impl Session {
         }
     }
 
-    /// Rebuild a session read from the store, disconnected since now (the expiry clock starts
-    /// again at start-up: a session is never expired early by a restart).
+    /// Rebuild a session read from the store. Its expiry interval and delayed will continue
+    /// from when its client disconnected (wall clock), so time the broker was down counts; a
+    /// session whose client was connected when the broker stopped is disconnected since now.
     pub fn restore(
         stored: records::StoredSession,
         limits: SessionLimits,
         journal: SessionJournal,
     ) -> Session {
         let mut s = Session::new(stored.expiry_interval, limits);
-        s.disconnected_at = Some(Instant::now());
+        match stored.detached {
+            Some(d) => {
+                s.disconnected_at = Some(d.at);
+                s.delayed_will = d.will.map(|(due, will)| (due, Arc::new(will)));
+            }
+            None => s.disconnected_at = Some(Instant::now()),
+        }
         for sub in stored.subscriptions {
             if let Some(id) = sub.identifier {
                 s.subscription_ids.insert(sub.filter.clone(), id);
@@ -288,6 +295,16 @@ impl Session {
             for op in records::session_end(&j.client) {
                 j.store.submit(op);
             }
+        }
+    }
+
+    /// Record when the client disconnected and the delayed will (see `Session::restore`).
+    pub fn record_detached(&self) {
+        if let Some(at) = self.disconnected_at {
+            self.record(|c| {
+                let will = self.delayed_will.as_ref().map(|(due, w)| (*due, &**w));
+                records::session_detached(c, at, will)
+            });
         }
     }
 
@@ -359,7 +376,9 @@ impl Session {
         }
         let old = self.link.replace(link);
         self.limits = limits;
-        self.disconnected_at = None;
+        if self.disconnected_at.take().is_some() {
+            self.record(records::session_attached);
+        }
         self.delayed_will = None;
         self.send(first);
         // PUBRELs are always resent. PUBLISHes are resent with their original packet ids

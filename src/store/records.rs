@@ -3,6 +3,8 @@
 //! Keys (a client id is written as `[len u16 BE][bytes]` so one client's keys share a prefix):
 //! - `r` topic: a retained message
 //! - `s` client: a persistent session (expiry interval, subscriptions)
+//! - `d` client: when that session's client disconnected (wall clock) and its delayed will, if
+//!   any; absent while connected
 //! - `o` client seq(u64 BE): an outgoing QoS 1/2 message, queued (packet id 0) or inflight
 //! - `i` client packet-id(u16 BE): an incoming QoS 2 message routed and awaiting PUBREL
 //!
@@ -22,6 +24,7 @@ const RETAINED: u8 = b'r';
 const SESSION: u8 = b's';
 const OUTGOING: u8 = b'o';
 const INCOMING: u8 = b'i';
+const DETACHED: u8 = b'd';
 
 /// The `[len][client id]` part of a session's keys.
 pub fn client_key(client_id: &str) -> Vec<u8> {
@@ -77,13 +80,34 @@ pub fn session_put<'a>(
     Op::Put(key(SESSION, client, &[]), v)
 }
 
+/// The session's client disconnected at `at`; `will` is its delayed will and when it is due.
+/// Kept so that a restart continues the session's expiry and the will's delay where they were.
+pub fn session_detached(client: &[u8], at: Instant, will: Option<(Instant, &Message)>) -> Op {
+    let mut v = Vec::new();
+    v.extend_from_slice(&unix_ms(at).to_be_bytes());
+    match will {
+        Some((due, message)) => {
+            v.push(1);
+            v.extend_from_slice(&unix_ms(due).to_be_bytes());
+            put_message(&mut v, message);
+        }
+        None => v.push(0),
+    }
+    Op::Put(key(DETACHED, client, &[]), v)
+}
+
+/// The session's client is connected again.
+pub fn session_attached(client: &[u8]) -> Op {
+    Op::Delete(key(DETACHED, client, &[]))
+}
+
 /// Everything of one client: its session, messages and incoming QoS 2 ids.
 pub fn session_end(client: &[u8]) -> Vec<Op> {
-    [SESSION, OUTGOING, INCOMING]
+    [SESSION, DETACHED, OUTGOING, INCOMING]
         .into_iter()
         .map(|kind| {
             let mut k = key(kind, client, &[]);
-            if kind == SESSION {
+            if kind == SESSION || kind == DETACHED {
                 // The session key is exactly the prefix; a longer key would be another client's
                 // only if its length bytes differed, so an exact delete is what is meant.
                 return Op::Delete(std::mem::take(&mut k));
@@ -144,9 +168,20 @@ pub struct StoredOutgoing {
     pub released: bool,
 }
 
+/// A persistent session whose client was disconnected when the broker stopped.
+pub struct StoredDetach {
+    /// When the client disconnected.
+    pub at: Instant,
+    /// The delayed will and when it is due.
+    pub will: Option<(Instant, Message)>,
+}
+
 pub struct StoredSession {
     pub client_id: String,
     pub expiry_interval: u32,
+    /// None: the client was connected when the broker stopped (or the store predates this
+    /// record); its session counts as disconnected at start-up.
+    pub detached: Option<StoredDetach>,
     pub subscriptions: Vec<StoredSubscription>,
     /// In sequence (delivery) order.
     pub outgoing: Vec<StoredOutgoing>,
@@ -164,8 +199,9 @@ pub struct Loaded {
 /// format change can cause this) is skipped with a warning naming it.
 pub fn load(map: &Map) -> Loaded {
     let mut loaded = Loaded::default();
-    // Keys sort by kind, then client: sessions ('s') come after outgoing ('o') and incoming
-    // ('i'), so collect those per client first.
+    // Keys sort by kind, then client: sessions ('s') come after disconnections ('d'), outgoing
+    // ('o') and incoming ('i'), so collect those per client first.
+    let mut detached: std::collections::HashMap<Vec<u8>, StoredDetach> = Default::default();
     let mut outgoing: std::collections::HashMap<Vec<u8>, Vec<StoredOutgoing>> = Default::default();
     let mut incoming: std::collections::HashMap<Vec<u8>, Vec<u16>> = Default::default();
     for (k, v) in map {
@@ -183,6 +219,16 @@ pub fn load(map: &Map) -> Loaded {
                 outgoing.entry(client.to_vec()).or_default().push(o);
                 Some(())
             }),
+            DETACHED => split_client(rest).and_then(|(client, _)| {
+                let mut r = Reader(v);
+                let at = instant_at(r.i64()?);
+                let will = match r.u8()? {
+                    0 => None,
+                    _ => Some((instant_at(r.i64()?), r.message()?)),
+                };
+                detached.insert(client.to_vec(), StoredDetach { at, will });
+                Some(())
+            }),
             INCOMING => split_client(rest).and_then(|(client, suffix)| {
                 let id = u16::from_be_bytes(suffix.try_into().ok()?);
                 incoming.entry(client.to_vec()).or_default().push(id);
@@ -191,6 +237,7 @@ pub fn load(map: &Map) -> Loaded {
             SESSION => split_client(rest).and_then(|(client, _)| {
                 let mut s = decode_session(client, v)?;
                 let ck = client_key(&s.client_id);
+                s.detached = detached.remove(&ck);
                 s.outgoing = outgoing.remove(&ck).unwrap_or_default();
                 s.incoming_qos2 = incoming.remove(&ck).unwrap_or_default();
                 loaded.sessions.push(s);
@@ -238,6 +285,7 @@ fn decode_session(client: &[u8], v: &[u8]) -> Option<StoredSession> {
     Some(StoredSession {
         client_id,
         expiry_interval,
+        detached: None,
         subscriptions,
         outgoing: Vec::new(),
         incoming_qos2: Vec::new(),
@@ -286,12 +334,32 @@ fn put_opt_u32(v: &mut Vec<u8>, x: Option<u32>) {
     }
 }
 
+/// Wall-clock milliseconds of a monotonic instant (past or future), for the store.
 fn unix_ms(at: Instant) -> i64 {
-    let now_unix = SystemTime::now()
+    let now = Instant::now();
+    let ahead = at.saturating_duration_since(now).as_millis() as i64;
+    let behind = now.saturating_duration_since(at).as_millis() as i64;
+    now_unix_ms() + ahead - behind
+}
+
+/// The monotonic instant of stored wall-clock milliseconds (clamped to what `Instant` can
+/// express: never before the machine started).
+fn instant_at(unix_ms: i64) -> Instant {
+    let now = Instant::now();
+    let diff = unix_ms - now_unix_ms();
+    if diff >= 0 {
+        now + Duration::from_millis(diff as u64)
+    } else {
+        let back = Duration::from_millis(diff.unsigned_abs());
+        now.checked_sub(back).unwrap_or(now)
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis() as i64;
-    now_unix + at.saturating_duration_since(Instant::now()).as_millis() as i64
+        .as_millis() as i64
 }
 
 fn put_message(v: &mut Vec<u8>, m: &Message) {
@@ -366,14 +434,7 @@ impl<'a> Reader<'a> {
         let Packet::Publish(p) = protocol::decode_packet(frame, ProtocolVersion::V5).ok()? else {
             return None;
         };
-        let expires_at = (expires_unix_ms >= 0).then(|| {
-            let now_unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as i64;
-            let left = (expires_unix_ms - now_unix).max(0) as u64;
-            Instant::now() + Duration::from_millis(left)
-        });
+        let expires_at = (expires_unix_ms >= 0).then(|| instant_at(expires_unix_ms));
         Some(Message {
             topic: p.topic,
             payload: p.payload,
@@ -481,5 +542,46 @@ mod tests {
         assert_eq!(loaded.sessions.len(), 1);
         assert_eq!(loaded.sessions[0].client_id, "other");
         assert!(loaded.sessions[0].outgoing.is_empty());
+    }
+
+    #[test]
+    fn disconnection_time_and_delayed_will_round_trip_and_go_with_the_session() {
+        let (a, b) = (client_key("a"), client_key("b"));
+        let will = message("will/a", QoS::AtLeastOnce);
+        let now = Instant::now();
+        let (gone, due) = (now - Duration::from_secs(30), now + Duration::from_secs(90));
+        let mut map = Map::new();
+        for op in [
+            session_put(&a, 300, std::iter::empty()),
+            session_detached(&a, gone, Some((due, &will))),
+            session_put(&b, 300, std::iter::empty()),
+            session_detached(&b, gone, None),
+        ] {
+            apply(&mut map, op);
+        }
+        let loaded = load(&map);
+        let find = |id: &str| loaded.sessions.iter().find(|s| s.client_id == id).unwrap();
+        let close = |x: Instant, y: Instant| {
+            let d = x.max(y) - x.min(y);
+            assert!(d < Duration::from_millis(50), "{d:?}");
+        };
+        let da = find("a").detached.as_ref().expect("a was detached");
+        close(da.at, gone);
+        let (w_due, w) = da.will.as_ref().expect("a has a delayed will");
+        close(*w_due, due);
+        assert_eq!((&*w.topic, &w.payload[..]), ("will/a", &b"payload"[..]));
+        let db = find("b").detached.as_ref().expect("b was detached");
+        assert!(db.will.is_none());
+
+        // Connected again: no disconnection; ended: nothing of it is left.
+        apply(&mut map, session_attached(&b));
+        apply(&mut map, session_detached(&a, gone, None));
+        for op in session_end(&a) {
+            apply(&mut map, op);
+        }
+        let loaded = load(&map);
+        assert_eq!(loaded.sessions.len(), 1);
+        assert!(loaded.sessions[0].detached.is_none());
+        assert_eq!(map.len(), 1, "only b's session record is left");
     }
 }
