@@ -161,3 +161,20 @@ fn health_reports_an_influxdb_unreachable_at_start_up_before_any_publish_and_rec
         "database made once reachable"
     );
 }
+
+#[test]
+fn health_reports_an_unreachable_influxdb_also_when_the_database_is_not_ours_to_create() {
+    let url = format!("http://127.0.0.1:{}", influx::free_port());
+    let spool = tempfile::tempdir().unwrap();
+    let config = config(&url, spool.path()).replace(
+        "[sink]\nenabled = true\n",
+        "[sink]\nenabled = true\ncreate_database = false\n",
+    );
+    assert!(config.contains("create_database = false"));
+    let broker = Broker::with_config(&config);
+    let body = wait_health(metrics_addr(&broker), 503);
+    assert!(
+        body.contains("InfluxDB sink: InfluxDB not reachable at start-up"),
+        "{body}"
+    );
+}

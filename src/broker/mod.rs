@@ -106,6 +106,9 @@ impl Broker {
             let client_id: Arc<str> = stored.client_id.as_str().into();
             let journal = SessionJournal::new(store.clone(), &client_id);
             let state = Session::restore(stored, self.session_limits(None), journal);
+            // Sessions restored without a disconnection time get one now, so that repeated
+            // crashes do not restart their expiry each time.
+            state.record_detached();
             let session = SessionHandle::restored(client_id.clone(), state);
             let subscriptions = session.lock().subscription_list();
             for (filter, options, identifier) in subscriptions {
@@ -114,7 +117,11 @@ impl Broker {
             }
             sessions.insert(client_id, session);
         }
+        drop(sessions);
         let _ = self.store.set(store);
+        // Wills that fell due and sessions that expired while the broker was down are handled
+        // before any client can connect (a reconnect would otherwise cancel an overdue will).
+        self.housekeeping();
     }
 
     /// In sync persistence mode, wait until every change this thread made so far is durable:

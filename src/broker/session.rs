@@ -215,7 +215,7 @@ impl Session {
 
     /// Rebuild a session read from the store. Its expiry interval and delayed will continue
     /// from when its client disconnected (wall clock), so time the broker was down counts; a
-    /// session whose client was connected when the broker stopped is disconnected since now.
+    /// session whose client was connected when the broker crashed is disconnected since now.
     pub fn restore(
         stored: records::StoredSession,
         limits: SessionLimits,

@@ -27,6 +27,9 @@ pub enum WriteResult {
     Retry { reason: String, loud: bool },
 }
 
+/// (measurement, field, type) of a field InfluxDB already has.
+pub type FieldFact = (String, String, FieldType);
+
 pub struct InfluxClient {
     agent: ureq::Agent,
     base: String,
@@ -190,10 +193,12 @@ impl InfluxClient {
         }
     }
 
-    /// Field types the database already has: (measurement, field, type).
-    pub fn field_types(&self) -> Result<Vec<(String, String, FieldType)>, String> {
-        let body = self.query("SHOW FIELD KEYS", true).map_err(|(_, e)| e)?;
-        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    /// Field types the database already has. Err(true, _) when
+    /// InfluxDB could not be reached or failed (worth trying again later).
+    pub fn field_types(&self) -> Result<Vec<FieldFact>, (bool, String)> {
+        let body = self.query("SHOW FIELD KEYS", true)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| (false, e.to_string()))?;
         let mut out = Vec::new();
         for series in v["results"][0]["series"].as_array().into_iter().flatten() {
             let Some(m) = series["name"].as_str() else {

@@ -302,7 +302,8 @@ pub(crate) struct Counters {
     dropped: [AtomicU64; DropReason::ALL.len()],
     spool_points: AtomicU64,
     spool_bytes: AtomicU64,
-    /// Why the last write attempt failed; None once a write succeeds again.
+    /// Why the sink cannot write: the last write failed, or InfluxDB has not been reachable
+    /// since start-up. None once a write succeeds or InfluxDB answers.
     last_error: std::sync::Mutex<Option<String>>,
     /// The sender has created the database (if configured) and learnt its field types.
     prepared: std::sync::atomic::AtomicBool,
@@ -349,7 +350,8 @@ pub struct SinkStats {
     pub spool_bytes: u64,
     /// Dropped points by reason (`DropReason::as_str`), every reason listed.
     pub dropped: Vec<(&'static str, u64)>,
-    /// Why the last write to InfluxDB failed; None when it succeeded (or none was tried yet).
+    /// Why the sink cannot write ("last write failed: ...", "InfluxDB not reachable ...");
+    /// None once a write succeeded or InfluxDB answered.
     pub last_error: Option<String>,
     /// The database was created (if configured) and its field types learnt: from then on a
     /// type the sink has not seen can only come from a write error.

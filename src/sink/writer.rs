@@ -687,6 +687,9 @@ impl SenderLoop {
     fn run(mut self) {
         // The database is created at start-up when InfluxDB answers; otherwise before the
         // first write that gets through.
+        // While InfluxDB has not answered yet, it is asked again (with backoff) even when
+        // nothing is published, so that /health turns ok as soon as it is reachable.
+        let mut next_prepare = Instant::now();
         if let Err(e) = self.prepare() {
             log::warn!(
                 "sink: InfluxDB not ready at start-up ({e}); points are spooled until it is"
@@ -694,11 +697,9 @@ impl SenderLoop {
             self.shared
                 .counters
                 .set_last_error(Some(format!("InfluxDB not reachable at start-up: {e}")));
+            next_prepare += self.backoff.next();
         }
         self.ready = None;
-        // While InfluxDB has not answered yet, it is asked again (with backoff) even when
-        // nothing is published, so that /health turns ok as soon as it is reachable.
-        let mut next_prepare = Instant::now() + self.backoff.next();
         loop {
             if self.shared.past_deadline() {
                 break;
@@ -730,7 +731,10 @@ impl SenderLoop {
             };
             let job = match job {
                 Some(j) => j,
-                None if !self.prepared && Instant::now() >= next_prepare => {
+                None if !self.prepared
+                    && Instant::now() >= next_prepare
+                    && !self.shared.stopping.load(Ordering::Acquire) =>
+                {
                     match self.prepare() {
                         Ok(()) => {
                             log::info!("sink: InfluxDB is reachable");
@@ -832,7 +836,11 @@ impl SenderLoop {
                 log::debug!("sink: {} field types known in the database", facts.len());
                 self.shared.add_facts(facts);
             }
-            Err(e) => log::debug!("sink: SHOW FIELD KEYS failed ({e}); relying on write errors"),
+            // Not reachable (also when the database is not ours to create): not ready yet.
+            Err((true, e)) => return Err(e),
+            Err((false, e)) => {
+                log::debug!("sink: SHOW FIELD KEYS failed ({e}); relying on write errors")
+            }
         }
         self.prepared = true;
         self.shared.counters.set_prepared();

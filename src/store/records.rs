@@ -179,8 +179,9 @@ pub struct StoredDetach {
 pub struct StoredSession {
     pub client_id: String,
     pub expiry_interval: u32,
-    /// None: the client was connected when the broker stopped (or the store predates this
-    /// record); its session counts as disconnected at start-up.
+    /// None: the client was still connected when the broker crashed (a graceful stop records
+    /// every disconnection), or the store predates this record; its session counts as
+    /// disconnected at start-up.
     pub detached: Option<StoredDetach>,
     pub subscriptions: Vec<StoredSubscription>,
     /// In sequence (delivery) order.
@@ -221,10 +222,18 @@ pub fn load(map: &Map) -> Loaded {
             }),
             DETACHED => split_client(rest).and_then(|(client, _)| {
                 let mut r = Reader(v);
-                let at = instant_at(r.i64()?);
+                let at_ms = r.i64()?;
+                // A wall clock that is behind at start-up (no NTP yet) must not put the
+                // disconnection in the future: clamped to now, the will keeps its delay.
+                let at = instant_at(at_ms).min(Instant::now());
                 let will = match r.u8()? {
                     0 => None,
-                    _ => Some((instant_at(r.i64()?), r.message()?)),
+                    _ => {
+                        let due_ms = r.i64()?;
+                        let delay =
+                            Duration::from_millis(due_ms.saturating_sub(at_ms).max(0) as u64);
+                        Some((at + delay, r.message()?))
+                    }
                 };
                 detached.insert(client.to_vec(), StoredDetach { at, will });
                 Some(())
@@ -342,8 +351,8 @@ fn unix_ms(at: Instant) -> i64 {
     now_unix_ms() + ahead - behind
 }
 
-/// The monotonic instant of stored wall-clock milliseconds (clamped to what `Instant` can
-/// express: never before the machine started).
+/// The monotonic instant of stored wall-clock milliseconds (or now, when that is further back
+/// than `Instant` can go: before the machine started).
 fn instant_at(unix_ms: i64) -> Instant {
     let now = Instant::now();
     let diff = unix_ms - now_unix_ms();
