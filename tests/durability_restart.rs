@@ -6,18 +6,10 @@
 mod common;
 
 use common::raw::{self, Connect, RawClient, RawPublish, PUBCOMP, PUBLISH, PUBREC, PUBREL};
-use common::{run_to_exit, Broker};
-use std::path::Path;
+use common::{persistent_config, run_to_exit, Broker};
 use std::time::Duration;
 
 const JOURNAL: &str = "mqflux.journal";
-
-fn persistent_config(dir: &Path) -> String {
-    format!(
-        "[persistence]\ndir = {:?}\nmode = \"sync\"\n",
-        dir.to_str().expect("utf-8 temp dir")
-    )
-}
 
 /// Read packets until `n` PUBLISH/PUBREL packets arrived (acknowledging nothing).
 fn read_deliveries(c: &mut RawClient, n: usize) -> Vec<raw::RawPacket> {
@@ -33,10 +25,7 @@ fn stop(broker: &mut Broker, kill: bool) {
     if kill {
         broker.kill();
     } else {
-        broker.send_signal(libc::SIGTERM);
-        broker
-            .wait_exit(Duration::from_secs(10))
-            .expect("broker stops on SIGTERM");
+        broker.stop_gracefully();
     }
 }
 

@@ -5,7 +5,7 @@
 mod common;
 mod v5_common;
 
-use common::Broker;
+use common::{persistent_config, Broker};
 use mqflux::protocol::{reason, Ack, Packet, Properties, QoS};
 use std::time::{Duration, Instant};
 use v5_common::{connect_packet, payload_str, will, RawClient};
@@ -623,33 +623,18 @@ fn retained_message_keeps_its_properties_for_late_subscribers() {
 // ---------------------------------------------------------------------------------------------
 // Across a restart (persistence on): the clocks keep running while the broker is down.
 
-fn persistent_config(dir: &std::path::Path) -> String {
-    format!(
-        "[persistence]\ndir = {:?}\nmode = \"sync\"\n",
-        dir.to_str().expect("utf-8 temp dir")
-    )
-}
-
-fn restart(broker: &mut Broker, config: &str) -> Broker {
-    broker.send_signal(libc::SIGTERM);
-    broker
-        .wait_exit(Duration::from_secs(10))
-        .expect("broker stops on SIGTERM");
-    Broker::with_config(config)
-}
-
 /// [MQTT-3.1.3-9] a delayed will survives a restart and is published when its Will Delay
 /// Interval, counted from the disconnection, has passed: not lost, not sent at start-up.
 #[test]
 fn delayed_will_survives_a_restart_and_keeps_its_delay() {
     let store = tempfile::tempdir().unwrap();
-    let config = persistent_config(store.path());
-    let mut broker = Broker::with_config(&config);
+    let mut broker = Broker::with_config(&persistent_config(store.path()));
     let (c, _) = RawClient::connect_with(broker.port, will_connect("rw-1", "rw/1", Some(3), 60));
     let lost = Instant::now();
     c.drop_connection();
     std::thread::sleep(Duration::from_millis(300));
-    let mut broker = restart(&mut broker, &config);
+    broker.stop_gracefully();
+    broker.restart();
     let mut watcher = RawClient::connect_v5(broker.port, "rw-watch", props());
     watcher.subscribe("rw/#", QoS::AtLeastOnce);
     let m = watcher.expect_publish();
@@ -661,7 +646,8 @@ fn delayed_will_survives_a_restart_and_keeps_its_delay() {
     );
     // Published once: another restart does not send it again.
     std::thread::sleep(Duration::from_millis(300));
-    let broker = restart(&mut broker, &config);
+    broker.stop_gracefully();
+    broker.restart();
     let mut watcher = RawClient::connect_v5(broker.port, "rw-watch", props());
     watcher.subscribe("rw/#", QoS::AtLeastOnce);
     watcher.expect_no_publish(Duration::from_millis(1000));
@@ -673,18 +659,14 @@ fn delayed_will_survives_a_restart_and_keeps_its_delay() {
 #[test]
 fn session_expiry_counts_the_time_the_broker_was_down() {
     let store = tempfile::tempdir().unwrap();
-    let config = persistent_config(store.path());
-    let mut broker = Broker::with_config(&config);
+    let mut broker = Broker::with_config(&persistent_config(store.path()));
     let (short, _) = connect(broker.port, "rx-short", true, expiry(1));
     let (long, _) = connect(broker.port, "rx-long", true, expiry(60));
     short.disconnect();
     long.disconnect();
-    broker.send_signal(libc::SIGTERM);
-    broker
-        .wait_exit(Duration::from_secs(10))
-        .expect("broker stops on SIGTERM");
+    broker.stop_gracefully();
     std::thread::sleep(Duration::from_millis(1500));
-    let broker = Broker::with_config(&config);
+    broker.restart();
     let (_, present) = connect(broker.port, "rx-short", false, expiry(1));
     assert!(!present, "expired while the broker was down");
     let (_, present) = connect(broker.port, "rx-long", false, expiry(60));

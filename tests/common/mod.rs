@@ -433,6 +433,13 @@ impl Broker {
         }
     }
 
+    /// SIGTERM, then wait (up to 10 s) for a clean exit.
+    pub fn stop_gracefully(&mut self) {
+        self.send_signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(10))
+            .expect("broker stops on SIGTERM");
+    }
+
     /// Start the broker again on the same port with the same config (killing it first if it
     /// is still running).
     pub fn restart(&mut self) {
@@ -452,6 +459,14 @@ impl Drop for Broker {
             );
         }
     }
+}
+
+/// A config that keeps state in `dir` (`[persistence] mode = "sync"`).
+pub fn persistent_config(dir: &std::path::Path) -> String {
+    format!(
+        "[persistence]\ndir = {:?}\nmode = \"sync\"\n",
+        dir.to_str().expect("utf-8 temp dir")
+    )
 }
 
 /// Start-up line of the reference broker, followed by the port.
