@@ -106,9 +106,6 @@ impl Broker {
             let client_id: Arc<str> = stored.client_id.as_str().into();
             let journal = SessionJournal::new(store.clone(), &client_id);
             let state = Session::restore(stored, self.session_limits(None), journal);
-            // Sessions restored without a disconnection time get one now, so that repeated
-            // crashes do not restart their expiry each time.
-            state.record_detached();
             let session = SessionHandle::restored(client_id.clone(), state);
             let subscriptions = session.lock().subscription_list();
             for (filter, options, identifier) in subscriptions {

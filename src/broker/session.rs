@@ -222,6 +222,7 @@ impl Session {
         journal: SessionJournal,
     ) -> Session {
         let mut s = Session::new(stored.expiry_interval, limits);
+        let recorded = stored.detached.is_some();
         match stored.detached {
             Some(d) => {
                 s.disconnected_at = Some(d.at);
@@ -257,6 +258,10 @@ impl Session {
         }
         s.incoming_qos2.extend(stored.incoming_qos2);
         s.journal = Some(journal);
+        if !recorded {
+            // Recorded now, so that repeated crashes do not restart its expiry each time.
+            s.record_detached();
+        }
         s
     }
 
