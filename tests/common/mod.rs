@@ -403,6 +403,13 @@ impl Broker {
         field(11) + field(12)
     }
 
+    /// CPU ticks the broker uses while the caller sleeps `d` (an idle broker uses ~0).
+    pub fn cpu_ticks_over(&self, d: Duration) -> u64 {
+        let before = self.cpu_ticks();
+        std::thread::sleep(d);
+        self.cpu_ticks() - before
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
