@@ -202,7 +202,7 @@ fn mosquitto_sub_accepts_encoded_publish(version: ProtocolVersion) {
         topic: "sensors/room1/temp".into(),
         packet_id: 42,
         payload: Bytes::from_static(b"22.5"),
-        properties,
+        properties: properties.into(),
     };
     send(&mut stream, Packet::Publish(publish), version);
     let Packet::PubAck(puback) = read_packet(&mut stream, version) else {

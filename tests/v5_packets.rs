@@ -417,7 +417,7 @@ fn more_qos2_publishes_than_broker_receive_maximum_gets_disconnect_0x93() {
             topic: "rm/x".into(),
             packet_id: id,
             payload: Bytes::from_static(b"x"),
-            properties: props(),
+            properties: props().into(),
         }));
     }
     // The first two are received (PUBREC), the third breaks the limit (no PUBREL was sent).
@@ -695,7 +695,7 @@ fn application_properties_are_forwarded_unchanged() {
     p.payload_format_indicator = Some(1);
     publ.publish_with("pass/x", br#"{"t":21}"#, QoS::AtLeastOnce, false, p.clone());
     let m = sub.expect_publish();
-    assert_eq!(m.properties, p);
+    assert_eq!(*m.properties, p);
     assert_eq!(&m.payload[..], br#"{"t":21}"#);
 }
 

@@ -441,7 +441,7 @@ fn will_properties_are_forwarded_with_the_will_message() {
     let m = watcher.expect_publish();
     let mut want = will_props;
     want.will_delay_interval = None;
-    assert_eq!(m.properties, want);
+    assert_eq!(*m.properties, want);
 }
 
 /// [MQTT-3.1.3-11 (v5 3.1.3.2.3)] a will marked as UTF-8 (Payload Format Indicator 1) whose
@@ -617,7 +617,7 @@ fn retained_message_keeps_its_properties_for_late_subscribers() {
     late.subscribe("retp/#", QoS::AtLeastOnce);
     let m = late.expect_publish();
     assert!(m.retain);
-    assert_eq!(m.properties, p);
+    assert_eq!(*m.properties, p);
 }
 
 // ---------------------------------------------------------------------------------------------

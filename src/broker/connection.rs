@@ -998,7 +998,7 @@ impl Connection {
                     will.payload,
                     will.qos,
                     will.retain,
-                    will.properties,
+                    will.properties.into(),
                     Some(self.client_id.clone()),
                 );
                 (Arc::new(message), delay)

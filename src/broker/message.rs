@@ -1,7 +1,7 @@
 //! An application message as the broker routes it: shared (`Arc`) between every subscriber queue,
 //! the retained store and the sink, so the payload is never copied on fan-out.
 
-use crate::protocol::{Properties, QoS};
+use crate::protocol::{PublishProperties, QoS};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,7 +15,7 @@ pub struct Message {
     pub retain: bool,
     /// v5 properties forwarded unchanged (topic alias already resolved and removed; the
     /// message expiry interval is rewritten per delivery from `expires_at`).
-    pub properties: Properties,
+    pub properties: PublishProperties,
     /// Client id of the publisher (None for broker-generated messages), for v5 No Local.
     pub publisher: Option<Arc<str>>,
     /// Broker receive time, nanoseconds since the Unix epoch.
@@ -31,7 +31,7 @@ impl Message {
         payload: Bytes,
         qos: QoS,
         retain: bool,
-        properties: Properties,
+        properties: PublishProperties,
         publisher: Option<Arc<str>>,
     ) -> Message {
         let expires_at = properties

@@ -494,7 +494,7 @@ fn merge_overlapping(out: &mut Vec<Delivery>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Properties, QoS};
+    use crate::protocol::QoS;
 
     fn retained(topic: &str, payload: &str) -> Arc<Message> {
         Arc::new(Message::new(
@@ -502,7 +502,7 @@ mod tests {
             bytes::Bytes::copy_from_slice(payload.as_bytes()),
             QoS::AtMostOnce,
             true,
-            Properties::default(),
+            Default::default(),
             Some("c".into()),
         ))
     }

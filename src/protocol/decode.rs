@@ -691,9 +691,9 @@ pub fn decode_publish(frame: Frame, version: ProtocolVersion) -> Result<Publish,
         check_packet_id(r.u16("packet identifier")?, "PUBLISH")?
     };
     let properties = if version.is_v5() {
-        read_properties(&mut r, PropContext::Publish)?
+        read_properties(&mut r, PropContext::Publish)?.into()
     } else {
-        Properties::default()
+        PublishProperties::default()
     };
     // The payload is the rest of the frame: advancing the frame's own `Bytes` keeps its single
     // owner (a slice would allocate a shared reference count for every PUBLISH).

@@ -888,7 +888,8 @@ mod tests {
             properties: Properties {
                 payload_format_indicator: Some(1),
                 ..Properties::default()
-            },
+            }
+            .into(),
         };
         for v in [V31, V311, V5] {
             let mut direct = Vec::new();
@@ -917,7 +918,7 @@ mod tests {
             topic: "big".into(),
             packet_id: 1,
             payload: Bytes::from(payload),
-            properties: Properties::default(),
+            properties: Default::default(),
         };
         let bytes = encode(&Packet::Publish(p.clone()), V311);
         assert_eq!(&bytes[..4], [0x32, 0xA7, 0x9C, 0x01]); // 20,007 = 0x4E27
@@ -1094,7 +1095,7 @@ mod tests {
                 topic: "a/b/c".into(),
                 packet_id: 0,
                 payload: Bytes::new(),
-                properties: props(PropContext::Publish),
+                properties: props(PropContext::Publish).into(),
             }),
             Packet::Publish(Publish {
                 dup: true,
@@ -1103,7 +1104,7 @@ mod tests {
                 topic: "温度/1".into(),
                 packet_id: 65_535,
                 payload: Bytes::from_static(b"\x00\x01binary"),
-                properties: props(PropContext::Publish),
+                properties: props(PropContext::Publish).into(),
             }),
             Packet::PubAck(ack(1, ack_code)),
             Packet::PubRec(ack(2, 0)),
@@ -1267,7 +1268,7 @@ mod tests {
                     1 + (r >> 44) as u16 % 65_535
                 },
                 payload: Bytes::from(payload),
-                properties: properties.clone(),
+                properties: properties.clone().into(),
             });
             assert_round_trip(publish, v);
             let subscribe = Packet::Subscribe(Subscribe {

@@ -474,7 +474,7 @@ mod tests {
             Bytes::from_static(b"payload"),
             qos,
             true,
-            properties,
+            properties.into(),
             Some("pub".into()),
         )
     }

@@ -293,7 +293,7 @@ impl RawClient {
             topic: topic.into(),
             packet_id,
             payload: Bytes::copy_from_slice(payload),
-            properties,
+            properties: properties.into(),
         }));
         match qos {
             QoS::AtMostOnce => 0,

@@ -5,9 +5,7 @@
 //! PUBLISH. Incoming bytes are split into frames in place by `FrameReader`: the hot path only needs
 //! the packet type, the packet id and the payload of a PUBLISH, never an owned `Packet`.
 
-use mqflux::protocol::{
-    self as codec, Ack, Frame, Packet, Properties, ProtocolVersion, Publish, QoS,
-};
+use mqflux::protocol::{self as codec, Ack, Frame, Packet, ProtocolVersion, Publish, QoS};
 use std::io::{self, Read};
 
 /// Encode a whole packet for a connection speaking `version`.
@@ -126,7 +124,7 @@ impl PublishTemplate {
             topic: topic.into(),
             packet_id: if qos == QoS::AtMostOnce { 0 } else { 1 },
             payload: payload.into(),
-            properties: Properties::default(),
+            properties: Default::default(),
         });
         let mut bytes = Vec::new();
         encode(&packet, version, &mut bytes);
