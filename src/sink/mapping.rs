@@ -365,7 +365,8 @@ struct TopicPlan {
 /// starts over, so a fleet whose topics change gets its new ones remembered.
 #[derive(Debug, Default)]
 pub struct TopicPlans {
-    index: HashMap<Box<str>, usize>,
+    /// ahash: hashed for every point, on topics clients choose (keyed per process, as std's).
+    index: HashMap<Box<str>, usize, ahash::RandomState>,
     plans: Vec<Option<TopicPlan>>,
     /// Publishes mapped without a plan since the cache filled up.
     not_kept: usize,
