@@ -103,13 +103,15 @@ thread_local! {
 }
 
 /// A batching scope on the current thread (a connection's reader): sends onto idle outboxes
-/// are written at `flush_batched`, not at once. Dropping it flushes and ends the scope, also
+/// are written at `flush_batched`, not at once, and so are the records for the sink. Dropping it flushes and ends the scope, also
 /// when the thread unwinds, so no outbox is left owned by a thread that is gone.
 pub struct Batching(());
 
 impl Batching {
     pub fn start() -> Batching {
         DIRTY.with(|d| d.borrow_mut().get_or_insert_with(Vec::new).clear());
+        // The sink's records are handed over in the same rhythm (see `sink::start_batching`).
+        crate::sink::start_batching();
         Batching(())
     }
 }
@@ -118,11 +120,13 @@ impl Drop for Batching {
     fn drop(&mut self) {
         flush_batched();
         DIRTY.with(|d| *d.borrow_mut() = None);
+        crate::sink::end_batching();
     }
 }
 
-/// Write what this thread's batching scope holds. Called before anything that may block (a
-/// socket read, a wait for room, a sleep): a claimed outbox must not wait for this thread.
+/// Write what this thread's batching scope holds, and hand its publishes to the sink. Called
+/// before anything that may block (a socket read, a wait for room, a sleep): a claimed outbox
+/// must not wait for this thread, nor must the publishes it routed.
 pub fn flush_batched() {
     loop {
         let dirty = DIRTY.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
@@ -132,9 +136,10 @@ pub fn flush_batched() {
                     outbox.flush_direct();
                 }
             }
-            _ => return,
+            _ => break,
         }
     }
+    crate::sink::flush_batched();
 }
 
 impl Outbox {

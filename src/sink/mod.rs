@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 pub use line_protocol::Precision;
 pub use mapping::{NonNumeric, RuleConfig, TimestampUnit};
+pub use writer::{end_batching, flush_batched, start_batching};
 
 /// What to do when the spool has reached `spool_max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -402,7 +403,7 @@ impl Counters {
 
 /// Handle to the writer threads. Cheap to share (`&Sink` from every connection thread).
 pub struct Sink {
-    writer: Option<writer::Writer>,
+    writer: Option<Arc<writer::Writer>>,
     counters: Arc<Counters>,
 }
 
@@ -428,7 +429,7 @@ impl Sink {
         }
         let writer = writer::Writer::start(config, counters.clone())?;
         Ok(Sink {
-            writer: Some(writer),
+            writer: Some(Arc::new(writer)),
             counters,
         })
     }

@@ -6,7 +6,10 @@ use super::line_protocol::{self, FieldType};
 use super::mapping::{FieldTypes, Mapping, Skip, TopicPlans};
 use super::spool::{Batch, Spool, SpoolError};
 use super::{Counters, DropReason, SinkConfig, SinkRecord, SpoolFull};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{
+    bounded, unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError,
+};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -25,6 +28,12 @@ const LOGGED_LINES: usize = 5;
 /// paying for a wake-up of the batcher for each (or the batcher spinning, which on a small
 /// machine takes CPU from InfluxDB). The added latency is negligible next to a write.
 const IDLE_NAP: Duration = Duration::from_micros(200);
+/// A thread in a batching scope hands its records over at the latest at this many.
+const CHUNK: usize = 64;
+
+/// Records go to the batcher in chunks: one channel operation for all the publishes a
+/// connection handled from one socket read, instead of one per publish.
+type Chunk = Vec<SinkRecord>;
 
 struct SpoolState {
     spool: Spool,
@@ -46,6 +55,10 @@ struct Shared {
     stop_deadline: Mutex<Option<Instant>>,
     /// The sender has nothing to write (no batch in the channel, nothing spooled, no backoff).
     sender_idle: AtomicBool,
+    /// Records handed to the batcher and not yet taken by it: the queue's bound
+    /// (`queue_capacity`) counts records, not chunks.
+    in_queue: AtomicUsize,
+    queue_capacity: usize,
     /// Publishers that found the record queue full wait here until half of it is free again
     /// (signalled by the batcher), rather than taking each slot as it frees, which would wake
     /// a publisher and the batcher once per record.
@@ -90,7 +103,7 @@ impl Shared {
 pub(super) struct Writer {
     /// None once shut down. Submitters hold the read lock while sending, so shutdown (write
     /// lock) waits for every record already handed over.
-    records: RwLock<Option<Sender<SinkRecord>>>,
+    records: RwLock<Option<Sender<Chunk>>>,
     /// Dropped at shutdown: wakes the sender from a backoff wait.
     stop: Mutex<Option<Sender<()>>>,
     shared: Arc<Shared>,
@@ -139,13 +152,16 @@ impl Writer {
             stopping: AtomicBool::new(false),
             stop_deadline: Mutex::new(None),
             sender_idle: AtomicBool::new(false),
+            in_queue: AtomicUsize::new(0),
+            queue_capacity: config.queue_capacity,
             room: Mutex::new(()),
             room_freed: Condvar::new(),
             room_waiters: AtomicUsize::new(0),
             batcher_done: AtomicBool::new(false),
         });
         shared.update_gauges(&shared.lock_spool());
-        let (record_tx, record_rx) = bounded(config.queue_capacity);
+        // Unbounded as a channel: `Shared::in_queue` bounds it in records.
+        let (record_tx, record_rx) = unbounded();
         let (batch_tx, batch_rx) = bounded(BATCHES_IN_MEMORY);
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (ready_tx, ready_rx) = bounded::<()>(1);
@@ -196,22 +212,45 @@ impl Writer {
         })
     }
 
-    pub(super) fn submit(&self, record: SinkRecord) {
+    /// Hand a record to the batcher: at once, or, on a thread in a batching scope, with the
+    /// others it submits before the scope's next `flush_batched`.
+    pub(super) fn submit(self: &Arc<Self>, record: SinkRecord) {
+        let full = THREAD_BATCH.with(|b| match &mut *b.borrow_mut() {
+            None => Err(record),
+            Some(batch) => {
+                match &batch.writer {
+                    Some(w) if !Arc::ptr_eq(w, self) => return Err(record),
+                    Some(_) => {}
+                    None => batch.writer = Some(self.clone()),
+                }
+                batch.records.push(record);
+                Ok(batch.records.len() >= CHUNK)
+            }
+        });
+        match full {
+            Ok(false) => {}
+            Ok(true) => flush_batched(),
+            // Not batching, or batching for another sink (tests run several brokers).
+            Err(record) => self.send(vec![record]),
+        }
+    }
+
+    fn send(&self, chunk: Chunk) {
+        let n = chunk.len();
+        let shared = &self.shared;
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
-        let sent = match records.as_ref().map(|tx| (tx, tx.try_send(record))) {
-            None => false,
-            Some((_, Ok(()))) => true,
-            Some((_, Err(TrySendError::Disconnected(_)))) => false,
-            Some((tx, Err(TrySendError::Full(record)))) => {
+        let sent = records.as_ref().is_some_and(|tx| {
+            if shared.in_queue.load(Ordering::Relaxed) + n > shared.queue_capacity {
                 // About to wait for the batcher (backpressure): first write what this
                 // connection thread has queued for its clients, which must not wait too.
                 crate::broker::outbox::flush_batched();
-                self.wait_for_room(tx);
-                tx.send(record).is_ok()
+                self.wait_for_room();
             }
-        };
+            shared.in_queue.fetch_add(n, Ordering::SeqCst);
+            tx.send(chunk).is_ok()
+        });
         if !sent {
-            self.shared.counters.drop_points(DropReason::Stopped, 1);
+            self.shared.counters.drop_points(DropReason::Stopped, n);
             if !self.stopped_logged.swap(true, Ordering::Relaxed) {
                 log::error!("sink: writer is not running (shut down?); publishes are not stored");
             }
@@ -220,12 +259,14 @@ impl Writer {
 
     /// The record queue is full: block (backpressure) until half of it is free again, or the
     /// batcher has ended.
-    fn wait_for_room(&self, tx: &Sender<SinkRecord>) {
+    fn wait_for_room(&self) {
         let shared = &self.shared;
-        let half = tx.capacity().unwrap_or(0) / 2;
+        let half = shared.queue_capacity / 2;
         shared.room_waiters.fetch_add(1, Ordering::SeqCst);
         let mut room = shared.room.lock().unwrap_or_else(|e| e.into_inner());
-        while tx.len() > half && !shared.batcher_done.load(Ordering::SeqCst) {
+        while shared.in_queue.load(Ordering::SeqCst) > half
+            && !shared.batcher_done.load(Ordering::SeqCst)
+        {
             // The timeout only bounds the damage of a missed signal; the batcher signals.
             room = shared
                 .room_freed
@@ -276,6 +317,52 @@ impl Drop for Writer {
     }
 }
 
+/// What a thread in a batching scope has submitted and not yet handed to the batcher.
+struct ThreadBatch {
+    /// The sink the records are for; held only while there are records.
+    writer: Option<Arc<Writer>>,
+    records: Chunk,
+}
+
+thread_local! {
+    /// None: not in a batching scope (records go to the batcher one by one).
+    static THREAD_BATCH: RefCell<Option<ThreadBatch>> = const { RefCell::new(None) };
+}
+
+/// Start collecting this thread's records until `end_batching`, handing them over at each
+/// `flush_batched`. Used by connection reader threads (with the outbox's batching scope).
+pub fn start_batching() {
+    THREAD_BATCH.with(|b| {
+        b.borrow_mut().get_or_insert(ThreadBatch {
+            writer: None,
+            records: Vec::new(),
+        });
+    });
+}
+
+/// Hand over what this thread collected and stop collecting.
+pub fn end_batching() {
+    flush_batched();
+    THREAD_BATCH.with(|b| *b.borrow_mut() = None);
+}
+
+/// Hand this thread's collected records to the batcher. Called before anything that may block,
+/// as the records must not wait for this thread's next read.
+pub fn flush_batched() {
+    let taken = THREAD_BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        let batch = b.as_mut()?;
+        let writer = batch.writer.take()?;
+        Some((writer, std::mem::take(&mut batch.records)))
+    });
+    // Not borrowed while sending: waiting for room flushes the outboxes, which flush this.
+    if let Some((writer, records)) = taken {
+        if !records.is_empty() {
+            writer.send(records);
+        }
+    }
+}
+
 fn skip_reason(s: Skip) -> DropReason {
     match s {
         Skip::EmptyPayload => DropReason::EmptyPayload,
@@ -305,33 +392,46 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn run(mut self, records: Receiver<SinkRecord>) {
+    fn run(mut self, records: Receiver<Chunk>) {
         let mut buf = String::with_capacity(1 << 20);
         let mut lines = 0usize;
         let mut first_at: Option<Instant> = None;
         let counters = self.shared.counters.clone();
         // However the batcher ends, publishers waiting for room must not wait for it.
         let _done = BatcherDone(self.shared.clone());
-        let half = records.capacity().unwrap_or(0) / 2;
+        let half = self.shared.queue_capacity / 2;
         // Points mapped but not yet added to `counters.queued`: added when the batch is handed
         // on or the queue is empty, not with an atomic add per publish.
         let mut queued = 0usize;
+        let mut chunk = Chunk::new().into_iter();
         loop {
-            let msg = match records.try_recv() {
-                Ok(rec) => Ok(rec),
-                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) => {
-                    Counters::add(&counters.queued, std::mem::take(&mut queued));
-                    self.next_record(&records, first_at)
+            let msg = match chunk.next() {
+                Some(rec) => Ok(rec),
+                None => {
+                    let next = match records.try_recv() {
+                        Ok(c) => Ok(c),
+                        Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                        Err(TryRecvError::Empty) => {
+                            Counters::add(&counters.queued, std::mem::take(&mut queued));
+                            self.next_chunk(&records, first_at)
+                        }
+                    };
+                    match next {
+                        Ok(c) => {
+                            let left =
+                                self.shared.in_queue.fetch_sub(c.len(), Ordering::SeqCst) - c.len();
+                            if left <= half && self.shared.room_waiters.load(Ordering::SeqCst) > 0 {
+                                let _room =
+                                    self.shared.room.lock().unwrap_or_else(|e| e.into_inner());
+                                self.shared.room_freed.notify_all();
+                            }
+                            chunk = c.into_iter();
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             };
-            if msg.is_ok()
-                && self.shared.room_waiters.load(Ordering::SeqCst) > 0
-                && records.len() <= half
-            {
-                let _room = self.shared.room.lock().unwrap_or_else(|e| e.into_inner());
-                self.shared.room_freed.notify_all();
-            }
             let flush = match msg {
                 Ok(rec) => {
                     if let Some((ready, timeout)) = self.ready.take() {
@@ -388,13 +488,13 @@ impl Batcher {
         }
     }
 
-    /// Wait for a record when none is queued. `Timeout`: write the partial batch now (its
+    /// Wait for records when none are queued. `Timeout`: write the partial batch now (its
     /// `flush_interval` is over, or it is `idle_flush` old and the sender is idle).
-    fn next_record(
+    fn next_chunk(
         &self,
-        records: &Receiver<SinkRecord>,
+        records: &Receiver<Chunk>,
         first_at: Option<Instant>,
-    ) -> Result<SinkRecord, RecvTimeoutError> {
+    ) -> Result<Chunk, RecvTimeoutError> {
         std::thread::sleep(IDLE_NAP);
         loop {
             match records.try_recv() {
