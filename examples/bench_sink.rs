@@ -21,7 +21,6 @@
 #[path = "../tests/common/influx.rs"]
 mod influx;
 
-use bytes::Bytes;
 use mqflux::protocol::{self, ProtocolVersion::V311};
 use mqflux::sink::{RuleConfig, Sink, SinkConfig, SinkRecord};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -114,15 +113,15 @@ fn sink_config(influx: &influx::Influx, spool: &std::path::Path) -> SinkConfig {
 
 fn sink_api(influx: &influx::Influx, points: usize, base: i64, spool: &std::path::Path) -> Run {
     let sink = Sink::start(&sink_config(influx, spool)).expect("start sink");
-    let topics: Vec<std::sync::Arc<str>> = (0..SERIES)
-        .map(|d| format!("sensors/dev{d}/bench").into())
+    let topics: Vec<String> = (0..SERIES)
+        .map(|d| format!("sensors/dev{d}/bench"))
         .collect();
-    let payloads: Vec<Bytes> = (0..1000).map(|v| Bytes::from(v.to_string())).collect();
+    let payloads: Vec<String> = (0..1000).map(|v| v.to_string()).collect();
     let run = measure(influx, std::process::id(), points, || {
         for i in 0..points {
             sink.submit(SinkRecord {
-                topic: topics[i % SERIES].clone(),
-                payload: payloads[i % 1000].clone(),
+                topic: &topics[i % SERIES],
+                payload: payloads[i % 1000].as_bytes(),
                 received_at_ns: base + i as i64,
             });
         }

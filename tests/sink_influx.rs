@@ -5,7 +5,6 @@
 #[path = "common/influx.rs"]
 mod influx;
 
-use bytes::Bytes;
 use influx::Influx;
 use mqflux::sink::{DropReason, RuleConfig, Sink, SinkConfig, SinkRecord, TimestampUnit};
 use serde_json::json;
@@ -56,10 +55,10 @@ fn rule(topic: &str) -> RuleConfig {
     }
 }
 
-fn record(topic: &str, payload: &str, ts: i64) -> SinkRecord {
+fn record<'a>(topic: &'a str, payload: &'a str, ts: i64) -> SinkRecord<'a> {
     SinkRecord {
-        topic: topic.into(),
-        payload: Bytes::from(payload.to_string()),
+        topic,
+        payload: payload.as_bytes(),
         received_at_ns: ts,
     }
 }

@@ -192,11 +192,7 @@ impl Broker {
                 // The usual telemetry publish: nobody to share it with, so it goes to the sink
                 // without being put behind an `Arc` first.
                 self.log_message(&message);
-                self.sink.submit(SinkRecord {
-                    topic: message.topic,
-                    payload: message.payload,
-                    received_at_ns: message.received_at_ns,
-                });
+                self.submit_to_sink(&message);
                 return 0;
             }
             (Arc::new(message), deliveries)
@@ -208,7 +204,7 @@ impl Broker {
             self.deliver_all(&message, deliveries);
         }
         self.log_message(&message);
-        self.submit_to_sink(message);
+        self.submit_to_sink(&message);
         count
     }
 
@@ -257,22 +253,12 @@ impl Broker {
         }
     }
 
-    fn submit_to_sink(&self, message: Arc<Message>) {
-        // When no delivery kept the message (all refused or dropped), its topic and payload
-        // move to the sink; otherwise the sink shares them.
-        let record = match Arc::try_unwrap(message) {
-            Ok(m) => SinkRecord {
-                topic: m.topic,
-                payload: m.payload,
-                received_at_ns: m.received_at_ns,
-            },
-            Err(m) => SinkRecord {
-                topic: m.topic.clone(),
-                payload: m.payload.clone(),
-                received_at_ns: m.received_at_ns,
-            },
-        };
-        self.sink.submit(record);
+    fn submit_to_sink(&self, message: &Message) {
+        self.sink.submit(SinkRecord {
+            topic: &message.topic,
+            payload: &message.payload,
+            received_at_ns: message.received_at_ns,
+        });
     }
 
     fn deliver_all(&self, message: &Arc<Message>, deliveries: Vec<router::Delivery>) {

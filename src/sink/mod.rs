@@ -20,7 +20,6 @@ pub mod spool;
 mod writer;
 
 use crate::config::ConfigError;
-use bytes::Bytes;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -217,12 +216,11 @@ impl SinkConfig {
     }
 }
 
-/// One accepted PUBLISH as the sink sees it.
-#[derive(Debug, Clone)]
-pub struct SinkRecord {
-    /// Shared with the broker's message (no copy per publish).
-    pub topic: Arc<str>,
-    pub payload: Bytes,
+/// One accepted PUBLISH as the sink sees it (borrowed: `Sink::submit` copies what it keeps).
+#[derive(Debug, Clone, Copy)]
+pub struct SinkRecord<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
     /// Broker receive time, nanoseconds since the Unix epoch.
     pub received_at_ns: i64,
 }
