@@ -151,6 +151,59 @@ fn mosquitto_pub_qos2_burst_is_stored_exactly_once() {
     assert_eq!(rows[0][1].as_f64(), Some((0..200).sum::<i64>() as f64));
 }
 
+/// The broker reads the clock once per socket read: the publishes of one read get its time plus
+/// their place in it (ns), so a burst on one topic (one series) keeps every point, in order;
+/// equal timestamps would make InfluxDB keep only the last.
+#[test]
+fn a_burst_read_at_once_on_one_topic_keeps_every_point_in_order() {
+    use mqflux::protocol::{self, Packet, ProtocolVersion::V311, QoS};
+    use std::io::{Read, Write};
+    let influx = Influx::start();
+    let spool = tempfile::tempdir().unwrap();
+    let broker = Broker::with_config(&sink_config(&influx, "oneread", spool.path(), ""));
+    let mut bytes = Vec::new();
+    let connect = Packet::Connect(protocol::Connect {
+        version: V311,
+        clean_start: true,
+        keep_alive: 60,
+        client_id: "one-read".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: protocol::Properties::default(),
+    });
+    protocol::encode_packet(&connect, V311, &mut bytes);
+    const N: i64 = 500;
+    for i in 0..N {
+        let publish = Packet::Publish(protocol::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: "sensors/b1/seq".into(),
+            packet_id: 0,
+            payload: i.to_string().into(),
+            properties: Default::default(),
+        });
+        protocol::encode_packet(&publish, V311, &mut bytes);
+    }
+    protocol::encode_packet(&Packet::Disconnect(Default::default()), V311, &mut bytes);
+    // One write of about 9 KB: the broker takes it in one or a few reads.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut rest = Vec::new();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = stream.read_to_end(&mut rest); // CONNACK, then the broker closes
+    assert_eq!(rest.get(..4), Some(&[0x20, 2, 0, 0][..]), "CONNACK");
+    assert!(
+        influx.wait_until(WAIT, || influx.count("oneread", "seq", "value") == N),
+        "stored {} of {N}",
+        influx.count("oneread", "seq", "value")
+    );
+    let (_, rows) = influx.select("oneread", "SELECT value FROM seq ORDER BY time");
+    let values: Vec<f64> = as_f64(&rows, 1);
+    assert_eq!(values, (0..N).map(|i| i as f64).collect::<Vec<_>>());
+}
+
 #[test]
 fn sigterm_flushes_buffered_points_before_exit() {
     let influx = Influx::start();

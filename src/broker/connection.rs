@@ -109,6 +109,8 @@ struct Connection {
     /// Acknowledgements waiting for the store to make what they confirm durable (sync
     /// persistence), in the order they are due [MQTT-4.6.0-2].
     unconfirmed: Vec<Packet>,
+    /// When the packet being handled was received (`ConnectionReader::received_at_ns`).
+    received_at_ns: i64,
 }
 
 /// Acknowledgements held back at most before the connection waits for the store.
@@ -157,6 +159,7 @@ impl Connection {
             acl: (0, None),
             denied: 0,
             unconfirmed: Vec::new(),
+            received_at_ns: 0,
             rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
         }
     }
@@ -165,7 +168,7 @@ impl Connection {
         // Sends this thread makes are written just before it reads again (see `outbox.rs`).
         let _batching = Batching::start();
         let _ = self.stream.set_nodelay(true);
-        let mut reader = ConnectionReader::new(self.stream.clone());
+        let mut reader = ConnectionReader::new(self.stream.clone(), self.broker.clone());
         let exit = match self.connect(&mut reader) {
             Ok(true) => {
                 // CONNECT (and writing CONNACK) was the deepest work an idle client causes:
@@ -459,6 +462,7 @@ impl Connection {
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
                 Err(e) => return Some(violation_from(e)),
             };
+            self.received_at_ns = reader.received_at_ns();
             if let Err(exit) = self.process(frame) {
                 return Some(exit);
             }
@@ -470,11 +474,6 @@ impl Connection {
     /// (see `threads.rs`: a shallower wait keeps fewer stack pages resident).
     #[inline(never)]
     fn process(&mut self, frame: protocol::Frame) -> Result<(), Exit> {
-        Stats::add(&self.broker.stats.messages_received, 1);
-        Stats::add(
-            &self.broker.stats.bytes_received,
-            frame.body.len() as u64 + 2,
-        );
         if frame.header >> 4 == 3 {
             // The packet that counts skips the (twice as large) `Packet` enum.
             let publish = protocol::decode_publish(frame, self.version).map_err(violation_from)?;
@@ -697,13 +696,14 @@ impl Connection {
                 ))),
             };
         }
-        let message = Message::new(
+        let message = Message::received_at(
             p.topic,
             p.payload,
             qos,
             p.retain,
             p.properties,
             Some(self.client_id.clone()),
+            self.received_at_ns,
         );
         let v5 = self.version.is_v5();
         // v5: tell the publisher when nobody was subscribed (0x10, a success code).

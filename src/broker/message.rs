@@ -34,6 +34,19 @@ impl Message {
         properties: PublishProperties,
         publisher: Option<Arc<str>>,
     ) -> Message {
+        Message::received_at(topic, payload, qos, retain, properties, publisher, now_ns())
+    }
+
+    /// `new`, with the receive time given (ns since the Unix epoch).
+    pub fn received_at(
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: PublishProperties,
+        publisher: Option<Arc<str>>,
+        received_at_ns: i64,
+    ) -> Message {
         let expires_at = properties
             .message_expiry_interval
             .map(|secs| Instant::now() + Duration::from_secs(secs as u64));
@@ -44,7 +57,7 @@ impl Message {
             retain,
             properties,
             publisher,
-            received_at_ns: now_ns(),
+            received_at_ns,
             expires_at,
         }
     }
