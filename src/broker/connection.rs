@@ -608,7 +608,7 @@ impl Connection {
 
     /// Resolve a v5 topic alias: set it when the PUBLISH carries a topic, use it when not.
     fn resolve_topic_alias(&mut self, p: &mut Publish) -> Result<(), Exit> {
-        let Some(alias) = p.properties.topic_alias.take() else {
+        let Some(alias) = p.properties.take_topic_alias() else {
             return Ok(());
         };
         if alias == 0 || alias > self.broker.config.limits.max_topic_alias {

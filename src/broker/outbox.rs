@@ -103,8 +103,9 @@ thread_local! {
 }
 
 /// A batching scope on the current thread (a connection's reader): sends onto idle outboxes
-/// are written at `flush_batched`, not at once, and so are the records for the sink. Dropping it flushes and ends the scope, also
-/// when the thread unwinds, so no outbox is left owned by a thread that is gone.
+/// are written at `flush_batched`, not at once, and so are the records for the sink. Dropping
+/// it flushes and ends the scope, also when the thread unwinds, so no outbox is left owned by
+/// a thread that is gone.
 pub struct Batching(());
 
 impl Batching {
@@ -128,6 +129,8 @@ impl Drop for Batching {
 /// before anything that may block (a socket read, a wait for room, a sleep): a claimed outbox
 /// must not wait for this thread, nor must the publishes it routed.
 pub fn flush_batched() {
+    // The sink's first: should it have to wait for room, it flushes the outboxes meanwhile.
+    crate::sink::flush_batched();
     loop {
         let dirty = DIRTY.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
         match dirty {
@@ -136,10 +139,9 @@ pub fn flush_batched() {
                     outbox.flush_direct();
                 }
             }
-            _ => break,
+            _ => return,
         }
     }
-    crate::sink::flush_batched();
 }
 
 impl Outbox {

@@ -125,8 +125,11 @@ pub struct ConnectionReader {
     bytes_read: u64,
     /// Wall-clock time of the last read, and frames taken since: the receive time of a
     /// PUBLISH is its read's time plus its place in the read, in ns. One clock read per socket
-    /// read instead of per packet; the offset keeps a connection's points on one series from
-    /// sharing a timestamp (InfluxDB would keep only the last).
+    /// read instead of per packet; the offset keeps the points of one read on one series from
+    /// sharing a timestamp (InfluxDB would keep only the last). Successive reads are further
+    /// apart than a read has frames (handling a frame takes far more than 1 ns), so they do
+    /// not overlap either, as long as the clock does not step back; a sink `precision`
+    /// coarser than ns can merge points, as it always could.
     read_at_ns: i64,
     frames_in_read: i64,
     buf: Box<[u8]>,

@@ -114,8 +114,30 @@ impl Properties {
 /// is moved several times on its way through the broker, which an inline `Properties` made a
 /// 400-byte copy each time. Reads see an empty `Properties` when there are none; the first
 /// write allocates.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct PublishProperties(Option<Box<Properties>>);
+
+impl PublishProperties {
+    /// Take the topic alias out (the broker resolves it), without allocating when there are no
+    /// properties, and dropping the box when the alias was all there was.
+    pub fn take_topic_alias(&mut self) -> Option<u16> {
+        let properties = self.0.as_mut()?;
+        let alias = properties.topic_alias.take();
+        if properties.is_empty() {
+            self.0 = None;
+        }
+        alias
+    }
+}
+
+/// Equal when the properties are: an emptied box equals none.
+impl PartialEq for PublishProperties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for PublishProperties {}
 
 static NO_PROPERTIES: std::sync::LazyLock<Properties> =
     std::sync::LazyLock::new(Properties::default);
@@ -365,4 +387,32 @@ pub mod reason {
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
     pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
     pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_properties_are_boxed_only_when_there_are_any() {
+        let mut none = PublishProperties::from(Properties::default());
+        assert!(none.0.is_none());
+        assert_eq!(none.take_topic_alias(), None);
+        assert!(none.0.is_none(), "reading the alias must not allocate");
+        let mut alias_only = PublishProperties::from(Properties {
+            topic_alias: Some(3),
+            ..Properties::default()
+        });
+        assert_eq!(alias_only.take_topic_alias(), Some(3));
+        assert!(alias_only.0.is_none(), "emptied: the box is dropped");
+        assert_eq!(alias_only, none);
+        let mut more = PublishProperties::from(Properties {
+            topic_alias: Some(3),
+            content_type: Some("text/plain".into()),
+            ..Properties::default()
+        });
+        assert_eq!(more.take_topic_alias(), Some(3));
+        assert_eq!(more.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(more.topic_alias, None);
+    }
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 pub use line_protocol::Precision;
 pub use mapping::{NonNumeric, RuleConfig, TimestampUnit};
-pub use writer::{end_batching, flush_batched, start_batching};
+pub(crate) use writer::{end_batching, flush_batched, start_batching};
 
 /// What to do when the spool has reached `spool_max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -75,7 +75,8 @@ pub struct SinkConfig {
     /// First retry delay after a failed write; doubles up to `retry_max_ms` (with jitter).
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
-    /// Publishes buffered between the broker and the batcher; `submit` blocks beyond it.
+    /// Publishes buffered between the broker and the batcher (about: connection threads add
+    /// theirs a chunk at a time); `submit` blocks beyond it.
     pub queue_capacity: usize,
     /// Directory of the on-disk spool (created if missing).
     pub spool_dir: PathBuf,
@@ -432,8 +433,9 @@ impl Sink {
         })
     }
 
-    /// Hand one publish to the writer. Blocks (applying backpressure to the publisher) rather
-    /// than dropping when the channel is full.
+    /// Hand one publish to the writer (a connection thread's are handed over together at its
+    /// next flush, see `start_batching`). Blocks, applying backpressure to the publisher, rather
+    /// than dropping when `queue_capacity` records are queued.
     pub fn submit(&self, record: SinkRecord) {
         if let Some(w) = &self.writer {
             Counters::add(&self.counters.received, 1);

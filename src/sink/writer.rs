@@ -50,14 +50,27 @@ struct Chunk {
 const RECORD_HEADER: usize = 16;
 
 impl Chunk {
+    /// A chunk of one record, no larger than it needs.
+    fn one(record: &SinkRecord) -> Chunk {
+        let mut chunk = Chunk::default();
+        chunk.data.reserve_exact(Chunk::size_of(record));
+        chunk.push(record);
+        chunk
+    }
+
+    fn size_of(record: &SinkRecord) -> usize {
+        RECORD_HEADER + record.topic.len() + record.payload.len()
+    }
+
     fn push(&mut self, record: &SinkRecord) {
         let (topic, payload) = (record.topic.as_bytes(), record.payload);
         if self.data.capacity() == 0 {
-            // Once per chunk, not grown record by record.
-            self.data.reserve_exact(
-                (RECORD_HEADER + topic.len() + payload.len()).max(CHUNK_BYTES + 128),
-            );
+            // Once per chunk, not grown record by record (with room for the record that takes
+            // it past `CHUNK_BYTES`, if usual).
+            self.data
+                .reserve_exact(Chunk::size_of(record).max(CHUNK_BYTES + 128));
         }
+        // The lengths fit: a topic is at most 65,535 bytes and an MQTT packet at most 256 MiB.
         self.data
             .extend_from_slice(&record.received_at_ns.to_le_bytes());
         self.data
@@ -108,7 +121,8 @@ struct Shared {
     /// The sender has nothing to write (no batch in the channel, nothing spooled, no backoff).
     sender_idle: AtomicBool,
     /// Records handed to the batcher and not yet taken by it: the queue's bound
-    /// (`queue_capacity`) counts records, not chunks.
+    /// (`queue_capacity`) counts records, not chunks. It is checked before a chunk is added,
+    /// so threads flushing at once can pass it by up to a chunk each.
     in_queue: AtomicUsize,
     queue_capacity: usize,
     /// Publishers that found the record queue full wait here until half of it is free again
@@ -154,7 +168,8 @@ impl Shared {
 
 pub(super) struct Writer {
     /// None once shut down. Submitters hold the read lock while sending, so shutdown (write
-    /// lock) waits for every record already handed over.
+    /// lock) waits for every record already handed over. (Records still collected by a
+    /// connection thread are handed over when it ends: the broker joins those threads first.)
     records: RwLock<Option<Sender<Chunk>>>,
     /// Dropped at shutdown: wakes the sender from a backoff wait.
     stop: Mutex<Option<Sender<()>>>,
@@ -283,11 +298,7 @@ impl Writer {
             Some(false) => {}
             Some(true) => flush_batched(),
             // Not batching, or batching for another sink (tests run several brokers).
-            None => {
-                let mut chunk = Chunk::default();
-                chunk.push(&record);
-                self.send(chunk);
-            }
+            None => self.send(Chunk::one(&record)),
         }
     }
 
@@ -387,7 +398,7 @@ thread_local! {
 
 /// Start collecting this thread's records until `end_batching`, handing them over at each
 /// `flush_batched`. Used by connection reader threads (with the outbox's batching scope).
-pub fn start_batching() {
+pub(crate) fn start_batching() {
     THREAD_BATCH.with(|b| {
         b.borrow_mut().get_or_insert(ThreadBatch {
             writer: None,
@@ -397,14 +408,14 @@ pub fn start_batching() {
 }
 
 /// Hand over what this thread collected and stop collecting.
-pub fn end_batching() {
+pub(crate) fn end_batching() {
     flush_batched();
     THREAD_BATCH.with(|b| *b.borrow_mut() = None);
 }
 
 /// Hand this thread's collected records to the batcher. Called before anything that may block,
 /// as the records must not wait for this thread's next read.
-pub fn flush_batched() {
+pub(crate) fn flush_batched() {
     let taken = THREAD_BATCH.with(|b| {
         let mut b = b.borrow_mut();
         let batch = b.as_mut()?;
@@ -412,8 +423,13 @@ pub fn flush_batched() {
         Some((writer, std::mem::take(&mut batch.chunk)))
     });
     // Not borrowed while sending: waiting for room flushes the outboxes, which flush this.
-    if let Some((writer, chunk)) = taken {
+    if let Some((writer, mut chunk)) = taken {
         if chunk.records > 0 {
+            // A read that brought one small publish (the usual IoT client) must not hold a
+            // whole chunk's buffer while queued.
+            if chunk.data.capacity() > 2 * chunk.data.len() {
+                chunk.data.shrink_to_fit();
+            }
             writer.send(chunk);
         }
     }
@@ -463,7 +479,8 @@ impl Batcher {
         loop {
             let flush = match chunk.read(&mut at) {
                 None => {
-                    // This chunk is done: the next one.
+                    // This chunk is done (and freed now: the wait may be long): the next one.
+                    chunk = Chunk::default();
                     let next = match records.try_recv() {
                         Ok(c) => Ok(c),
                         Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
