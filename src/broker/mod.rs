@@ -171,10 +171,6 @@ impl Broker {
         message: Message,
         incoming: Option<crate::store::journal::Op>,
     ) -> usize {
-        // Broker-generated messages ($SYS) are not PUBLISH packets received from a client.
-        if message.publisher.is_some() {
-            Stats::add(&self.stats.publish_received, 1);
-        }
         let (message, deliveries) = if message.retain {
             // Stored before the subscribers are looked up: a client subscribing meanwhile then
             // gets the message live or as retained, never neither.

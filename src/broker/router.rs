@@ -6,7 +6,7 @@ use super::session::{Route, SessionRef};
 use super::topic::filter_matches;
 use crate::protocol::SubscriptionOptions;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// The table's maps are looked up with client-chosen strings on every publish (each topic level,
@@ -177,6 +177,10 @@ impl RetainedStore {
 #[derive(Default)]
 pub struct Router {
     subscriptions: RwLock<Node>,
+    /// Whether `subscriptions` holds any (set under its write lock): a broker that only feeds
+    /// the sink then routes a publish without touching the lock, whose count every connection
+    /// thread would otherwise update for every publish.
+    has_subscriptions: AtomicBool,
     retained: RwLock<RetainedStore>,
     retained_limits: RetainedLimits,
 }
@@ -207,6 +211,7 @@ impl Router {
             .subscriptions
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        self.has_subscriptions.store(true, Ordering::Release);
         match parse_shared(filter) {
             Some((group, topic_filter)) => {
                 let node = node_for(&mut root, topic_filter);
@@ -255,7 +260,10 @@ impl Router {
             None => (None, filter),
         };
         let levels: Vec<&str> = topic_filter.split('/').collect();
-        remove(&mut root, &levels, group, session)
+        let removed = remove(&mut root, &levels, group, session);
+        self.has_subscriptions
+            .store(!root.children.is_empty(), Ordering::Release);
+        removed
     }
 
     /// Every session a message on `topic` goes to. Subscriptions with v5 No Local do not match
@@ -263,12 +271,12 @@ impl Router {
     pub fn matches(&self, topic: &str, publisher: Option<&str>) -> Vec<Delivery> {
         let mut out = Vec::new();
         let mut shared = Vec::new();
+        // No subscription at all (a broker that only feeds the sink): nothing to split.
+        if !self.has_subscriptions.load(Ordering::Acquire) {
+            return out;
+        }
         {
             let root = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
-            // No subscription at all (a broker that only feeds the sink): nothing to split.
-            if root.children.is_empty() {
-                return out;
-            }
             // On the stack for all but very deep topics: this runs for every publish.
             let levels: smallvec::SmallVec<[&str; 16]> = topic.split('/').collect();
             let mut m = Matcher {

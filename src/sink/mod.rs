@@ -438,7 +438,6 @@ impl Sink {
     /// than dropping when `queue_capacity` records are queued.
     pub fn submit(&self, record: SinkRecord) {
         if let Some(w) = &self.writer {
-            Counters::add(&self.counters.received, 1);
             w.submit(record);
         }
     }

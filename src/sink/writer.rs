@@ -305,6 +305,7 @@ impl Writer {
     fn send(&self, chunk: Chunk) {
         let n = chunk.records;
         let shared = &self.shared;
+        Counters::add(&shared.counters.received, n);
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
         let sent = records.as_ref().is_some_and(|tx| {
             if shared.in_queue.load(Ordering::Relaxed) + n > shared.queue_capacity {
