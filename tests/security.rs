@@ -132,12 +132,17 @@ pattern read users/%u/inbox
 ";
 
 fn acl_broker(files: &Files, acl: &str) -> Broker {
+    acl_broker_with(files, acl, "")
+}
+
+/// `acl_broker` with more configuration appended.
+fn acl_broker_with(files: &Files, acl: &str, extra: &str) -> Broker {
     let pw = files.write("passwd", "");
     mosquitto_passwd(&pw, "alice", "a");
     mosquitto_passwd(&pw, "bob", "b");
     let acl = files.write("acl", acl);
     Broker::with_config(&format!(
-        "[security]\nallow_anonymous = false\npassword_file = {pw:?}\nacl_file = {acl:?}\n"
+        "[security]\nallow_anonymous = false\npassword_file = {pw:?}\nacl_file = {acl:?}\n{extra}"
     ))
 }
 
@@ -289,13 +294,30 @@ fn publish_rate_limit_slows_a_fast_publisher_without_dropping() {
 
 #[test]
 fn shared_subscription_messages_go_only_to_members_allowed_to_read_them() {
+    shared_members_allowed_to_read(false);
+}
+
+/// The same through the exactly-once path: QoS 2 from a stored session, with persistence, is
+/// routed with its store record written atomically with the deliveries.
+#[test]
+fn shared_subscription_qos2_messages_of_a_stored_session_go_only_to_members_allowed_to_read_them() {
+    shared_members_allowed_to_read(true);
+}
+
+fn shared_members_allowed_to_read(exactly_once_path: bool) {
     // A member that may not read the topic is skipped for one that may: nothing is lost to the
     // ACL and nothing leaks past it.
     let files = Files::new();
-    let broker = acl_broker(
-        &files,
-        &format!("{ACL}\nuser carol\ntopic read nothing/here\n"),
-    );
+    let acl = format!("{ACL}\nuser carol\ntopic read nothing/here\n");
+    let broker = if exactly_once_path {
+        acl_broker_with(
+            &files,
+            &acl,
+            &common::persistent_config(&files.path("store")),
+        )
+    } else {
+        acl_broker(&files, &acl)
+    };
     mosquitto_passwd(&files.path("passwd"), "carol", "c");
     // The password file is read at start-up: reload it so carol exists.
     broker.send_signal(libc_sighup());
@@ -304,9 +326,12 @@ fn shared_subscription_messages_go_only_to_members_allowed_to_read_them() {
     let mut carol = MqttClient::connect_with(with_credentials(&broker, "carol-dev", "carol", "c"));
     bob.subscribe("$share/g/sensors/temp", 1);
     carol.subscribe("$share/g/sensors/temp", 1);
-    let mut alice = MqttClient::connect_with(with_credentials(&broker, "alice-dev", "alice", "a"));
+    let mut o = with_credentials(&broker, "alice-dev", "alice", "a");
+    o.set_clean_session(!exactly_once_path);
+    let mut alice = MqttClient::connect_with(o);
+    let qos = if exactly_once_path { 2 } else { 1 };
     for i in 0..6u8 {
-        alice.publish("sensors/temp", 1, false, &[i]);
+        alice.publish("sensors/temp", qos, false, &[i]);
     }
     for i in 0..6u8 {
         assert_eq!(

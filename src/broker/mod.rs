@@ -284,8 +284,10 @@ impl Broker {
         message: &Arc<Message>,
         deliveries: Vec<router::Delivery>,
     ) {
-        let mut routes: Vec<(SessionRef, Route)> =
-            deliveries.into_iter().map(|d| d.route(message)).collect();
+        let mut routes: Vec<(SessionRef, Route)> = deliveries
+            .into_iter()
+            .map(|d| self.readable_member(d, message).route(message))
+            .collect();
         routes.sort_by_key(|(s, _)| Arc::as_ptr(s) as usize);
         let mut sessions: Vec<SessionRef> = routes.iter().map(|(s, _)| s.clone()).collect();
         sessions.dedup_by(|a, b| Arc::ptr_eq(a, b));
@@ -304,6 +306,25 @@ impl Broker {
                 }
             })
         });
+    }
+
+    /// A shared group's delivery whose chosen member may not read the message goes to another
+    /// member, as in `deliver_all`; decided before `deliver_atomically` locks the sessions, as
+    /// the other member's session could not be locked in order then.
+    fn readable_member(&self, d: router::Delivery, message: &Message) -> router::Delivery {
+        let Some(group) = d.shared_group.clone() else {
+            return d;
+        };
+        let allowed =
+            d.session
+                .lock()
+                .can_receive(&d.session.client_id, &message.topic, &self.security);
+        if allowed {
+            return d;
+        }
+        self.router
+            .redeliver_shared(&group, &d.session.client_id)
+            .unwrap_or(d)
     }
 
     /// Send the retained messages matching `filter` to one session, RETAIN set [MQTT-3.3.1-8].
