@@ -4,7 +4,7 @@
 use super::acl::ClientAcl;
 use super::auth::{authenticate, AuthRefusal};
 use super::listener::ConnectionSlot;
-use super::message::Message;
+use super::message::{now_ns, Message};
 use super::outbox::{self, Batching, Outbox};
 use super::ratelimit::{PublishRateLimit, PublishRateLimiter};
 use super::session::{Link, Outbound, SessionRef, NEVER_EXPIRES};
@@ -696,7 +696,7 @@ impl Connection {
                 ))),
             };
         }
-        let message = Message::received_at(
+        let message = Message::new(
             p.topic,
             p.payload,
             qos,
@@ -1000,6 +1000,7 @@ impl Connection {
                     will.retain,
                     will.properties.into(),
                     Some(self.client_id.clone()),
+                    now_ns(),
                 );
                 (Arc::new(message), delay)
             });

@@ -25,20 +25,9 @@ pub struct Message {
 }
 
 impl Message {
-    /// Build a message, turning a v5 Message Expiry Interval into a deadline.
+    /// Build a message received at `received_at_ns` (ns since the Unix epoch, see `now_ns`),
+    /// turning a v5 Message Expiry Interval into a deadline.
     pub fn new(
-        topic: Arc<str>,
-        payload: Bytes,
-        qos: QoS,
-        retain: bool,
-        properties: PublishProperties,
-        publisher: Option<Arc<str>>,
-    ) -> Message {
-        Message::received_at(topic, payload, qos, retain, properties, publisher, now_ns())
-    }
-
-    /// `new`, with the receive time given (ns since the Unix epoch).
-    pub fn received_at(
         topic: Arc<str>,
         payload: Bytes,
         qos: QoS,
@@ -73,6 +62,7 @@ impl Message {
             self.retain,
             self.properties.clone(),
             self.publisher.clone(),
+            now_ns(),
         )
     }
 

@@ -517,6 +517,7 @@ mod tests {
             true,
             Default::default(),
             Some("c".into()),
+            crate::broker::message::now_ns(),
         ))
     }
 

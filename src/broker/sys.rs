@@ -10,7 +10,7 @@
 //! one, so queueing old values for an offline persistent subscriber (and counting them as
 //! dropped once its queue is full) helps nobody.
 
-use super::message::Message;
+use super::message::{now_ns, Message};
 use super::stats::{LoadTracker, Snapshot};
 use super::Broker;
 use crate::protocol::QoS;
@@ -76,6 +76,7 @@ fn publish(broker: &Broker, topic: String, payload: String) {
         true,
         Default::default(),
         None,
+        now_ns(),
     ));
 }
 

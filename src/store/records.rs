@@ -476,6 +476,7 @@ mod tests {
             true,
             properties.into(),
             Some("pub".into()),
+            crate::broker::message::now_ns(),
         )
     }
 
