@@ -13,10 +13,12 @@ use super::stats::Stats;
 use super::threads::{self, release_unused_stack};
 use super::topic::{validate_subscription_filter, validate_topic_name};
 use super::Broker;
+use crate::protocol::decode::FrameRef;
 use crate::protocol::{
     self, connack_v3, reason, Ack, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     ProtocolVersion, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
+use crate::sink::SinkRecord;
 use log::{debug, info, warn};
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -457,7 +459,17 @@ impl Connection {
                     return Some(exit);
                 }
             }
-            let frame = match reader.next_frame(self.max_packet_size()) {
+            let frame = match reader.publish_in_buffer(self.max_packet_size()) {
+                Ok(Some((frame, received_at_ns))) => {
+                    match self.on_publish_in_place(frame, received_at_ns) {
+                        Ok(()) => continue,
+                        Err(exit) => return Some(exit),
+                    }
+                }
+                Ok(None) => reader.next_frame(self.max_packet_size()),
+                Err(e) => Err(e),
+            };
+            let frame = match frame {
                 Ok(f) => f,
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
                 Err(e) => return Some(violation_from(e)),
@@ -634,31 +646,83 @@ impl Connection {
     fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
         if self.version.is_v5() {
             self.resolve_topic_alias(&mut p)?;
-            if !p.properties.subscription_identifiers.is_empty() {
-                return Err(violation(
-                    reason::PROTOCOL_ERROR,
-                    "[MQTT-3.3.4-6] a PUBLISH from a client must not carry a subscription identifier",
-                ));
-            }
         }
-        if let Err(rule) = validate_topic_name(&p.topic) {
+        if !self.admit(&p.topic, &p.payload, &p.properties, p.qos, p.packet_id)? {
+            return Ok(());
+        }
+        self.route_publish(p)
+    }
+
+    /// A PUBLISH still in the read buffer. When only the sink takes it (no subscription at
+    /// all, not retained, QoS 0 or 1, messages not logged), it goes there straight from the
+    /// buffer: the usual telemetry publish costs no allocation. Any other is copied out and
+    /// handled as usual.
+    #[inline(never)]
+    fn on_publish_in_place(&mut self, frame: FrameRef, received_at_ns: i64) -> Result<(), Exit> {
+        self.received_at_ns = received_at_ns;
+        let p = protocol::decode_publish_view(frame.header, frame.body, self.version)
+            .map_err(violation_from)?;
+        self.check_attached()?;
+        if p.properties.topic_alias.is_some() {
+            return self.on_publish(p.into_owned());
+        }
+        if !self.admit(p.topic, p.payload, &p.properties, p.qos, p.packet_id)? {
+            return Ok(());
+        }
+        let sink_only = p.qos != QoS::ExactlyOnce
+            && !p.retain
+            && !self.broker.config.log.messages
+            && !self.broker.router.has_subscriptions();
+        if !sink_only {
+            return self.route_publish(p.into_owned());
+        }
+        self.broker.sink.submit(SinkRecord {
+            topic: p.topic,
+            payload: p.payload,
+            received_at_ns,
+        });
+        match p.qos {
+            QoS::AtLeastOnce => {
+                let code = self.delivered_code(0);
+                self.ack_durable(Packet::PubAck(ack(p.packet_id, code)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The checks every PUBLISH passes before it is routed. `Ok(false)`: refused, and answered
+    /// where the protocol has an answer.
+    fn admit(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        properties: &Properties,
+        qos: QoS,
+        packet_id: u16,
+    ) -> Result<bool, Exit> {
+        if self.version.is_v5() && !properties.subscription_identifiers.is_empty() {
+            return Err(violation(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-3.3.4-6] a PUBLISH from a client must not carry a subscription identifier",
+            ));
+        }
+        if let Err(rule) = validate_topic_name(topic) {
             return Err(violation(reason::TOPIC_NAME_INVALID, rule));
         }
-        let (qos, packet_id) = (p.qos, p.packet_id);
-        let pause = self.rate_limiter.acquire_now(p.payload.len());
+        let pause = self.rate_limiter.acquire_now(payload.len());
         if !pause.is_zero() {
             // Over its publish rate: stop reading from this client for a while, so TCP slows it
             // down and nothing it sent is dropped.
             outbox::flush_batched();
             thread::sleep(pause);
         }
-        if !self.can_publish(&p.topic) {
+        if !self.can_publish(topic) {
             // Dropped, as mosquitto does; v5 clients are told (0x87), v3 clients cannot be.
             self.denied += 1;
             if self.denied == 1 || self.denied % 1000 == 0 {
                 info!(
                     "client {}: PUBLISH to {} denied by ACL ({} so far)",
-                    self.client_id, p.topic, self.denied
+                    self.client_id, topic, self.denied
                 );
             }
             Stats::add(&self.broker.stats.publish_denied, 1);
@@ -671,15 +735,14 @@ impl Connection {
                 QoS::AtMostOnce => Ok(()),
                 QoS::AtLeastOnce => self.ack_durable(Packet::PubAck(ack(packet_id, code))),
                 QoS::ExactlyOnce => self.ack_durable(Packet::PubRec(ack(packet_id, code))),
-            };
+            }
+            .map(|()| false);
         }
-        if p.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&p.payload).is_err()
-        {
+        if properties.payload_format_indicator == Some(1) && std::str::from_utf8(payload).is_err() {
             // v5: payload declared UTF-8 but is not; refuse it with 0x99 (3.3.2.3.2).
             debug!(
                 "client {}: PUBLISH on {} has a payload that is not UTF-8 as declared",
-                self.client_id, p.topic
+                self.client_id, topic
             );
             return match qos {
                 QoS::AtMostOnce => Err(violation(
@@ -694,8 +757,24 @@ impl Connection {
                     packet_id,
                     reason::PAYLOAD_FORMAT_INVALID,
                 ))),
-            };
+            }
+            .map(|()| false);
         }
+        Ok(true)
+    }
+
+    /// v5: tell the publisher when nobody was subscribed (0x10, a success code).
+    fn delivered_code(&self, delivered: usize) -> u8 {
+        if self.version.is_v5() && delivered == 0 {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        }
+    }
+
+    /// Route an admitted PUBLISH and acknowledge it.
+    fn route_publish(&mut self, p: Publish) -> Result<(), Exit> {
+        let (qos, packet_id) = (p.qos, p.packet_id);
         let message = Message::new(
             p.topic,
             p.payload,
@@ -705,15 +784,6 @@ impl Connection {
             Some(self.client_id.clone()),
             self.received_at_ns,
         );
-        let v5 = self.version.is_v5();
-        // v5: tell the publisher when nobody was subscribed (0x10, a success code).
-        let code = |delivered: usize| {
-            if v5 && delivered == 0 {
-                reason::NO_MATCHING_SUBSCRIBERS
-            } else {
-                reason::SUCCESS
-            }
-        };
         match qos {
             QoS::AtMostOnce => {
                 self.broker.publish(message);
@@ -721,7 +791,10 @@ impl Connection {
             }
             QoS::AtLeastOnce => {
                 let delivered = self.broker.publish(message);
-                self.ack_durable(Packet::PubAck(ack(packet_id, code(delivered))))
+                self.ack_durable(Packet::PubAck(ack(
+                    packet_id,
+                    self.delivered_code(delivered),
+                )))
             }
             QoS::ExactlyOnce => {
                 let (new, pending) = {
@@ -750,7 +823,10 @@ impl Connection {
                     );
                     1
                 };
-                self.ack_durable(Packet::PubRec(ack(packet_id, code(delivered))))
+                self.ack_durable(Packet::PubRec(ack(
+                    packet_id,
+                    self.delivered_code(delivered),
+                )))
             }
         }
     }

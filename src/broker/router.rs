@@ -266,13 +266,18 @@ impl Router {
         removed
     }
 
+    /// Whether any session subscribes to anything (without taking the table's lock).
+    pub fn has_subscriptions(&self) -> bool {
+        self.has_subscriptions.load(Ordering::Acquire)
+    }
+
     /// Every session a message on `topic` goes to. Subscriptions with v5 No Local do not match
     /// their own client's messages [MQTT-3.8.3-3].
     pub fn matches(&self, topic: &str, publisher: Option<&str>) -> Vec<Delivery> {
         let mut out = Vec::new();
         let mut shared = Vec::new();
         // No subscription at all (a broker that only feeds the sink): nothing to split.
-        if !self.has_subscriptions.load(Ordering::Acquire) {
+        if !self.has_subscriptions() {
             return out;
         }
         {

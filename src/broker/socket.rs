@@ -7,6 +7,7 @@
 
 use super::message::now_ns;
 use super::stats::Stats;
+use crate::protocol::decode::FrameRef;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::io::AsRawFd;
@@ -184,17 +185,43 @@ impl ConnectionReader {
             crate::protocol::decode::frame_in(self.buffer(), max_packet_size)?
         {
             self.pos += used;
-            self.count_frame(&frame);
+            self.count_frame(frame.header);
             return Ok(frame);
         }
         let frame = crate::protocol::read_frame(self, max_packet_size)?;
-        self.count_frame(&frame);
+        self.count_frame(frame.header);
         Ok(frame)
     }
 
-    fn count_frame(&mut self, frame: &crate::protocol::Frame) {
+    /// The next frame when it is a PUBLISH that the buffer holds whole (reading when the
+    /// buffer is empty): the frame where it is (no copy), and its receive time. None: another
+    /// packet, or not all read yet (`next_frame` then takes it).
+    pub fn publish_in_buffer(
+        &mut self,
+        max_packet_size: usize,
+    ) -> Result<Option<(FrameRef<'_>, i64)>, crate::protocol::DecodeError> {
+        if self.pos == self.filled {
+            // Read first (this is where the thread waits): a client that sends one PUBLISH at a
+            // time then has it taken from the buffer too.
+            self.fill().map_err(crate::protocol::DecodeError::Io)?;
+        }
+        let at = self.pos;
+        let found = crate::protocol::decode::frame_in_place(self.buffer(), max_packet_size)?
+            .map(|(frame, size)| (frame.header, frame.body.len(), size));
+        let Some((header, body_len, size)) = found.filter(|(header, ..)| header >> 4 == 3) else {
+            return Ok(None);
+        };
+        self.pos += size;
+        self.count_frame(header);
+        // The body is the frame's tail.
+        let body = &self.buf[at + size - body_len..at + size];
+        let received_at_ns = self.read_at_ns + self.frames_in_read;
+        Ok(Some((FrameRef { header, body }, received_at_ns)))
+    }
+
+    fn count_frame(&mut self, header: u8) {
         self.packets_read += 1;
-        self.publishes_read += u64::from(frame.header >> 4 == 3);
+        self.publishes_read += u64::from(header >> 4 == 3);
         self.frames_in_read += 1;
     }
 

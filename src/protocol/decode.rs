@@ -161,6 +161,25 @@ pub fn read_frame(r: &mut impl Read, max_packet_size: usize) -> Result<Frame, De
 /// when more bytes are needed. Errors and limits as `read_frame`. A reader with a buffer takes
 /// its frames this way in one copy, and uses `read_frame` for the rest.
 pub fn frame_in(buf: &[u8], max_packet_size: usize) -> Result<Option<(Frame, usize)>, DecodeError> {
+    Ok(frame_in_place(buf, max_packet_size)?.map(|(frame, size)| {
+        let (header, body) = (frame.header, Bytes::copy_from_slice(frame.body));
+        (Frame { header, body }, size)
+    }))
+}
+
+/// A frame where it lies in a buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef<'a> {
+    /// The fixed header's first byte: packet type and flags.
+    pub header: u8,
+    pub body: &'a [u8],
+}
+
+/// `frame_in` without the copy.
+pub fn frame_in_place(
+    buf: &[u8],
+    max_packet_size: usize,
+) -> Result<Option<(FrameRef<'_>, usize)>, DecodeError> {
     let Some(&header) = buf.first() else {
         return Ok(None);
     };
@@ -171,8 +190,7 @@ pub fn frame_in(buf: &[u8], max_packet_size: usize) -> Result<Option<(Frame, usi
     let Some(body) = buf.get(1 + length_bytes..size) else {
         return Ok(None);
     };
-    let body = Bytes::copy_from_slice(body);
-    Ok(Some((Frame { header, body }, size)))
+    Ok(Some((FrameRef { header, body }, size)))
 }
 
 /// Remaining Length: up to 4 bytes, 7 bits each, high bit = "more bytes follow" [MQTT-2.2.3].
@@ -261,7 +279,7 @@ fn mid_frame_error(e: io::Error, read_so_far: usize) -> DecodeError {
 
 /// Cursor over a frame body. Every read is bounds-checked; running past the end is Malformed.
 struct Reader<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     pos: usize,
     packet: &'static str,
     /// Picks the rule cited in errors (CONNECT updates it once the level is known).
@@ -269,7 +287,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a Bytes, packet: &'static str, version: ProtocolVersion) -> Self {
+    fn new(buf: &'a [u8], packet: &'static str, version: ProtocolVersion) -> Self {
         Reader {
             buf,
             pos: 0,
@@ -327,10 +345,10 @@ impl<'a> Reader<'a> {
         )))
     }
 
-    /// Zero-copy slice of the frame body.
+    /// A copy of the next `n` bytes (binary fields are small and rare; a slice of the frame
+    /// would keep all of it alive).
     fn slice(&mut self, n: usize, field: &str) -> Result<Bytes, DecodeError> {
-        self.take(n, field)?;
-        Ok(self.buf.slice(self.pos - n..self.pos))
+        Ok(Bytes::copy_from_slice(self.take(n, field)?))
     }
 
     /// Binary Data: two-byte length + bytes (section 1.5.6).
@@ -666,8 +684,68 @@ fn decode_connack(body: &Bytes, version: ProtocolVersion) -> Result<ConnAck, Dec
 /// The broker calls this directly for the packet it sees most: a `Packet` is twice the size of
 /// a `Publish`, and every move of it is a copy.
 pub fn decode_publish(frame: Frame, version: ProtocolVersion) -> Result<Publish, DecodeError> {
-    debug_assert_eq!(frame.header >> 4, 3, "not a PUBLISH frame");
-    let (flags, mut body) = (frame.header & 0x0F, frame.body);
+    let view = decode_publish_view(frame.header, &frame.body, version)?;
+    // The payload is the rest of the frame: advancing the frame's own `Bytes` keeps its single
+    // owner (a slice would allocate a shared reference count for every PUBLISH).
+    let header_len = frame.body.len() - view.payload.len();
+    let PublishView {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        properties,
+        ..
+    } = view;
+    let topic: Arc<str> = topic.into();
+    let mut body = frame.body;
+    body.advance(header_len);
+    Ok(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        payload: body,
+        properties,
+    })
+}
+
+/// A PUBLISH decoded where it lies: topic and payload borrowed from the frame's body. The
+/// broker routes a publish that only the sink takes from here, without copying it.
+#[derive(Debug)]
+pub struct PublishView<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+    pub properties: PublishProperties,
+}
+
+impl PublishView<'_> {
+    pub fn into_owned(self) -> Publish {
+        Publish {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.into(),
+            packet_id: self.packet_id,
+            payload: Bytes::copy_from_slice(self.payload),
+            properties: self.properties,
+        }
+    }
+}
+
+/// Decode a PUBLISH's body (`header`: its fixed header byte), with every check of `decode_publish`.
+pub fn decode_publish_view(
+    header: u8,
+    body: &[u8],
+    version: ProtocolVersion,
+) -> Result<PublishView<'_>, DecodeError> {
+    debug_assert_eq!(header >> 4, 3, "not a PUBLISH frame");
+    let flags = header & 0x0F;
     let dup = flags & 0x08 != 0;
     let retain = flags & 0x01 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0x03)
@@ -677,14 +755,14 @@ pub fn decode_publish(frame: Frame, version: ProtocolVersion) -> Result<Publish,
             "PUBLISH: DUP flag set on a QoS 0 message [MQTT-3.3.1-2]",
         ));
     }
-    let mut r = Reader::new(&body, "PUBLISH", version);
-    let topic: Arc<str> = r.str("topic name")?.into();
+    let mut r = Reader::new(body, "PUBLISH", version);
+    let topic = r.str("topic name")?;
     // v5 allows an empty topic name when a topic alias is present (checked by the broker, which
     // owns the alias table); 3.x never does [MQTT-4.7.3-1].
     if topic.is_empty() && !version.is_v5() {
         return Err(protocol("PUBLISH: empty topic name [MQTT-4.7.3-1]"));
     }
-    check_topic_name(&topic, "PUBLISH", "topic name")?;
+    check_topic_name(topic, "PUBLISH", "topic name")?;
     let packet_id = if qos == QoS::AtMostOnce {
         0
     } else {
@@ -695,17 +773,13 @@ pub fn decode_publish(frame: Frame, version: ProtocolVersion) -> Result<Publish,
     } else {
         PublishProperties::default()
     };
-    // The payload is the rest of the frame: advancing the frame's own `Bytes` keeps its single
-    // owner (a slice would allocate a shared reference count for every PUBLISH).
-    let header_len = r.pos;
-    body.advance(header_len);
-    Ok(Publish {
+    Ok(PublishView {
         dup,
         qos,
         retain,
         topic,
         packet_id,
-        payload: body,
+        payload: r.rest(),
         properties,
     })
 }

@@ -10,7 +10,9 @@ pub mod encode;
 use bytes::Bytes;
 use std::sync::Arc;
 
-pub use decode::{decode_packet, decode_publish, read_frame, DecodeError, Frame};
+pub use decode::{
+    decode_packet, decode_publish, decode_publish_view, read_frame, DecodeError, Frame, PublishView,
+};
 pub use encode::{encode_packet, encode_publish, variable_int_len, write_variable_int};
 
 /// Largest value the variable-length "Remaining Length" can carry (4 bytes of 7 bits). [MQTT-2.2.3]
