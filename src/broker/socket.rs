@@ -202,8 +202,18 @@ impl ConnectionReader {
     ) -> Result<Option<(FrameRef<'_>, i64)>, crate::protocol::DecodeError> {
         if self.pos == self.filled {
             // Read first (this is where the thread waits): a client that sends one PUBLISH at a
-            // time then has it taken from the buffer too.
-            self.fill().map_err(crate::protocol::DecodeError::Io)?;
+            // time then has it taken from the buffer too. As `read_frame`: a signal is retried,
+            // and the peer closing between packets is `Eof`.
+            loop {
+                match self.fill() {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(crate::protocol::DecodeError::Io(e)),
+                }
+            }
+            if self.filled == 0 {
+                return Err(crate::protocol::DecodeError::Eof);
+            }
         }
         let at = self.pos;
         let found = crate::protocol::decode::frame_in_place(self.buffer(), max_packet_size)?
@@ -225,7 +235,8 @@ impl ConnectionReader {
         self.frames_in_read += 1;
     }
 
-    /// When the frame `next_frame` returned last was received (ns since the Unix epoch).
+    /// When the frame `next_frame` returned last was received (ns since the Unix epoch);
+    /// `publish_in_buffer` returns its frame's own.
     pub fn received_at_ns(&self) -> i64 {
         self.read_at_ns + self.frames_in_read
     }

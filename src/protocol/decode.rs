@@ -681,8 +681,9 @@ fn decode_connack(body: &Bytes, version: ProtocolVersion) -> Result<ConnAck, Dec
 }
 
 /// Decode a PUBLISH frame (`frame.header >> 4 == 3`; anything else is a bug of the caller).
-/// The broker calls this directly for the packet it sees most: a `Packet` is twice the size of
-/// a `Publish`, and every move of it is a copy.
+/// The broker calls this directly for a PUBLISH that was not whole in its read buffer (the
+/// others it decodes in place, `decode_publish_view`): a `Packet` is much larger than a
+/// `Publish`, and every move of it is a copy.
 pub fn decode_publish(frame: Frame, version: ProtocolVersion) -> Result<Publish, DecodeError> {
     let view = decode_publish_view(frame.header, &frame.body, version)?;
     // The payload is the rest of the frame: advancing the frame's own `Bytes` keeps its single
@@ -1305,6 +1306,40 @@ mod tests {
             n += 1;
         }
         assert_eq!((n, at), (2, 7));
+    }
+
+    #[test]
+    fn publish_decoded_in_place_is_the_publish_decoded_from_its_frame() {
+        let v5_props = [0x02, 0x01, 0x01]; // properties length 2: payload format indicator 1
+        let cases: Vec<(u8, Vec<u8>, ProtocolVersion)> = vec![
+            // QoS 0, topic "a/b", payload "21.5"
+            (0x30, [&[0, 3][..], b"a/b", b"21.5"].concat(), V311),
+            // QoS 1 retained, packet id 7, empty payload
+            (0x33, [&[0, 1][..], b"t", &[0, 7]].concat(), V311),
+            // v5 QoS 2 DUP with a property
+            (
+                0x3C,
+                [&[0, 1][..], b"t", &[0, 9], &v5_props, b"x"].concat(),
+                V5,
+            ),
+            // errors: QoS 3, DUP on QoS 0, a wildcard topic, a topic that is not UTF-8
+            (0x36, [&[0, 1][..], b"t", &[0, 1]].concat(), V311),
+            (0x38, [&[0, 1][..], b"t"].concat(), V311),
+            (0x30, [&[0, 3][..], b"a/#"].concat(), V311),
+            (0x30, vec![0, 2, 0xC3, 0x28], V311),
+        ];
+        for (header, body, version) in cases {
+            let view = decode_publish_view(header, &body, version);
+            let frame = Frame {
+                header,
+                body: Bytes::from(body.clone()),
+            };
+            match (view, decode_publish(frame, version)) {
+                (Ok(v), Ok(p)) => assert_eq!(v.into_owned(), p, "header {header:#x}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                (a, b) => panic!("header {header:#x}: in place {a:?}, from the frame {b:?}"),
+            }
+        }
     }
 
     #[test]
