@@ -414,6 +414,7 @@ impl Broker {
                 }
                 _ => state.record_session(),
             }
+            stored_change |= state.note_reconnected();
             // CONNACK's "session present" must not be contradicted by a crash right after it.
             if stored_change && !self.wait_durable() {
                 log::warn!("client {client_id}: the store did not confirm the session change");

@@ -303,6 +303,18 @@ impl Session {
         }
     }
 
+    /// The client is back: its disconnection time (and delayed will) is deleted from the store.
+    /// Returns whether a record was submitted, so the caller can wait for it before CONNACK:
+    /// after a crash the store must not claim the client was still away, nor hold a will the
+    /// reconnection cancelled [MQTT-3.1.3-9].
+    pub fn note_reconnected(&mut self) -> bool {
+        if self.disconnected_at.take().is_none() {
+            return false;
+        }
+        self.record(records::session_attached);
+        self.journal.is_some()
+    }
+
     /// Record when the client disconnected and the delayed will (see `Session::restore`).
     pub fn record_detached(&self) {
         if let Some(at) = self.disconnected_at {
@@ -381,9 +393,7 @@ impl Session {
         }
         let old = self.link.replace(link);
         self.limits = limits;
-        if self.disconnected_at.take().is_some() {
-            self.record(records::session_attached);
-        }
+        self.note_reconnected();
         self.delayed_will = None;
         self.send(first);
         // PUBRELs are always resent. PUBLISHes are resent with their original packet ids
