@@ -393,7 +393,9 @@ impl Session {
         }
         let old = self.link.replace(link);
         self.limits = limits;
-        self.note_reconnected();
+        // The caller has recorded the reconnection (`note_reconnected`) and waited for the
+        // store before this sends CONNACK.
+        debug_assert!(self.disconnected_at.is_none(), "note_reconnected first");
         self.delayed_will = None;
         self.send(first);
         // PUBRELs are always resent. PUBLISHes are resent with their original packet ids

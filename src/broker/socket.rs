@@ -224,8 +224,8 @@ impl ConnectionReader {
         self.pos += size;
         self.count_frame(header);
         // The body is the frame's tail.
+        let received_at_ns = self.received_at_ns();
         let body = &self.buf[at + size - body_len..at + size];
-        let received_at_ns = self.read_at_ns + self.frames_in_read;
         Ok(Some((FrameRef { header, body }, received_at_ns)))
     }
 
