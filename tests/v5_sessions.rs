@@ -672,3 +672,75 @@ fn session_expiry_counts_the_time_the_broker_was_down() {
     let (_, present) = connect(broker.port, "rx-long", false, expiry(60));
     assert!(present);
 }
+
+/// What the store at `path`, cut after `len` bytes (a crash at that point), says about the
+/// will on `topic` of client `owner`: (still due in its disconnection record, queued for
+/// client `subscriber`).
+fn will_in_store(data: &[u8], owner: &str, subscriber: &str, topic: &str) -> (bool, bool) {
+    let (map, _, _) = mqflux::store::journal::replay(data);
+    let loaded = mqflux::store::records::load(&map);
+    let session = |id: &str| loaded.sessions.iter().find(|s| s.client_id == id);
+    let due = session(owner)
+        .and_then(|s| s.detached.as_ref())
+        .and_then(|d| d.will.as_ref())
+        .is_some_and(|(_, w)| &*w.topic == topic);
+    let queued =
+        session(subscriber).is_some_and(|s| s.outgoing.iter().any(|o| &*o.message.topic == topic));
+    (due, queued)
+}
+
+/// A will published from the store (its delay passed, its session expired, or a Clean Start
+/// ended its session) changes two things there: its client's records lose it and the
+/// subscribers' queues gain it. A crash at any byte of the journal must leave exactly one of
+/// them: the will still due (published after the restart) or delivered; never neither (lost)
+/// nor both (published twice) [MQTT-3.1.3-9].
+#[test]
+fn a_will_published_from_the_store_is_never_lost_nor_doubled_by_a_crash_at_any_point() {
+    let store = tempfile::tempdir().unwrap();
+    let journal = store.path().join(mqflux::store::journal::FILE_NAME);
+    let broker = Broker::with_config(&persistent_config(store.path()));
+    let (mut sub, _) = connect(broker.port, "cw-sub", true, expiry(300));
+    sub.subscribe("cw/#", QoS::AtLeastOnce);
+    sub.disconnect(); // its session (and queue) is in the store from now on
+    let read = || std::fs::read(&journal).expect("journal");
+    let wait_for = |what: &str, f: &dyn Fn(&[u8]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let data = read();
+            if f(&data) {
+                return data;
+            }
+            assert!(Instant::now() < deadline, "store never had {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // (client, will delay, session expiry, Clean Start reconnection)
+    let cases = [
+        ("cw-delay", 1, 60, false), // the will's delay passes; the session lives on
+        ("cw-expiry", 60, 1, false), // the session expires first
+        ("cw-clean", 60, 60, true), // a Clean Start reconnection ends the session
+    ];
+    for (client, delay, session_expiry, clean) in cases {
+        let topic = format!("cw/{client}");
+        let (c, _) = RawClient::connect_with(
+            broker.port,
+            will_connect(client, &topic, Some(delay), session_expiry),
+        );
+        c.drop_connection();
+        let before = wait_for("the delayed will", &|d| {
+            will_in_store(d, client, "cw-sub", &topic).0
+        });
+        let _back = clean.then(|| connect(broker.port, client, true, expiry(60)).0);
+        let after = wait_for("the will delivered", &|d| {
+            will_in_store(d, client, "cw-sub", &topic) == (false, true)
+        });
+        for cut in before.len()..=after.len() {
+            let (due, queued) = will_in_store(&after[..cut], client, "cw-sub", &topic);
+            assert!(
+                due != queued,
+                "{client}: a crash after byte {cut} of the journal leaves the will {}",
+                if due { "due and delivered" } else { "lost" }
+            );
+        }
+    }
+}

@@ -68,6 +68,14 @@ pub struct Broker {
     started: Instant,
 }
 
+/// A message routed to the retained store and the subscribers, not yet logged nor given to
+/// the sink.
+enum Routed {
+    /// Nobody took a share of it.
+    Unshared(Message),
+    Shared(Arc<Message>),
+}
+
 /// Result of attaching a connection to a session at CONNECT.
 pub struct Attached {
     pub session: SessionRef,
@@ -171,6 +179,18 @@ impl Broker {
         message: Message,
         incoming: Option<crate::store::journal::Op>,
     ) -> usize {
+        let (routed, count) = self.route(message, incoming);
+        self.finish(&routed);
+        count
+    }
+
+    /// The retained store and the subscribers' part of `publish_exactly_once`: the message is
+    /// then still to be logged and given to the sink (`finish`).
+    fn route(
+        &self,
+        message: Message,
+        incoming: Option<crate::store::journal::Op>,
+    ) -> (Routed, usize) {
         let (message, deliveries) = if message.retain {
             // Stored before the subscribers are looked up: a client subscribing meanwhile then
             // gets the message live or as retained, never neither.
@@ -187,9 +207,7 @@ impl Broker {
             if deliveries.is_empty() && (incoming.is_none() || self.store.get().is_none()) {
                 // The usual telemetry publish: nobody to share it with, so it goes to the sink
                 // without being put behind an `Arc` first.
-                self.log_message(&message);
-                self.submit_to_sink(&message);
-                return 0;
+                return (Routed::Unshared(message), 0);
             }
             (Arc::new(message), deliveries)
         };
@@ -199,9 +217,28 @@ impl Broker {
         } else {
             self.deliver_all(&message, deliveries);
         }
-        self.log_message(&message);
-        self.submit_to_sink(&message);
-        count
+        (Routed::Shared(message), count)
+    }
+
+    /// What follows routing: the message log and the sink.
+    fn finish(&self, routed: &Routed) {
+        let message = match routed {
+            Routed::Unshared(m) => m,
+            Routed::Shared(m) => &**m,
+        };
+        self.log_message(message);
+        self.submit_to_sink(message);
+    }
+
+    /// Route the will of a session whose store records change with its publication (`record`:
+    /// the session's end, or its disconnection record without the will) in one atomic store
+    /// record with the will's deliveries. After a crash the store then holds either the will
+    /// still due or the will delivered: never neither (lost) nor both (published again at
+    /// restart). Called with the session table locked, so that a new session of the same
+    /// client cannot write its records in between (the end deletes the client's keys); the
+    /// caller hands the will to `finish` once the table is unlocked, as the sink may block.
+    fn route_will(&self, will: Message, record: Option<crate::store::journal::Op>) -> Routed {
+        self.route(will, record).0
     }
 
     fn store_retained(&self, message: &Arc<Message>) {
@@ -434,8 +471,8 @@ impl Broker {
         drop(sessions);
         if let Some(will) = pending_will {
             // The old session ended (clean start or expired) before its Will Delay Interval
-            // passed: the will is due now (section 3.1.3.2.2, "whichever happens first").
-            self.publish(Arc::unwrap_or_clone(will));
+            // passed: the will was due then (section 3.1.3.2.2, "whichever happens first").
+            self.finish(&will);
         }
         Attached {
             session,
@@ -493,8 +530,11 @@ impl Broker {
         };
         drop(sessions);
         self.redeliver_shared(session, shared);
-        for will in will_now.into_iter().chain(ended_will) {
+        if let Some(will) = will_now {
             self.publish(Arc::unwrap_or_clone(will));
+        }
+        if let Some(will) = ended_will {
+            self.finish(&will);
         }
     }
 
@@ -540,51 +580,39 @@ impl Broker {
     pub fn housekeeping(&self) {
         let now = Instant::now();
         let mut due_wills = Vec::new();
-        // Sessions that live on after their delayed will was published: recorded without it
-        // once it has been published (a crash in between repeats the will, never loses it).
-        let mut will_sent = Vec::new();
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             let all: Vec<SessionRef> = sessions.values().cloned().collect();
             for session in all {
-                let (expired, will) = {
-                    let mut state = session.lock();
+                let (expired, will_due) = {
+                    let state = session.lock();
                     let expired = state.is_expired(now);
-                    let due = state
-                        .delayed_will
-                        .as_ref()
-                        .is_some_and(|(at, _)| expired || *at <= now);
-                    (
-                        expired,
-                        if due {
-                            state
-                                .delayed_will
-                                .take()
-                                .map(|(_, w)| Arc::new(w.published_now()))
-                        } else {
-                            None
-                        },
-                    )
+                    let due = !expired
+                        && state
+                            .delayed_will
+                            .as_ref()
+                            .is_some_and(|(at, _)| *at <= now);
+                    (expired, due)
                 };
-                if will.is_some() && !expired {
-                    will_sent.push(session.clone());
-                }
-                due_wills.extend(will);
                 if expired {
+                    // A will still waiting for its delay is published with the session's end.
                     info!("session {} expired", session.client_id);
                     Stats::add(&self.stats.sessions_expired, 1);
                     due_wills.extend(self.end_session(&session, &mut sessions));
+                } else if will_due {
+                    // The session lives on: its disconnection record loses the will in the
+                    // same atomic record as the will's deliveries.
+                    let (will, record) = {
+                        let mut state = session.lock();
+                        let will = state.delayed_will.take().map(|(_, w)| w.published_now());
+                        (will, state.detached_record())
+                    };
+                    due_wills.extend(will.map(|w| self.route_will(w, record)));
                 }
             }
         }
         for will in due_wills {
-            self.publish(Arc::unwrap_or_clone(will));
-        }
-        for session in will_sent {
-            let state = session.lock();
-            if state.delayed_will.is_none() {
-                state.record_detached();
-            }
+            self.finish(&will);
         }
     }
 
@@ -601,25 +629,26 @@ impl Broker {
             })
     }
 
-    /// Discard a session: close its connection, drop its subscriptions, remove it from the table.
-    /// Returns a will that was waiting for its delay: it is due now that the session ends; the
-    /// caller publishes it once the session table is unlocked.
+    /// Discard a session: close its connection, drop its subscriptions, remove it from the table
+    /// and its records from the store. A will that was waiting for its delay is due now that
+    /// the session ends: it is routed with the records' deletion (`route_will`) and returned;
+    /// the caller hands it to `finish` once the session table is unlocked.
     fn end_session(
         &self,
         session: &SessionRef,
         sessions: &mut HashMap<Arc<str>, SessionRef>,
-    ) -> Option<Arc<Message>> {
-        let (link, filters, will) = {
+    ) -> Option<Routed> {
+        let (link, filters, will, record) = {
             let mut state = session.lock();
             state.ended = true;
-            state.end_journal();
             (
                 state.take_link(),
                 std::mem::take(&mut state.subscriptions),
                 state
                     .delayed_will
                     .take()
-                    .map(|(_, will)| Arc::new(will.published_now())),
+                    .map(|(_, will)| will.published_now()),
+                state.end_journal(),
             )
         };
         if let Some(link) = link {
@@ -634,7 +663,15 @@ impl Broker {
         {
             sessions.remove(&session.client_id);
         }
-        will
+        match will {
+            Some(will) => Some(self.route_will(will, record)),
+            None => {
+                if let (Some(record), Some(store)) = (record, self.store.get()) {
+                    store.submit(record);
+                }
+                None
+            }
+        }
     }
 
     pub fn session_count(&self) -> usize {

@@ -11,6 +11,7 @@ use super::outbox::Outbox;
 use super::security::SecurityFiles;
 use super::stats::Stats;
 use crate::protocol::{Ack, Packet, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::store::journal::Op;
 use crate::store::{records, Store};
 use log::{debug, warn};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -294,13 +295,11 @@ impl Session {
         self.journal.is_some()
     }
 
-    /// Stop recording and delete everything stored for the session (it ended).
-    pub fn end_journal(&mut self) {
-        if let Some(j) = self.journal.take() {
-            for op in records::session_end(&j.client) {
-                j.store.submit(op);
-            }
-        }
+    /// Stop recording. Returns the record that deletes everything stored for the session (it
+    /// ended), for the caller to submit, with the session's will if it has one to publish.
+    pub fn end_journal(&mut self) -> Option<Op> {
+        let j = self.journal.take()?;
+        Some(Op::Batch(records::session_end(&j.client)))
     }
 
     /// The client is back: its disconnection time (and delayed will) is deleted from the store.
@@ -317,12 +316,18 @@ impl Session {
 
     /// Record when the client disconnected and the delayed will (see `Session::restore`).
     pub fn record_detached(&self) {
-        if let Some(at) = self.disconnected_at {
-            self.record(|c| {
-                let will = self.delayed_will.as_ref().map(|(due, w)| (*due, &**w));
-                records::session_detached(c, at, will)
-            });
+        if let (Some(j), Some(op)) = (&self.journal, self.detached_record()) {
+            j.store.submit(op);
         }
+    }
+
+    /// The record `record_detached` submits (None when the session is not stored or its
+    /// client is connected).
+    pub fn detached_record(&self) -> Option<Op> {
+        let j = self.journal.as_ref()?;
+        let at = self.disconnected_at?;
+        let will = self.delayed_will.as_ref().map(|(due, w)| (*due, &**w));
+        Some(records::session_detached(&j.client, at, will))
     }
 
     /// Record the expiry interval and subscriptions.
@@ -338,7 +343,7 @@ impl Session {
         });
     }
 
-    fn record(&self, op: impl FnOnce(&[u8]) -> crate::store::journal::Op) {
+    fn record(&self, op: impl FnOnce(&[u8]) -> Op) {
         if let Some(j) = &self.journal {
             j.store.submit(op(&j.client));
         }
@@ -741,7 +746,7 @@ impl Session {
 
     /// The store record of an incoming QoS 2 packet id (None when the session is not stored):
     /// written by `Broker::publish_exactly_once` atomically with the message's deliveries.
-    pub fn incoming_record(&self, packet_id: u16) -> Option<crate::store::journal::Op> {
+    pub fn incoming_record(&self, packet_id: u16) -> Option<Op> {
         self.journal
             .as_ref()
             .map(|j| records::incoming_put(&j.client, packet_id))
