@@ -673,9 +673,8 @@ fn session_expiry_counts_the_time_the_broker_was_down() {
     assert!(present);
 }
 
-/// What the store at `path`, cut after `len` bytes (a crash at that point), says about the
-/// will on `topic` of client `owner`: (still due in its disconnection record, queued for
-/// client `subscriber`).
+/// What the journal image `data` (a crash after its last byte) says about the will on `topic`
+/// of client `owner`: (still due in its disconnection record, queued for client `subscriber`).
 fn will_in_store(data: &[u8], owner: &str, subscriber: &str, topic: &str) -> (bool, bool) {
     let (map, _, _) = mqflux::store::journal::replay(data);
     let loaded = mqflux::store::records::load(&map);
@@ -716,8 +715,8 @@ fn a_will_published_from_the_store_is_never_lost_nor_doubled_by_a_crash_at_any_p
     };
     // (client, will delay, session expiry, Clean Start reconnection)
     let cases = [
-        ("cw-delay", 1, 60, false), // the will's delay passes; the session lives on
-        ("cw-expiry", 60, 1, false), // the session expires first
+        ("cw-delay", 3, 60, false), // the will's delay passes; the session lives on
+        ("cw-expiry", 60, 3, false), // the session expires first
         ("cw-clean", 60, 60, true), // a Clean Start reconnection ends the session
     ];
     for (client, delay, session_expiry, clean) in cases {

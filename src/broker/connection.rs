@@ -23,6 +23,7 @@ use log::{debug, info, warn};
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -96,6 +97,8 @@ struct Connection {
     version: ProtocolVersion,
     outbox: Option<Arc<Outbox>>,
     session: Option<SessionRef>,
+    /// Shared with the session's `Link`: false once the session is no longer ours.
+    owns_session: Arc<AtomicBool>,
     will: Option<Will>,
     /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
     session_expiry: u32,
@@ -154,6 +157,7 @@ impl Connection {
             version: ProtocolVersion::V311,
             outbox: None,
             session: None,
+            owns_session: Arc::new(AtomicBool::new(true)),
             will: None,
             session_expiry: 0,
             topic_aliases: HashMap::new(),
@@ -357,6 +361,7 @@ impl Connection {
             outbox,
             max_packet_size: c.properties.maximum_packet_size.filter(|_| v5),
             username: self.username.clone(),
+            owns_session: self.owns_session.clone(),
         };
         let mut properties = Properties::default();
         // v5 Server Keep Alive (section 3.2.2.3.14): a client asking for more than
@@ -500,7 +505,7 @@ impl Connection {
     /// After a takeover the old reader may still hold packets it read earlier; it must not act
     /// on the session its successor now owns.
     fn check_attached(&self) -> Result<(), Exit> {
-        if self.session().lock().is_attached_to(self.id) {
+        if self.owns_session.load(Ordering::Acquire) {
             Ok(())
         } else {
             Err(Exit::Closed(

@@ -234,7 +234,9 @@ impl Broker {
     /// the session's end, or its disconnection record without the will) in one atomic store
     /// record with the will's deliveries. After a crash the store then holds either the will
     /// still due or the will delivered: never neither (lost) nor both (published again at
-    /// restart). Called with the session table locked, so that a new session of the same
+    /// restart). A retained will is stored just before that record (under the retained
+    /// store's lock, as every retained change): a crash in between republishes it at restart,
+    /// which stores the same retained message again. Called with the session table locked, so that a new session of the same
     /// client cannot write its records in between (the end deletes the client's keys); the
     /// caller hands the will to `finish` once the table is unlocked, as the sink may block.
     fn route_will(&self, will: Message, record: Option<crate::store::journal::Op>) -> Routed {
@@ -523,18 +525,16 @@ impl Broker {
             state.record_detached();
         }
         drop(state);
-        let ended_will = if ends_now {
-            self.end_session(session, &mut sessions)
-        } else {
-            None
-        };
+        if ends_now {
+            // An attached session has no delayed will (`attach` cancelled it), so its end
+            // publishes none: this connection's will is `will_now`.
+            let ended_will = self.end_session(session, &mut sessions);
+            debug_assert!(ended_will.is_none());
+        }
         drop(sessions);
         self.redeliver_shared(session, shared);
         if let Some(will) = will_now {
             self.publish(Arc::unwrap_or_clone(will));
-        }
-        if let Some(will) = ended_will {
-            self.finish(&will);
         }
     }
 
@@ -578,6 +578,9 @@ impl Broker {
     /// Expire sessions whose expiry interval has passed and publish delayed wills that are due
     /// (a will is also due when its session ends [MQTT-3.1.3-9]). Called about once a second.
     pub fn housekeeping(&self) {
+        // What the wills routed below send goes out when this scope ends, after the session
+        // table is unlocked: a slow subscriber must not hold up every CONNECT meanwhile.
+        let _batching = outbox::Batching::start();
         let now = Instant::now();
         let mut due_wills = Vec::new();
         {

@@ -15,7 +15,7 @@ use crate::store::journal::Op;
 use crate::store::{records, Store};
 use log::{debug, warn};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,16 @@ pub struct Link {
     pub max_packet_size: Option<u32>,
     /// Authenticated username, for ACL checks on what the session may receive.
     pub username: Option<Arc<str>>,
+    /// Cleared, under the session's lock, once the session is no longer this connection's
+    /// (taken over or discarded): its reader checks this for every packet without the lock.
+    pub owns_session: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn released(self) -> Link {
+        self.owns_session.store(false, Ordering::Release);
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -396,7 +406,7 @@ impl Session {
             self.username = link.username.clone();
             self.acl = None;
         }
-        let old = self.link.replace(link);
+        let old = self.link.replace(link).map(Link::released);
         self.limits = limits;
         // The caller has recorded the reconnection (`note_reconnected`) and waited for the
         // store before this sends CONNACK.
@@ -433,7 +443,7 @@ impl Session {
     /// Detach `connection_id` if it is still the session's connection.
     pub fn detach(&mut self, connection_id: u64) -> bool {
         if self.is_attached_to(connection_id) {
-            self.link = None;
+            self.take_link();
             self.disconnected_at = Some(Instant::now());
             true
         } else {
@@ -443,7 +453,7 @@ impl Session {
 
     /// Take the current link away (session discarded or taken over).
     pub fn take_link(&mut self) -> Option<Link> {
-        self.link.take()
+        self.link.take().map(Link::released)
     }
 
     /// May this client receive messages on `topic` (ACL read access)? The client's rules are

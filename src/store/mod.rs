@@ -9,7 +9,9 @@
 //! PUBLISH (or a PUBREL/PUBREC), so an acknowledged message is on disk.
 //!
 //! Ops are sent while the session (or retained store) lock is held, so the journal sees each
-//! session's changes in the order they were made.
+//! session's changes in the order they were made. A session's end (or a will that leaves its
+//! disconnection record) is sent with the session table locked instead, after the session is
+//! no longer reachable, in one atomic record with the will's deliveries (`Broker::route_will`).
 
 pub mod journal;
 pub mod records;
