@@ -5,11 +5,12 @@
 #   mosquitto, mosquitto-clients  interoperability tests (mosquitto_pub / mosquitto_sub), and
 #                                 a reference broker for MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto
 #   influxdb, influxdb-client     the InfluxDB sink tests start their own influxd and query it
+#   python3-paho-mqtt             Eclipse Paho clients (run by Debian's /usr/bin/python3)
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients influxdb influxdb-client)
+packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
