@@ -5,12 +5,13 @@
 #   mosquitto, mosquitto-clients  interoperability tests (mosquitto_pub / mosquitto_sub), and
 #                                 a reference broker for MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto
 #   influxdb, influxdb-client     the InfluxDB sink tests start their own influxd and query it
-#   python3-paho-mqtt             Eclipse Paho clients (run by Debian's /usr/bin/python3)
+#   python3-paho-mqtt, node-mqtt  client interoperability: Eclipse Paho (Python, run by
+#                                 Debian's /usr/bin/python3) and MQTT.js (Node-RED's client)
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt)
+packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt node-mqtt)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

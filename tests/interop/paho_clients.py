@@ -3,7 +3,7 @@ IoT gateways use. Each check prints "ok NAME"; the first failure exits non-zero 
 
     /usr/bin/python3 tests/interop/paho_clients.py PORT
 
-Run by tests/interop_paho.rs against the real broker binary.
+Run by tests/interop_clients.rs against the real broker binary.
 """
 
 import queue
