@@ -236,9 +236,10 @@ impl Broker {
     /// still due or the will delivered: never neither (lost) nor both (published again at
     /// restart). A retained will is stored just before that record (under the retained
     /// store's lock, as every retained change): a crash in between republishes it at restart,
-    /// which stores the same retained message again. Called with the session table locked, so that a new session of the same
-    /// client cannot write its records in between (the end deletes the client's keys); the
-    /// caller hands the will to `finish` once the table is unlocked, as the sink may block.
+    /// which stores the same retained message again. Called with the session table locked, so
+    /// that a new session of the same client cannot write its records in between (the end
+    /// deletes the client's keys); the caller hands the will to `finish` once the table is
+    /// unlocked, as the sink may block.
     fn route_will(&self, will: Message, record: Option<crate::store::journal::Op>) -> Routed {
         self.route(will, record).0
     }
