@@ -42,7 +42,9 @@ impl MetricsServer {
         // tiny_http writes a response in several writes and leaves Nagle on: every request
         // after the first on a keep-alive connection (as Prometheus scrapes) then waited for
         // the client's delayed ACK, 40 ms. Accepted sockets inherit the option on Linux.
-        set_nodelay(&listener);
+        if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+            debug!("metrics: cannot set TCP_NODELAY: {e}");
+        }
         let server = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
         let local_addr = server.server_addr().to_ip().unwrap_or(addr);
@@ -71,27 +73,6 @@ impl MetricsServer {
         self.stopping.store(true, Ordering::SeqCst);
         self.server.unblock();
         let _ = self.thread.join();
-    }
-}
-
-fn set_nodelay(listener: &std::net::TcpListener) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a c_int option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        debug!(
-            "metrics: cannot set TCP_NODELAY: {}",
-            std::io::Error::last_os_error()
-        );
     }
 }
 
