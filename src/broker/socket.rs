@@ -216,9 +216,13 @@ impl ConnectionReader {
             }
         }
         let at = self.pos;
+        if self.buf[at] >> 4 != 3 {
+            // Another packet: `next_frame` frames it (once).
+            return Ok(None);
+        }
         let found = crate::protocol::decode::frame_in_place(self.buffer(), max_packet_size)?
             .map(|(frame, size)| (frame.header, frame.body.len(), size));
-        let Some((header, body_len, size)) = found.filter(|(header, ..)| header >> 4 == 3) else {
+        let Some((header, body_len, size)) = found else {
             return Ok(None);
         };
         self.pos += size;
