@@ -19,12 +19,14 @@
 #   a change of background load on the machine hits both brokers alike. The connection-scale
 #   scenario runs first, while both brokers are fresh (freed memory stays in the allocator and
 #   would hide the per-connection cost).
-# - Latency scenarios run as N alternating rounds (default 6, 2 with --quick; --latency-rounds)
-#   of half the scenario duration each, mosquitto first in odd rounds and mqflux first in even
-#   ones; the table shows the median of the rounds. On a VM the p99 of a single run moves by 2x
-#   from one run to the next (the wake-up of an idle virtual CPU dominates it), so one run per
-#   broker decides nothing.
-# - Bounded: about 6 minutes in full (10 s per scenario, 10,000 connections, then up to 20,000 as
+# - Latency scenarios run as N alternating rounds (default 16, 2 with --quick; --latency-rounds)
+#   of 3 s each (half the scenario duration if that is shorter), mosquitto first in odd rounds
+#   and mqflux first in even ones; the table shows the median of the rounds and in how many
+#   rounds each broker had the lower p99. On a VM the p99 of one run is set by whether the host
+#   stalled the virtual CPUs in those seconds: an A/A test (two instances of the same broker, 30
+#   rounds each) gave medians of two 6-round samples 0.81x-1.23x apart (5-95%), of 16 rounds
+#   about 0.9x-1.1x, so one run per broker, or a few, decides nothing.
+# - Bounded: about 8 minutes in full (10 s per scenario, 10,000 connections, then up to 20,000 as
 #   the open-files limit allows; up to 8 when a broker
 #   stalls or refuses connections, which the tool waits out for at most 5 s / 60 s), about
 #   1.5 minutes with --quick (3 s per scenario, 2,000 connections); every tool run also has a
@@ -207,10 +209,10 @@ run_one() {
         --json "$OUT/$label.jsonl" 2>>"$OUT/bench-tool.log" | tail -n +2 | sed "s/^/  $label: /" || true
 }
 
-# Latency rounds: half the scenario duration each (10 s full, 3 s --quick, or --duration).
+# Latency rounds: 3 s each, or half the scenario duration if that is shorter (--quick, --duration).
 SCENARIO_SECS=${DURATION[1]:-$([ ${#QUICK[@]} -gt 0 ] && echo 3 || echo 10)}
-ROUND_SECS=$(awk -v d="$SCENARIO_SECS" 'BEGIN { print d / 2 }')
-LAT_ROUNDS=${LAT_ROUNDS:-$([ ${#QUICK[@]} -gt 0 ] && echo 2 || echo 6)}
+ROUND_SECS=$(awk -v d="$SCENARIO_SECS" 'BEGIN { print (d / 2 < 3 ? d / 2 : 3) }')
+LAT_ROUNDS=${LAT_ROUNDS:-$([ ${#QUICK[@]} -gt 0 ] && echo 2 || echo 16)}
 
 START=$(date +%s)
 for s in "${SCENARIOS[@]}"; do

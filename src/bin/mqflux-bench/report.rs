@@ -314,6 +314,7 @@ pub fn merge_rounds(records: &[Record]) -> Vec<Record> {
 /// Side-by-side table of two result files, matched by scenario name; ratio = candidate / base.
 /// Repeated scenarios are merged first (`merge_rounds`).
 pub fn compare(base: &[Record], cand: &[Record]) -> String {
+    let wins = p99_wins(base, cand);
     let (base, cand) = (&merge_rounds(base)[..], &merge_rounds(cand)[..]);
     let mut s = String::new();
     let bl = base
@@ -335,25 +336,24 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
         "{:<40} {:<9} {:>12} {:>12} {:>9}\n",
         "", "", "", "", ratio_head
     );
-    let mut metric_row =
-        |name: &str, metric: &str, b: f64, c: f64, goal: &str, bc: &str, cc: &str| {
-            let ratio = c / b;
-            s += &format!(
-                "{:<40} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
-                name,
-                metric,
-                fmt_num(b),
-                fmt_num(c),
-                if ratio.is_finite() {
-                    format!("{ratio:.2}x")
-                } else {
-                    "-".into()
-                },
-                goal,
-                bc,
-                cc
-            );
-        };
+    let metric_row = |name: &str, metric: &str, b: f64, c: f64, goal: &str, bc: &str, cc: &str| {
+        let ratio = c / b;
+        format!(
+            "{:<40} {:<9} {:>12} {:>12} {:>9}  {:<10} {:<22} {}\n",
+            name,
+            metric,
+            fmt_num(b),
+            fmt_num(c),
+            if ratio.is_finite() {
+                format!("{ratio:.2}x")
+            } else {
+                "-".into()
+            },
+            goal,
+            bc,
+            cc
+        )
+    };
     for b in base {
         let rounds = (
             b.rounds.max(1),
@@ -366,7 +366,7 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
             (n, Some(m)) => format!("{} (median of {n} / {m})", b.name),
         };
         let Some(c) = by_name.get(b.name.as_str()) else {
-            metric_row(
+            s += &metric_row(
                 &name,
                 "(missing)",
                 b.primary().0,
@@ -395,7 +395,7 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
         let unit = b.primary().1;
         let (bv, cv) = pair(&|r| Some(r.primary().0));
         let verdict = goal_verdict(b, c);
-        metric_row(&name, unit, bv, cv, &verdict, &checks(b), &checks(c));
+        s += &metric_row(&name, unit, bv, cv, &verdict, &checks(b), &checks(c));
         let extra: Vec<(&str, &Metric)> = match b.scenario.as_str() {
             "latency" => vec![("p50 us", &|r| r.p50_us), ("p99.9 us", &|r| r.p999_us)],
             "connections" => vec![
@@ -413,10 +413,47 @@ pub fn compare(base: &[Record], cand: &[Record]) -> String {
         };
         for (metric, f) in extra {
             let (x, y) = pair(f);
-            metric_row("", metric, x, y, "", "", "");
+            s += &metric_row("", metric, x, y, "", "", "");
+        }
+        if let Some(&(bw, cw, n)) = wins.get(b.name.as_str()) {
+            s += &format!(
+                "{:<40} {:<9} {:>12} {:>12}\n",
+                "",
+                "p99 lower",
+                format!("{bw}/{n} rounds"),
+                format!("{cw}/{n} rounds")
+            );
         }
     }
     s
+}
+
+/// For each scenario run in several rounds on both sides: in how many rounds each broker had
+/// the lower p99 (base wins, candidate wins, rounds). Round i of one file is paired with round i
+/// of the other, which `bench.sh` ran right before or after it. A median of a few rounds moves
+/// by +-20% between two runs of the same broker on a VM; the count shows whether a ratio is a
+/// consistent difference or a coin toss.
+fn p99_wins<'a>(base: &'a [Record], cand: &[Record]) -> HashMap<&'a str, (usize, usize, usize)> {
+    let rounds = |recs: &[Record], name: &str| -> Vec<f64> {
+        recs.iter()
+            .filter(|r| r.name == name)
+            .filter_map(|r| r.p99_us)
+            .collect()
+    };
+    let mut out = HashMap::new();
+    for b in base {
+        if out.contains_key(b.name.as_str()) {
+            continue;
+        }
+        let (bs, cs) = (rounds(base, &b.name), rounds(cand, &b.name));
+        if bs.len() < 2 || bs.len() != cs.len() {
+            continue;
+        }
+        let bw = bs.iter().zip(&cs).filter(|(x, y)| x < y).count();
+        let cw = bs.iter().zip(&cs).filter(|(x, y)| y < x).count();
+        out.insert(b.name.as_str(), (bw, cw, bs.len()));
+    }
+    out
 }
 
 /// Reads one number out of a record (None when the record lacks it).
@@ -502,5 +539,31 @@ mod tests {
         );
         let table = compare(&records, &records);
         assert!(table.contains("lat (median of 3)"), "{table}");
+    }
+
+    #[test]
+    fn rounds_are_paired_in_order_to_count_which_broker_had_the_lower_p99() {
+        let base = [
+            latency("lat", 300.0, 0),
+            latency("lat", 100.0, 0),
+            latency("lat", 200.0, 0),
+            latency("single", 10.0, 0),
+        ];
+        let cand = [
+            latency("lat", 250.0, 0),
+            latency("lat", 150.0, 0),
+            latency("lat", 200.0, 0),
+            latency("single", 5.0, 0),
+        ];
+        let wins = p99_wins(&base, &cand);
+        assert_eq!(
+            wins.get("lat"),
+            Some(&(1, 1, 3)),
+            "a tie counts for neither"
+        );
+        assert_eq!(wins.get("single"), None, "one run is not a count");
+        let table = compare(&base, &cand);
+        let row = table.lines().find(|l| l.contains("p99 lower")).unwrap();
+        assert!(row.contains("1/3 rounds"), "{table}");
     }
 }
