@@ -226,7 +226,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
     if let Some((store, loaded)) = store {
         broker.attach_store(store, loaded);
     }
-    let housekeeping = broker
+    broker
         .start_housekeeping()
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
     let mut listeners = Vec::new();
@@ -263,7 +263,6 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
             }
             broker.shutdown(Duration::from_secs(1));
             listeners.into_iter().for_each(Listener::stop);
-            let _ = housekeeping.join();
             return Err(error.unwrap_or_default());
         }
     };
@@ -289,7 +288,6 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
     // /health answers 503 "shutting down" from here until the metrics server stops.
     broker.shutdown(Duration::from_secs(5));
     listeners.into_iter().for_each(Listener::stop);
-    let _ = housekeeping.join();
     if let Some(metrics) = metrics {
         metrics.stop();
     }

@@ -65,6 +65,9 @@ pub struct Broker {
     connections: Mutex<HashMap<u64, LiveConnection>>,
     next_connection_id: AtomicU64,
     shutting_down: AtomicBool,
+    /// The thread `start_housekeeping` started; `shutdown` joins it before the store stops, so
+    /// a will it publishes is never left half-recorded.
+    housekeeping_thread: Mutex<Option<JoinHandle<()>>>,
     started: Instant,
 }
 
@@ -99,6 +102,7 @@ impl Broker {
             connections: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            housekeeping_thread: Mutex::new(None),
             started: Instant::now(),
         })
     }
@@ -620,17 +624,24 @@ impl Broker {
         }
     }
 
-    /// Start the thread that runs `housekeeping` every second until shutdown.
-    pub fn start_housekeeping(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+    /// Start the thread that runs `housekeeping` four times a second until `shutdown`, which
+    /// joins it.
+    pub fn start_housekeeping(self: &Arc<Self>) -> std::io::Result<()> {
         let broker = self.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("housekeeping".into())
-            .spawn(move || {
-                while !broker.is_shutting_down() {
-                    std::thread::sleep(Duration::from_millis(250));
-                    broker.housekeeping();
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(250));
+                if broker.is_shutting_down() {
+                    return;
                 }
-            })
+                broker.housekeeping();
+            })?;
+        *self
+            .housekeeping_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        Ok(())
     }
 
     /// Discard a session: close its connection, drop its subscriptions, remove it from the table
@@ -741,6 +752,16 @@ impl Broker {
     /// DISCONNECT 0x8B), join their threads, then flush the sink.
     pub fn shutdown(&self, timeout: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        // A housekeeping round under way finishes (and records its wills) while the store is
+        // still running; none starts after this.
+        let housekeeping = self
+            .housekeeping_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = housekeeping {
+            let _ = thread.join();
+        }
         let live: Vec<(u64, LiveConnection)> = {
             let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
             conns.drain().collect()
