@@ -288,8 +288,8 @@ impl Connection {
             c.client_id.as_str().into()
         };
         self.client_id = client_id.clone();
-        // Credentials are checked against the current password file [MQTT-3.1.3-?]; the
-        // password itself is never logged.
+        // Credentials are checked against the current password file before CONNACK (CONNECT
+        // Actions, section 3.1.4, step 3 in both versions); the password itself is never logged.
         let snapshot = self.broker.security.current();
         let allow_anonymous = self.broker.config.security.allow_anonymous;
         let password = c.password.as_deref();
@@ -638,7 +638,7 @@ impl Connection {
                 Some(topic) => p.topic = topic.clone(),
                 None => {
                     let message =
-                        format!("[MQTT-3.3.4-?] topic alias {alias} used before it was set");
+                        format!("topic alias {alias} used before it was set (MQTT 5.0 section 3.3.2.3.4: a Protocol Error)");
                     return Err(violation(reason::PROTOCOL_ERROR, message));
                 }
             }
@@ -861,7 +861,8 @@ impl Connection {
         let mut retained = Vec::new();
         for f in &s.filters {
             if let Err(rule) = validate_subscription_filter(&f.filter) {
-                // [MQTT-3.8.4-?] a failed filter gets 0x80 in SUBACK; the others still apply.
+                // A failed filter gets 0x80 in SUBACK, the others still apply: one code per filter
+                // [MQTT-3.8.4-5] (3.1.1), [MQTT-3.8.4-6]/[MQTT-3.8.4-7] (5.0).
                 debug!(
                     "client {}: subscription to {:?} refused: {rule}",
                     self.client_id, f.filter
