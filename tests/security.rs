@@ -347,3 +347,36 @@ fn shared_members_allowed_to_read(exactly_once_path: bool) {
         "carol may not read sensors/temp"
     );
 }
+
+/// A client id substituted for `%c` must stay one topic level: with `pattern readwrite
+/// devices/%c/#`, client `victim/data` would otherwise read and forge `devices/victim/data`,
+/// which belongs to client `victim` (mosquitto 2.0 allows that; mqflux treats `/` as it treats
+/// `+` and `#`: no pattern rules for such a name).
+#[test]
+fn client_id_with_a_slash_gets_no_pattern_rules() {
+    let files = Files::new();
+    let acl = files.write("acl", "pattern readwrite devices/%c/#\n");
+    let broker = Broker::with_config(&format!(
+        "[security]\nallow_anonymous = true\nacl_file = {acl:?}\n"
+    ));
+    let mut victim = MqttClient::connect(&broker, "victim");
+    victim.subscribe("devices/victim/#", 1);
+    let mut attacker = MqttClient::connect(&broker, "victim/data");
+    attacker.subscribe("devices/#", 1);
+
+    // Forged: dropped by the ACL (v3.1.1 publishers are not told).
+    attacker.publish("devices/victim/data", 1, false, b"forged");
+    broker.wait_for_log(&["victim/data", "denied by ACL"]);
+    // The victim's own message on the same topic is not readable by the attacker.
+    victim.publish("devices/victim/data", 1, false, b"real");
+    victim.publish("devices/victim/sentinel", 1, false, b"end");
+    let got = topics_until(&mut victim, "devices/victim/sentinel");
+    assert_eq!(got, vec!["devices/victim/data"]);
+    assert!(
+        attacker
+            .recv_publish_timeout(Duration::from_millis(300))
+            .is_none(),
+        "a client id with `/` read another client's topic"
+    );
+    broker.wait_for_log(&["patterns not applied", "victim/data"]);
+}
