@@ -42,6 +42,8 @@ pub fn spawn(
     tls_identity: Option<String>,
     slot: ConnectionSlot,
 ) -> io::Result<()> {
+    // The CONNECT deadline counts from here: accept, or the end of the TLS / WebSocket handshake.
+    let started = Instant::now();
     // One socket shared by the reader, the writer and the broker's registry.
     let stream = Arc::new(stream);
     let Some(id) = broker.register_connection(&stream) else {
@@ -49,7 +51,7 @@ pub fn spawn(
     };
     let b = broker.clone();
     let spawned = threads::spawn(&format!("conn-{id}"), move || {
-        Connection::boxed(b.clone(), id, stream, peer, tls_identity).run();
+        Connection::boxed(b.clone(), id, stream, peer, tls_identity, started).run();
         b.unregister_connection(id);
         drop(slot);
     });
@@ -89,6 +91,9 @@ struct Connection {
     id: u64,
     peer: SocketAddr,
     stream: Arc<Socket>,
+    /// When the socket was handed over (accepted, or its handshake done): the CONNECT deadline
+    /// counts from then.
+    started: Instant,
     /// The TLS client certificate's subject CN, set only on listeners with
     /// `use_identity_as_username`: there it replaces the CONNECT username for authentication
     /// and ACLs (mosquitto's semantics), and the CONNECT password is not checked.
@@ -131,8 +136,16 @@ impl Connection {
         stream: Arc<Socket>,
         peer: SocketAddr,
         tls_identity: Option<String>,
+        started: Instant,
     ) -> Box<Connection> {
-        Box::new(Connection::new(broker, id, stream, peer, tls_identity))
+        Box::new(Connection::new(
+            broker,
+            id,
+            stream,
+            peer,
+            tls_identity,
+            started,
+        ))
     }
 
     fn new(
@@ -141,6 +154,7 @@ impl Connection {
         stream: Arc<Socket>,
         peer: SocketAddr,
         tls_identity: Option<String>,
+        started: Instant,
     ) -> Connection {
         let rate_limit = PublishRateLimit {
             messages_per_sec: Some(broker.config.limits.max_publish_rate),
@@ -152,6 +166,7 @@ impl Connection {
             id,
             peer,
             stream,
+            started,
             tls_identity,
             client_id: "(before CONNECT)".into(),
             version: ProtocolVersion::V311,
@@ -198,13 +213,21 @@ impl Connection {
     /// wait) stays small; see `process`.
     #[inline(never)]
     fn connect(&mut self, reader: &mut ConnectionReader) -> Result<bool, Exit> {
+        // `limits.connect_timeout_secs` is a deadline for the whole CONNECT, counted from accept
+        // (or from the end of the TLS / WebSocket handshake): a client trickling its CONNECT a
+        // byte at a time must not hold a connection place past it.
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
-        let _ = self.stream.set_read_timeout(Some(timeout));
-        let frame = match reader.next_frame(self.max_packet_size()) {
+        let deadline = self.started + timeout;
+        reader.set_deadline(Some(deadline));
+        let frame = reader.next_frame(self.max_packet_size());
+        reader.set_deadline(None);
+        let frame = match frame {
             Ok(f) => f,
-            Err(DecodeError::Io(e)) if is_timeout(&e) => {
+            // Idle, or timed out inside the packet (which the decoder reports as another error).
+            Err(DecodeError::Io(e)) if is_timeout(&e) || Instant::now() >= deadline => {
                 info!(
-                    "connection from {}: no CONNECT within {}s, closing",
+                    "connection from {}: no complete CONNECT within {}s \
+                     (limits.connect_timeout_secs), closing",
                     self.peer,
                     timeout.as_secs()
                 );
