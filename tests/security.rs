@@ -380,3 +380,154 @@ fn client_id_with_a_slash_gets_no_pattern_rules() {
     );
     broker.wait_for_log(&["patterns not applied", "victim/data"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Session ownership
+// ---------------------------------------------------------------------------------------------
+
+const OWNERSHIP_ACL: &str = "user alice\ntopic readwrite alice/#\n\nuser eve\ntopic read eve/#\n";
+
+fn ownership_broker(files: &Files, extra: &str) -> Broker {
+    let pw = files.write("passwd", "");
+    mosquitto_passwd(&pw, "alice", "a");
+    mosquitto_passwd(&pw, "eve", "e");
+    let acl = files.write("acl", OWNERSHIP_ACL);
+    Broker::with_config(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {pw:?}\nacl_file = {acl:?}\n{extra}"
+    ))
+}
+
+/// A persistent CONNECT (clean session 0) as `user`.
+fn persistent_as(client_id: &str, user: &str, password: &str) -> raw::Connect {
+    raw::Connect {
+        username: Some(user.into()),
+        password: Some(password.as_bytes().to_vec()),
+        ..raw::Connect::persistent(client_id)
+    }
+}
+
+/// alice leaves session `alice-persist` subscribed to `alice/#` and has 3 QoS 1 messages queued
+/// for it (published from another client id).
+fn leave_alice_session_with_three_queued(broker: &Broker) {
+    let (mut alice, _) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "alice", "a"));
+    alice.subscribe(1, &[("alice/#", 1)]);
+    alice.send(&raw::disconnect());
+    alice.read_until_closed(Duration::from_secs(5));
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(broker, "alice-pub", "alice", "a"));
+    for i in 1..=3 {
+        publisher.publish(&format!("alice/private{i}"), 1, false, b"secret");
+    }
+}
+
+/// Issue 23 finding 3: a persistent session belongs to the identity that created it. eve (who
+/// may only read `eve/#`) connecting with alice's client id and clean session 0 does not resume
+/// alice's session: CONNACK 0 with Session Present 0, none of alice's queued messages, none of
+/// her subscriptions. The old session is discarded as on a Clean Start (any client may already
+/// end another client id's session that way), so alice, reconnecting, starts afresh too.
+///
+/// mosquitto 2.0.11 (`src/handle_connect.c`, `connect__on_authorised`) does not compare
+/// usernames: it resumes the session for eve (Session Present 1, alice's subscriptions moved to
+/// her) but first deletes every queued and in-flight message eve may not read
+/// (`connection_check_acl`), and checks read access per delivery after that. So there too eve
+/// gets none of alice's messages and alice loses them; mqflux also keeps eve from inheriting
+/// alice's subscriptions.
+#[test]
+fn another_user_does_not_resume_a_persistent_session_or_read_its_queue() {
+    let files = Files::new();
+    let broker = ownership_broker(&files, "");
+    leave_alice_session_with_three_queued(&broker);
+
+    let (mut eve, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "eve", "e"));
+    // Nothing of alice's: neither the queue nor (since the subscription did not pass to eve)
+    // what alice publishes now.
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(&broker, "alice-pub2", "alice", "a"));
+    publisher.publish("alice/private4", 1, false, b"secret");
+    eve.expect_silence(Duration::from_millis(500));
+    assert!(!present, "eve must not be told she resumed alice's session");
+    broker.wait_for_log(&[
+        "alice-persist",
+        "owned by user \"alice\" not resumed by user \"eve\"",
+    ]);
+    eve.send(&raw::disconnect());
+    eve.read_until_closed(Duration::from_secs(5));
+
+    // eve's session is hers: alice does not resume it either, and finds no messages.
+    let (mut alice, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "alice", "a"));
+    assert!(!present, "alice starts a new session after eve's takeover");
+    alice.expect_silence(Duration::from_millis(300));
+}
+
+/// The owner survives a restart: alice resumes her stored session with its 3 queued messages;
+/// eve, after the next restart, does not.
+#[test]
+fn session_owner_is_remembered_across_restarts() {
+    let files = Files::new();
+    let broker_config = common::persistent_config(&files.path("store"));
+    let mut broker = ownership_broker(&files, &broker_config);
+    leave_alice_session_with_three_queued(&broker);
+    broker.stop_gracefully();
+    broker.restart();
+
+    let (mut alice, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "alice", "a"));
+    assert!(present, "the owner resumes her stored session");
+    for i in 1..=3 {
+        let p = alice.expect_publish();
+        assert_eq!(p.topic, format!("alice/private{i}"));
+        alice.ack(&p);
+    }
+    alice.send(&raw::disconnect());
+    alice.read_until_closed(Duration::from_secs(5));
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(&broker, "alice-pub", "alice", "a"));
+    publisher.publish("alice/private5", 1, false, b"secret");
+    drop(publisher);
+    broker.stop_gracefully();
+    broker.restart();
+
+    let (mut eve, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "eve", "e"));
+    assert!(!present);
+    eve.expect_silence(Duration::from_millis(500));
+}
+
+/// Read access is checked again when a session is resumed: messages queued while its client
+/// was away that the (reloaded) ACL no longer lets it read are discarded, not delivered (as
+/// mosquitto's `connection_check_acl` does at CONNECT).
+#[test]
+fn queued_messages_the_client_may_no_longer_read_are_not_delivered_on_resume() {
+    let files = Files::new();
+    let broker = ownership_broker(&files, "");
+    let (mut alice, _) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-acl", "alice", "a"));
+    alice.subscribe(1, &[("alice/#", 1)]);
+    alice.send(&raw::disconnect());
+    alice.read_until_closed(Duration::from_secs(5));
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(&broker, "alice-pub", "alice", "a"));
+    publisher.publish("alice/secret", 1, false, b"no longer hers");
+    publisher.publish("alice/open", 1, false, b"still hers");
+
+    std::fs::write(
+        files.path("acl"),
+        "user alice\ntopic write alice/#\ntopic read alice/open\n",
+    )
+    .expect("rewrite acl");
+    let mark = broker.log_mark();
+    broker.send_signal(libc_sighup());
+    broker.wait_for_log_after(mark, &["reloaded"], Duration::from_secs(5));
+
+    let (mut alice, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-acl", "alice", "a"));
+    assert!(present);
+    let p = alice.expect_publish();
+    assert_eq!(p.topic, "alice/open");
+    alice.ack(&p);
+    alice.expect_silence(Duration::from_millis(300));
+    broker.wait_for_log(&["alice-acl", "1 queued message(s)", "discarded"]);
+}

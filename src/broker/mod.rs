@@ -422,16 +422,42 @@ impl Broker {
         // Set when a stored session is created or discarded here.
         let mut stored_change = false;
         let mut pending_will = None;
-        let (session, session_present) = match existing {
+        let resumable = |s: &SessionRef| {
+            let state = s.lock();
             // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
             // if that connection has not finished closing yet: it is never resumed
             // [MQTT-3.1.2-6].
-            Some(s)
-                if !clean_start && {
-                    let state = s.lock();
-                    state.expiry_interval != 0 && !state.is_expired(Instant::now())
-                } =>
-            {
+            if state.expiry_interval == 0 || state.is_expired(Instant::now()) {
+                return false;
+            }
+            // Only the identity that owns the session resumes it. Another one gets a new
+            // session, and the old one ends as on a Clean Start: its subscriptions and queued
+            // messages are dropped, never handed to the newcomer. (Any client may end another
+            // client id's session with Clean Start anyway; keeping it for its owner while
+            // another connection holds the client id would need two sessions per id.)
+            let owned = state.may_resume(link.username.as_ref());
+            if !owned {
+                info!(
+                    "client {client_id}: session owned by {} not resumed by {}; \
+                     it is discarded and a new session started",
+                    describe_owner(state.owner()),
+                    describe_identity(link.username.as_deref())
+                );
+            }
+            owned
+        };
+        let (session, session_present) = match existing {
+            Some(s) if !clean_start && resumable(&s) => {
+                let mut state = s.lock();
+                let username = link.username.as_deref();
+                let discarded = state.discard_unreadable(client_id, username, &self.security);
+                if discarded > 0 {
+                    info!(
+                        "client {client_id}: {discarded} queued message(s) the client may no \
+                         longer read were discarded"
+                    );
+                }
+                drop(state);
                 (s, true)
             }
             other => {
@@ -439,7 +465,12 @@ impl Broker {
                     stored_change |= old.lock().has_journal();
                     pending_will = self.end_session(&old, &mut sessions);
                 }
-                let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
+                let s = SessionHandle::new(
+                    client_id.into(),
+                    expiry_interval,
+                    limits,
+                    link.username.clone(),
+                );
                 sessions.insert(s.client_id.clone(), s.clone());
                 (s, false)
             }
@@ -776,6 +807,21 @@ impl Broker {
             store.stop();
         }
         self.sink.shutdown();
+    }
+}
+
+/// A session owner for the log: `user "alice"`, `an anonymous client`.
+fn describe_owner(owner: &session::SessionOwner) -> String {
+    match owner {
+        session::SessionOwner::Identity(user) => describe_identity(user.as_deref()),
+        session::SessionOwner::Unrecorded => "an unrecorded owner".to_string(),
+    }
+}
+
+fn describe_identity(user: Option<&str>) -> String {
+    match user {
+        Some(user) => format!("user {user:?}"),
+        None => "an anonymous client".to_string(),
     }
 }
 
