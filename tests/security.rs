@@ -2,6 +2,7 @@
 //! files, `mqflux passwd`, SIGHUP reload and the per-client publish rate limit.
 
 mod common;
+mod v5_common;
 
 use common::client::{options, MqttClient};
 use common::raw::{self, RawClient};
@@ -530,4 +531,94 @@ fn queued_messages_the_client_may_no_longer_read_are_not_delivered_on_resume() {
     alice.ack(&p);
     alice.expect_silence(Duration::from_millis(300));
     broker.wait_for_log(&["alice-acl", "1 queued message(s)", "discarded"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation on reload
+// ---------------------------------------------------------------------------------------------
+
+/// Issue 23 finding 4: after SIGHUP, a client whose password file entry was removed (dave,
+/// MQTT 3.1.1: the connection is closed) or changed (erin, MQTT 5: DISCONNECT 0x87 Not
+/// authorized, then close) is disconnected, logged, without its will; what dave sends after
+/// the reload is not delivered. bob, whose entry is unchanged, stays connected and keeps
+/// receiving. mosquitto 2.0.11 does the same at reload (`mosquitto_security_apply_default`
+/// re-checks every client's username and password and disconnects those that fail; it sends
+/// v5 clients no DISCONNECT there).
+#[test]
+fn reload_disconnects_clients_whose_credentials_no_longer_hold_and_keeps_the_others() {
+    let files = Files::new();
+    let pw = files.write("passwd", "");
+    for (user, password) in [("dave", "d"), ("erin", "e"), ("bob", "b")] {
+        mosquitto_passwd(&pw, user, password);
+    }
+    let broker = Broker::with_config(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {pw:?}\n"
+    ));
+    let mut bob = MqttClient::connect_with(with_credentials(&broker, "bob-dev", "bob", "b"));
+    bob.subscribe("#", 1);
+    let (mut dave, _) = RawClient::connect_mqtt(
+        broker.addr(),
+        &raw::Connect {
+            username: Some("dave".into()),
+            password: Some(b"d".to_vec()),
+            will: Some(raw::Will {
+                topic: "t/dave-will".into(),
+                payload: b"gone".to_vec(),
+                qos: 1,
+                retain: false,
+            }),
+            ..raw::Connect::new("dave-dev")
+        },
+    );
+    let mut connect = v5_common::connect_packet("erin-dev");
+    connect.username = Some("erin".into());
+    connect.password = Some(bytes::Bytes::from_static(b"e"));
+    let (mut erin, ack) = v5_common::RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.code, 0);
+    dave.publish_acked("t/dave", b"before", 1, 1, false);
+    assert_eq!(bob.recv_publish().topic, "t/dave");
+
+    // Remove dave, give erin a new password, reload.
+    let status = Command::new("mosquitto_passwd")
+        .arg("-D")
+        .arg(&pw)
+        .arg("dave")
+        .status()
+        .expect("run mosquitto_passwd -D");
+    assert!(status.success());
+    mosquitto_passwd(&pw, "erin", "new-password");
+    let mark = broker.log_mark();
+    broker.send_signal(libc_sighup());
+    broker.wait_for_log_after(mark, &["reloaded"], Duration::from_secs(5));
+
+    // dave's next publish is not delivered: his connection is closed without a reply.
+    let _ = dave.try_send(&raw::publish("t/dave", b"after", 1, 2, false, false));
+    let packets = dave.read_until_closed(Duration::from_secs(5));
+    assert!(packets.is_empty(), "dave got {packets:02x?}");
+    erin.expect_disconnect(0x87);
+    broker.wait_for_log(&["dave-dev", "password file entry removed or changed"]);
+    broker.wait_for_log(&["erin-dev", "password file entry removed or changed"]);
+
+    // bob's credentials still hold: still connected, and he got neither dave's publish nor
+    // dave's will.
+    bob.client
+        .publish(
+            "t/sentinel",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"end".to_vec(),
+        )
+        .expect("bob publishes");
+    assert_eq!(topics_until(&mut bob, "t/sentinel"), Vec::<String>::new());
+    // dave cannot come back with the removed credentials: CONNACK 0x05 Not authorized.
+    let mut again = RawClient::connect(broker.addr());
+    again.send(
+        &raw::Connect {
+            username: Some("dave".into()),
+            password: Some(b"d".to_vec()),
+            ..raw::Connect::new("dave-dev")
+        }
+        .encode(),
+    );
+    assert_eq!(again.expect_packet().bytes(), vec![0x20, 0x02, 0x00, 0x05]);
 }

@@ -50,6 +50,20 @@ const RETAINED_REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 struct LiveConnection {
     stream: Arc<Socket>,
     thread: Option<threads::ConnectionThread>,
+    /// Set for a client authenticated against the password file.
+    credential: Option<Credential>,
+}
+
+/// What a connection authenticated with, kept so that a reload of the password file can close
+/// it when that no longer holds (see `Broker::reload_security`).
+pub struct Credential {
+    pub client_id: Arc<str>,
+    pub username: Arc<str>,
+    /// The password file entry the client's password matched.
+    pub entry: auth::PasswordHash,
+    /// Set by the broker before it closes the connection's read side: the connection then
+    /// ends with "not authorized" instead of as if its client had gone.
+    pub revoked: Arc<AtomicBool>,
 }
 
 pub struct Broker {
@@ -741,6 +755,7 @@ impl Broker {
             LiveConnection {
                 stream,
                 thread: None,
+                credential: None,
             },
         );
         Some(id)
@@ -752,6 +767,43 @@ impl Broker {
             Some(c) => c.thread = Some(thread),
             None => drop(thread), // already finished
         }
+    }
+
+    /// Remember what connection `id` authenticated with (see `reload_security`).
+    pub fn note_credential(&self, id: u64, credential: Credential) {
+        let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = conns.get_mut(&id) {
+            c.credential = Some(credential);
+        }
+    }
+
+    /// Reload the password and ACL files (SIGHUP), then close the connections whose
+    /// credentials no longer hold: user removed from the password file or given another entry.
+    /// Everybody else stays connected and gets the new ACL at the next check. mosquitto 2.0
+    /// also re-checks every client's credentials at reload (`mosquitto_security_apply_default`)
+    /// and drops those that fail.
+    pub fn reload_security(&self) -> Result<u64, security::SecurityError> {
+        let generation = self.security.reload()?;
+        let snapshot = self.security.current();
+        let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        for c in conns.values() {
+            let Some(cred) = &c.credential else { continue };
+            if snapshot.still_holds(&cred.username, &cred.entry) {
+                continue;
+            }
+            if cred.revoked.swap(true, Ordering::AcqRel) {
+                continue; // already being closed
+            }
+            warn!(
+                "client {} (user {:?}): password file entry removed or changed by the reload; \
+                 disconnecting",
+                cred.client_id, cred.username
+            );
+            // Its reader sees the end of input, or the flag at its next packet, and closes
+            // the connection (v5: DISCONNECT 0x87 first).
+            let _ = c.stream.shutdown(Shutdown::Read);
+        }
+        Ok(generation)
     }
 
     pub fn unregister_connection(&self, id: u64) {
