@@ -270,8 +270,9 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
 
     for signal in signals.forever() {
         if signal == SIGHUP {
-            // Connections stay up; they pick the new rules up at their next check.
-            match broker.security.reload() {
+            // Connections stay up and pick the new rules up at their next check, except those
+            // whose credentials no longer hold.
+            match broker.reload_security() {
                 Ok(generation) => {
                     info!("SIGHUP: password and ACL files reloaded (generation {generation})")
                 }

@@ -7,26 +7,25 @@
 //!   with one reason per line otherwise (a listener stopped, the broker shutting down, the last
 //!   write to InfluxDB failed).
 //!
-//! HTTP is served by `tiny_http` (small, blocking, no async runtime, the same threading model
-//! as the rest of mqflux) so request parsing, keep-alive and chunking are not hand-written.
+//! HTTP is served by `http.rs`, a small blocking HTTP/1.1 server (the same threading model as
+//! the rest of mqflux) with bounded connections, threads and deadlines; `httparse` parses.
+
+mod http;
 
 use crate::broker::stats::Snapshot;
 use crate::broker::Broker;
-use log::{debug, error, info};
+use log::{debug, info};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+
+pub use http::{MAX_CONNECTIONS, REQUEST_TIMEOUT, WRITE_TIMEOUT};
 
 /// A health check: Ok while its part works, Err(reason) otherwise.
 pub type Probe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
-    stopping: Arc<AtomicBool>,
-    local_addr: SocketAddr,
-    thread: JoinHandle<()>,
+    server: http::Server,
 }
 
 impl MetricsServer {
@@ -39,76 +38,40 @@ impl MetricsServer {
     ) -> Result<MetricsServer, String> {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
-        // tiny_http writes a response in several writes and leaves Nagle on: every request
-        // after the first on a keep-alive connection (as Prometheus scrapes) then waited for
-        // the client's delayed ACK, 40 ms. Accepted sockets inherit the option on Linux.
+        // A response is written in more than one write: with Nagle on, every request after
+        // the first on a keep-alive connection (as Prometheus scrapes) waited for the client's
+        // delayed ACK, 40 ms. Accepted sockets inherit the option on Linux (and the server
+        // sets it on each one too).
         if let Err(e) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
             debug!("metrics: cannot set TCP_NODELAY: {e}");
         }
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
-        let local_addr = server.server_addr().to_ip().unwrap_or(addr);
-        info!("metrics on http://{local_addr} (/metrics, /health)");
-        let server = Arc::new(server);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let (s, stop, b) = (server.clone(), stopping.clone(), broker.clone());
-        let thread = thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || serve(&s, &stop, &b, &probes))
+        let broker = broker.clone();
+        let handler: Arc<http::Handler> = Arc::new(move |request: &http::Request| {
+            respond(request.method, request.path, &broker, &probes)
+        });
+        let server = http::Server::start(listener, "metrics", handler)
             .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
-        Ok(MetricsServer {
-            server,
-            stopping,
-            local_addr,
-            thread,
-        })
+        info!(
+            "metrics on http://{} (/metrics, /health)",
+            server.local_addr()
+        );
+        Ok(MetricsServer { server })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.server.local_addr()
     }
 
-    /// Stop serving and join the thread (requests already received are answered first).
+    /// Stop serving: close the connections and join the threads.
     pub fn stop(self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.server.unblock();
-        let _ = self.thread.join();
-    }
-}
-
-fn serve(server: &tiny_http::Server, stopping: &AtomicBool, broker: &Broker, probes: &[Probe]) {
-    loop {
-        let request = match server.recv() {
-            Ok(r) => r,
-            Err(e) => {
-                if !stopping.load(Ordering::SeqCst) {
-                    error!("metrics endpoint stopped: {e}");
-                }
-                break;
-            }
-        };
-        let (status, content_type, body) = respond(request.method(), request.url(), broker, probes);
-        let response = tiny_http::Response::from_string(body)
-            .with_status_code(status)
-            .with_header(
-                tiny_http::Header::from_bytes("Content-Type", content_type)
-                    .expect("static header is valid"),
-            );
-        if let Err(e) = request.respond(response) {
-            debug!("metrics: cannot send the response: {e}");
-        }
+        self.server.stop();
     }
 }
 
 /// Route one request: (status, content type, body).
-fn respond(
-    method: &tiny_http::Method,
-    url: &str,
-    broker: &Broker,
-    probes: &[Probe],
-) -> (u16, &'static str, String) {
+fn respond(method: &str, url: &str, broker: &Broker, probes: &[Probe]) -> http::Response {
     const TEXT: &str = "text/plain; charset=utf-8";
-    if !matches!(method, tiny_http::Method::Get | tiny_http::Method::Head) {
+    if method != "GET" && method != "HEAD" {
         return (405, TEXT, "only GET is supported\n".into());
     }
     let path = url.split('?').next().unwrap_or(url);
@@ -422,7 +385,7 @@ mod tests {
     fn health_is_ok_when_every_probe_passes() {
         let b = broker();
         let probes: Vec<Probe> = vec![Box::new(|| Ok(()))];
-        let (status, _, body) = respond(&tiny_http::Method::Get, "/health", &b, &probes);
+        let (status, _, body) = respond("GET", "/health", &b, &probes);
         assert_eq!((status, body.as_str()), (200, "ok\n"));
     }
 
@@ -433,14 +396,14 @@ mod tests {
             Box::new(|| Err("listener tcp://127.0.0.1:1 is not accepting connections".into())),
             Box::new(|| Ok(())),
         ];
-        let (status, _, body) = respond(&tiny_http::Method::Get, "/health", &b, &probes);
+        let (status, _, body) = respond("GET", "/health", &b, &probes);
         assert_eq!(status, 503);
         assert_eq!(
             body,
             "listener tcp://127.0.0.1:1 is not accepting connections\n"
         );
         b.shutdown(std::time::Duration::from_secs(1));
-        let (status, _, body) = respond(&tiny_http::Method::Get, "/health", &b, &probes);
+        let (status, _, body) = respond("GET", "/health", &b, &probes);
         assert_eq!(status, 503);
         assert!(body.starts_with("broker is shutting down\n"), "{body}");
     }

@@ -137,6 +137,93 @@ fn socket_that_never_sends_connect_is_closed_after_connect_timeout() {
     );
 }
 
+/// Write `connect` to each socket one byte a second, for at most `limit` or until `stop`.
+fn trickle(
+    sockets: Vec<std::net::TcpStream>,
+    connect: Vec<u8>,
+    limit: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::Write;
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        for byte in connect {
+            for mut s in &sockets {
+                let _ = s.write_all(&[byte]);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            if started.elapsed() > limit || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+        }
+    })
+}
+
+/// `limits.connect_timeout_secs` bounds the whole CONNECT from accept, not each read: a client
+/// sending its CONNECT one byte a second (each read well within the timeout) is closed at the
+/// deadline, and the close is logged.
+#[test]
+fn connect_sent_one_byte_a_second_is_closed_at_the_connect_deadline() {
+    let broker = Broker::with_config("[limits]\nconnect_timeout_secs = 2\n");
+    let start = Instant::now();
+    let mut c = RawClient::connect(broker.addr());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = trickle(
+        vec![c.stream.try_clone().expect("clone")],
+        Connect::new("slow-connect").encode(),
+        Duration::from_secs(10),
+        stop.clone(),
+    );
+    c.expect_closed(Duration::from_secs(6));
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().expect("trickle thread");
+    assert!(
+        took >= Duration::from_millis(1900) && took <= Duration::from_millis(3500),
+        "closed after {took:?}; the deadline is 2 s from accept"
+    );
+    broker.wait_for_log(&["no complete CONNECT within 2s"]);
+}
+
+/// Slow CONNECTs cannot lock the broker: with `max_connections = 3` taken by three sockets
+/// trickling their CONNECT, a real client is accepted once their deadline has passed.
+#[test]
+fn slow_connects_filling_max_connections_lock_out_a_client_only_until_the_deadline() {
+    let broker = Broker::with_config("[limits]\nconnect_timeout_secs = 2\nmax_connections = 3\n");
+    let start = Instant::now();
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(broker.addr()).expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            s
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = trickle(
+        slow,
+        Connect::new("slow").encode(),
+        Duration::from_secs(12),
+        stop.clone(),
+    );
+    let accepted = common::eventually(Duration::from_secs(8), || {
+        let mut c = RawClient::connect(broker.addr());
+        c.try_send(&Connect::new("real-client").encode()).ok()?;
+        match c.read_packet(Duration::from_secs(1)) {
+            Ok(p) if p.kind() == CONNACK && p.body == [0, 0] => Some(c),
+            _ => None,
+        }
+    });
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().expect("trickle thread");
+    let mut accepted = accepted.expect("a real client is accepted once the slow CONNECTs expire");
+    accepted.ping();
+    assert!(
+        took <= Duration::from_millis(4500),
+        "real client locked out for {took:?}; the CONNECT deadline is 2 s"
+    );
+}
+
 #[test]
 fn connect_timeout_does_not_close_a_connected_client() {
     let broker = Broker::with_config("[limits]\nconnect_timeout_secs = 1\n");

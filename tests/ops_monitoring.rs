@@ -269,6 +269,117 @@ fn requests_on_a_kept_alive_connection_are_answered_without_a_delayed_ack_stall(
     );
 }
 
+/// A field of `/proc/PID/status` (`VmRSS` in kB, `Threads`).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// `GET /health` must answer 200 within a second.
+fn health_answers_promptly(addr: std::net::SocketAddr) {
+    let start = Instant::now();
+    let (status, _, body) = http(addr, "GET", "/health");
+    let took = start.elapsed();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert!(took < Duration::from_secs(1), "/health took {took:?}");
+}
+
+/// Issue 23 finding 6: two clients pipelining `GET /metrics` for 2 s without reading the
+/// answers. With `tiny_http` this grew the broker by 412 MB and made `/health` time out: it
+/// read every pipelined request ahead into an unbounded queue. Now the next request is read
+/// only once the answer is written, so TCP holds the client back, and a client that does not
+/// take an answer within the write deadline is closed: `/health` keeps answering within 1 s and
+/// RSS grows by less than 32 MB.
+#[test]
+fn pipelined_metrics_requests_that_are_never_read_leave_health_answering_and_memory_bounded() {
+    use std::io::Write;
+    let broker = Broker::with_config("sys_interval = 0\n[metrics]\nbind = \"127.0.0.1:0\"\n");
+    let addr = metrics_addr(&broker);
+    scrape(addr);
+    let rss_before = proc_status(broker.pid(), "VmRSS");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let abusers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                s.set_write_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                let batch = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+                let (start, mut sent) = (Instant::now(), 0usize);
+                while start.elapsed() < Duration::from_secs(2) {
+                    match s.write(batch.as_bytes()) {
+                        Ok(n) => sent += n,
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                // Keep the socket (unread) until the checks are done.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                sent
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        health_answers_promptly(addr);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss_after = proc_status(broker.pid(), "VmRSS");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in abusers {
+        let sent = a.join().expect("abuser thread");
+        assert!(sent > 0, "the abuser sent nothing");
+    }
+    let growth_mb = rss_after.saturating_sub(rss_before) / 1024;
+    eprintln!("RSS {rss_before} kB -> {rss_after} kB while 2 clients pipelined GET /metrics");
+    assert!(
+        growth_mb < 32,
+        "RSS grew by {growth_mb} MB ({rss_before} kB -> {rss_after} kB)"
+    );
+}
+
+/// 500 connections each holding half a request: with `tiny_http` each got a thread of its own
+/// (506 threads in the issue, 387 measured here). Now at most `MAX_CONNECTIONS` (16) are
+/// served; a new one closes the least recently active, so there are at most 2 x 16 connection
+/// threads and `/health` still answers at once.
+#[test]
+fn half_sent_requests_do_not_make_a_thread_each_or_lock_out_health() {
+    use std::io::Write;
+    let broker = Broker::with_config("sys_interval = 0\n[metrics]\nbind = \"127.0.0.1:0\"\n");
+    let addr = metrics_addr(&broker);
+    health_answers_promptly(addr);
+    let threads_before = proc_status(broker.pid(), "Threads");
+
+    let mut held = Vec::new();
+    for _ in 0..500 {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        // Closed by the broker (to make room) is fine: the write may fail.
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        held.push(s);
+    }
+    // Threads while the broker works through the 500 connections.
+    let mut most = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        most = most.max(proc_status(broker.pid(), "Threads"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    health_answers_promptly(addr);
+    eprintln!("threads: {threads_before} before, at most {most} with 500 half-sent requests");
+    assert!(
+        most <= threads_before + 2 * 16,
+        "{most} threads with 500 half-sent requests (before: {threads_before})"
+    );
+    drop(held);
+}
+
 #[test]
 fn metrics_endpoint_is_off_unless_configured() {
     let broker = Broker::with_config("");

@@ -2,6 +2,7 @@
 //! files, `mqflux passwd`, SIGHUP reload and the per-client publish rate limit.
 
 mod common;
+mod v5_common;
 
 use common::client::{options, MqttClient};
 use common::raw::{self, RawClient};
@@ -346,4 +347,278 @@ fn shared_members_allowed_to_read(exactly_once_path: bool) {
             .is_none(),
         "carol may not read sensors/temp"
     );
+}
+
+/// A client id substituted for `%c` must stay one topic level: with `pattern readwrite
+/// devices/%c/#`, client `victim/data` would otherwise read and forge `devices/victim/data`,
+/// which belongs to client `victim` (mosquitto 2.0 allows that; mqflux treats `/` as it treats
+/// `+` and `#`: no pattern rules for such a name).
+#[test]
+fn client_id_with_a_slash_gets_no_pattern_rules() {
+    let files = Files::new();
+    let acl = files.write("acl", "pattern readwrite devices/%c/#\n");
+    let broker = Broker::with_config(&format!(
+        "[security]\nallow_anonymous = true\nacl_file = {acl:?}\n"
+    ));
+    let mut victim = MqttClient::connect(&broker, "victim");
+    victim.subscribe("devices/victim/#", 1);
+    let mut attacker = MqttClient::connect(&broker, "victim/data");
+    attacker.subscribe("devices/#", 1);
+
+    // Forged: dropped by the ACL (v3.1.1 publishers are not told).
+    attacker.publish("devices/victim/data", 1, false, b"forged");
+    broker.wait_for_log(&["victim/data", "denied by ACL"]);
+    // The victim's own message on the same topic is not readable by the attacker.
+    victim.publish("devices/victim/data", 1, false, b"real");
+    victim.publish("devices/victim/sentinel", 1, false, b"end");
+    let got = topics_until(&mut victim, "devices/victim/sentinel");
+    assert_eq!(got, vec!["devices/victim/data"]);
+    assert!(
+        attacker
+            .recv_publish_timeout(Duration::from_millis(300))
+            .is_none(),
+        "a client id with `/` read another client's topic"
+    );
+    broker.wait_for_log(&["patterns not applied", "victim/data"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session ownership
+// ---------------------------------------------------------------------------------------------
+
+const OWNERSHIP_ACL: &str = "user alice\ntopic readwrite alice/#\n\nuser eve\ntopic read eve/#\n";
+
+fn ownership_broker(files: &Files, extra: &str) -> Broker {
+    let pw = files.write("passwd", "");
+    mosquitto_passwd(&pw, "alice", "a");
+    mosquitto_passwd(&pw, "eve", "e");
+    let acl = files.write("acl", OWNERSHIP_ACL);
+    Broker::with_config(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {pw:?}\nacl_file = {acl:?}\n{extra}"
+    ))
+}
+
+/// A persistent CONNECT (clean session 0) as `user`.
+fn persistent_as(client_id: &str, user: &str, password: &str) -> raw::Connect {
+    raw::Connect {
+        username: Some(user.into()),
+        password: Some(password.as_bytes().to_vec()),
+        ..raw::Connect::persistent(client_id)
+    }
+}
+
+/// alice leaves session `alice-persist` subscribed to `alice/#` and has 3 QoS 1 messages queued
+/// for it (published from another client id).
+fn leave_alice_session_with_three_queued(broker: &Broker) {
+    let (mut alice, _) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "alice", "a"));
+    alice.subscribe(1, &[("alice/#", 1)]);
+    alice.send(&raw::disconnect());
+    alice.read_until_closed(Duration::from_secs(5));
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(broker, "alice-pub", "alice", "a"));
+    for i in 1..=3 {
+        publisher.publish(&format!("alice/private{i}"), 1, false, b"secret");
+    }
+}
+
+/// Issue 23 finding 3: a persistent session belongs to the identity that created it. eve (who
+/// may only read `eve/#`) connecting with alice's client id and clean session 0 does not resume
+/// alice's session: CONNACK 0 with Session Present 0, none of alice's queued messages, none of
+/// her subscriptions. The old session is discarded as on a Clean Start (any client may already
+/// end another client id's session that way), so alice, reconnecting, starts afresh too.
+///
+/// mosquitto 2.0.11 (`src/handle_connect.c`, `connect__on_authorised`) does not compare
+/// usernames: it resumes the session for eve (Session Present 1, alice's subscriptions moved to
+/// her) but first deletes every queued and in-flight message eve may not read
+/// (`connection_check_acl`), and checks read access per delivery after that. So there too eve
+/// gets none of alice's messages and alice loses them; mqflux also keeps eve from inheriting
+/// alice's subscriptions.
+#[test]
+fn another_user_does_not_resume_a_persistent_session_or_read_its_queue() {
+    let files = Files::new();
+    let broker = ownership_broker(&files, "");
+    leave_alice_session_with_three_queued(&broker);
+
+    let (mut eve, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "eve", "e"));
+    // Nothing of alice's: neither the queue nor (since the subscription did not pass to eve)
+    // what alice publishes now.
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(&broker, "alice-pub2", "alice", "a"));
+    publisher.publish("alice/private4", 1, false, b"secret");
+    eve.expect_silence(Duration::from_millis(500));
+    assert!(!present, "eve must not be told she resumed alice's session");
+    broker.wait_for_log(&[
+        "alice-persist",
+        "owned by user \"alice\" not resumed by user \"eve\"",
+    ]);
+    eve.send(&raw::disconnect());
+    eve.read_until_closed(Duration::from_secs(5));
+
+    // eve's session is hers: alice does not resume it either, and finds no messages.
+    let (mut alice, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "alice", "a"));
+    assert!(!present, "alice starts a new session after eve's takeover");
+    alice.expect_silence(Duration::from_millis(300));
+}
+
+/// The owner survives a restart: alice resumes her stored session with its 3 queued messages;
+/// eve, after the next restart, does not.
+#[test]
+fn session_owner_is_remembered_across_restarts() {
+    let files = Files::new();
+    let broker_config = common::persistent_config(&files.path("store"));
+    let mut broker = ownership_broker(&files, &broker_config);
+    leave_alice_session_with_three_queued(&broker);
+    broker.stop_gracefully();
+    broker.restart();
+
+    let (mut alice, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "alice", "a"));
+    assert!(present, "the owner resumes her stored session");
+    for i in 1..=3 {
+        let p = alice.expect_publish();
+        assert_eq!(p.topic, format!("alice/private{i}"));
+        alice.ack(&p);
+    }
+    alice.send(&raw::disconnect());
+    alice.read_until_closed(Duration::from_secs(5));
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(&broker, "alice-pub", "alice", "a"));
+    publisher.publish("alice/private5", 1, false, b"secret");
+    drop(publisher);
+    broker.stop_gracefully();
+    broker.restart();
+
+    let (mut eve, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-persist", "eve", "e"));
+    assert!(!present);
+    eve.expect_silence(Duration::from_millis(500));
+}
+
+/// Read access is checked again when a session is resumed: messages queued while its client
+/// was away that the (reloaded) ACL no longer lets it read are discarded, not delivered (as
+/// mosquitto's `connection_check_acl` does at CONNECT).
+#[test]
+fn queued_messages_the_client_may_no_longer_read_are_not_delivered_on_resume() {
+    let files = Files::new();
+    let broker = ownership_broker(&files, "");
+    let (mut alice, _) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-acl", "alice", "a"));
+    alice.subscribe(1, &[("alice/#", 1)]);
+    alice.send(&raw::disconnect());
+    alice.read_until_closed(Duration::from_secs(5));
+    let mut publisher =
+        MqttClient::connect_with(with_credentials(&broker, "alice-pub", "alice", "a"));
+    publisher.publish("alice/secret", 1, false, b"no longer hers");
+    publisher.publish("alice/open", 1, false, b"still hers");
+
+    std::fs::write(
+        files.path("acl"),
+        "user alice\ntopic write alice/#\ntopic read alice/open\n",
+    )
+    .expect("rewrite acl");
+    let mark = broker.log_mark();
+    broker.send_signal(libc_sighup());
+    broker.wait_for_log_after(mark, &["reloaded"], Duration::from_secs(5));
+
+    let (mut alice, present) =
+        RawClient::connect_mqtt(broker.addr(), &persistent_as("alice-acl", "alice", "a"));
+    assert!(present);
+    let p = alice.expect_publish();
+    assert_eq!(p.topic, "alice/open");
+    alice.ack(&p);
+    alice.expect_silence(Duration::from_millis(300));
+    broker.wait_for_log(&["alice-acl", "1 queued message(s)", "discarded"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation on reload
+// ---------------------------------------------------------------------------------------------
+
+/// Issue 23 finding 4: after SIGHUP, a client whose password file entry was removed (dave,
+/// MQTT 3.1.1: the connection is closed) or changed (erin, MQTT 5: DISCONNECT 0x87 Not
+/// authorized, then close) is disconnected, logged, without its will; what dave sends after
+/// the reload is not delivered. bob, whose entry is unchanged, stays connected and keeps
+/// receiving. mosquitto 2.0.11 does the same at reload (`mosquitto_security_apply_default`
+/// re-checks every client's username and password and disconnects those that fail; it sends
+/// v5 clients no DISCONNECT there).
+#[test]
+fn reload_disconnects_clients_whose_credentials_no_longer_hold_and_keeps_the_others() {
+    let files = Files::new();
+    let pw = files.write("passwd", "");
+    for (user, password) in [("dave", "d"), ("erin", "e"), ("bob", "b")] {
+        mosquitto_passwd(&pw, user, password);
+    }
+    let broker = Broker::with_config(&format!(
+        "[security]\nallow_anonymous = false\npassword_file = {pw:?}\n"
+    ));
+    let mut bob = MqttClient::connect_with(with_credentials(&broker, "bob-dev", "bob", "b"));
+    bob.subscribe("#", 1);
+    let (mut dave, _) = RawClient::connect_mqtt(
+        broker.addr(),
+        &raw::Connect {
+            username: Some("dave".into()),
+            password: Some(b"d".to_vec()),
+            will: Some(raw::Will {
+                topic: "t/dave-will".into(),
+                payload: b"gone".to_vec(),
+                qos: 1,
+                retain: false,
+            }),
+            ..raw::Connect::new("dave-dev")
+        },
+    );
+    let mut connect = v5_common::connect_packet("erin-dev");
+    connect.username = Some("erin".into());
+    connect.password = Some(bytes::Bytes::from_static(b"e"));
+    let (mut erin, ack) = v5_common::RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.code, 0);
+    dave.publish_acked("t/dave", b"before", 1, 1, false);
+    assert_eq!(bob.recv_publish().topic, "t/dave");
+
+    // Remove dave, give erin a new password, reload.
+    let status = Command::new("mosquitto_passwd")
+        .arg("-D")
+        .arg(&pw)
+        .arg("dave")
+        .status()
+        .expect("run mosquitto_passwd -D");
+    assert!(status.success());
+    mosquitto_passwd(&pw, "erin", "new-password");
+    let mark = broker.log_mark();
+    broker.send_signal(libc_sighup());
+    broker.wait_for_log_after(mark, &["reloaded"], Duration::from_secs(5));
+
+    // dave's next publish is not delivered: his connection is closed without a reply.
+    let _ = dave.try_send(&raw::publish("t/dave", b"after", 1, 2, false, false));
+    let packets = dave.read_until_closed(Duration::from_secs(5));
+    assert!(packets.is_empty(), "dave got {packets:02x?}");
+    erin.expect_disconnect(0x87);
+    broker.wait_for_log(&["dave-dev", "password file entry removed or changed"]);
+    broker.wait_for_log(&["erin-dev", "password file entry removed or changed"]);
+
+    // bob's credentials still hold: still connected, and he got neither dave's publish nor
+    // dave's will.
+    bob.client
+        .publish(
+            "t/sentinel",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"end".to_vec(),
+        )
+        .expect("bob publishes");
+    assert_eq!(topics_until(&mut bob, "t/sentinel"), Vec::<String>::new());
+    // dave cannot come back with the removed credentials: CONNACK 0x05 Not authorized.
+    let mut again = RawClient::connect(broker.addr());
+    again.send(
+        &raw::Connect {
+            username: Some("dave".into()),
+            password: Some(b"d".to_vec()),
+            ..raw::Connect::new("dave-dev")
+        }
+        .encode(),
+    );
+    assert_eq!(again.expect_packet().bytes(), vec![0x20, 0x02, 0x00, 0x05]);
 }

@@ -326,6 +326,53 @@ fn expired_queued_message_is_not_delivered_and_remaining_expiry_is_forwarded() {
     sub.expect_no_publish(Duration::from_millis(200));
 }
 
+/// [MQTT-3.3.2-6] the forwarded Message Expiry Interval is the received one minus the time the
+/// message waited, in whole seconds, as mosquitto, EMQX and FlashMQ send it: a message
+/// forwarded at once keeps 2000 (Node-RED's own v5 tests expect exactly that), and one queued
+/// for an offline session for more than a second carries 1999 or less. Wills too: a will
+/// published at once keeps its interval.
+#[test]
+fn forwarded_message_expiry_subtracts_only_whole_seconds_waited() {
+    let broker = Broker::start();
+    let mut live = RawClient::connect_v5(broker.port, "mx2k-live", props());
+    live.subscribe("mx2k/#", QoS::AtLeastOnce);
+    let (mut offline, _) = connect(broker.port, "mx2k-off", true, expiry(60));
+    offline.subscribe("mx2k/#", QoS::AtLeastOnce);
+    offline.disconnect();
+
+    let mut publ = RawClient::connect_v5(broker.port, "mx2k-pub", props());
+    publ.publish_with(
+        "mx2k/a",
+        b"x",
+        QoS::AtLeastOnce,
+        false,
+        message_expiry(2000),
+    );
+    let m = live.expect_publish();
+    assert_eq!(m.properties.message_expiry_interval, Some(2000));
+    live.puback(m.packet_id);
+
+    // Waiting is what is measured here: the message sits in the offline session's queue.
+    std::thread::sleep(Duration::from_millis(1300));
+    let (mut offline, present) = connect(broker.port, "mx2k-off", false, expiry(60));
+    assert!(present);
+    let m = offline.expect_publish();
+    let left = m.properties.message_expiry_interval.expect("expiry");
+    assert!(
+        (1997..=1999).contains(&left),
+        "queued >1 s: one or two whole seconds subtracted, got {left}"
+    );
+
+    // A will published at once keeps its whole interval.
+    let mut c = connect_packet("mx2k-will");
+    c.will = Some(will("mx2k/will", "gone", message_expiry(2000)));
+    let (c, _) = RawClient::connect_with(broker.port, c);
+    c.drop_connection();
+    let m = live.expect_publish();
+    assert_eq!(&*m.topic, "mx2k/will");
+    assert_eq!(m.properties.message_expiry_interval, Some(2000));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Receive Maximum towards the client
 // ---------------------------------------------------------------------------------------------

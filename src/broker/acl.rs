@@ -19,9 +19,11 @@
 //!   `deny` wins over any allow, whatever the line order (mosquitto moves deny rules to the
 //!   front). As in mosquitto, an allow in the client's own section is decided before the
 //!   pattern list is looked at, so a `pattern deny` does not override a user's `topic` allow.
-//! - With patterns present, a client whose username or client id contains `+` or `#` is denied
-//!   everything that its own section does not allow: substituted into a pattern, such a name
-//!   would turn into a wildcard and reach other clients' topics.
+//! - With patterns present, a client whose username or client id contains `+`, `#` or `/` is
+//!   denied everything that its own section does not allow: substituted into a pattern, such a
+//!   name would turn into a wildcard, or into more than one topic level, and reach other
+//!   clients' topics (client id `victim/data` in `devices/%c/#` would own
+//!   `devices/victim/data/#`). mosquitto 2.0 refuses only `+` and `#`; mqflux refuses `/` too.
 //! - A pattern using `%u` is skipped for clients without a username.
 //! - A file with no rules for a client denies it everything (an empty file denies all).
 //! - Read access is checked per delivered message against its concrete topic (including
@@ -195,11 +197,15 @@ impl AclFile {
             Some(u) => self.users.get(u).cloned().unwrap_or_default(),
             None => self.anonymous.clone(),
         };
+        // A name substituted for `%c`/`%u` must stay one topic level of literal text.
+        const NOT_ONE_LEVEL: [char; 3] = ['+', '#', '/'];
         let dangerous_name = !self.patterns.is_empty()
-            && (client_id.contains(['+', '#']) || username.is_some_and(|u| u.contains(['+', '#'])));
+            && (client_id.contains(NOT_ONE_LEVEL)
+                || username.is_some_and(|u| u.contains(NOT_ONE_LEVEL)));
         if dangerous_name {
             log::info!(
-                "ACL patterns not applied to client {client_id:?} (username {username:?}): `+` or `#` in its client id or username"
+                "ACL patterns not applied to client {client_id:?} (username {username:?}): \
+                 `+`, `#` or `/` in its client id or username"
             );
         }
         let patterns = if dangerous_name {
@@ -494,6 +500,17 @@ pattern write $SYS/broker/connection/%c/state
         assert!(!acl.can_publish("c", Some("+"), "users/bob/x"));
         assert!(!acl.can_publish("c", Some("a#"), "users/a#/x"));
         assert!(acl.can_publish("c", Some("bob"), "users/bob/x"));
+    }
+
+    #[test]
+    fn slash_in_client_id_or_username_disables_patterns() {
+        // `victim/data` substituted for %c would own another client's subtree.
+        let acl = parse("pattern readwrite devices/%c/#\npattern readwrite users/%u/#\n");
+        assert!(!acl.can_publish("victim/data", None, "devices/victim/data"));
+        assert!(!acl.can_receive("victim/data", None, "devices/victim/data/x"));
+        assert!(!acl.can_publish("victim/data", None, "devices/victim/data/x"));
+        assert!(!acl.can_publish("c", Some("bob/x"), "users/bob/x/y"));
+        assert!(acl.can_publish("victim", None, "devices/victim/data"));
     }
 
     #[test]

@@ -312,6 +312,12 @@ impl PasswordFile {
         self.users.contains_key(user)
     }
 
+    /// `user`'s entry: a connection keeps the one it authenticated against, so that a reload
+    /// can tell whether its credentials still hold (see `Broker::reload_security`).
+    pub fn entry(&self, user: &str) -> Option<&PasswordHash> {
+        self.users.get(user)
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }

@@ -42,6 +42,8 @@ pub fn spawn(
     tls_identity: Option<String>,
     slot: ConnectionSlot,
 ) -> io::Result<()> {
+    // The CONNECT deadline counts from here: accept, or the end of the TLS / WebSocket handshake.
+    let started = Instant::now();
     // One socket shared by the reader, the writer and the broker's registry.
     let stream = Arc::new(stream);
     let Some(id) = broker.register_connection(&stream) else {
@@ -49,7 +51,7 @@ pub fn spawn(
     };
     let b = broker.clone();
     let spawned = threads::spawn(&format!("conn-{id}"), move || {
-        Connection::boxed(b.clone(), id, stream, peer, tls_identity).run();
+        Connection::boxed(b.clone(), id, stream, peer, tls_identity, started).run();
         b.unregister_connection(id);
         drop(slot);
     });
@@ -75,6 +77,9 @@ enum Exit {
     Closed(String),
     /// No packet within 1.5x the keep-alive [MQTT-3.1.2-24].
     KeepAliveTimeout,
+    /// A reload of the password file removed or changed the entry the client authenticated
+    /// against (see `Broker::reload_security`).
+    Revoked,
 }
 
 fn violation(reason_code: u8, message: impl Into<String>) -> Exit {
@@ -89,6 +94,9 @@ struct Connection {
     id: u64,
     peer: SocketAddr,
     stream: Arc<Socket>,
+    /// When the socket was handed over (accepted, or its handshake done): the CONNECT deadline
+    /// counts from then.
+    started: Instant,
     /// The TLS client certificate's subject CN, set only on listeners with
     /// `use_identity_as_username`: there it replaces the CONNECT username for authentication
     /// and ACLs (mosquitto's semantics), and the CONNECT password is not checked.
@@ -99,6 +107,8 @@ struct Connection {
     session: Option<SessionRef>,
     /// Shared with the session's `Link`: false once the session is no longer ours.
     owns_session: Arc<AtomicBool>,
+    /// Set by the broker when a reload revoked the credentials this client connected with.
+    revoked: Arc<AtomicBool>,
     will: Option<Will>,
     /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
     session_expiry: u32,
@@ -131,8 +141,16 @@ impl Connection {
         stream: Arc<Socket>,
         peer: SocketAddr,
         tls_identity: Option<String>,
+        started: Instant,
     ) -> Box<Connection> {
-        Box::new(Connection::new(broker, id, stream, peer, tls_identity))
+        Box::new(Connection::new(
+            broker,
+            id,
+            stream,
+            peer,
+            tls_identity,
+            started,
+        ))
     }
 
     fn new(
@@ -141,6 +159,7 @@ impl Connection {
         stream: Arc<Socket>,
         peer: SocketAddr,
         tls_identity: Option<String>,
+        started: Instant,
     ) -> Connection {
         let rate_limit = PublishRateLimit {
             messages_per_sec: Some(broker.config.limits.max_publish_rate),
@@ -152,12 +171,14 @@ impl Connection {
             id,
             peer,
             stream,
+            started,
             tls_identity,
             client_id: "(before CONNECT)".into(),
             version: ProtocolVersion::V311,
             outbox: None,
             session: None,
             owns_session: Arc::new(AtomicBool::new(true)),
+            revoked: Arc::new(AtomicBool::new(false)),
             will: None,
             session_expiry: 0,
             topic_aliases: HashMap::new(),
@@ -198,13 +219,21 @@ impl Connection {
     /// wait) stays small; see `process`.
     #[inline(never)]
     fn connect(&mut self, reader: &mut ConnectionReader) -> Result<bool, Exit> {
+        // `limits.connect_timeout_secs` is a deadline for the whole CONNECT, counted from accept
+        // (or from the end of the TLS / WebSocket handshake): a client trickling its CONNECT a
+        // byte at a time must not hold a connection place past it.
         let timeout = Duration::from_secs(self.broker.config.limits.connect_timeout_secs);
-        let _ = self.stream.set_read_timeout(Some(timeout));
-        let frame = match reader.next_frame(self.max_packet_size()) {
+        let deadline = self.started + timeout;
+        reader.set_deadline(Some(deadline));
+        let frame = reader.next_frame(self.max_packet_size());
+        reader.set_deadline(None);
+        let frame = match frame {
             Ok(f) => f,
-            Err(DecodeError::Io(e)) if is_timeout(&e) => {
+            // Idle, or timed out inside the packet (which the decoder reports as another error).
+            Err(DecodeError::Io(e)) if is_timeout(&e) || Instant::now() >= deadline => {
                 info!(
-                    "connection from {}: no CONNECT within {}s, closing",
+                    "connection from {}: no complete CONNECT within {}s \
+                     (limits.connect_timeout_secs), closing",
                     self.peer,
                     timeout.as_secs()
                 );
@@ -314,6 +343,15 @@ impl Connection {
             return Ok(false);
         }
         self.username = username.as_deref().map(Arc::from);
+        if !self.keep_credential(&snapshot, &client_id) {
+            warn!(
+                "connection from {}: client {} (username {:?}) refused: password file entry \
+                 changed by a reload during CONNECT",
+                self.peer, client_id, c.username
+            );
+            self.refuse(AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
+            return Ok(false);
+        }
         self.acl = (
             snapshot.generation,
             snapshot.client_acl(&client_id, username.as_deref()),
@@ -436,6 +474,33 @@ impl Connection {
         Ok(true)
     }
 
+    /// Register the password file entry this client authenticated against, so that a reload
+    /// that removes or changes it closes the connection. False when a reload since `snapshot`
+    /// already did (the broker's pass over the connections may have run before this one was
+    /// registered).
+    fn keep_credential(&self, snapshot: &super::security::Snapshot, client_id: &Arc<str>) -> bool {
+        if self.tls_identity.is_some() {
+            return true; // the certificate is the credential; the password file is not used
+        }
+        let Some(username) = &self.username else {
+            return true; // anonymous: allow_anonymous, which a reload does not change
+        };
+        let Some(entry) = snapshot.passwords.as_ref().and_then(|p| p.entry(username)) else {
+            return true; // no password file
+        };
+        self.broker.note_credential(
+            self.id,
+            super::Credential {
+                client_id: client_id.clone(),
+                username: username.clone(),
+                entry: entry.clone(),
+                revoked: self.revoked.clone(),
+            },
+        );
+        self.broker.security.generation() == snapshot.generation
+            || self.broker.security.current().still_holds(username, entry)
+    }
+
     /// Answer CONNECT with a failure code and close [MQTT-3.2.2-5].
     fn refuse(&mut self, code_v3: u8, code_v5: u8) {
         let code = if self.version.is_v5() {
@@ -476,6 +541,8 @@ impl Connection {
             };
             let frame = match frame {
                 Ok(f) => f,
+                // The broker closed our read side: the credentials were revoked.
+                Err(_) if self.revoked.load(Ordering::Acquire) => return Some(Exit::Revoked),
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
                 Err(e) => return Some(violation_from(e)),
             };
@@ -505,6 +572,10 @@ impl Connection {
     /// After a takeover the old reader may still hold packets it read earlier; it must not act
     /// on the session its successor now owns.
     fn check_attached(&self) -> Result<(), Exit> {
+        if self.revoked.load(Ordering::Acquire) {
+            // Packets the client sent before the reload and we had not read yet are not acted on.
+            return Err(Exit::Revoked);
+        }
         if self.owns_session.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -1024,12 +1095,22 @@ impl Connection {
             Some(Exit::KeepAliveTimeout) => {
                 (true, "keep-alive timeout [MQTT-3.1.2-24]".to_string())
             }
+            // No will: it would be published for an identity that is no longer authorized.
+            Some(Exit::Revoked) => (
+                false,
+                "credentials revoked (password file entry removed or changed by a reload)"
+                    .to_string(),
+            ),
         };
-        // v5 clients are told why the broker closes (section 4.13): the rule broken, or 0x8D
-        // "Keep Alive timeout" [MQTT-3.1.2-22].
+        // v5 clients are told why the broker closes (section 4.13): the rule broken, 0x8D
+        // "Keep Alive timeout" [MQTT-3.1.2-22], or 0x87 "Not authorized".
         let disconnect_reason = match &exit {
             Some(Exit::Violation { reason_code, .. }) => Some(*reason_code),
             Some(Exit::KeepAliveTimeout) => Some(reason::KEEP_ALIVE_TIMEOUT),
+            // 0x87 Not authorized rather than 0x98 Administrative action: it names why the
+            // client may not stay (its credentials no longer authorize it), and it is the code
+            // the client gets in CONNACK if it reconnects with them.
+            Some(Exit::Revoked) => Some(reason::NOT_AUTHORIZED),
             _ => None,
         };
         if let (Some(reason_code), true) = (disconnect_reason, self.version.is_v5()) {

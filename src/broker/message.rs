@@ -71,14 +71,20 @@ impl Message {
         self.expires_at.is_some_and(|at| Instant::now() >= at)
     }
 
-    /// [MQTT-3.3.2-6] the interval forwarded is what is left of the original one.
+    /// [MQTT-3.3.2-6] the interval forwarded is the original one minus the time the message
+    /// waited in the broker. Only whole seconds waited are subtracted (as mosquitto, EMQX and
+    /// FlashMQ do): a message forwarded after a few milliseconds keeps its 2000, not 1999. That
+    /// is the time left rounded up; 1 at least, as an expired message is never sent.
     pub fn remaining_expiry_secs(&self) -> Option<u32> {
-        self.expires_at.map(|at| {
-            at.saturating_duration_since(Instant::now())
-                .as_secs()
-                .max(1) as u32
-        })
+        self.expires_at
+            .map(|at| remaining_whole_secs(at.saturating_duration_since(Instant::now())))
     }
+}
+
+/// `left` rounded up to whole seconds, within 1..=u32::MAX.
+fn remaining_whole_secs(left: Duration) -> u32 {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    secs.clamp(1, u32::MAX as u64) as u32
 }
 
 pub fn now_ns() -> i64 {
@@ -87,5 +93,40 @@ pub fn now_ns() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |ns| -ns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_forwarded_subtracts_whole_seconds_waited() {
+        // 2000 s interval: after 3 ms 1999.997 s are left, forwarded as 2000 [MQTT-3.3.2-6].
+        let left = |ms: u64| remaining_whole_secs(Duration::from_millis(ms));
+        assert_eq!(left(1_999_997), 2000);
+        assert_eq!(left(2_000_000), 2000);
+        // 1.5 s waited: one whole second subtracted.
+        assert_eq!(left(1_998_500), 1999);
+        assert_eq!(left(1), 1);
+        assert_eq!(left(0), 1);
+    }
+
+    #[test]
+    fn fresh_message_keeps_its_expiry_interval() {
+        let properties = crate::protocol::Properties {
+            message_expiry_interval: Some(2000),
+            ..Default::default()
+        };
+        let m = Message::new(
+            "a".into(),
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            false,
+            properties.into(),
+            None,
+            now_ns(),
+        );
+        assert_eq!(m.remaining_expiry_secs(), Some(2000));
     }
 }

@@ -50,6 +50,20 @@ const RETAINED_REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 struct LiveConnection {
     stream: Arc<Socket>,
     thread: Option<threads::ConnectionThread>,
+    /// Set for a client authenticated against the password file.
+    credential: Option<Credential>,
+}
+
+/// What a connection authenticated with, kept so that a reload of the password file can close
+/// it when that no longer holds (see `Broker::reload_security`).
+pub struct Credential {
+    pub client_id: Arc<str>,
+    pub username: Arc<str>,
+    /// The password file entry the client's password matched.
+    pub entry: auth::PasswordHash,
+    /// Set by the broker before it closes the connection's read side: the connection then
+    /// ends with "not authorized" instead of as if its client had gone.
+    pub revoked: Arc<AtomicBool>,
 }
 
 pub struct Broker {
@@ -426,16 +440,42 @@ impl Broker {
         // Set when a stored session is created or discarded here.
         let mut stored_change = false;
         let mut pending_will = None;
-        let (session, session_present) = match existing {
+        let resumable = |s: &SessionRef| {
+            let state = s.lock();
             // A session with expiry 0 (3.1.1 clean session) ends with its connection, even
             // if that connection has not finished closing yet: it is never resumed
             // [MQTT-3.1.2-6].
-            Some(s)
-                if !clean_start && {
-                    let state = s.lock();
-                    state.expiry_interval != 0 && !state.is_expired(Instant::now())
-                } =>
-            {
+            if state.expiry_interval == 0 || state.is_expired(Instant::now()) {
+                return false;
+            }
+            // Only the identity that owns the session resumes it. Another one gets a new
+            // session, and the old one ends as on a Clean Start: its subscriptions and queued
+            // messages are dropped, never handed to the newcomer. (Any client may end another
+            // client id's session with Clean Start anyway; keeping it for its owner while
+            // another connection holds the client id would need two sessions per id.)
+            let owned = state.may_resume(link.username.as_ref());
+            if !owned {
+                info!(
+                    "client {client_id}: session owned by {} not resumed by {}; \
+                     it is discarded and a new session started",
+                    describe_owner(state.owner()),
+                    describe_identity(link.username.as_deref())
+                );
+            }
+            owned
+        };
+        let (session, session_present) = match existing {
+            Some(s) if !clean_start && resumable(&s) => {
+                let mut state = s.lock();
+                let username = link.username.as_deref();
+                let discarded = state.discard_unreadable(client_id, username, &self.security);
+                if discarded > 0 {
+                    info!(
+                        "client {client_id}: {discarded} queued message(s) the client may no \
+                         longer read were discarded"
+                    );
+                }
+                drop(state);
                 (s, true)
             }
             other => {
@@ -443,7 +483,12 @@ impl Broker {
                     stored_change |= old.lock().has_journal();
                     pending_will = self.end_session(&old, &mut sessions);
                 }
-                let s = SessionHandle::new(client_id.into(), expiry_interval, limits);
+                let s = SessionHandle::new(
+                    client_id.into(),
+                    expiry_interval,
+                    limits,
+                    link.username.clone(),
+                );
                 sessions.insert(s.client_id.clone(), s.clone());
                 (s, false)
             }
@@ -721,6 +766,7 @@ impl Broker {
             LiveConnection {
                 stream,
                 thread: None,
+                credential: None,
             },
         );
         Some(id)
@@ -732,6 +778,43 @@ impl Broker {
             Some(c) => c.thread = Some(thread),
             None => drop(thread), // already finished
         }
+    }
+
+    /// Remember what connection `id` authenticated with (see `reload_security`).
+    pub fn note_credential(&self, id: u64, credential: Credential) {
+        let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = conns.get_mut(&id) {
+            c.credential = Some(credential);
+        }
+    }
+
+    /// Reload the password and ACL files (SIGHUP), then close the connections whose
+    /// credentials no longer hold: user removed from the password file or given another entry.
+    /// Everybody else stays connected and gets the new ACL at the next check. mosquitto 2.0
+    /// also re-checks every client's credentials at reload (`mosquitto_security_apply_default`)
+    /// and drops those that fail.
+    pub fn reload_security(&self) -> Result<u64, security::SecurityError> {
+        let generation = self.security.reload()?;
+        let snapshot = self.security.current();
+        let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        for c in conns.values() {
+            let Some(cred) = &c.credential else { continue };
+            if snapshot.still_holds(&cred.username, &cred.entry) {
+                continue;
+            }
+            if cred.revoked.swap(true, Ordering::AcqRel) {
+                continue; // already being closed
+            }
+            warn!(
+                "client {} (user {:?}): password file entry removed or changed by the reload; \
+                 disconnecting",
+                cred.client_id, cred.username
+            );
+            // Its reader sees the end of input, or the flag at its next packet, and closes
+            // the connection (v5: DISCONNECT 0x87 first).
+            let _ = c.stream.shutdown(Shutdown::Read);
+        }
+        Ok(generation)
     }
 
     pub fn unregister_connection(&self, id: u64) {
@@ -797,6 +880,21 @@ impl Broker {
             store.stop();
         }
         self.sink.shutdown();
+    }
+}
+
+/// A session owner for the log: `user "alice"`, `an anonymous client`.
+fn describe_owner(owner: &session::SessionOwner) -> String {
+    match owner {
+        session::SessionOwner::Identity(user) => describe_identity(user.as_deref()),
+        session::SessionOwner::Unrecorded => "an unrecorded owner".to_string(),
+    }
+}
+
+fn describe_identity(user: Option<&str>) -> String {
+    match user {
+        Some(user) => format!("user {user:?}"),
+        None => "an anonymous client".to_string(),
     }
 }
 

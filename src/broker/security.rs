@@ -7,13 +7,17 @@
 //!
 //! A reload that fails (unreadable file, ACL syntax error) keeps the previous snapshot and
 //! returns the error for the log: a typo in the ACL must not open or close the broker.
+//!
+//! Credentials are the exception to "connections keep their snapshot": after a reload the
+//! broker closes the connections whose password file entry is gone or changed
+//! (`Snapshot::still_holds`, `Broker::reload_security`); the others stay connected.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::acl::{AclError, AclFile, ClientAcl};
-use super::auth::{AuthError, PasswordFile};
+use super::auth::{AuthError, PasswordFile, PasswordHash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
@@ -37,6 +41,16 @@ impl Snapshot {
     /// The ACL view for one client; `None` means no ACL file (allow all).
     pub fn client_acl(&self, client_id: &str, username: Option<&str>) -> Option<ClientAcl> {
         self.acl.as_ref().map(|a| a.for_client(client_id, username))
+    }
+
+    /// Does the password file still hold `entry` for `user`, the one a client authenticated
+    /// against? A user removed, or given a new entry (a new password, or the same one hashed
+    /// again: the password itself is not kept to tell), no longer does.
+    pub fn still_holds(&self, user: &str, entry: &PasswordHash) -> bool {
+        self.passwords
+            .as_ref()
+            .and_then(|p| p.entry(user))
+            .is_some_and(|e| e == entry)
     }
 }
 
@@ -141,6 +155,31 @@ mod tests {
         // A snapshot taken before the reload is unchanged (connections keep working).
         let old = before.client_acl("c", Some("alice")).expect("acl");
         assert!(old.can_receive("a/b") && !old.can_publish("a/b"));
+    }
+
+    #[test]
+    fn credentials_hold_only_while_the_entry_is_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        set_entry(&pw, "alice", &hash("one")).expect("set");
+        set_entry(&pw, "bob", &hash("b")).expect("set");
+        let files = SecurityFiles::load(Some(&pw), None).expect("load");
+        let before = files.current();
+        let alice = before.passwords.as_ref().unwrap().entry("alice").unwrap();
+        let bob = before.passwords.as_ref().unwrap().entry("bob").unwrap();
+        assert!(before.still_holds("alice", alice));
+
+        // A new password for alice, bob untouched.
+        set_entry(&pw, "alice", &hash("two")).expect("set");
+        files.reload().expect("reload");
+        let after = files.current();
+        assert!(!after.still_holds("alice", alice));
+        assert!(after.still_holds("bob", bob));
+
+        // bob removed.
+        fs::write(&pw, "").expect("empty file");
+        files.reload().expect("reload");
+        assert!(!files.current().still_holds("bob", bob));
     }
 
     #[test]

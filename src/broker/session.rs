@@ -46,6 +46,19 @@ impl Link {
     }
 }
 
+/// Who may resume a session: the identity that created it. A client connecting with the same
+/// client id under another identity gets a new session instead (`Broker::attach_session`), so
+/// one user can never take over another's subscriptions and queued messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOwner {
+    /// The authenticated username (the certificate CN with `use_identity_as_username`), or
+    /// `None` for an anonymous client.
+    Identity(Option<Arc<str>>),
+    /// Restored from a store written before owners were recorded: adopted (and recorded) by
+    /// the first client that resumes it, as that version would have let any client do.
+    Unrecorded,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     /// min(broker's max_inflight, the v5 client's Receive Maximum) [MQTT-3.3.4-7].
@@ -63,10 +76,18 @@ pub struct SessionHandle {
 pub type SessionRef = Arc<SessionHandle>;
 
 impl SessionHandle {
-    pub fn new(client_id: Arc<str>, expiry_interval: u32, limits: SessionLimits) -> SessionRef {
+    /// A new session owned by `owner` (see `SessionOwner`).
+    pub fn new(
+        client_id: Arc<str>,
+        expiry_interval: u32,
+        limits: SessionLimits,
+        owner: Option<Arc<str>>,
+    ) -> SessionRef {
+        let mut state = Session::new(expiry_interval, limits);
+        state.owner = SessionOwner::Identity(owner);
         Arc::new(SessionHandle {
             client_id,
-            state: Mutex::new(Session::new(expiry_interval, limits)),
+            state: Mutex::new(state),
         })
     }
 
@@ -198,6 +219,8 @@ pub struct Session {
     dropped: u64,
     /// Username of the last connection (kept while offline, for ACL checks on queued messages).
     username: Option<Arc<str>>,
+    /// The only identity that may resume this session.
+    owner: SessionOwner,
     /// The ACL rules for this client, rebuilt when the files are reloaded (by generation).
     acl: Option<(u64, Option<ClientAcl>)>,
 }
@@ -220,6 +243,7 @@ impl Session {
             incoming_qos2: HashSet::new(),
             dropped: 0,
             username: None,
+            owner: SessionOwner::Unrecorded,
             acl: None,
         }
     }
@@ -233,6 +257,12 @@ impl Session {
         journal: SessionJournal,
     ) -> Session {
         let mut s = Session::new(stored.expiry_interval, limits);
+        if let Some(owner) = stored.owner {
+            let owner: Option<Arc<str>> = owner.map(Arc::from);
+            // Queued messages were checked against the owner's read access.
+            s.username = owner.clone();
+            s.owner = SessionOwner::Identity(owner);
+        }
         let recorded = stored.detached.is_some();
         match stored.detached {
             Some(d) => {
@@ -287,6 +317,7 @@ impl Session {
     /// Start recording this session (it became persistent): write all of its state.
     pub fn enable_journal(&mut self, journal: SessionJournal) {
         self.journal = Some(journal);
+        self.record_owner();
         self.record_session();
         for q in &self.queued {
             self.record(|c| records::outgoing_put(c, q.seq, &q.message, &q.route, 0, false));
@@ -338,6 +369,64 @@ impl Session {
         let at = self.disconnected_at?;
         let will = self.delayed_will.as_ref().map(|(due, w)| (*due, &**w));
         Some(records::session_detached(&j.client, at, will))
+    }
+
+    fn record_owner(&self) {
+        if let SessionOwner::Identity(owner) = &self.owner {
+            self.record(|c| records::session_owner(c, owner.as_deref()));
+        }
+    }
+
+    /// May a client authenticated as `username` (None: anonymous) resume this session? Only
+    /// its owner may; a session restored from a store without owners is adopted by the first.
+    pub fn may_resume(&self, username: Option<&Arc<str>>) -> bool {
+        match &self.owner {
+            SessionOwner::Identity(owner) => owner.as_deref() == username.map(|u| &**u),
+            SessionOwner::Unrecorded => true,
+        }
+    }
+
+    /// The identity that may resume the session, for the log.
+    pub fn owner(&self) -> &SessionOwner {
+        &self.owner
+    }
+
+    /// Remove the queued and in-flight messages that `username` may not read, before a
+    /// resumed session sends them (as mosquitto's `connection_check_acl`): a second line of
+    /// defence behind `may_resume`, and what applies read access changed while the client was
+    /// away. A QoS 2 message already PUBREC'd stays: only its PUBREL is left to send.
+    pub fn discard_unreadable(
+        &mut self,
+        client_id: &str,
+        username: Option<&str>,
+        security: &SecurityFiles,
+    ) -> usize {
+        let Some(acl) = security.current().client_acl(client_id, username) else {
+            return 0;
+        };
+        let journal = self.journal.as_ref();
+        let mut discarded = 0;
+        self.queued.retain(|q| {
+            let keep = acl.can_receive(&q.message.topic);
+            if !keep {
+                discarded += 1;
+                if let Some(j) = journal {
+                    j.store.submit(records::outgoing_delete(&j.client, q.seq));
+                }
+            }
+            keep
+        });
+        self.inflight.retain(|i| {
+            let keep = i.released || acl.can_receive(&i.message.topic);
+            if !keep {
+                discarded += 1;
+                if let Some(j) = journal {
+                    j.store.submit(records::outgoing_delete(&j.client, i.seq));
+                }
+            }
+            keep
+        });
+        discarded
     }
 
     /// Record the expiry interval and subscriptions.
@@ -405,6 +494,11 @@ impl Session {
         if self.username != link.username {
             self.username = link.username.clone();
             self.acl = None;
+        }
+        if self.owner == SessionOwner::Unrecorded {
+            // `Broker::attach_session` let the first client resume it: it owns it from now.
+            self.owner = SessionOwner::Identity(link.username.clone());
+            self.record_owner();
         }
         let old = self.link.replace(link).map(Link::released);
         self.limits = limits;

@@ -142,6 +142,9 @@ pub struct ConnectionReader {
     small_reads: u32,
     /// The last read waited at least `CLIENT_PAUSE` (see `threads.rs` for why it matters).
     paused: bool,
+    /// Set while waiting for CONNECT: every read must end by then, however the bytes trickle
+    /// in (see `set_deadline`).
+    deadline: Option<Instant>,
 }
 
 const MIN_READ_BUFFER: usize = 1024;
@@ -167,7 +170,15 @@ impl ConnectionReader {
             filled: 0,
             small_reads: 0,
             paused: false,
+            deadline: None,
         }
+    }
+
+    /// Make every read end by `deadline` (`TimedOut` once it has passed), or lift that. A read
+    /// timeout alone applies per read, so a client sending one byte a second would never hit
+    /// it; the connection sets this for the whole CONNECT packet and lifts it after.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     /// Bytes read from the socket and not yet consumed.
@@ -294,7 +305,7 @@ impl ConnectionReader {
     /// Refill the (consumed) buffer with one read, then resize it for the next one.
     fn fill(&mut self) -> io::Result<()> {
         self.before_wait();
-        let n = read_noting_pause(&self.socket, &mut self.paused, &mut self.buf)?;
+        let n = read_noting_pause(&self.socket, self.deadline, &mut self.paused, &mut self.buf)?;
         self.note_read(n);
         self.pos = 0;
         self.filled = n;
@@ -318,8 +329,21 @@ impl ConnectionReader {
     }
 }
 
-/// One socket read; `paused` tells whether it waited `CLIENT_PAUSE` or longer.
-fn read_noting_pause(socket: &Socket, paused: &mut bool, buf: &mut [u8]) -> io::Result<usize> {
+/// One socket read, ending by `deadline` when there is one; `paused` tells whether it waited
+/// `CLIENT_PAUSE` or longer.
+fn read_noting_pause(
+    socket: &Socket,
+    deadline: Option<Instant>,
+    paused: &mut bool,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    if let Some(deadline) = deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        socket.set_read_timeout(Some(left))?;
+    }
     let started = Instant::now();
     let read = (&*socket).read(buf);
     *paused = started.elapsed() >= CLIENT_PAUSE;
@@ -338,7 +362,7 @@ impl Read for ConnectionReader {
             // A read as large as the buffer skips it (a big packet's body), as `BufReader` does.
             if out.len() >= self.buf.len() {
                 self.before_wait();
-                let n = read_noting_pause(&self.socket, &mut self.paused, out)?;
+                let n = read_noting_pause(&self.socket, self.deadline, &mut self.paused, out)?;
                 self.note_read(n);
                 return Ok(n);
             }

@@ -7,6 +7,9 @@
 //!   any; absent while connected
 //! - `o` client seq(u64 BE): an outgoing QoS 1/2 message, queued (packet id 0) or inflight
 //! - `i` client packet-id(u16 BE): an incoming QoS 2 message routed and awaiting PUBREL
+//! - `n` client: the session's owner, the identity (username, or none: anonymous) that alone may
+//!   resume it. A store written before owners were recorded has none: such a session is
+//!   adopted by the first client that resumes it (see `Session::may_resume`)
 //!
 //! A message is stored as a v5 PUBLISH encoded by the broker's own codec (so its properties
 //! round-trip), plus what the wire format does not carry: publisher, receive time and the
@@ -25,6 +28,8 @@ const SESSION: u8 = b's';
 const OUTGOING: u8 = b'o';
 const INCOMING: u8 = b'i';
 const DETACHED: u8 = b'd';
+/// Sorts before `SESSION`, so `load` has it when it reaches the session record.
+const OWNER: u8 = b'n';
 
 /// The `[len][client id]` part of a session's keys.
 pub fn client_key(client_id: &str) -> Vec<u8> {
@@ -80,6 +85,19 @@ pub fn session_put<'a>(
     Op::Put(key(SESSION, client, &[]), v)
 }
 
+/// The identity that owns the session: `Some(username)`, or `None` for an anonymous client.
+pub fn session_owner(client: &[u8], owner: Option<&str>) -> Op {
+    let mut v = Vec::new();
+    match owner {
+        Some(user) => {
+            v.push(1);
+            put_bytes(&mut v, user.as_bytes());
+        }
+        None => v.push(0),
+    }
+    Op::Put(key(OWNER, client, &[]), v)
+}
+
 /// The session's client disconnected at `at`; `will` is its delayed will and when it is due.
 /// Kept so that a restart continues the session's expiry and the will's delay where they were.
 pub fn session_detached(client: &[u8], at: Instant, will: Option<(Instant, &Message)>) -> Op {
@@ -103,11 +121,11 @@ pub fn session_attached(client: &[u8]) -> Op {
 
 /// Everything of one client: its session, messages and incoming QoS 2 ids.
 pub fn session_end(client: &[u8]) -> Vec<Op> {
-    [SESSION, DETACHED, OUTGOING, INCOMING]
+    [SESSION, DETACHED, OWNER, OUTGOING, INCOMING]
         .into_iter()
         .map(|kind| {
             let mut k = key(kind, client, &[]);
-            if kind == SESSION || kind == DETACHED {
+            if kind == SESSION || kind == DETACHED || kind == OWNER {
                 // The session key is exactly the prefix; a longer key would be another client's
                 // only if its length bytes differed, so an exact delete is what is meant.
                 return Op::Delete(std::mem::take(&mut k));
@@ -184,6 +202,9 @@ pub struct StoredSession {
     /// disconnected at start-up.
     pub detached: Option<StoredDetach>,
     pub subscriptions: Vec<StoredSubscription>,
+    /// Who may resume it: `Some(None)` anonymous, `Some(Some(user))`; `None` when the store
+    /// predates owner records.
+    pub owner: Option<Option<String>>,
     /// In sequence (delivery) order.
     pub outgoing: Vec<StoredOutgoing>,
     pub incoming_qos2: Vec<u16>,
@@ -205,6 +226,7 @@ pub fn load(map: &Map) -> Loaded {
     let mut detached: std::collections::HashMap<Vec<u8>, StoredDetach> = Default::default();
     let mut outgoing: std::collections::HashMap<Vec<u8>, Vec<StoredOutgoing>> = Default::default();
     let mut incoming: std::collections::HashMap<Vec<u8>, Vec<u16>> = Default::default();
+    let mut owners: std::collections::HashMap<Vec<u8>, Option<String>> = Default::default();
     for (k, v) in map {
         let Some((&kind, rest)) = k.split_first() else {
             continue;
@@ -238,6 +260,15 @@ pub fn load(map: &Map) -> Loaded {
                 detached.insert(client.to_vec(), StoredDetach { at, will });
                 Some(())
             }),
+            OWNER => split_client(rest).and_then(|(client, _)| {
+                let mut r = Reader(v);
+                let owner = match r.u8()? {
+                    0 => None,
+                    _ => Some(String::from_utf8(r.bytes()?.to_vec()).ok()?),
+                };
+                owners.insert(client.to_vec(), owner);
+                Some(())
+            }),
             INCOMING => split_client(rest).and_then(|(client, suffix)| {
                 let id = u16::from_be_bytes(suffix.try_into().ok()?);
                 incoming.entry(client.to_vec()).or_default().push(id);
@@ -249,6 +280,7 @@ pub fn load(map: &Map) -> Loaded {
                 s.detached = detached.remove(&ck);
                 s.outgoing = outgoing.remove(&ck).unwrap_or_default();
                 s.incoming_qos2 = incoming.remove(&ck).unwrap_or_default();
+                s.owner = owners.remove(&ck);
                 loaded.sessions.push(s);
                 Some(())
             }),
@@ -296,6 +328,7 @@ fn decode_session(client: &[u8], v: &[u8]) -> Option<StoredSession> {
         expiry_interval,
         detached: None,
         subscriptions,
+        owner: None,
         outgoing: Vec::new(),
         incoming_qos2: Vec::new(),
     })
@@ -593,5 +626,39 @@ mod tests {
         assert_eq!(loaded.sessions.len(), 1);
         assert!(loaded.sessions[0].detached.is_none());
         assert_eq!(map.len(), 1, "only b's session record is left");
+    }
+
+    #[test]
+    fn session_owner_round_trips_and_a_store_without_owners_still_loads() {
+        let (a, b, c) = (client_key("a"), client_key("b"), client_key("c"));
+        let mut map = Map::new();
+        for op in [
+            session_put(&a, 300, std::iter::empty()),
+            session_owner(&a, Some("alice")),
+            session_put(&b, 300, std::iter::empty()),
+            session_owner(&b, None),
+            // As written before owners were recorded.
+            session_put(&c, 300, std::iter::empty()),
+        ] {
+            apply(&mut map, op);
+        }
+        let loaded = load(&map);
+        let owner = |id: &str| {
+            loaded
+                .sessions
+                .iter()
+                .find(|s| s.client_id == id)
+                .unwrap()
+                .owner
+                .clone()
+        };
+        assert_eq!(owner("a"), Some(Some("alice".to_string())));
+        assert_eq!(owner("b"), Some(None));
+        assert_eq!(owner("c"), None);
+        for op in session_end(&a) {
+            apply(&mut map, op);
+        }
+        assert!(load(&map).sessions.iter().all(|s| s.client_id != "a"));
+        assert_eq!(map.len(), 3, "a's owner record went with its session");
     }
 }

@@ -1,0 +1,326 @@
+//! The HTTP/1.1 server under `/metrics` and `/health`: bounded, so that no client can make it
+//! grow or stall.
+//!
+//! - At most `MAX_CONNECTIONS` connections are served, one thread each. A connection accepted
+//!   beyond that closes the least recently active one: idle or trickling clients cannot lock a
+//!   health probe out, and there are never more than 2 x `MAX_CONNECTIONS` connection threads
+//!   (those served, and those closed and not yet ended).
+//! - A request head must arrive whole within `REQUEST_TIMEOUT` of the previous response (or of
+//!   accept), at most `MAX_REQUEST_HEAD` bytes; parsing is `httparse`'s.
+//! - One request is answered at a time per connection, and the next one is read only once the
+//!   answer is written: a client pipelining requests without reading the answers is held back by
+//!   TCP, not queued in memory; and it has `WRITE_TIMEOUT` to take each answer, or is closed.
+//!
+//! `tiny_http`, used before, spawned a thread per connection without bound, read pipelined
+//! requests ahead into an unbounded queue and had no socket timeouts: two clients pipelining
+//! `GET /metrics` without reading grew the broker by 412 MB and stalled `/health`, 500
+//! half-sent requests made 506 threads. Its API offers no way to bound either.
+
+use log::debug;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Connections served at once (a scraper or two, probes, an operator's curl).
+pub const MAX_CONNECTIONS: usize = 16;
+/// Time for a whole request head to arrive, from accept or the previous response (so also how
+/// long an idle kept-alive connection stays open).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a client to take a whole response.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request head (request line and headers) accepted.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Headers parsed per request; more is answered 431.
+const MAX_HEADERS: usize = 32;
+
+/// A parsed request: what `handler` gets.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// A response: status, content type, body.
+pub type Response = (u16, &'static str, String);
+
+/// The answer to every request.
+pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
+
+/// One served connection, as the acceptor sees it.
+struct Live {
+    stream: TcpStream,
+    /// Milliseconds since the server started, when the connection last finished a response.
+    active_at: Arc<AtomicU64>,
+    thread: JoinHandle<()>,
+}
+
+pub struct Server {
+    local_addr: SocketAddr,
+    stopping: Arc<AtomicBool>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Server {
+    /// Serve `listener` on a thread named `name` (connections: `name-conn`).
+    pub fn start(listener: TcpListener, name: &str, handler: Arc<Handler>) -> io::Result<Server> {
+        let local_addr = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let conn_name = format!("{name}-conn");
+        let acceptor = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || accept_loop(&listener, &stop, &conn_name, &handler))?;
+        Ok(Server {
+            local_addr,
+            stopping,
+            acceptor,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stop accepting, close every connection and join all the threads.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // accept() has no timeout: wake it with a connection of our own.
+        let mut wake = self.local_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let _ = self.acceptor.join();
+    }
+}
+
+fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, name: &str, handler: &Arc<Handler>) {
+    let started = Instant::now();
+    let mut live: Vec<Live> = Vec::new();
+    // Threads of connections closed to make room, joined once they have ended.
+    let mut closing: Vec<JoinHandle<()>> = Vec::new();
+    for incoming in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match incoming {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before accept: try the next one.
+                debug!("metrics: accept failed: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (ended, running): (Vec<Live>, Vec<Live>) =
+            live.drain(..).partition(|l| l.thread.is_finished());
+        live = running;
+        closing.extend(ended.into_iter().map(|l| l.thread));
+        let (done, waiting): (Vec<_>, Vec<_>) = closing.drain(..).partition(|t| t.is_finished());
+        closing = waiting;
+        for t in done {
+            let _ = t.join();
+        }
+        if live.len() >= MAX_CONNECTIONS {
+            // Make room by closing the least recently active connection: its thread wakes from
+            // its read or write with an error and ends.
+            let oldest = live
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, l)| l.active_at.load(Ordering::Relaxed))
+                .map(|(i, _)| i);
+            if let Some(oldest) = oldest {
+                let l = live.swap_remove(oldest);
+                debug!("metrics: {MAX_CONNECTIONS} connections open; closing the least recently active");
+                let _ = l.stream.shutdown(Shutdown::Both);
+                closing.push(l.thread);
+            }
+        }
+        if closing.len() >= MAX_CONNECTIONS {
+            // A hard bound on threads (2 x MAX_CONNECTIONS) even if closed ones are slow to end.
+            let _ = closing.remove(0).join();
+        }
+        let Ok(registered) = stream.try_clone() else {
+            continue;
+        };
+        let active_at = Arc::new(AtomicU64::new(started.elapsed().as_millis() as u64));
+        let (touch, h) = (active_at.clone(), handler.clone());
+        let spawned = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve_connection(stream, started, &touch, &*h));
+        match spawned {
+            Ok(thread) => live.push(Live {
+                stream: registered,
+                active_at,
+                thread,
+            }),
+            Err(e) => debug!("metrics: cannot start a connection thread: {e}"),
+        }
+    }
+    for l in &live {
+        let _ = l.stream.shutdown(Shutdown::Both);
+    }
+    for t in live.into_iter().map(|l| l.thread).chain(closing) {
+        let _ = t.join();
+    }
+}
+
+/// Answer requests on one connection until it closes, breaks a limit or asks to close.
+fn serve_connection(
+    mut stream: TcpStream,
+    started: Instant,
+    active_at: &AtomicU64,
+    handler: &Handler,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let head = match read_head(&mut stream, &mut buf, deadline) {
+            Ok(Some(head)) => head,
+            Ok(None) => return, // closed, or the deadline passed
+            Err(status) => {
+                let _ = write_response(&mut stream, (status, TEXT, String::new()), false, false);
+                return;
+            }
+        };
+        let request = Request {
+            method: &head.method,
+            path: &head.path,
+        };
+        let response = handler(&request);
+        // A request body is not expected (GET, HEAD); rather than read one, answer and close.
+        let keep_alive = head.keep_alive && !head.has_body;
+        let is_head = head.method == "HEAD";
+        buf.drain(..head.len);
+        if let Err(e) = write_response(&mut stream, response, keep_alive, is_head) {
+            debug!("metrics: response not taken within {WRITE_TIMEOUT:?}, closing: {e}");
+            return;
+        }
+        active_at.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if !keep_alive {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+struct Head {
+    method: String,
+    path: String,
+    /// Bytes of `buf` the head takes.
+    len: usize,
+    keep_alive: bool,
+    has_body: bool,
+}
+
+/// Read until `buf` holds a whole request head. Ok(None): the client closed or was too slow;
+/// Err(status): answer that and close.
+fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<Option<Head>, u16> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let header = |name: &str| {
+                    request
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+                };
+                let connection = header("connection").unwrap_or_default();
+                // HTTP/1.1 keeps the connection unless told not to; 1.0 closes it.
+                let keep_alive = request.version == Some(1) && !connection.contains("close");
+                let has_body = header("transfer-encoding").is_some()
+                    || header("content-length").is_some_and(|l| l.trim() != "0");
+                return Ok(Some(Head {
+                    method: request.method.unwrap_or_default().to_string(),
+                    path: request.path.unwrap_or_default().to_string(),
+                    len,
+                    keep_alive,
+                    has_body,
+                }));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(431),
+            Err(_) => return Err(400),
+        }
+        if buf.len() >= MAX_REQUEST_HEAD {
+            return Err(431);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return Ok(None);
+        }
+        let mut chunk = [0u8; 1024];
+        let want = chunk.len().min(MAX_REQUEST_HEAD - buf.len());
+        match stream.read(&mut chunk[..want]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Write one response within `WRITE_TIMEOUT` as a whole (a client taking a byte at a time is
+/// cut off, not waited for forever).
+fn write_response(
+    stream: &mut TcpStream,
+    (status, content_type, body): Response,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    let deadline = Instant::now() + WRITE_TIMEOUT;
+    let mut written = 0;
+    while written < out.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "write deadline passed",
+            ));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(&out[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
