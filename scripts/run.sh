@@ -58,12 +58,11 @@ influx_answers() {
     ) 2>/dev/null
 }
 
+# install_missing PACKAGE:COMMAND...: apt-get install the packages whose command is not on PATH.
 install_missing() {
     local missing=() p
     for p in "$@"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-            missing+=("$p")
-        fi
+        command -v "${p#*:}" >/dev/null 2>&1 || missing+=("${p%%:*}")
     done
     [ ${#missing[@]} -gt 0 ] || return 0
     say "installing ${missing[*]}"
@@ -107,12 +106,12 @@ stop() {
 }
 trap stop INT TERM HUP
 
-tools=(influxdb-client mosquitto-clients)
+tools=(influxdb-client:influx mosquitto-clients:mosquitto_pub)
 if influx_answers; then
     say "using the InfluxDB already answering on 127.0.0.1:$influx_port"
     install_missing "${tools[@]}"
 else
-    install_missing influxdb "${tools[@]}"
+    install_missing influxdb:influxd "${tools[@]}"
     if [ "$influx_port" -eq 8086 ] && [ -d /run/systemd/system ] \
         && systemctl is-active --quiet influxdb 2>/dev/null; then
         # Debian's package starts its own service on 8086 where systemd runs: use that one.
@@ -153,7 +152,7 @@ EOF
     say "starting influxd on 127.0.0.1:$influx_port (data in $dir, log in $dir/influxd.log)"
     # Its own session: Ctrl-C in the terminal reaches mqflux and this script, not influxd,
     # which must outlive mqflux until the sink has flushed. This script stops it.
-    setsid /usr/bin/influxd -config "$dir/influxdb.conf" >>"$dir/influxd.log" 2>&1 </dev/null &
+    setsid influxd -config "$dir/influxdb.conf" >>"$dir/influxd.log" 2>&1 </dev/null &
     influxd_pid=$!
     echo "$influxd_pid" >"$state/influxd.pid"
     for _ in $(seq 600); do

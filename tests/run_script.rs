@@ -203,6 +203,44 @@ fn run_sh_stores_what_mosquitto_pub_sends_influx_shows_it_ctrl_c_stops_both_and_
 /// every profile, so this checks that key through `cargo metadata` and then runs `cargo run --
 /// --version` in the dev profile, whose binary this test suite has already built (`--release`
 /// would compile the whole tree again: minutes on 2 cores, for the same choice).
+#[test]
+fn run_sh_uses_an_influxdb_already_answering_and_leaves_it_running() {
+    let influx = influx::Influx::start();
+    let state_parent = tempfile::tempdir().expect("temp dir");
+    let state = state_parent.path().join("state");
+    let ports = Ports {
+        mqtt: free_port(),
+        influx: influx.http_port,
+    };
+    let mut run = start_run_sh(&state, &ports);
+    let out = run.output();
+    assert!(
+        out.contains(&format!(
+            "using the InfluxDB already answering on 127.0.0.1:{}",
+            ports.influx
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("starting influxd"), "{out}");
+    assert!(!state.join("influxd.pid").exists());
+    mosquitto_pub(ports.mqtt, &[]);
+    wait_for_kitchen_row(ports.influx);
+    run.interrupt();
+    let status = run.wait_exit(STOP_TIMEOUT).expect("run.sh stops on SIGINT");
+    assert!(status.success(), "run.sh exited with {status}");
+    assert!(
+        !run.output().contains("stopping influxd"),
+        "{}",
+        run.output()
+    );
+    let pid = influx.pid().expect("harness influxd");
+    assert!(
+        process_exists(pid),
+        "run.sh stopped an influxd it did not start"
+    );
+    assert_eq!(influx.count("mqtt_data", "temperature", "value"), 1);
+}
+
 /// `cargo SUBCOMMAND` in the repository, as a user runs it from a shell: without the `CARGO_*`
 /// variables cargo sets for a running test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). Build
 /// scripts (ring's) track some of them, so inheriting them would make this cargo rebuild half
