@@ -82,6 +82,14 @@ else
     bin=${CARGO_TARGET_DIR:-target}/release/mqflux
 fi
 
+# Say so before starting anything if the MQTT port is taken (Debian's mosquitto package, which
+# scripts/test.sh installs, runs a service on 1883 where systemd runs).
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    say "127.0.0.1:$port is already in use (a mosquitto service? systemctl stop mosquitto);" \
+        "stop it or pick another port with MQFLUX_PORT=N"
+    exit 1
+fi
+
 # 2. InfluxDB, and the clients the README's quick start uses.
 influxd_pid=
 mqflux_pid=

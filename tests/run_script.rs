@@ -241,6 +241,30 @@ fn run_sh_uses_an_influxdb_already_answering_and_leaves_it_running() {
     assert_eq!(influx.count("mqtt_data", "temperature", "value"), 1);
 }
 
+#[test]
+fn run_sh_refuses_a_taken_mqtt_port_before_starting_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let state_parent = tempfile::tempdir().expect("temp dir");
+    let state = state_parent.path().join("state");
+    let mut cmd = Command::new(Path::new(REPO).join("scripts/run.sh"));
+    cmd.env("MQFLUX_STATE_DIR", &state)
+        .env(
+            "MQFLUX_PORT",
+            taken.local_addr().unwrap().port().to_string(),
+        )
+        .env("MQFLUX_INFLUX_PORT", free_port().to_string())
+        .env("MQFLUX_BIN", env!("CARGO_BIN_EXE_mqflux"));
+    let mut run = Spawned::start(cmd);
+    let status = run.wait_exit(STOP_TIMEOUT).expect("run.sh exits");
+    assert_eq!(status.code(), Some(1), "{}", run.output());
+    let out = run.output();
+    assert!(
+        out.contains("is already in use") && out.contains("MQFLUX_PORT"),
+        "{out}"
+    );
+    assert!(!out.contains("starting influxd"), "{out}");
+}
+
 /// `cargo SUBCOMMAND` in the repository, as a user runs it from a shell: without the `CARGO_*`
 /// variables cargo sets for a running test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). Build
 /// scripts (ring's) track some of them, so inheriting them would make this cargo rebuild half
