@@ -37,7 +37,8 @@ impl std::error::Error for ConfigError {}
 pub struct Config {
     /// Seconds between `$SYS/broker/...` updates; 0 disables the `$SYS` tree.
     pub sys_interval: u64,
-    /// Every `[[listeners]]` table; one plain MQTT listener on 0.0.0.0:1883 when none is given.
+    /// Every `[[listeners]]` table; one plain MQTT listener on 127.0.0.1:1883 (loopback only)
+    /// when none is given.
     pub listeners: Vec<ListenerConfig>,
     pub limits: LimitsConfig,
     pub log: LogConfig,
@@ -111,7 +112,16 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             sys_interval: 10,
-            listeners: vec![ListenerConfig::default()],
+            // Secure by default, as mosquitto 2.0: a broker nobody configured serves this
+            // machine only. A `[[listeners]]` table without `bind` still means every interface
+            // (mosquitto's `listener 1883`), where anonymous clients need an explicit
+            // `security.allow_anonymous = true` (see `SecurityConfig::anonymous_access`). Only
+            // 127.0.0.1, not also ::1: a second default listener would fail to bind on hosts
+            // without IPv6 loopback, and `--bind`/`--port` act on one listener.
+            listeners: vec![ListenerConfig {
+                bind: DEFAULT_BIND.into(),
+                ..ListenerConfig::default()
+            }],
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             security: SecurityConfig::default(),
@@ -121,6 +131,9 @@ impl Default for Config {
         }
     }
 }
+
+/// Address of the listener the broker opens when none is configured: loopback only.
+pub const DEFAULT_BIND: &str = "127.0.0.1";
 
 /// What a listener speaks on its socket. MQTT is carried as-is, inside TLS, inside WebSocket
 /// binary frames, or inside WebSocket over TLS.
@@ -177,7 +190,8 @@ impl ListenerProtocol {
 pub struct ListenerConfig {
     /// "mqtt" (default), "mqtts" (TLS), "ws" (WebSocket) or "wss" (WebSocket over TLS).
     pub protocol: ListenerProtocol,
-    /// Address to bind, e.g. "0.0.0.0" or "127.0.0.1".
+    /// Address to bind, e.g. "0.0.0.0" or "127.0.0.1". "0.0.0.0" in a `[[listeners]]` table
+    /// that does not set it; the listener used when there is no table binds `DEFAULT_BIND`.
     pub bind: String,
     /// TCP port; None = the protocol's default (see `port()`); 0 picks a free port.
     pub port: Option<u16>,
@@ -222,6 +236,23 @@ impl ListenerConfig {
 
     pub fn websocket_path(&self) -> &str {
         self.path.as_deref().unwrap_or("/mqtt")
+    }
+
+    /// True when `bind` is a loopback address (127.0.0.0/8, ::1, or ::ffff:127.x.y.z): only
+    /// processes on this machine can reach the listener.
+    pub fn is_loopback(&self) -> bool {
+        self.bind
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
+
+    /// `SCHEME://BIND:PORT` as configured (port 0 stays 0), for check-config and log lines.
+    pub fn url(&self) -> String {
+        let bind = match self.bind.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(_)) => format!("[{}]", self.bind),
+            _ => self.bind.clone(),
+        };
+        format!("{}://{bind}:{}", self.protocol.scheme(), self.port())
     }
 
     /// Problems with this listener as (key inside the table, message).
@@ -369,24 +400,113 @@ impl Default for LimitsConfig {
 }
 
 /// Authentication and authorization, with mosquitto-compatible files (reloaded on SIGHUP).
-#[derive(Debug, Clone, Deserialize)]
+/// The default is secure: anonymous clients on loopback listeners only, no files.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
-    /// Accept clients that send no username.
-    pub allow_anonymous: bool,
+    /// Accept clients that send no username: `true` on every listener, `false` on none; unset,
+    /// on loopback listeners only (see `anonymous_access`).
+    pub allow_anonymous: Option<bool>,
     /// mosquitto-format password file (`$7$` PBKDF2-SHA512 or `$6$` entries).
     pub password_file: Option<PathBuf>,
     /// mosquitto-format ACL file.
     pub acl_file: Option<PathBuf>,
 }
 
-impl Default for SecurityConfig {
-    fn default() -> Self {
-        SecurityConfig {
-            allow_anonymous: true,
-            password_file: None,
-            acl_file: None,
+/// Whether one listener accepts clients without a username, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnonymousAccess {
+    /// `allow_anonymous` unset and the listener is on a loopback address: clients on this
+    /// machine only.
+    LoopbackOnly,
+    /// `allow_anonymous = true`: from wherever the listener can be reached.
+    Allowed,
+    /// `allow_anonymous` unset and the listener is not on a loopback address.
+    RefusedNotLoopback,
+    /// `allow_anonymous = false`.
+    Refused,
+    /// A listener with `use_identity_as_username`: the client certificate is the credential,
+    /// there is no anonymous client.
+    CertificateIdentity,
+}
+
+impl AnonymousAccess {
+    /// Whether a CONNECT without a username may pass (a password file is still checked for a
+    /// CONNECT with one).
+    pub fn allows_anonymous(self) -> bool {
+        matches!(
+            self,
+            AnonymousAccess::LoopbackOnly | AnonymousAccess::Allowed
+        )
+    }
+
+    /// How the start-up log and check-config describe it, after the listener's URL.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AnonymousAccess::LoopbackOnly => {
+                "accepts anonymous clients from this machine only (loopback address)"
+            }
+            AnonymousAccess::Allowed => {
+                "accepts anonymous clients from any address that reaches it \
+                 (security.allow_anonymous = true)"
+            }
+            AnonymousAccess::RefusedNotLoopback => {
+                "refuses anonymous clients: not a loopback address and \
+                 security.allow_anonymous is not set to true"
+            }
+            AnonymousAccess::Refused => {
+                "refuses anonymous clients (security.allow_anonymous = false)"
+            }
+            AnonymousAccess::CertificateIdentity => {
+                "authenticates clients by their certificate (use_identity_as_username)"
+            }
         }
+    }
+}
+
+impl SecurityConfig {
+    /// Who may connect without a username on `listener`. As mosquitto 2.0: anonymous access is
+    /// the default only where nobody but this machine can connect; a listener reachable from
+    /// elsewhere needs an explicit `allow_anonymous = true`.
+    pub fn anonymous_access(&self, listener: &ListenerConfig) -> AnonymousAccess {
+        if listener.use_identity_as_username {
+            return AnonymousAccess::CertificateIdentity;
+        }
+        match self.allow_anonymous {
+            Some(true) => AnonymousAccess::Allowed,
+            Some(false) => AnonymousAccess::Refused,
+            None if listener.is_loopback() => AnonymousAccess::LoopbackOnly,
+            None => AnonymousAccess::RefusedNotLoopback,
+        }
+    }
+
+    /// Warnings about access for `mqflux check-config` and the start-up log, one per listener
+    /// that needs one: anonymous clients accepted from other machines, or a listener that no
+    /// client can pass (anonymous refused and no password file).
+    pub fn access_warnings(&self, listeners: &[ListenerConfig]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (i, l) in listeners.iter().enumerate() {
+            let access = self.anonymous_access(l);
+            if access == AnonymousAccess::Allowed && !l.is_loopback() {
+                warnings.push(format!(
+                    "listeners[{i}] ({}) accepts anonymous clients from other machines \
+                     (security.allow_anonymous = true); set a security.password_file and \
+                     remove allow_anonymous, or bind it to 127.0.0.1",
+                    l.url()
+                ));
+            } else if !access.allows_anonymous()
+                && access != AnonymousAccess::CertificateIdentity
+                && self.password_file.is_none()
+            {
+                warnings.push(format!(
+                    "listeners[{i}] ({}) {}, and there is no security.password_file: \
+                     every client will be refused",
+                    l.url(),
+                    access.describe()
+                ));
+            }
+        }
+        warnings
     }
 }
 
@@ -818,6 +938,69 @@ mod tests {
         assert!(errs[1]
             .to_string()
             .starts_with("x.toml: key `limits.max_session_expiry_secs`:"));
+    }
+
+    #[test]
+    fn default_listener_is_loopback_but_a_listener_table_without_bind_is_every_interface() {
+        let c = Config::parse_all("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.listeners[0].bind, "127.0.0.1");
+        assert!(c.listeners[0].is_loopback());
+        let c = Config::parse_all("[[listeners]]\nport = 1884\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.listeners[0].bind, "0.0.0.0");
+        assert!(!c.listeners[0].is_loopback());
+    }
+
+    #[test]
+    fn anonymous_access_depends_on_the_listener_address_unless_set_explicitly() {
+        let listener = |bind: &str| ListenerConfig {
+            bind: bind.into(),
+            ..ListenerConfig::default()
+        };
+        let security = |allow: Option<bool>| SecurityConfig {
+            allow_anonymous: allow,
+            ..SecurityConfig::default()
+        };
+        use AnonymousAccess::*;
+        let cases = [
+            (None, "127.0.0.1", LoopbackOnly),
+            (None, "127.0.0.53", LoopbackOnly),
+            (None, "::1", LoopbackOnly),
+            (None, "::ffff:127.0.0.1", LoopbackOnly),
+            (None, "0.0.0.0", RefusedNotLoopback),
+            (None, "::", RefusedNotLoopback),
+            (None, "192.168.1.10", RefusedNotLoopback),
+            (Some(true), "0.0.0.0", Allowed),
+            (Some(true), "127.0.0.1", Allowed),
+            (Some(false), "127.0.0.1", Refused),
+        ];
+        for (allow, bind, expected) in cases {
+            let got = security(allow).anonymous_access(&listener(bind));
+            assert_eq!(got, expected, "allow_anonymous {allow:?}, bind {bind}");
+        }
+        let mut cert = listener("0.0.0.0");
+        cert.use_identity_as_username = true;
+        assert_eq!(
+            security(Some(true)).anonymous_access(&cert),
+            CertificateIdentity
+        );
+    }
+
+    #[test]
+    fn access_warnings_name_open_and_closed_non_loopback_listeners_only() {
+        let c = Config::parse_all(
+            "[[listeners]]\nbind = \"127.0.0.1\"\n[[listeners]]\nbind = \"::\"\nport = 1885\n\
+             [security]\nallow_anonymous = true\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let w = c.security.access_warnings(&c.listeners);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("listeners[1] (tcp://[::]:1885) accepts anonymous clients"),
+            "{w:?}"
+        );
+        let c = Config::parse_all("", Path::new("x.toml")).unwrap();
+        assert!(c.security.access_warnings(&c.listeners).is_empty());
     }
 
     #[test]

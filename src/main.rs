@@ -48,7 +48,8 @@ struct RunArgs {
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Address of the first listener; overrides its `bind` (default 0.0.0.0).
+    /// Address of the first listener; overrides its `bind` (default 127.0.0.1: this machine
+    /// only). On a non-loopback address anonymous clients need `security.allow_anonymous = true`.
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
 
@@ -126,11 +127,12 @@ fn main() -> ExitCode {
 fn check_config(file: &Path) -> ExitCode {
     match Config::load(file) {
         Ok(c) => {
-            let listeners: Vec<String> = c
-                .listeners
-                .iter()
-                .map(|l| format!("{}://{}:{}", l.protocol.scheme(), l.bind, l.port()))
-                .collect();
+            let listeners: Vec<String> = c.listeners.iter().map(|l| l.url()).collect();
+            // Warnings do not fail the check: the file is valid, but who may connect deserves
+            // a second look.
+            for w in c.security.access_warnings(&c.listeners) {
+                eprintln!("warning: {}: {w}", file.display());
+            }
             println!(
                 "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {})",
                 file.display(),
@@ -193,6 +195,9 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
     }
     config.log.messages |= cli.log_messages;
     config.validate(&path)?;
+    for w in config.security.access_warnings(&config.listeners) {
+        warn!("{w}");
+    }
     Ok(config)
 }
 

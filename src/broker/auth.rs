@@ -340,9 +340,10 @@ impl PasswordFile {
 /// password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthRefusal {
-    /// No username, and `allow_anonymous` is false.
+    /// No username, and the listener does not accept anonymous clients.
     AnonymousNotAllowed,
-    /// `allow_anonymous` is false and there is no password file to check a username against.
+    /// The listener does not accept anonymous clients and there is no password file to check
+    /// a username against.
     NoPasswordFile,
     /// The username has no entry in the password file.
     UnknownUser,
@@ -363,8 +364,14 @@ impl AuthRefusal {
 impl std::fmt::Display for AuthRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            AuthRefusal::AnonymousNotAllowed => "no username and allow_anonymous is false",
-            AuthRefusal::NoPasswordFile => "allow_anonymous is false and no password file is set",
+            AuthRefusal::AnonymousNotAllowed => {
+                "no username, and this listener refuses anonymous clients \
+                 (see security.allow_anonymous)"
+            }
+            AuthRefusal::NoPasswordFile => {
+                "this listener refuses anonymous clients (see security.allow_anonymous) \
+                 and no password file is set"
+            }
             AuthRefusal::UnknownUser => "unknown username",
             AuthRefusal::MissingPassword => "no password given",
             AuthRefusal::WrongPassword => "wrong password",
@@ -377,6 +384,9 @@ impl std::fmt::Display for AuthRefusal {
 /// - without a password file, everyone is accepted if `allow_anonymous`, nobody otherwise;
 /// - with one, a client without username is accepted only if `allow_anonymous`; a client with
 ///   a username must match an entry, whatever `allow_anonymous` says.
+///
+/// `allow_anonymous` is the listener's answer (`SecurityConfig::anonymous_access`), not the
+/// raw config key.
 pub fn authenticate(
     allow_anonymous: bool,
     passwords: Option<&PasswordFile>,

@@ -34,12 +34,15 @@ const STALLED_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Start the threads for a freshly accepted socket (or the broker's end of a TLS / WebSocket
 /// bridge). `tls_identity` is the client certificate's subject CN when the listener has
-/// `use_identity_as_username`; `slot` is the listener's connection place, held until the end.
+/// `use_identity_as_username`; `allow_anonymous` is the listener's answer to a CONNECT without
+/// username (`SecurityConfig::anonymous_access`); `slot` is the listener's connection place,
+/// held until the end.
 pub fn spawn(
     broker: &Arc<Broker>,
     stream: Socket,
     peer: SocketAddr,
     tls_identity: Option<String>,
+    allow_anonymous: bool,
     slot: ConnectionSlot,
 ) -> io::Result<()> {
     // The CONNECT deadline counts from here: accept, or the end of the TLS / WebSocket handshake.
@@ -51,7 +54,16 @@ pub fn spawn(
     };
     let b = broker.clone();
     let spawned = threads::spawn(&format!("conn-{id}"), move || {
-        Connection::boxed(b.clone(), id, stream, peer, tls_identity, started).run();
+        Connection::boxed(
+            b.clone(),
+            id,
+            stream,
+            peer,
+            tls_identity,
+            started,
+            allow_anonymous,
+        )
+        .run();
         b.unregister_connection(id);
         drop(slot);
     });
@@ -101,6 +113,9 @@ struct Connection {
     /// `use_identity_as_username`: there it replaces the CONNECT username for authentication
     /// and ACLs (mosquitto's semantics), and the CONNECT password is not checked.
     tls_identity: Option<String>,
+    /// Whether the listener that accepted this client takes a CONNECT without username
+    /// (decided per listener: loopback or not, and `security.allow_anonymous`).
+    allow_anonymous: bool,
     client_id: Arc<str>,
     version: ProtocolVersion,
     outbox: Option<Arc<Outbox>>,
@@ -142,6 +157,7 @@ impl Connection {
         peer: SocketAddr,
         tls_identity: Option<String>,
         started: Instant,
+        allow_anonymous: bool,
     ) -> Box<Connection> {
         Box::new(Connection::new(
             broker,
@@ -150,6 +166,7 @@ impl Connection {
             peer,
             tls_identity,
             started,
+            allow_anonymous,
         ))
     }
 
@@ -160,6 +177,7 @@ impl Connection {
         peer: SocketAddr,
         tls_identity: Option<String>,
         started: Instant,
+        allow_anonymous: bool,
     ) -> Connection {
         let rate_limit = PublishRateLimit {
             messages_per_sec: Some(broker.config.limits.max_publish_rate),
@@ -173,6 +191,7 @@ impl Connection {
             stream,
             started,
             tls_identity,
+            allow_anonymous,
             client_id: "(before CONNECT)".into(),
             version: ProtocolVersion::V311,
             outbox: None,
@@ -320,7 +339,7 @@ impl Connection {
         // Credentials are checked against the current password file before CONNACK (CONNECT
         // Actions, section 3.1.4, step 3 in both versions); the password itself is never logged.
         let snapshot = self.broker.security.current();
-        let allow_anonymous = self.broker.config.security.allow_anonymous;
+        let allow_anonymous = self.allow_anonymous;
         let password = c.password.as_deref();
         let authenticated = match &self.tls_identity {
             // use_identity_as_username: the client certificate, verified against the listener's

@@ -26,6 +26,8 @@ pub struct ListenerContext {
     pub websocket_path: String,
     /// mqtts / wss: hand the client certificate's subject CN to the connection.
     pub use_identity_as_username: bool,
+    /// Whether a CONNECT without username is accepted here (`SecurityConfig::anonymous_access`).
+    pub allow_anonymous: bool,
     /// Connections of this listener still open (handshakes included).
     active: Arc<AtomicUsize>,
 }
@@ -83,11 +85,20 @@ impl Listener {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
         info!("listening on {}://{local_addr}", protocol.scheme());
+        // Who may connect without credentials, stated once per listener, since the default
+        // depends on the address (anonymous on loopback only, as mosquitto 2.0).
+        let access = broker.config.security.anonymous_access(settings);
+        info!(
+            "listener {}://{local_addr} {}",
+            protocol.scheme(),
+            access.describe()
+        );
         let context = Arc::new(ListenerContext {
             protocol,
             tls,
             websocket_path: settings.websocket_path().to_string(),
             use_identity_as_username: settings.use_identity_as_username,
+            allow_anonymous: access.allows_anonymous(),
             active: Arc::new(AtomicUsize::new(0)),
         });
         let max_connections = settings.max_connections;
@@ -190,7 +201,14 @@ fn accept_loop(
         context.active.fetch_add(1, Ordering::AcqRel);
         let slot = ConnectionSlot(context.active.clone());
         if context.protocol == ListenerProtocol::Mqtt {
-            if let Err(e) = connection::spawn(broker, Socket::Tcp(stream), peer, None, slot) {
+            if let Err(e) = connection::spawn(
+                broker,
+                Socket::Tcp(stream),
+                peer,
+                None,
+                context.allow_anonymous,
+                slot,
+            ) {
                 error!("cannot start a thread for the connection from {peer}: {e}");
             }
             continue;

@@ -85,7 +85,14 @@ fn run(
     let started = UnixStream::pair().and_then(|(broker_end, pump_end)| {
         pump_end.set_nonblocking(true)?;
         transport.tcp().set_nonblocking(true)?;
-        connection::spawn(broker, Socket::Bridged(broker_end), peer, identity, slot)?;
+        connection::spawn(
+            broker,
+            Socket::Bridged(broker_end),
+            peer,
+            identity,
+            context.allow_anonymous,
+            slot,
+        )?;
         Ok(pump_end)
     });
     match started {
