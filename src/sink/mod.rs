@@ -15,6 +15,7 @@
 
 pub mod http;
 pub mod line_protocol;
+pub mod line_scan;
 pub mod mapping;
 pub mod spool;
 mod writer;
