@@ -674,27 +674,34 @@ fn poisoned_topic_in_a_batch_costs_no_other_point() {
 }
 
 #[test]
-fn point_influxd_refuses_in_a_batch_is_counted_and_named_and_the_rest_stored() {
-    // influxd 1.6 drops a point whose only field is `time` ("invalid field name") and answers
-    // `partial write: ... dropped=1` without saying which line it was.
+fn points_influxd_refuses_in_a_batch_are_counted_and_named_and_the_rest_stored() {
+    // Two points influxd 1.6 refuses: one whose only field is `time` (the storage drops it and
+    // answers `partial write: ... dropped=1` without saying which line it was), and one whose
+    // series key is longer than 65535 bytes (`unable to parse '<line>': max key length
+    // exceeded`, which names it).
     let influx = Influx::start();
     let spool = tempfile::tempdir().unwrap();
     let broker = Broker::with_config(&sink_config(
         &influx,
         "refuse",
         spool.path(),
-        &one_batch(201),
+        &one_batch(202),
     ));
     let addr = ops_support::metrics_addr(&broker);
-    let mut c = MqttClient::connect(&broker, "refuse-pub");
+    let mut options = common::client::options(&broker, "refuse-pub");
+    options.set_max_packet_size(200_000, 200_000);
+    let mut c = MqttClient::connect_with(options);
     for i in 0..100 {
         c.publish(&format!("good/{i}"), 0, false, b"1");
     }
     c.publish("bad/only-time", 0, false, br#"{"time": 5}"#);
+    let long = format!("long/{}", "l".repeat(65_530));
+    c.publish(&long, 0, false, b"2");
     for i in 100..200 {
         c.publish(&format!("good/{i}"), 0, false, b"1");
     }
     broker.wait_for_log(&["dropped: ", "bad/only-time"]);
+    broker.wait_for_log(&["dropped: ", "topic=long/lll"]);
     assert!(
         influx.wait_until(WAIT, || influx.count("refuse", "mqtt", "value") == 200),
         "stored {} of 200 good points",
@@ -709,5 +716,5 @@ fn point_influxd_refuses_in_a_batch_is_counted_and_named_and_the_rest_stored() {
             written,
         ))
     });
-    assert_eq!(counted, Some((1.0, 200.0)));
+    assert_eq!(counted, Some((2.0, 200.0)));
 }

@@ -1164,7 +1164,10 @@ impl SenderLoop {
     /// point that is not stored is counted (`rejected`) and logged with its line.
     fn refused(&mut self, batch: Batch, status: u16, text: &str) -> Delivery {
         let lines = line_protocol::lines(&batch.data);
-        let (refused, resend) = match account(&lines, text) {
+        let account = account(&lines, text);
+        // influxd quotes every line it could not parse: keep the log line short.
+        let text = clip(text, 500);
+        let (refused, resend) = match account {
             Accounting::Named(refused) => (refused, false),
             Accounting::Conflicting(refused) => (refused, true),
             Accounting::Unknown if lines.len() > 1 => {
@@ -1189,10 +1192,7 @@ impl SenderLoop {
                 .take(LOGGED_LINES)
                 .map(|&i| format!(
                     "\n  dropped: {}",
-                    String::from_utf8_lossy(lines[i])
-                        .chars()
-                        .take(300)
-                        .collect::<String>()
+                    clip(&String::from_utf8_lossy(lines[i]), 300)
                 ))
                 .collect::<String>()
         );
@@ -1222,6 +1222,14 @@ impl SenderLoop {
             written: lines.len() - refused.len(),
             retry: None,
         }
+    }
+}
+
+/// `s` cut to at most `max` characters, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
     }
 }
 
