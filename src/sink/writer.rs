@@ -1095,49 +1095,58 @@ impl SenderLoop {
 
     /// Write a batch; 413 is split in halves, refusals are handled by `refused` (which may
     /// send points InfluxDB already stored again: it stores them once).
-    fn deliver(&mut self, batch: Batch) -> Delivery {
-        if batch.lines == 0 || batch.data.is_empty() {
-            return Delivery {
-                written: 0,
-                retry: None,
-            };
-        }
-        Counters::add(&self.shared.counters.write_requests, 1);
-        match self.client.write(&batch.data) {
-            WriteResult::Written => Delivery {
-                written: batch.lines,
-                retry: None,
-            },
-            WriteResult::TooLarge if batch.lines > 1 => {
-                log::warn!(
-                    "sink: InfluxDB refused a {}-byte batch as too large (413); splitting it",
-                    batch.data.len()
-                );
-                self.deliver_halves(&batch)
-            }
-            WriteResult::TooLarge => {
-                log::error!(
-                    "sink: InfluxDB refused a single {}-byte point as too large (413); dropped: {}",
-                    batch.data.len(),
-                    String::from_utf8_lossy(&batch.data[..batch.data.len().min(300)])
-                );
-                self.shared.counters.drop_points(DropReason::TooLarge, 1);
-                Delivery {
+    fn deliver(&mut self, mut batch: Batch) -> Delivery {
+        // A loop rather than recursion for `Refusal::Resend`: a batch may hold many conflicts.
+        loop {
+            if batch.lines == 0 || batch.data.is_empty() {
+                return Delivery {
                     written: 0,
                     retry: None,
-                }
+                };
             }
-            WriteResult::Rejected { status, body } => {
-                let text = error_text(&body);
-                if let Some((m, f, _, stored)) = parse_type_conflict(&text) {
-                    self.shared.add_facts(vec![(m, f, stored)]);
+            Counters::add(&self.shared.counters.write_requests, 1);
+            break match self.client.write(&batch.data) {
+                WriteResult::Written => Delivery {
+                    written: batch.lines,
+                    retry: None,
+                },
+                WriteResult::TooLarge if batch.lines > 1 => {
+                    log::warn!(
+                        "sink: InfluxDB refused a {}-byte batch as too large (413); splitting it",
+                        batch.data.len()
+                    );
+                    self.deliver_halves(&batch)
                 }
-                self.refused(batch, status, &text)
-            }
-            WriteResult::Retry { reason, loud } => Delivery {
-                written: 0,
-                retry: Some((batch, reason, loud)),
-            },
+                WriteResult::TooLarge => {
+                    log::error!(
+                        "sink: InfluxDB refused a single {}-byte point as too large (413); dropped: {}",
+                        batch.data.len(),
+                        String::from_utf8_lossy(&batch.data[..batch.data.len().min(300)])
+                    );
+                    self.shared.counters.drop_points(DropReason::TooLarge, 1);
+                    Delivery {
+                        written: 0,
+                        retry: None,
+                    }
+                }
+                WriteResult::Rejected { status, body } => {
+                    let text = error_text(&body);
+                    if let Some((m, f, _, stored)) = parse_type_conflict(&text) {
+                        self.shared.add_facts(vec![(m, f, stored)]);
+                    }
+                    match self.refused(batch, status, &text) {
+                        Refusal::Done(delivery) => delivery,
+                        Refusal::Resend(rest) => {
+                            batch = rest;
+                            continue;
+                        }
+                    }
+                }
+                WriteResult::Retry { reason, loud } => Delivery {
+                    written: 0,
+                    retry: Some((batch, reason, loud)),
+                },
+            };
         }
     }
 
@@ -1162,7 +1171,7 @@ impl SenderLoop {
     /// batch is sent again in halves down to single points: a point written twice is stored
     /// once (same series, time and fields), so no good point is lost to a bad one, and every
     /// point that is not stored is counted (`rejected`) and logged with its line.
-    fn refused(&mut self, batch: Batch, status: u16, text: &str) -> Delivery {
+    fn refused(&mut self, batch: Batch, status: u16, text: &str) -> Refusal {
         let lines = line_protocol::lines(&batch.data);
         let account = account(&lines, text);
         // influxd quotes every line it could not parse: keep the log line short.
@@ -1176,7 +1185,7 @@ impl SenderLoop {
                      point it did not store ({text}); sending it again in halves",
                     lines.len()
                 );
-                return self.deliver_halves(&batch);
+                return Refusal::Done(self.deliver_halves(&batch));
             }
             Accounting::Unknown => ((0..lines.len()).collect(), false),
         };
@@ -1196,18 +1205,6 @@ impl SenderLoop {
                 ))
                 .collect::<String>()
         );
-        let rest = || {
-            let mut data = Vec::with_capacity(batch.data.len());
-            let mut n = 0;
-            for (i, l) in lines.iter().enumerate() {
-                if !refused.contains(&i) {
-                    data.extend_from_slice(l);
-                    data.push(b'\n');
-                    n += 1;
-                }
-            }
-            Batch { data, lines: n }
-        };
         if resend {
             // A type conflict: influxd names one conflicting field and the number dropped, but
             // an unparsable line would not be mentioned. The lines that conflict are known;
@@ -1216,13 +1213,32 @@ impl SenderLoop {
                 "sink: sending the other {} points of the batch again",
                 lines.len() - refused.len()
             );
-            return self.deliver(rest());
+            let mut keep = vec![true; lines.len()];
+            for &i in &refused {
+                keep[i] = false;
+            }
+            let mut data = Vec::with_capacity(batch.data.len());
+            for (l, _) in lines.iter().zip(&keep).filter(|(_, k)| **k) {
+                data.extend_from_slice(l);
+                data.push(b'\n');
+            }
+            return Refusal::Resend(Batch {
+                data,
+                lines: lines.len() - refused.len(),
+            });
         }
-        Delivery {
+        Refusal::Done(Delivery {
             written: lines.len() - refused.len(),
             retry: None,
-        }
+        })
     }
+}
+
+/// What became of a refused batch.
+enum Refusal {
+    Done(Delivery),
+    /// Send these lines (the batch less those refused) again.
+    Resend(Batch),
 }
 
 /// `s` cut to at most `max` characters, marked when cut.
