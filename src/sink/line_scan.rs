@@ -584,7 +584,9 @@ pub fn scan_point(buf: &[u8]) -> Result<ScannedPoint, String> {
 fn field_value(v: &[u8]) -> Option<ScannedValue> {
     let &c = v.first()?;
     if c == b'"' {
-        return Some(ScannedValue::Str(unescape_string(&v[1..v.len() - 1])));
+        // scanFields has checked the quotes; a lone `"` here would be a scanner mismatch.
+        let inner = v.get(1..v.len().checked_sub(1)?)?;
+        return Some(ScannedValue::Str(unescape_string(inner)));
     }
     if b"0123456789-.nNiIu".contains(&c) {
         return if let Some(n) = v.strip_suffix(b"i") {
@@ -632,6 +634,29 @@ mod tests {
         // quote in the tag opens a string: the newline in the real string ends the line.
         let buf = b"m,t=a\\\\ \\\\=\" s=\"x\nevil v=666\n\" 1\n";
         assert_eq!(blocks(buf)[1], b"evil v=666");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // Passthrough payloads are client data: the port must answer, not panic.
+        const ALPHABET: &[u8] = b"\\\\,= \"\n\t#0123456789.-+eEiutfTFaNn\xc3\xa9";
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let len = (next() % 24) as usize;
+            let buf: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            for block in blocks(&buf) {
+                let _ = scan_point(block);
+            }
+            let _ = scan_point(&buf);
+        }
     }
 
     #[test]
