@@ -1,18 +1,35 @@
 //! InfluxDB line protocol: encoding with exact escaping, and the small amount of parsing the
 //! sink needs (splitting a batch into lines the way influxd does, checking passthrough lines,
-//! reading a line's measurement and field types).
+//! reading a line's measurement and field types; the reading itself is `line_scan`, a port of
+//! influxd's scanner).
 //!
-//! Escaping, as influxd 1.x parses it (`models/points.go`):
-//! - measurement: `,` and space are escaped with a backslash;
-//! - tag keys, tag values, field keys: `,`, `=` and space;
-//! - string field values: inside double quotes, `"` and `\` are escaped.
+//! Guarantee: every line the encoder writes is read by influxd 1.x as exactly one line, with the
+//! measurement, tags, fields and timestamp given to it, after the replacements below: no
+//! character of a name or a string value can end the line, start a new one or move a separator
+//! (`line_protocol_fuzz` in tests/sink_injection.rs checks it against the port, and the port is
+//! checked against a real influxd there too).
 //!
-//! A special character counts as escaped when the byte before it is a backslash, and unescaping
-//! only removes the backslash before a special character, so a backslash anywhere else is written
-//! as is (`a\b` stays `a\b`, `a\ b` is written `a\\ b`). Two things cannot be represented and are
-//! replaced: a trailing backslash in a name (it would escape the separator after it) is dropped, and
-//! a line break in a name (it would end the line) becomes a space.
+//! Escaping, as influxd 1.x reads it (`models/points.go`, `pkg/escape`; see `line_scan`):
+//! - separators are escaped with a backslash: `,` and space in the measurement, `,` `=` space in
+//!   tag keys, tag values and field keys;
+//! - string field values are quoted, with `"` and `\` escaped; newlines in them are kept (inside
+//!   the quotes influxd does not end the line at them);
+//! - a backslash in a name is written as it is (`C:\temp` stays `C:\temp`), except a run of
+//!   backslashes directly before `,` `=` `"` or a space, or at the end of the name, which is
+//!   dropped. influxd cannot store those: its line scanner takes `\\` as a pair while its key
+//!   scanners take any byte after a backslash as escaped (an even run before a separator made
+//!   them disagree on where a name ends: the injection of issue 23), a run at the end escapes
+//!   the separator after it, and it unescapes a measurement twice (`a\\\,b` is stored as
+//!   `a\,b`, a name no query finds).
+//!
+//! Other replacements: newline, carriage return, tab and NUL in a name become a space (influxd
+//! ends a line at a newline and skips tabs and NULs where a measurement or field set starts); a
+//! measurement starting with `#` is not written (influxd skips the line as a comment); of tags or
+//! fields whose keys are equal once escaped only the first is written. Empty names are invalid:
+//! a point without a measurement or fields is not written, an empty tag is left out.
 
+use super::line_scan;
+use smallvec::SmallVec;
 use std::fmt::Write as _;
 
 /// A field value. Numbers from payloads are floats (so one field never flips between integer and
@@ -104,51 +121,105 @@ pub struct Point {
     pub timestamp_ns: i64,
 }
 
-fn push_name(out: &mut String, s: &str, specials: &[char]) {
-    // Fast path: nothing to escape (the common case: plain topic levels and keys).
+/// Which part of a line a name is written into, for what influxd takes as a separator there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameKind {
+    /// Separators `,` and space.
+    Measurement,
+    /// Tag keys, tag values and field keys: separators `,` `=` and space.
+    Key,
+}
+
+impl NameKind {
+    fn is_separator(self, c: char) -> bool {
+        match self {
+            NameKind::Measurement => matches!(c, ',' | ' '),
+            NameKind::Key => matches!(c, ',' | '=' | ' '),
+        }
+    }
+}
+
+/// Characters a name cannot hold as they are: influxd ends a line at a newline, skips tabs and
+/// NULs where a measurement or field set starts; each becomes a space.
+fn is_blanked(c: char) -> bool {
+    matches!(c, '\n' | '\r' | '\t' | '\0')
+}
+
+/// A backslash directly before one of these is taken off by one of influxd's unescapings (the
+/// measurement is even unescaped twice, and then cannot be queried): see the module doc.
+fn is_unescapable(c: char) -> bool {
+    matches!(c, ',' | '=' | '"' | ' ')
+}
+
+fn push_name(out: &mut String, s: &str, kind: NameKind) {
+    // Fast path: nothing to escape or replace (the common case: plain topic levels and keys).
     if !s
         .bytes()
-        .any(|b| matches!(b, b',' | b'=' | b' ' | b'\\' | b'\n' | b'\r'))
+        .any(|b| matches!(b, b',' | b'=' | b' ' | b'\\' | b'\n' | b'\r' | b'\t' | 0))
     {
         out.push_str(s);
         return;
     }
-    let trimmed = s.trim_end_matches('\\');
-    for c in trimmed.chars() {
-        match c {
-            '\n' | '\r' => out.push_str("\\ "),
-            c if specials.contains(&c) => {
-                out.push('\\');
-                out.push(c);
+    let mut chars = s
+        .chars()
+        .map(|c| if is_blanked(c) { ' ' } else { c })
+        .peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let mut run = 1;
+            while chars.next_if_eq(&'\\').is_some() {
+                run += 1;
             }
-            c => out.push(c),
+            // Kept only before a character no unescaping touches; at the end of the name it
+            // would escape the separator after it.
+            if chars.peek().is_some_and(|&next| !is_unescapable(next)) {
+                for _ in 0..run {
+                    out.push('\\');
+                }
+            }
+            continue;
         }
+        if kind.is_separator(c) {
+            out.push('\\');
+        }
+        out.push(c);
     }
 }
 
 /// Escape a measurement name: `,` and space.
 pub fn escape_measurement(out: &mut String, s: &str) {
-    push_name(out, s, &[',', ' '])
+    push_name(out, s, NameKind::Measurement)
 }
 
-/// Escape a tag key, tag value or field key: `,`, `=` and space.
+/// Escape a tag key or tag value: `,`, `=` and space.
 pub fn escape_key(out: &mut String, s: &str) {
-    push_name(out, s, &[',', '=', ' '])
+    push_name(out, s, NameKind::Key)
 }
 
-/// Write a string field value with its quotes: `"` and `\` escaped.
+/// Escape a field key: `,`, `=` and space.
+pub fn escape_field_key(out: &mut String, s: &str) {
+    push_name(out, s, NameKind::Key)
+}
+
+/// Write a string field value with its quotes: `"` and `\` escaped. Newlines stay as they are:
+/// inside the quotes influxd's scanLine does not end the line at them.
 pub fn escape_string_value(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\') {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
         }
-        out.push(c);
     }
     out.push('"');
 }
 
-/// What an escaped name is left with (empty names are invalid in line protocol).
+/// What an escaped name is left with (empty names are invalid in line protocol): a name of
+/// backslashes only is left with nothing.
 pub fn name_is_representable(s: &str) -> bool {
     !s.trim_end_matches('\\').is_empty()
 }
@@ -196,27 +267,45 @@ pub fn encode_line(
     true
 }
 
+/// Whether the name just written at `at` repeats one written before at `seen`: escaped names are
+/// equal exactly when the names influxd reads back are, so the text is compared.
+fn repeats(out: &str, seen: &[(usize, usize)], at: (usize, usize)) -> bool {
+    let name = &out[at.0..at.1];
+    seen.iter().any(|&(s, e)| &out[s..e] == name)
+}
+
 /// Append a point's series key: the escaped measurement and tags (`weather,site=a\ b`). Tags
-/// whose key or value cannot be written are left out. Returns false (and writes nothing) when
-/// the measurement cannot be written.
+/// whose key or value cannot be written are left out, and so is a tag whose key, once escaped,
+/// repeats an earlier one (influxd refuses a line with duplicate tags). Returns false (and
+/// writes nothing) when the measurement cannot be written: empty, or starting with `#` (influxd
+/// skips such a line as a comment, and a backslash before the `#` would be kept in the name).
 pub fn push_series(out: &mut String, measurement: &str, tags: &[(&str, &str)]) -> bool {
-    if !name_is_representable(measurement) {
+    if !name_is_representable(measurement) || measurement.starts_with('#') {
         return false;
     }
     escape_measurement(out, measurement);
+    let mut seen: SmallVec<[(usize, usize); 8]> = SmallVec::new();
     for (k, v) in tags {
         if !name_is_representable(k) || !name_is_representable(v) {
             continue;
         }
+        let start = out.len();
         out.push(',');
         escape_key(out, k);
+        let key = (start + 1, out.len());
+        if repeats(out, &seen, key) {
+            out.truncate(start);
+            continue;
+        }
+        seen.push(key);
         out.push('=');
         escape_key(out, v);
     }
     true
 }
 
-/// Append the rest of a line after its series key: ` fields timestamp\n`. Returns false (and
+/// Append the rest of a line after its series key: ` fields timestamp\n`. A field whose key,
+/// once escaped, repeats an earlier one is left out (the first is kept). Returns false (and
 /// writes nothing) when no field can be written.
 pub fn push_fields(
     out: &mut String,
@@ -226,13 +315,23 @@ pub fn push_fields(
 ) -> bool {
     let start = out.len();
     let mut sep = ' ';
+    let mut seen: SmallVec<[(usize, usize); 8]> = SmallVec::new();
     for (k, v) in fields {
         if !name_is_representable(k) {
             continue;
         }
+        let field_start = out.len();
         out.push(sep);
+        escape_field_key(out, k);
+        let key = (field_start + 1, out.len());
+        if fields.len() > 1 {
+            if repeats(out, &seen, key) {
+                out.truncate(field_start);
+                continue;
+            }
+            seen.push(key);
+        }
         sep = ',';
-        escape_key(out, k);
         out.push('=');
         match v {
             FieldValue::Float(f) => push_float(out, *f),
@@ -283,69 +382,17 @@ fn push_float(out: &mut String, f: f64) {
     }
 }
 
-/// End (exclusive) of the line starting at `start`: the next newline that is not inside a quoted
-/// string field value. A port of influxd's `scanLine`, so that the sink splits a batch exactly
-/// where the server does.
-pub fn scan_line(buf: &[u8], start: usize) -> usize {
-    let mut i = start;
-    let mut quoted = false;
-    let mut fields = false;
-    let mut equals = 0usize;
-    let mut commas = 0usize;
-    while i < buf.len() {
-        if buf[i] == b'\\' && i + 2 < buf.len() {
-            i += 2;
-            continue;
-        }
-        if buf[i] == b' ' {
-            fields = true;
-        }
-        if fields {
-            if !quoted && buf[i] == b'=' {
-                i += 1;
-                equals += 1;
-                continue;
-            } else if !quoted && buf[i] == b',' {
-                i += 1;
-                commas += 1;
-                continue;
-            } else if buf[i] == b'"' && equals > commas {
-                i += 1;
-                quoted = !quoted;
-                continue;
-            }
-        }
-        if buf[i] == b'\n' && !quoted {
-            break;
-        }
-        i += 1;
-    }
-    i
-}
-
-/// The non-empty, non-comment lines of a batch, without their newlines.
+/// The non-empty, non-comment lines of a batch as influxd splits it (`line_scan::blocks`),
+/// without their newlines and trailing blanks.
 pub fn lines(buf: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < buf.len() {
-        let end = scan_line(buf, i);
-        let line = trim_ascii(&buf[i..end]);
-        if !line.is_empty() && line[0] != b'#' {
-            out.push(line);
-        }
-        i = end + 1;
-    }
-    out
+    line_scan::blocks(buf)
+        .into_iter()
+        .map(trim_end_ascii)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
-fn trim_ascii(mut s: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = s {
-        if first.is_ascii_whitespace() {
-            s = rest;
-        } else {
-            break;
-        }
-    }
+fn trim_end_ascii(mut s: &[u8]) -> &[u8] {
     while let [rest @ .., last] = s {
         if last.is_ascii_whitespace() {
             s = rest;
@@ -367,122 +414,28 @@ pub struct ParsedLine {
     pub has_timestamp: bool,
 }
 
-/// Find the next byte in `set` at or after `i` that is not preceded by a backslash (influxd's
-/// rule for an escaped separator) and, when `quotes` is set, not inside a quoted string.
-fn find_unescaped(s: &[u8], mut i: usize, set: &[u8], quotes: bool) -> Option<usize> {
-    let mut quoted = false;
-    while i < s.len() {
-        let c = s[i];
-        if quoted && c == b'\\' {
-            // Inside a string value escapes are pairs (`\\`, `\"`), consumed whole.
-            i += 2;
-            continue;
-        }
-        let escaped = i > 0 && s[i - 1] == b'\\';
-        if quotes && c == b'"' && (quoted || !escaped) {
-            quoted = !quoted;
-        } else if !quoted && !escaped && set.contains(&c) {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
-}
-
-fn unescape(s: &[u8], specials: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' && i + 1 < s.len() && specials.contains(&s[i + 1]) {
-            out.push(s[i + 1]);
-            i += 2;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn field_type_of(v: &[u8]) -> Option<FieldType> {
-    let text = std::str::from_utf8(v).ok()?;
-    if text.len() >= 2 && text.starts_with('"') && text.ends_with('"') {
-        return Some(FieldType::Str);
-    }
-    match text {
-        "t" | "T" | "true" | "True" | "TRUE" | "f" | "F" | "false" | "False" | "FALSE" => {
-            return Some(FieldType::Bool)
-        }
-        _ => {}
-    }
-    if let Some(n) = text.strip_suffix('i') {
-        return n.parse::<i64>().ok().map(|_| FieldType::Integer);
-    }
-    if let Some(n) = text.strip_suffix('u') {
-        return n.parse::<u64>().ok().map(|_| FieldType::Unsigned);
-    }
-    let f = text.parse::<f64>().ok()?;
-    f.is_finite().then_some(FieldType::Float)
-}
-
-/// Check one line of line protocol (no newline) and read its measurement, field types and whether
-/// it has a timestamp. Strict enough that a line accepted here is accepted by influxd (barring
-/// type conflicts with stored data).
+/// Check one line of line protocol (no newline) as influxd reads it (`line_scan::scan_point`)
+/// and give its measurement, field types and whether it has a timestamp. A line accepted here
+/// is accepted by influxd, barring type conflicts with stored data.
 pub fn parse_line(line: &[u8]) -> Result<ParsedLine, String> {
-    let line = trim_ascii(line);
-    if line.is_empty() {
-        return Err("empty line".into());
-    }
-    let key_end = find_unescaped(line, 0, b" ", false).ok_or("missing fields")?;
-    let key = &line[..key_end];
-    let m_end = find_unescaped(key, 0, b",", false).unwrap_or(key.len());
-    if m_end == 0 {
-        return Err("missing measurement".into());
-    }
-    let measurement = unescape(&key[..m_end], b", ");
-    // Tags: k=v pairs separated by unescaped commas; both sides non-empty.
-    let mut i = m_end;
-    while i < key.len() {
-        let start = i + 1;
-        let end = find_unescaped(key, start, b",", false).unwrap_or(key.len());
-        let pair = &key[start..end];
-        let eq = find_unescaped(pair, 0, b"=", false).ok_or("invalid tag format")?;
-        if eq == 0 || eq + 1 >= pair.len() {
-            return Err("missing tag key or value".into());
-        }
-        i = end;
-    }
-    let fields_start = key_end + 1;
-    let fields_end = find_unescaped(line, fields_start, b" ", true).unwrap_or(line.len());
-    let fields_part = &line[fields_start..fields_end];
-    if fields_part.is_empty() {
-        return Err("missing fields".into());
-    }
-    let mut fields = Vec::new();
-    let mut j = 0;
-    while j <= fields_part.len() {
-        let end = find_unescaped(fields_part, j, b",", true).unwrap_or(fields_part.len());
-        let pair = &fields_part[j..end];
-        let eq = find_unescaped(pair, 0, b"=", false).ok_or("invalid field format")?;
-        if eq == 0 {
-            return Err("missing field key".into());
-        }
-        let ty = field_type_of(&pair[eq + 1..]).ok_or("invalid field value")?;
-        fields.push((unescape(&pair[..eq], b",= "), ty));
-        j = end + 1;
-    }
-    let rest = trim_ascii(&line[fields_end.min(line.len())..]);
-    let has_timestamp = !rest.is_empty();
-    if has_timestamp {
-        std::str::from_utf8(rest)
-            .ok()
-            .and_then(|t| t.parse::<i64>().ok())
-            .ok_or("bad timestamp")?;
-    }
+    let p = line_scan::scan_point(line)?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     Ok(ParsedLine {
-        measurement,
-        fields,
-        has_timestamp,
+        measurement: text(&p.measurement),
+        fields: p
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let ty = match v {
+                    line_scan::ScannedValue::Float(_) => FieldType::Float,
+                    line_scan::ScannedValue::Integer(_) => FieldType::Integer,
+                    line_scan::ScannedValue::Bool(_) => FieldType::Bool,
+                    line_scan::ScannedValue::Str(_) => FieldType::Str,
+                };
+                (text(k), ty)
+            })
+            .collect(),
+        has_timestamp: p.timestamp.is_some(),
     })
 }
 
@@ -607,14 +560,43 @@ mod tests {
     }
 
     #[test]
-    fn backslash_is_literal_except_trailing_which_is_dropped() {
+    fn backslash_is_literal_except_before_what_influxd_unescapes_or_at_the_end() {
         let p = point(
-            "m\\x",
-            &[("t", "a\\b\\")],
-            vec![("f", FieldValue::Integer(-3))],
+            "m\\x\\=\\\\ \\\\",
+            &[("t", "a\\b\\"), ("u", "c\\\\,d\\\"e")],
+            vec![("f\\\\g\\\"", FieldValue::Integer(-3))],
             1,
         );
-        assert_eq!(enc(&p), "m\\x,t=a\\b f=-3i 1\n");
+        assert_eq!(enc(&p), "m\\x=\\ ,t=a\\b,u=c\\,d\"e f\\\\g\"=-3i 1\n");
+    }
+
+    #[test]
+    fn line_breaks_and_blanks_in_names_become_spaces() {
+        let p = point(
+            "\tm\nx",
+            &[("t", "a\r\nb")],
+            vec![("\0f", FieldValue::Str("keep\nnewline".into()))],
+            1,
+        );
+        assert_eq!(enc(&p), "\\ m\\ x,t=a\\ \\ b \\ f=\"keep\nnewline\" 1\n");
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_first_and_comment_measurement_is_not_written() {
+        let p = point(
+            "m",
+            &[("a", "1"), ("a\\", "2")],
+            vec![
+                ("v", FieldValue::Float(1.0)),
+                ("v\\", FieldValue::Float(2.0)),
+            ],
+            1,
+        );
+        assert_eq!(enc(&p), "m,a=1 v=1 1\n");
+        let mut s = String::new();
+        assert!(
+            !point("#m", &[], vec![("v", FieldValue::Float(1.0))], 1).encode(Precision::Ns, &mut s)
+        );
     }
 
     #[test]
@@ -654,7 +636,7 @@ mod tests {
     }
 
     #[test]
-    fn scan_line_keeps_newlines_inside_quoted_strings() {
+    fn lines_keep_newlines_inside_quoted_strings() {
         let buf = b"m s=\"a\nb\" 1\nm v=2 2\n";
         let l = lines(buf);
         assert_eq!(l, vec![&b"m s=\"a\nb\" 1"[..], &b"m v=2 2"[..]]);
@@ -667,7 +649,7 @@ mod tests {
 
     #[test]
     fn parse_line_reads_measurement_field_types_and_timestamp() {
-        let p = parse_line(b"my\\ m,t=1 a=1,b=2i,c=\"x y, z\",d=true,e=3u 123").unwrap();
+        let p = parse_line(b"my\\ m,t=1 a=1,b=2i,c=\"x y, z\",d=true 123").unwrap();
         assert_eq!(p.measurement, "my m");
         let types: Vec<_> = p.fields.iter().map(|(k, t)| (k.as_str(), *t)).collect();
         assert_eq!(
@@ -677,7 +659,6 @@ mod tests {
                 ("b", FieldType::Integer),
                 ("c", FieldType::Str),
                 ("d", FieldType::Bool),
-                ("e", FieldType::Unsigned)
             ]
         );
         assert!(p.has_timestamp);

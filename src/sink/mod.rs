@@ -11,10 +11,14 @@
 //!
 //! The sender takes the in-memory batches first (they are older than anything spooled), then the
 //! spool. A batch that cannot be written (InfluxDB down, 5xx, timeout) goes to the front of the
-//! spool and is retried with exponential backoff and jitter.
+//! spool and is retried with exponential backoff and jitter. A batch InfluxDB refuses in part
+//! is checked against its answer, line by line (`line_scan.rs` reads a batch as influxd does);
+//! what the answer does not account for is sent again in halves, as a point written twice is
+//! stored once.
 
 pub mod http;
 pub mod line_protocol;
+pub mod line_scan;
 pub mod mapping;
 pub mod spool;
 mod writer;

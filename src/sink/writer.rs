@@ -828,23 +828,6 @@ fn parse_type_conflict(text: &str) -> Option<(String, String, FieldType, FieldTy
     ))
 }
 
-/// The lines quoted in `unable to parse '...'` messages.
-fn unparsable_lines(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("unable to parse '") {
-        rest = &rest[i + 17..];
-        // The quoted line ends at the last "': " before the next message.
-        let next = rest.find("unable to parse '").unwrap_or(rest.len());
-        let Some(end) = rest[..next].rfind("': ") else {
-            break;
-        };
-        out.push(rest[..end].to_string());
-        rest = &rest[end..];
-    }
-    out
-}
-
 fn dropped_count(text: &str) -> Option<usize> {
     let i = text.rfind("dropped=")?;
     text[i + 8..]
@@ -1110,63 +1093,60 @@ impl SenderLoop {
         self.shared.update_gauges(&st);
     }
 
-    /// Write a batch; 413 and whole-batch refusals are split in halves. Never resends points
-    /// InfluxDB may have stored (partial writes).
-    fn deliver(&mut self, batch: Batch) -> Delivery {
-        if batch.lines == 0 || batch.data.is_empty() {
-            return Delivery {
-                written: 0,
-                retry: None,
-            };
-        }
-        Counters::add(&self.shared.counters.write_requests, 1);
-        match self.client.write(&batch.data) {
-            WriteResult::Written => Delivery {
-                written: batch.lines,
-                retry: None,
-            },
-            WriteResult::TooLarge if batch.lines > 1 => {
-                log::warn!(
-                    "sink: InfluxDB refused a {}-byte batch as too large (413); splitting it",
-                    batch.data.len()
-                );
-                self.deliver_halves(&batch)
-            }
-            WriteResult::TooLarge => {
-                log::error!(
-                    "sink: InfluxDB refused a single {}-byte point as too large (413); dropped: {}",
-                    batch.data.len(),
-                    String::from_utf8_lossy(&batch.data[..batch.data.len().min(300)])
-                );
-                self.shared.counters.drop_points(DropReason::TooLarge, 1);
-                Delivery {
+    /// Write a batch; 413 is split in halves, refusals are handled by `refused` (which may
+    /// send points InfluxDB already stored again: it stores them once).
+    fn deliver(&mut self, mut batch: Batch) -> Delivery {
+        // A loop rather than recursion for `Refusal::Resend`: a batch may hold many conflicts.
+        loop {
+            if batch.lines == 0 || batch.data.is_empty() {
+                return Delivery {
                     written: 0,
                     retry: None,
-                }
+                };
             }
-            WriteResult::Rejected { status, body } => {
-                let text = error_text(&body);
-                let partial = text.starts_with("partial write");
-                if let Some((m, f, _, stored)) = parse_type_conflict(&text) {
-                    self.shared.add_facts(vec![(m, f, stored)]);
-                }
-                if !partial && batch.lines > 1 && !text.contains("unable to parse") {
-                    // Refused as a whole (influxd does this for a type conflict inside a batch
-                    // that creates a new shard): nothing was stored, so the halves can be sent
-                    // without writing any point twice, and only the bad point is lost.
-                    log::warn!("sink: InfluxDB refused a whole batch of {} points ({text}); retrying it in halves", batch.lines);
-                    return self.deliver_halves(&batch);
-                }
-                let written = self.rejected(&batch, status, &text, partial);
-                Delivery {
-                    written,
+            Counters::add(&self.shared.counters.write_requests, 1);
+            break match self.client.write(&batch.data) {
+                WriteResult::Written => Delivery {
+                    written: batch.lines,
                     retry: None,
+                },
+                WriteResult::TooLarge if batch.lines > 1 => {
+                    log::warn!(
+                        "sink: InfluxDB refused a {}-byte batch as too large (413); splitting it",
+                        batch.data.len()
+                    );
+                    self.deliver_halves(&batch)
                 }
-            }
-            WriteResult::Retry { reason, loud } => Delivery {
-                written: 0,
-                retry: Some((batch, reason, loud)),
-            },
+                WriteResult::TooLarge => {
+                    log::error!(
+                        "sink: InfluxDB refused a single {}-byte point as too large (413); dropped: {}",
+                        batch.data.len(),
+                        String::from_utf8_lossy(&batch.data[..batch.data.len().min(300)])
+                    );
+                    self.shared.counters.drop_points(DropReason::TooLarge, 1);
+                    Delivery {
+                        written: 0,
+                        retry: None,
+                    }
+                }
+                WriteResult::Rejected { status, body } => {
+                    let text = error_text(&body);
+                    if let Some((m, f, _, stored)) = parse_type_conflict(&text) {
+                        self.shared.add_facts(vec![(m, f, stored)]);
+                    }
+                    match self.refused(batch, status, &text) {
+                        Refusal::Done(delivery) => delivery,
+                        Refusal::Resend(rest) => {
+                            batch = rest;
+                            continue;
+                        }
+                    }
+                }
+                WriteResult::Retry { reason, loud } => Delivery {
+                    written: 0,
+                    retry: Some((batch, reason, loud)),
+                },
+            };
         }
     }
 
@@ -1186,43 +1166,173 @@ impl SenderLoop {
         }
     }
 
-    /// Log and count what InfluxDB refused; returns how many points it stored.
-    fn rejected(&mut self, batch: &Batch, status: u16, text: &str, partial: bool) -> usize {
-        let unparsable = unparsable_lines(text);
-        let dropped = if partial {
-            (dropped_count(text).unwrap_or(0) + unparsable.len()).clamp(1, batch.lines)
-        } else {
-            batch.lines
+    /// A batch InfluxDB refused (4xx other than 413). What it stored is taken from its answer
+    /// only when the answer accounts for every point not stored (`account`); otherwise the
+    /// batch is sent again in halves down to single points: a point written twice is stored
+    /// once (same series, time and fields), so no good point is lost to a bad one, and every
+    /// point that is not stored is counted (`rejected`) and logged with its line.
+    fn refused(&mut self, batch: Batch, status: u16, text: &str) -> Refusal {
+        let lines = line_protocol::lines(&batch.data);
+        let account = account(&lines, text);
+        // influxd quotes every line it could not parse: keep the log line short.
+        let text = clip(text, 500);
+        let (refused, resend) = match account {
+            Accounting::Named(refused) => (refused, false),
+            Accounting::Conflicting(refused) => (refused, true),
+            Accounting::Unknown if lines.len() > 1 => {
+                log::warn!(
+                    "sink: InfluxDB refused part of a batch of {} points without naming every \
+                     point it did not store ({text}); sending it again in halves",
+                    lines.len()
+                );
+                return Refusal::Done(self.deliver_halves(&batch));
+            }
+            Accounting::Unknown => ((0..lines.len()).collect(), false),
         };
         self.shared
             .counters
-            .drop_points(DropReason::Rejected, dropped);
-        let mut shown: Vec<String> = unparsable.into_iter().take(LOGGED_LINES).collect();
-        if let Some((m, f, input, _)) = parse_type_conflict(text) {
-            for line in line_protocol::lines(&batch.data) {
-                if shown.len() >= LOGGED_LINES {
-                    break;
-                }
-                if let Ok(p) = line_protocol::parse_line(line) {
-                    if p.measurement == m && p.fields.iter().any(|(k, t)| *k == f && *t == input) {
-                        shown.push(String::from_utf8_lossy(line).into_owned());
-                    }
-                }
-            }
-        }
-        if shown.is_empty() && batch.lines == 1 {
-            shown.push(String::from_utf8_lossy(&batch.data).trim_end().to_string());
-        }
+            .drop_points(DropReason::Rejected, refused.len());
         log::error!(
-            "sink: InfluxDB refused {dropped} of {} points (HTTP {status}, not resent): {text}{}",
-            batch.lines,
-            shown
+            "sink: InfluxDB refused {} of {} points (HTTP {status}): {text}{}",
+            refused.len(),
+            lines.len(),
+            refused
                 .iter()
-                .map(|l| format!("\n  dropped: {}", l.chars().take(300).collect::<String>()))
+                .take(LOGGED_LINES)
+                .map(|&i| format!(
+                    "\n  dropped: {}",
+                    clip(&String::from_utf8_lossy(lines[i]), 300)
+                ))
                 .collect::<String>()
         );
-        batch.lines - dropped
+        if resend {
+            // A type conflict: influxd names one conflicting field and the number dropped, but
+            // an unparsable line would not be mentioned. The lines that conflict are known;
+            // the rest is sent again, and its answer handled the same way.
+            log::warn!(
+                "sink: sending the other {} points of the batch again",
+                lines.len() - refused.len()
+            );
+            let mut keep = vec![true; lines.len()];
+            for &i in &refused {
+                keep[i] = false;
+            }
+            let mut data = Vec::with_capacity(batch.data.len());
+            for (l, _) in lines.iter().zip(&keep).filter(|(_, k)| **k) {
+                data.extend_from_slice(l);
+                data.push(b'\n');
+            }
+            return Refusal::Resend(Batch {
+                data,
+                lines: lines.len() - refused.len(),
+            });
+        }
+        Refusal::Done(Delivery {
+            written: lines.len() - refused.len(),
+            retry: None,
+        })
     }
+}
+
+/// What became of a refused batch.
+enum Refusal {
+    Done(Delivery),
+    /// Send these lines (the batch less those refused) again.
+    Resend(Batch),
+}
+
+/// `s` cut to at most `max` characters, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// What a refusal says about which points of a batch were not stored.
+#[derive(Debug, PartialEq)]
+enum Accounting {
+    /// Exactly these lines (indices) were not stored, and every other one was.
+    Named(Vec<usize>),
+    /// These lines conflict with a stored field type and were not stored; about the others the
+    /// answer may not tell all.
+    Conflicting(Vec<usize>),
+    /// The answer does not say which points were stored.
+    Unknown,
+}
+
+/// Read influxd's answer to a refused write of `lines`. influxd 1.x answers a batch with lines
+/// it cannot parse with `unable to parse '<line>': <reason>` for each, joined by newlines, in
+/// batch order (`partial write: ... dropped=0` when it stored the other lines); a write the
+/// storage refused in part (type conflict, retention, a `time` field) with `partial write:
+/// <first reason> dropped=<n>`, which does not name the lines. Anything the answer does not
+/// account for line by line is `Unknown`: then no point is assumed stored.
+fn account(lines: &[&[u8]], text: &str) -> Accounting {
+    let dropped = dropped_count(text);
+    let (list, partial) = match text.strip_prefix("partial write: ") {
+        Some(rest) => (rest.rfind(" dropped=").map_or(rest, |i| &rest[..i]), true),
+        None => (text, false),
+    };
+    if list.starts_with("unable to parse '") {
+        let Some(named) = named_lines(lines, list) else {
+            return Accounting::Unknown;
+        };
+        // All lines refused (no `partial write`), or the others stored and none dropped.
+        let complete = if partial {
+            dropped == Some(0)
+        } else {
+            named.len() == lines.len()
+        };
+        return if complete {
+            Accounting::Named(named)
+        } else {
+            Accounting::Unknown
+        };
+    }
+    if dropped == Some(lines.len()) {
+        return Accounting::Named((0..lines.len()).collect());
+    }
+    if let Some((m, f, input, _)) = parse_type_conflict(text) {
+        let conflicting: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| {
+                line_protocol::parse_line(l).is_ok_and(|p| {
+                    p.measurement == m && p.fields.iter().any(|(k, t)| *k == f && *t == input)
+                })
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !conflicting.is_empty() {
+            return Accounting::Conflicting(conflicting);
+        }
+    }
+    Accounting::Unknown
+}
+
+/// The lines an `unable to parse '<line>': <reason>` list names, each matched whole against
+/// the batch's lines in order (so text inside a line cannot pass for an entry). None when an
+/// entry is not exactly one of them (influxd split the batch elsewhere).
+fn named_lines(lines: &[&[u8]], list: &str) -> Option<Vec<usize>> {
+    const ENTRY: &str = "unable to parse '";
+    let mut named = Vec::new();
+    let mut next = 0;
+    let mut rest = list;
+    while !rest.is_empty() {
+        rest = rest.strip_prefix(ENTRY)?;
+        let i = (next..lines.len()).find(|&i| {
+            let b = rest.as_bytes();
+            b.starts_with(lines[i]) && b[lines[i].len()..].starts_with(b"': ")
+        })?;
+        rest = &rest[lines[i].len() + 3..];
+        // The reason is influxd's own text, up to the next entry.
+        rest = rest
+            .find(&format!("\n{ENTRY}"))
+            .map_or("", |j| &rest[j + 1..]);
+        named.push(i);
+        next = i + 1;
+    }
+    Some(named)
 }
 
 #[cfg(test)]
@@ -1281,13 +1391,31 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_lines_are_extracted() {
-        let t = "partial write: unable to parse 'bad line': invalid field format\nunable to parse 'x y': it's bad dropped=0";
+    fn refusals_are_accounted_line_by_line_or_not_at_all() {
+        let lines: Vec<&[u8]> = vec![b"a v=1 1", b"b v=x 2", b"c s=\"': q\" 3", b"d v=1 4"];
+        let named = "partial write: unable to parse 'b v=x 2': invalid boolean\nunable to parse \
+                     'c s=\"': q\" 3': x dropped=0";
+        assert_eq!(account(&lines, named), Accounting::Named(vec![1, 2]));
+        // A block that is not one of the lines (influxd split elsewhere): unknown.
+        let merged = "partial write: unable to parse 'b v=x 2\nc s=\"': q\" 3': x dropped=0";
+        assert_eq!(account(&lines, merged), Accounting::Unknown);
+        // Every line refused, but fewer named than sent: unknown.
+        let all = "unable to parse 'b v=x 2': invalid boolean";
+        assert_eq!(account(&lines, all), Accounting::Unknown);
+        let one: Vec<&[u8]> = vec![b"b v=x 2"];
+        assert_eq!(account(&one, all), Accounting::Named(vec![0]));
+        // A storage refusal that names no line.
+        let time = "partial write: invalid field name: input field \"time\" on measurement \
+                    \"m\" is invalid dropped=1";
+        assert_eq!(account(&lines, time), Accounting::Unknown);
+        let conflict = "partial write: field type conflict: input field \"v\" on measurement \
+                        \"d\" is type float, already exists as type string dropped=1";
+        assert_eq!(account(&lines, conflict), Accounting::Conflicting(vec![3]));
+        let everything = "partial write: points beyond retention policy dropped=4";
         assert_eq!(
-            unparsable_lines(t),
-            vec!["bad line".to_string(), "x y".to_string()]
+            account(&lines, everything),
+            Accounting::Named(vec![0, 1, 2, 3])
         );
-        assert_eq!(dropped_count(t), Some(0));
     }
 
     #[test]
