@@ -3,6 +3,7 @@
 
 use super::acl::ClientAcl;
 use super::auth::{authenticate, AuthRefusal};
+use super::flow;
 use super::listener::ConnectionSlot;
 use super::message::{now_ns, Message};
 use super::outbox::{self, Batching, Outbox};
@@ -173,6 +174,8 @@ impl Connection {
     fn run(mut self: Box<Self>) {
         // Sends this thread makes are written just before it reads again (see `outbox.rs`).
         let _batching = Batching::start();
+        // Filling a subscriber's queue makes this reader wait for room (see `flow.rs`).
+        let _flow = flow::Scope::start();
         let _ = self.stream.set_nodelay(true);
         let mut reader = ConnectionReader::new(self.stream.clone(), self.broker.clone());
         let exit = match self.connect(&mut reader) {
@@ -457,6 +460,11 @@ impl Connection {
     #[inline(never)]
     fn serve(&mut self, reader: &mut ConnectionReader) -> Option<Exit> {
         loop {
+            if flow::must_give_way() {
+                if let Err(exit) = self.give_way() {
+                    return Some(exit);
+                }
+            }
             // Nothing more from the client for now: one wait on the store confirms every
             // acknowledgement the burst it sent produced (group commit per connection too).
             if !self.unconfirmed.is_empty() && reader.buffer().is_empty() {
@@ -484,6 +492,28 @@ impl Connection {
                 return Some(exit);
             }
         }
+    }
+
+    /// `limits.queue_full = "backpressure"`: the last packet filled a connected subscriber's
+    /// queue. Send what is confirmed so far, then read nothing more (TCP holds the client
+    /// back, and nothing new is acknowledged) until the subscribers it filled have room again
+    /// (`flow::give_way`). Not inlined: the wait is off the hot path.
+    #[inline(never)]
+    fn give_way(&mut self) -> Result<(), Exit> {
+        if !self.unconfirmed.is_empty() {
+            self.durable()?;
+        }
+        outbox::flush_batched();
+        let broker = &self.broker;
+        let owns_session = &self.owns_session;
+        let stall = Duration::from_secs(broker.config.limits.stalled_subscriber_secs);
+        flow::give_way(
+            self.id,
+            stall,
+            &|| !broker.is_shutting_down() && owns_session.load(Ordering::Acquire),
+            &|room, connection| broker.disconnect_stalled(room.client_id(), connection),
+        );
+        Ok(())
     }
 
     /// Decode and act on one packet. Not inlined into `serve`: the decoded packet's space then

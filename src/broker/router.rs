@@ -47,12 +47,14 @@ struct SharedGroup {
 }
 
 impl SharedGroup {
-    /// Next member in turn, preferring connected ones; `exclude` skips a member that is leaving.
+    /// Next member in turn, preferring connected ones with room in their queue, then connected
+    /// ones whose full queue holds publishers back (nothing is lost there, see `flow.rs`),
+    /// then offline ones; `exclude` skips a member that is leaving.
     fn pick(&self, exclude: Option<&str>) -> Option<&Subscriber> {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let candidates = (0..n).map(|i| &self.members[(start + i) % n]);
-        let mut fallback = None;
+        let (mut full, mut offline) = (None, None);
         for m in candidates.filter(|m| Some(&*m.session.client_id) != exclude) {
             // try_lock: never wait on a session while holding the table's read lock; a session
             // that is busy right now is one that is active.
@@ -62,12 +64,15 @@ impl SharedGroup {
                 .try_lock()
                 .map(|s| s.link().is_some())
                 .unwrap_or(true);
-            if online {
+            if !online {
+                offline.get_or_insert(m);
+            } else if m.session.room.is_full() {
+                full.get_or_insert(m);
+            } else {
                 return Some(m);
             }
-            fallback.get_or_insert(m);
         }
-        fallback
+        full.or(offline)
     }
 }
 

@@ -44,6 +44,9 @@ pub struct LoadParams {
     pub connect_timeout: Duration,
     /// Subscribers ask for persistent sessions (see `client::connect_session`).
     pub persistent_subscribers: bool,
+    /// Publishers ignore the subscribers' progress: only their own unacked QoS 1/2 messages
+    /// (up to `window` each) hold them back.
+    pub open_loop: bool,
     /// Prefix making this run's client ids and topics unique.
     pub run_id: String,
 }
@@ -160,8 +163,10 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
             let cell = Arc::new(AtomicU64::new(0));
             pub_progress[pi].push(cell.clone());
             cells.push((pi, cell));
-            // The subscriber's window is shared by everyone feeding it.
-            pub_window[pi] = pub_window[pi].min((p.window / feeds.len() as u64).max(1));
+            // The subscriber's window is shared by everyone feeding it (closed loop).
+            if !p.open_loop {
+                pub_window[pi] = pub_window[pi].min((p.window / feeds.len() as u64).max(1));
+            }
         }
         sub_progress.push(cells);
     }
@@ -390,7 +395,11 @@ fn publisher_loop(
             return;
         }
         let room = |seq: u64| {
-            let mut allowed = window.saturating_sub(seq.saturating_sub(state.slowest()));
+            let mut allowed = if p.open_loop {
+                u64::MAX
+            } else {
+                window.saturating_sub(seq.saturating_sub(state.slowest()))
+            };
             if p.qos != QoS::AtMostOnce {
                 let inflight = seq - state.completed.load(SeqCst);
                 allowed = allowed.min(inflight_cap.saturating_sub(inflight));
