@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+/// Keep-alive of the load's connections: longer than any run, so no PINGREQ is due, but not 0,
+/// which rumqttd refuses ("ZeroKeepAlive").
+const KEEP_ALIVE_SECS: u16 = 600;
+
 /// Who publishes where and who receives what.
 pub struct Topology {
     /// Topic of each publisher.
@@ -193,7 +197,7 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
             p.addr,
             p.version,
             &id,
-            0,
+            KEEP_ALIVE_SECS,
             256 * 1024,
             p.connect_timeout,
             p.persistent_subscribers,
@@ -206,7 +210,14 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
     let mut pub_clients = Vec::new();
     for i in 0..npub {
         let id = format!("{}-p{i}", p.run_id);
-        let c = client::connect(p.addr, p.version, &id, 0, 64 * 1024, p.connect_timeout)?;
+        let c = client::connect(
+            p.addr,
+            p.version,
+            &id,
+            KEEP_ALIVE_SECS,
+            64 * 1024,
+            p.connect_timeout,
+        )?;
         sockets.push(c.stream.try_clone().map_err(|e| e.to_string())?);
         pub_clients.push(c);
     }
