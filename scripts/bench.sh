@@ -208,7 +208,10 @@ wait_port "$MQF_PORT" "$MQF_PID" mqflux
 if [ -n "$RUMQTTD" ]; then
     RUM_PORT=$(free_port)
     while [ "$RUM_PORT" = "$MOSQ_PORT" ] || [ "$RUM_PORT" = "$MQF_PORT" ]; do RUM_PORT=$(free_port); done
-    # Its default router and connection settings (rumqttd.toml of rumqttd 0.20), one v4 listener.
+    RUM_PORT5=$(free_port)
+    while [ "$RUM_PORT5" = "$MOSQ_PORT" ] || [ "$RUM_PORT5" = "$MQF_PORT" ] || [ "$RUM_PORT5" = "$RUM_PORT" ]; do RUM_PORT5=$(free_port); done
+    # Its default router and connection settings (rumqttd.toml of rumqttd 0.20, so 100 QoS 1/2
+    # messages in flight where the others get 20); MQTT 3.1.1 and 5 need a listener each.
     cat > "$OUT/rumqttd.toml" <<EOF
 id = 0
 
@@ -228,6 +231,15 @@ next_connection_delay_ms = 1
     max_payload_size = 20480
     max_inflight_count = 100
     dynamic_filters = true
+
+[v5.1]
+name = "v5-1"
+listen = "127.0.0.1:$RUM_PORT5"
+next_connection_delay_ms = 1
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
 EOF
     "${BROKER_PIN[@]}" "$RUMQTTD" --config "$OUT/rumqttd.toml" >"$OUT/rumqttd.log" 2>&1 &
     RUM_PID=$!
@@ -282,6 +294,7 @@ for s in "${SCENARIOS[@]}"; do
             run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s"
             run_one mqflux "$MQF_PORT" "$MQF_PID" "$s"
             case "$s" in
+                fan-in*v5) if [ -n "$RUM_PID" ]; then run_one rumqttd "$RUM_PORT5" "$RUM_PID" "$s"; fi ;;
                 fan-in*) if [ -n "$RUM_PID" ]; then run_one rumqttd "$RUM_PORT" "$RUM_PID" "$s"; fi ;;
             esac
             ;;

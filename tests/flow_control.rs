@@ -269,3 +269,51 @@ fn two_clients_subscribed_to_each_other_do_not_deadlock() {
     let m = scrape(metrics_addr(&broker));
     assert_eq!(m["mqflux_stalled_subscribers_disconnected_total"], 0.0);
 }
+
+#[test]
+fn shared_subscription_gives_messages_to_a_member_with_room_instead_of_waiting() {
+    let broker = Broker::with_config("[limits]\nmax_queued = 100\nstalled_subscriber_secs = 10\n");
+    // One member stops reading at once; the other reads and acknowledges everything, so its
+    // queue keeps room (were both full, the publisher would wait on the one in turn).
+    let mut stuck = RawClient::connected(broker.addr(), "stuck");
+    stuck.subscribe(1, &[("$share/g/shared/#", 1)]);
+    let mut healthy = RawClient::connected(broker.addr(), "healthy");
+    healthy.subscribe(1, &[("$share/g/shared/#", 1)]);
+    let mut publisher = RawClient::connected(broker.addr(), "publisher");
+    // Two messages first, one per member in turn: the healthy member has taken one (its
+    // PUBACK handled, as the PINGRESP after it shows) before the flood, so were both members
+    // full the broker would know which one is taking messages.
+    for (id, payload) in [(1000u16, "w1"), (1001, "w2")] {
+        publisher.publish_acked("shared/t", payload.as_bytes(), 1, id, false);
+    }
+    let first = healthy.expect_publish();
+    healthy.ack(&first);
+    healthy.ping();
+    const N: u16 = 600;
+    // N messages and the other warm-up one, which reaches it when the stuck member leaves.
+    let healthy = acking_subscriber(healthy, N as usize + 1, Duration::from_secs(30));
+
+    let writer = Arc::new(Mutex::new(publisher.stream.try_clone().unwrap()));
+    let started = Instant::now();
+    let writing = publish_all(writer, "shared/t", N);
+    let mut acked = HashSet::new();
+    while acked.len() < N as usize && started.elapsed() < Duration::from_secs(30) {
+        if let Ok(p) = publisher.read_packet(Duration::from_millis(200)) {
+            if p.kind() == PUBACK {
+                acked.insert(p.packet_id());
+            }
+        }
+    }
+    writing.join().unwrap();
+    assert_eq!(acked.len(), N as usize);
+    // Not held back by the stuck member's full queue: its share went to the other member,
+    // long before stalled_subscriber_secs.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "publisher waited {:?}",
+        started.elapsed()
+    );
+    // What the stuck member holds moves to the other member when it leaves: nothing is lost.
+    stuck.drop_connection();
+    assert_eq!(healthy.join().unwrap().len(), N as usize + 1);
+}

@@ -47,6 +47,9 @@ pub struct QueueRoom {
     connection_id: AtomicU64,
     /// Messages the client has completed (acked): a waiting reader watches it for a stall.
     taken: AtomicU64,
+    /// When it last completed one (ns since the Unix epoch; 0: never), so a shared group whose
+    /// members are all full picks one that is taking messages.
+    taken_at_ns: AtomicU64,
     /// The connection last disconnected as stalled, so several waiting readers do it once.
     stalled: AtomicU64,
     waiters: AtomicUsize,
@@ -61,6 +64,7 @@ impl QueueRoom {
             full: AtomicBool::new(false),
             connection_id: AtomicU64::new(0),
             taken: AtomicU64::new(0),
+            taken_at_ns: AtomicU64::new(0),
             stalled: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             generation: Mutex::new(0),
@@ -80,9 +84,15 @@ impl QueueRoom {
     /// The queue of the session attached to `connection_id` is full: this thread's reader
     /// waits for room before its next packet. Called with the session locked.
     pub fn fill(self: &Arc<Self>, connection_id: u64) {
+        self.mark_full(connection_id);
+        self.note_fed();
+    }
+
+    /// The queue is full, but this thread need not wait for it: a shared subscription's
+    /// delivery that found room (the group's next messages go to members with room).
+    pub fn mark_full(&self, connection_id: u64) {
         self.connection_id.store(connection_id, Ordering::SeqCst);
         self.full.store(true, Ordering::SeqCst);
-        self.note_fed();
     }
 
     /// This thread delivered to the session while it is full: it waits too (fairness).
@@ -99,6 +109,13 @@ impl QueueRoom {
     /// The client completed a message (called with the session locked).
     pub fn note_taken(&self) {
         self.taken.fetch_add(1, Ordering::Relaxed);
+        let now = super::message::now_ns().max(0) as u64;
+        self.taken_at_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// When the client last completed a message (0: never).
+    pub fn taken_at_ns(&self) -> u64 {
+        self.taken_at_ns.load(Ordering::Relaxed)
     }
 
     /// There is room again (or the client is gone): wake the readers waiting on it. Called

@@ -544,6 +544,8 @@ impl Session {
             });
             return;
         }
+        // A shared group's member picked while it had room (see `SharedGroup::pick`).
+        let shared_with_room = route.shared_group.is_some() && self.queued.len() < max;
         let seq = next_seq();
         self.queued.push_back(Queued {
             seq,
@@ -553,7 +555,9 @@ impl Session {
         self.fill_window();
         if let Some(link) = self.link.as_ref().filter(|_| !self.queued.is_empty()) {
             FED_BACKLOG.with(|f| f.set(true));
-            if held_back && self.queued.len() >= max {
+            if held_back && self.queued.len() >= max && shared_with_room {
+                self.room.mark_full(link.connection_id);
+            } else if held_back && self.queued.len() >= max {
                 self.room.fill(link.connection_id);
             } else if held_back && self.room.is_full() {
                 // Still draining to half: this publisher waits with the others (fairness).
