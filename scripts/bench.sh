@@ -3,9 +3,14 @@
 # mqflux, in one run, then a table with ratios (mqflux / mosquitto).
 #
 #   scripts/bench.sh [--quick] [--only NAME[,NAME..]] [--duration SECS] [--latency-rounds N]
-#                    [--out DIR] [--no-build]
+#                    [--out DIR] [--no-build] [--install-rumqttd]
 #
 # - Installs Debian's mosquitto if it is missing (apt-get; needs root).
+# - rumqttd (bytebeam's broker; it stops reading publishers while a subscriber is behind, so it
+#   loses nothing in the open-loop fan-in) runs the fan-in scenarios as a third broker when it
+#   is found: $RUMQTTD, on PATH, or in .tools/bin. --install-rumqttd installs it there first
+#   (`cargo install rumqttd --root .tools`: a long build on 2 cores); without it a missing
+#   rumqttd is skipped with a line saying so. Its table compares mqflux / rumqttd.
 # - Starts both brokers on free loopback ports with comparable limits: 20 QoS 1/2 messages in
 #   flight and 1000 queued per client, no persistence, no connection limit, mqflux's InfluxDB
 #   sink disabled.
@@ -33,7 +38,7 @@
 #   hard 3-minute timeout.
 # - Both brokers are stopped on exit (trap), also on error or Ctrl-C.
 #
-# Results: DIR/mosquitto.jsonl, DIR/mqflux.jsonl (one JSON object per scenario), the brokers'
+# Results: DIR/mosquitto.jsonl, DIR/mqflux.jsonl, DIR/rumqttd.jsonl (one JSON object per scenario), the brokers'
 # logs, and DIR/side-by-side.txt (also printed). DIR defaults to target/bench/<UTC time>.
 set -euo pipefail
 
@@ -45,6 +50,7 @@ ONLY=""
 DURATION=()
 OUT=""
 BUILD=1
+INSTALL_RUMQTTD=0
 LAT_ROUNDS=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,6 +62,7 @@ while [ $# -gt 0 ]; do
             LAT_ROUNDS="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --no-build) BUILD=0 ;;
+        --install-rumqttd) INSTALL_RUMQTTD=1 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -66,6 +73,7 @@ OUT=${OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 : > "$OUT/mosquitto.jsonl"
 : > "$OUT/mqflux.jsonl"
+: > "$OUT/rumqttd.jsonl"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -82,6 +90,16 @@ if [ -z "$MOSQUITTO" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
     MOSQUITTO=/usr/sbin/mosquitto
 fi
+
+# --- rumqttd (optional third broker) -----------------------------------------------------------
+RUMQTTD=${RUMQTTD:-$(command -v rumqttd || true)}
+[ -z "$RUMQTTD" ] && [ -x "$ROOT/.tools/bin/rumqttd" ] && RUMQTTD=$ROOT/.tools/bin/rumqttd
+if [ -z "$RUMQTTD" ] && [ "$INSTALL_RUMQTTD" = 1 ]; then
+    log "installing rumqttd with cargo into $ROOT/.tools (long on few cores)"
+    cargo install --quiet rumqttd --root "$ROOT/.tools"
+    RUMQTTD=$ROOT/.tools/bin/rumqttd
+fi
+[ -z "$RUMQTTD" ] && log "rumqttd not found (\$RUMQTTD, PATH, .tools/bin): skipping it (--install-rumqttd installs it)"
 
 # --- build -----------------------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
@@ -145,11 +163,12 @@ wait_port() {
 
 MOSQ_PID=""
 MQF_PID=""
+RUM_PID=""
 cleanup() {
-    for pid in $MOSQ_PID $MQF_PID; do
+    for pid in $MOSQ_PID $MQF_PID $RUM_PID; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $MOSQ_PID $MQF_PID; do
+    for pid in $MOSQ_PID $MQF_PID $RUM_PID; do
         for _ in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
@@ -185,6 +204,48 @@ cp "$ROOT/scripts/bench-mqflux.toml" "$OUT/mqflux.toml"
     >"$OUT/mqflux.log" 2>&1 &
 MQF_PID=$!
 wait_port "$MQF_PORT" "$MQF_PID" mqflux
+
+if [ -n "$RUMQTTD" ]; then
+    RUM_PORT=$(free_port)
+    while [ "$RUM_PORT" = "$MOSQ_PORT" ] || [ "$RUM_PORT" = "$MQF_PORT" ]; do RUM_PORT=$(free_port); done
+    RUM_PORT5=$(free_port)
+    while [ "$RUM_PORT5" = "$MOSQ_PORT" ] || [ "$RUM_PORT5" = "$MQF_PORT" ] || [ "$RUM_PORT5" = "$RUM_PORT" ]; do RUM_PORT5=$(free_port); done
+    # Its default router and connection settings (rumqttd.toml of rumqttd 0.20, so 100 QoS 1/2
+    # messages in flight where the others get 20); MQTT 3.1.1 and 5 need a listener each.
+    cat > "$OUT/rumqttd.toml" <<EOF
+id = 0
+
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$RUM_PORT"
+next_connection_delay_ms = 1
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+
+[v5.1]
+name = "v5-1"
+listen = "127.0.0.1:$RUM_PORT5"
+next_connection_delay_ms = 1
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+EOF
+    "${BROKER_PIN[@]}" "$RUMQTTD" --config "$OUT/rumqttd.toml" >"$OUT/rumqttd.log" 2>&1 &
+    RUM_PID=$!
+    wait_port "$RUM_PORT" "$RUM_PID" rumqttd
+    log "rumqttd pid $RUM_PID port $RUM_PORT (fan-in scenarios)"
+fi
 
 log "mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -1 | awk '{print $3}') pid $MOSQ_PID port $MOSQ_PORT"
 log "mqflux pid $MQF_PID port $MQF_PORT"
@@ -232,6 +293,10 @@ for s in "${SCENARIOS[@]}"; do
         *)
             run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s"
             run_one mqflux "$MQF_PORT" "$MQF_PID" "$s"
+            case "$s" in
+                fan-in*v5) if [ -n "$RUM_PID" ]; then run_one rumqttd "$RUM_PORT5" "$RUM_PID" "$s"; fi ;;
+                fan-in*) if [ -n "$RUM_PID" ]; then run_one rumqttd "$RUM_PORT" "$RUM_PID" "$s"; fi ;;
+            esac
             ;;
     esac
 done
@@ -245,4 +310,8 @@ done
     echo "mqflux-bench side by side ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs${TOOL_PIN:+, tool on CPU 0, brokers on CPU 1})"
     echo
     "$BENCH" compare "$OUT/mosquitto.jsonl" "$OUT/mqflux.jsonl"
+    if [ -s "$OUT/rumqttd.jsonl" ]; then
+        echo
+        "$BENCH" compare "$OUT/rumqttd.jsonl" "$OUT/mqflux.jsonl"
+    fi
 } | tee "$OUT/side-by-side.txt"

@@ -316,6 +316,18 @@ impl ListenerConfig {
     }
 }
 
+/// What happens when a connected subscriber's QoS 1/2 queue (`limits.max_queued`) is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueFullPolicy {
+    /// The publishers feeding it stop being read (and so acknowledged) until it has room:
+    /// nothing acknowledged is dropped for a connected subscriber (see `broker::flow`).
+    #[default]
+    Backpressure,
+    /// The message is dropped for that subscriber and counted (mosquitto's behaviour).
+    Drop,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -327,6 +339,11 @@ pub struct LimitsConfig {
     pub max_inflight: u16,
     /// QoS 1/2 messages queued per client beyond the inflight window (also while offline).
     pub max_queued: usize,
+    /// A connected client's queue at `max_queued`: hold the publishers back (default) or drop.
+    pub queue_full: QueueFullPolicy,
+    /// Seconds a connected subscriber may complete nothing while publishers wait on its full
+    /// queue before it is disconnected (`queue_full = "backpressure"`).
+    pub stalled_subscriber_secs: u64,
     /// Seconds a new socket may take to send CONNECT before it is closed.
     pub connect_timeout_secs: u64,
     /// Packets waiting to be written to one client; QoS 0 messages beyond it are
@@ -385,6 +402,8 @@ impl Default for LimitsConfig {
             max_packet_size: 16 * 1024 * 1024,
             max_inflight: 20,
             max_queued: 1000,
+            queue_full: QueueFullPolicy::Backpressure,
+            stalled_subscriber_secs: 30,
             connect_timeout_secs: 10,
             outbound_queue: 1024,
             max_topic_alias: 10,
@@ -668,6 +687,15 @@ impl Config {
                 "expected at least 1 second, got 0".into(),
             );
         }
+        if l.stalled_subscriber_secs == 0 || l.stalled_subscriber_secs > 86_400 {
+            bad(
+                "limits.stalled_subscriber_secs",
+                format!(
+                    "expected 1 to 86400 seconds, got {}",
+                    l.stalled_subscriber_secs
+                ),
+            );
+        }
         if l.outbound_queue == 0 {
             bad("limits.outbound_queue", "expected at least 1, got 0".into());
         }
@@ -849,6 +877,25 @@ mod tests {
         .unwrap();
         let errs = c.validate(Path::new("x.toml")).unwrap_err();
         assert_eq!(errs[0].key, "persistence.periodic_interval_secs");
+    }
+
+    #[test]
+    fn queue_full_policy_is_checked_and_defaults_to_backpressure() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.limits.queue_full, QueueFullPolicy::Backpressure);
+        let c = Config::parse("[limits]\nqueue_full = \"drop\"\n", Path::new("x.toml")).unwrap();
+        assert_eq!(c.limits.queue_full, QueueFullPolicy::Drop);
+        let err =
+            Config::parse("[limits]\nqueue_full = \"block\"\n", Path::new("x.toml")).unwrap_err();
+        assert_eq!(err.key, "limits.queue_full");
+        assert!(err.to_string().contains("backpressure"), "{err}");
+        let c = Config::parse(
+            "[limits]\nstalled_subscriber_secs = 0\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let errs = c.validate(Path::new("x.toml")).unwrap_err();
+        assert_eq!(errs[0].key, "limits.stalled_subscriber_secs");
     }
 
     #[test]

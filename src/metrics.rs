@@ -217,6 +217,11 @@ pub fn render(s: &Snapshot) -> String {
         ],
     );
     e.counter(
+        "mqflux_stalled_subscribers_disconnected_total",
+        "Subscribers disconnected for completing nothing for limits.stalled_subscriber_secs while publishers waited on their full queue ($SYS/broker/clients/stalled).",
+        s.stalled_subscribers,
+    );
+    e.counter(
         "mqflux_received_bytes_total",
         "Bytes of MQTT packets received ($SYS/broker/bytes/received).",
         s.bytes_received,

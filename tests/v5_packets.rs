@@ -424,6 +424,44 @@ fn more_qos2_publishes_than_broker_receive_maximum_gets_disconnect_0x93() {
     c.expect_disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
 }
 
+/// [MQTT-3.3.4-9] / MQTT 5.0 section 4.9: as the Paho interop suite's `test_flow_control2`
+/// does, a client that broke the Receive Maximum goes on answering each PUBREC with a PUBREL
+/// while it reads. It must still read the DISCONNECT 0x93: the broker waits for the client to
+/// close instead of closing a socket with unread input, which answers the PUBRELs with RST
+/// (the client then got a broken pipe before it reached the DISCONNECT).
+#[test]
+fn client_answering_pubrecs_after_exceeding_receive_maximum_still_reads_disconnect_0x93() {
+    let broker = Broker::with_config("[limits]\nmax_inflight = 5\n");
+    let (mut c, ack) = RawClient::connect_with(broker.port, connect_packet("rm-paho"));
+    assert_eq!(ack.properties.receive_maximum, Some(5));
+    for id in 1..=6u16 {
+        c.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "rm/paho".into(),
+            packet_id: id,
+            payload: Bytes::from_static(b"x"),
+            properties: props().into(),
+        }));
+    }
+    let deadline = Instant::now() + WAIT;
+    let disconnect = loop {
+        assert!(Instant::now() < deadline, "no DISCONNECT within {WAIT:?}");
+        match c.recv() {
+            Packet::PubRec(a) => {
+                // Give the broker time to close first, as a client busy elsewhere would.
+                std::thread::sleep(Duration::from_millis(50));
+                c.send(&Packet::PubRel(Ack::new(a.packet_id)));
+            }
+            Packet::Disconnect(d) => break d,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(disconnect.reason_code, reason::RECEIVE_MAXIMUM_EXCEEDED);
+    c.expect_closed();
+}
+
 /// [MQTT-3.3.2-9] a topic alias above the broker's Topic Alias Maximum gets DISCONNECT 0x94
 /// "Topic Alias invalid"; so does alias 0 [MQTT-3.3.2-8].
 #[test]

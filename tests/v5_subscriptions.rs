@@ -677,3 +677,40 @@ fn malformed_shared_subscription_filters_are_refused_with_0x8f() {
     let ack = old.subscribe_with(&[("$share/g", sub_options(QoS::AtMostOnce))], props());
     assert_eq!(ack.reason_codes, vec![0x80], "3.1.1 failure return code");
 }
+
+/// As the Paho interop suite's `test_subscribe_failure`: a filter the ACL leaves nothing to
+/// read is refused in SUBACK itself, 0x80 Failure in MQTT 3.1.1 [MQTT-3.9.3-2] and 0x87 Not
+/// authorized in MQTT 5.0 (section 3.9.3), while the other filters of the same SUBSCRIBE are
+/// granted [MQTT-3.8.4-5]; a filter only partly denied is granted and filtered per message.
+#[test]
+fn subscribe_to_a_filter_the_acl_denies_is_refused_in_suback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite #\ntopic deny test/nosubscribe\ntopic deny secret/#\n",
+    )
+    .expect("write ACL");
+    let broker = Broker::with_config(&format!("[security]\nacl_file = {acl:?}\n"));
+    let filters = [
+        ("test/nosubscribe", sub_options(QoS::AtLeastOnce)),
+        ("secret/+/x", sub_options(QoS::AtLeastOnce)),
+        ("test/#", sub_options(QoS::AtLeastOnce)),
+        ("$share/g/test/nosubscribe", sub_options(QoS::AtLeastOnce)),
+    ];
+    let mut v5 = RawClient::connect_v5(broker.port, "acl-sub-v5", Properties::default());
+    let ack = v5.subscribe_with(&filters, Properties::default());
+    let n = reason::NOT_AUTHORIZED;
+    assert_eq!(ack.reason_codes, vec![n, n, 1, n]);
+    let mut v3 = RawClient::connect_v311(broker.port, "acl-sub-v3");
+    let ack = v3.subscribe_with(&filters[..3], Properties::default());
+    assert_eq!(ack.reason_codes, vec![0x80, 0x80, 1]);
+    broker.wait_for_log(&[
+        "acl-sub-v3",
+        "subscription to \"test/nosubscribe\" denied by ACL",
+    ]);
+    // The granted `test/#` still gets nothing from the denied topic.
+    v5.publish("test/nosubscribe", "no", QoS::AtLeastOnce);
+    v5.publish("test/ok", "yes", QoS::AtLeastOnce);
+    assert_eq!(payload_str(&v3.expect_publish()), "yes");
+}

@@ -27,8 +27,13 @@
 //! - A pattern using `%u` is skipped for clients without a username.
 //! - A file with no rules for a client denies it everything (an empty file denies all).
 //! - Read access is checked per delivered message against its concrete topic (including
-//!   retained messages sent on subscribe), as mosquitto does; subscribing itself is not
-//!   restricted by the file.
+//!   retained messages sent on subscribe), as mosquitto does. A SUBSCRIBE filter is refused
+//!   outright (`can_subscribe`) when the rules leave it nothing to read: a `deny` rule covers
+//!   every topic it matches (`topic deny test/nosubscribe`), or no read rule matches any topic
+//!   it could match. A filter that is only partly readable (`#` with `deny secret/#`) is
+//!   granted, and its deliveries are filtered as above. mosquitto 2.0 refuses nothing at
+//!   subscribe time ("FIXME - implement ACL subscription strings"); 2.1 refuses a filter no
+//!   single read rule covers, which would also refuse `#` to a client allowed `sensors/#`.
 //! - Any syntax error rejects the whole file with `file:line`, as mosquitto refuses to start:
 //!   a half-loaded ACL would silently grant or deny the wrong things.
 
@@ -110,6 +115,63 @@ fn acl_topic_matches(rule_topic: &str, topic: &str) -> bool {
         return false;
     }
     filter_matches(rule_topic, topic)
+}
+
+/// Does ACL filter `rule` match every topic that subscription filter `filter` matches?
+fn acl_filter_covers(rule: &str, filter: &str) -> bool {
+    // A rule not starting with `$` never matches a `$` topic (`acl_topic_matches`), and a
+    // filter starting with a wildcard matches none [MQTT-4.7.2-1].
+    if filter.starts_with('$') && !rule.starts_with('$') {
+        return false;
+    }
+    let (mut r, mut f) = (rule.split('/'), filter.split('/'));
+    loop {
+        match (r.next(), f.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(fl)) if fl != "#" => {}
+            (Some(rl), Some(fl)) if rl == fl && fl != "+" && fl != "#" => {}
+            (None, None) => return true,
+            // "a/#" also matches "a" [MQTT-4.7.1-2].
+            (Some(_), None) => return r.next().is_none() && rule.ends_with("/#"),
+            _ => return false,
+        }
+    }
+}
+
+/// Is there a topic that both filters match?
+fn acl_filters_overlap(rule: &str, filter: &str) -> bool {
+    let dollar = |a: &str, b: &str| a.starts_with('$') && b.starts_with(['+', '#']);
+    if dollar(rule, filter) || dollar(filter, rule) {
+        return false;
+    }
+    let (mut r, mut f) = (rule.split('/'), filter.split('/'));
+    loop {
+        match (r.next(), f.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some(a), Some(b)) if a == b || a == "+" || b == "+" => {}
+            (None, None) => return true,
+            // One ends where the other has only "#" left: "a" and "a/#".
+            (None, Some(_)) | (Some(_), None) => return false,
+            _ => return false,
+        }
+    }
+}
+
+/// `check_rules` for a SUBSCRIBE filter (see the module doc).
+fn subscribe_verdict(rules: &[Rule], filter: &str) -> Verdict {
+    if rules
+        .iter()
+        .any(|r| r.access == DENY && acl_filter_covers(&r.topic, filter))
+    {
+        return Verdict::Deny;
+    }
+    if rules
+        .iter()
+        .any(|r| r.access & READ != 0 && acl_filters_overlap(&r.topic, filter))
+    {
+        return Verdict::Allow;
+    }
+    Verdict::NoMatch
 }
 
 impl AclFile {
@@ -262,6 +324,17 @@ impl ClientAcl {
     pub fn can_receive(&self, topic: &str) -> bool {
         self.check(topic, READ)
     }
+
+    /// May this client subscribe to `filter` (a topic filter, `$share/{group}/` already
+    /// removed)? Refused when the rules leave it nothing to read (see the module doc).
+    pub fn can_subscribe(&self, filter: &str) -> bool {
+        match subscribe_verdict(&self.own, filter) {
+            Verdict::Allow => return true,
+            Verdict::Deny => return false,
+            Verdict::NoMatch => {}
+        }
+        matches!(subscribe_verdict(&self.patterns, filter), Verdict::Allow)
+    }
 }
 
 /// The part of a `topic`/`pattern` line after the keyword: `[ACCESS] TOPIC`.
@@ -368,6 +441,41 @@ mod tests {
             Ok(a) => panic!("expected an error, parsed {a:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn subscribe_is_refused_when_the_filter_has_nothing_readable() {
+        let acl = parse(
+            "topic readwrite #\ntopic deny test/nosubscribe\ntopic deny secret/#\n\
+             user bob\ntopic read sensors/#\npattern read own/%c/#\n",
+        );
+        let anon = acl.for_client("c1", None);
+        assert!(!anon.can_subscribe("test/nosubscribe"), "denied exactly");
+        assert!(!anon.can_subscribe("secret/#"), "denied entirely");
+        assert!(!anon.can_subscribe("secret/+/x"), "covered by secret/#");
+        assert!(
+            anon.can_subscribe("test/#"),
+            "only partly denied: filtered per message"
+        );
+        assert!(anon.can_subscribe("#"));
+        assert!(!anon.can_subscribe("$SYS/#"), "# does not reach $ topics");
+        let bob = acl.for_client("c2", Some("bob"));
+        assert!(bob.can_subscribe("sensors/+/temp"));
+        assert!(bob.can_subscribe("#"), "overlaps sensors/#");
+        assert!(bob.can_subscribe("sensors"), "sensors/# matches sensors");
+        assert!(
+            !bob.can_subscribe("actuators/#"),
+            "no read rule matches any of it"
+        );
+        assert!(bob.can_subscribe("own/c2/x"), "pattern");
+        assert!(!bob.can_subscribe("own/c1/x"));
+        assert!(acl_filter_covers("a/#", "a"));
+        assert!(acl_filter_covers("a/+", "a/b"));
+        assert!(!acl_filter_covers("a/+", "a/#"));
+        assert!(!acl_filter_covers("a/b", "a/+"));
+        assert!(acl_filters_overlap("a/b", "+/b"));
+        assert!(!acl_filters_overlap("a/b", "a/c"));
+        assert!(!acl_filters_overlap("a/b/c", "a/b"));
     }
 
     #[test]

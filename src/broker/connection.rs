@@ -3,6 +3,7 @@
 
 use super::acl::ClientAcl;
 use super::auth::{authenticate, AuthRefusal};
+use super::flow;
 use super::listener::ConnectionSlot;
 use super::message::{now_ns, Message};
 use super::outbox::{self, Batching, Outbox};
@@ -21,7 +22,7 @@ use crate::protocol::{
 use crate::sink::SinkRecord;
 use log::{debug, info, warn};
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +32,10 @@ use std::time::{Duration, Instant};
 /// How long a control packet (PUBACK, SUBACK, ...) may wait for room in a client's outbound
 /// queue, and a socket write may block, before the client is considered not to be reading.
 const STALLED_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a connection the broker ends with a DISCONNECT waits for its client to read it and
+/// close (see `linger_for_disconnect`).
+const DISCONNECT_LINGER: Duration = Duration::from_secs(2);
 
 /// Start the threads for a freshly accepted socket (or the broker's end of a TLS / WebSocket
 /// bridge). `tls_identity` is the client certificate's subject CN when the listener has
@@ -213,6 +218,8 @@ impl Connection {
     fn run(mut self: Box<Self>) {
         // Sends this thread makes are written just before it reads again (see `outbox.rs`).
         let _batching = Batching::start();
+        // Filling a subscriber's queue makes this reader wait for room (see `flow.rs`).
+        let _flow = flow::Scope::start();
         let _ = self.stream.set_nodelay(true);
         let mut reader = ConnectionReader::new(self.stream.clone(), self.broker.clone());
         let exit = match self.connect(&mut reader) {
@@ -541,6 +548,11 @@ impl Connection {
     #[inline(never)]
     fn serve(&mut self, reader: &mut ConnectionReader) -> Option<Exit> {
         loop {
+            if flow::must_give_way() {
+                if let Err(exit) = self.give_way() {
+                    return Some(exit);
+                }
+            }
             // Nothing more from the client for now: one wait on the store confirms every
             // acknowledgement the burst it sent produced (group commit per connection too).
             if !self.unconfirmed.is_empty() && reader.buffer().is_empty() {
@@ -570,6 +582,28 @@ impl Connection {
                 return Some(exit);
             }
         }
+    }
+
+    /// `limits.queue_full = "backpressure"`: the last packet filled a connected subscriber's
+    /// queue. Send what is confirmed so far, then read nothing more (TCP holds the client
+    /// back, and nothing new is acknowledged) until the subscribers it filled have room again
+    /// (`flow::give_way`). Not inlined: the wait is off the hot path.
+    #[inline(never)]
+    fn give_way(&mut self) -> Result<(), Exit> {
+        if !self.unconfirmed.is_empty() {
+            self.durable()?;
+        }
+        outbox::flush_batched();
+        let broker = &self.broker;
+        let owns_session = &self.owns_session;
+        let stall = Duration::from_secs(broker.config.limits.stalled_subscriber_secs);
+        flow::give_way(
+            self.id,
+            stall,
+            &|| !broker.is_shutting_down() && owns_session.load(Ordering::Acquire),
+            &|room, connection| broker.disconnect_stalled(room.client_id(), connection),
+        );
+        Ok(())
     }
 
     /// Decode and act on one packet. Not inlined into `serve`: the decoded packet's space then
@@ -931,6 +965,11 @@ impl Connection {
         if topic.starts_with("$SYS/") || topic == "$SYS" {
             return false;
         }
+        self.client_acl().is_none_or(|acl| acl.can_publish(topic))
+    }
+
+    /// This client's ACL rules (None: no ACL file), rebuilt when the files were reloaded.
+    fn client_acl(&mut self) -> Option<&ClientAcl> {
         let generation = self.broker.security.generation();
         if self.acl.0 != generation {
             let acl = self
@@ -940,7 +979,7 @@ impl Connection {
                 .client_acl(&self.client_id, self.username.as_deref());
             self.acl = (generation, acl);
         }
-        self.acl.1.as_ref().is_none_or(|acl| acl.can_publish(topic))
+        self.acl.1.as_ref()
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
@@ -964,11 +1003,26 @@ impl Connection {
                 });
                 continue;
             }
-            let shared = super::router::parse_shared(&f.filter).is_some();
-            if shared && f.options.no_local {
+            let shared = super::router::parse_shared(&f.filter);
+            if shared.is_some() && f.options.no_local {
                 let message = "[MQTT-3.8.3-4] No Local on a shared subscription";
                 return Err(violation(reason::PROTOCOL_ERROR, message));
             }
+            let topic_filter = shared.map_or(f.filter.as_str(), |(_, filter)| filter);
+            if !self
+                .client_acl()
+                .is_none_or(|acl| acl.can_subscribe(topic_filter))
+            {
+                // The ACL leaves the filter nothing to read: refused in SUBACK, 0x80 Failure
+                // (MQTT 3.1.1 section 3.9.3) or 0x87 Not authorized (MQTT 5.0 section 3.9.3).
+                info!(
+                    "client {}: subscription to {:?} denied by ACL",
+                    self.client_id, f.filter
+                );
+                reason_codes.push(if v5 { reason::NOT_AUTHORIZED } else { 0x80 });
+                continue;
+            }
+            let shared = shared.is_some();
             // `limits.max_subscriptions_per_client`: a filter the session already holds is
             // a replacement [MQTT-3.8.4-3] and never counts twice.
             let max = self.broker.config.limits.max_subscriptions_per_client;
@@ -1132,7 +1186,8 @@ impl Connection {
             Some(Exit::Revoked) => Some(reason::NOT_AUTHORIZED),
             _ => None,
         };
-        if let (Some(reason_code), true) = (disconnect_reason, self.version.is_v5()) {
+        let told = disconnect_reason.is_some() && self.version.is_v5();
+        if let (Some(reason_code), true) = (disconnect_reason, told) {
             let disconnect = Disconnect {
                 reason_code,
                 properties: Properties::default(),
@@ -1145,10 +1200,46 @@ impl Connection {
         if let Some(session) = self.session.take() {
             self.detach(session, publish_will, shutting_down, &why);
         }
+        if told {
+            self.linger_for_disconnect();
+        }
         match self.outbox.take() {
             Some(outbox) => outbox.close(),
             None => {
                 let _ = self.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// After a DISCONNECT the broker sends to end the connection: let the client read it. The
+    /// client may still be sending (a PUBREL for each PUBREC, the rest of a burst that broke
+    /// the Receive Maximum [MQTT-3.3.4-9]); closing a socket with unread input makes the
+    /// kernel send RST instead of FIN, and the client then loses what it had not read yet,
+    /// DISCONNECT included (it sees "connection reset" or a broken pipe). So: wait until the
+    /// DISCONNECT is written, send FIN (shutdown of the write side), and read and discard
+    /// until the client closes too, for at most `DISCONNECT_LINGER`.
+    fn linger_for_disconnect(&self) {
+        let Some(outbox) = &self.outbox else { return };
+        let deadline = Instant::now() + DISCONNECT_LINGER;
+        outbox::flush_batched();
+        while !outbox.is_idle() {
+            if Instant::now() >= deadline {
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        let _ = self.stream.shutdown(Shutdown::Write);
+        let mut discard = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match (&*self.stream).read(&mut discard) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
             }
         }
     }

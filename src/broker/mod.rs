@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod auth;
 pub mod connection;
+pub mod flow;
 pub mod listener;
 pub mod message;
 pub mod outbox;
@@ -177,6 +178,7 @@ impl Broker {
             max_inflight: l.max_inflight.min(receive_maximum.unwrap_or(u16::MAX)) as usize,
             max_queued: l.max_queued,
             outbound_queue: l.outbound_queue,
+            backpressure: l.queue_full == crate::config::QueueFullPolicy::Backpressure,
         }
     }
 
@@ -829,6 +831,29 @@ impl Broker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+
+    /// A subscriber that completed nothing for `limits.stalled_subscriber_secs` while publishers
+    /// waited on its full queue: close its socket, so one dead client cannot hold them back.
+    /// Its reader then ends the connection as for any lost client: the will is published, a
+    /// persistent session keeps its queue (and drops beyond `max_queued`, counted).
+    pub fn disconnect_stalled(&self, client_id: &str, connection_id: u64) {
+        let stream = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&connection_id)
+            .map(|c| c.stream.clone());
+        let Some(stream) = stream else { return };
+        Stats::add(&self.stats.stalled_subscribers, 1);
+        warn!(
+            "client {client_id}: completed no message for {}s while publishers waited on its \
+             full queue (limits.stalled_subscriber_secs); disconnecting it",
+            self.config.limits.stalled_subscriber_secs
+        );
+        // Both directions: its reader sees the end at once, and a writer blocked on the
+        // client's full socket fails instead of waiting for the write timeout.
+        let _ = stream.shutdown(Shutdown::Both);
     }
 
     /// Graceful shutdown: refuse new connections, close every client (v5 clients get

@@ -204,6 +204,12 @@ impl Outbox {
         Ok(())
     }
 
+    /// Everything queued so far is written (nobody is writing, nothing waits).
+    pub fn is_idle(&self) -> bool {
+        let st = self.lock();
+        st.closed || (st.owner == Owner::Idle && st.queue.is_empty())
+    }
+
     /// Packets queued and not yet written: what bounds a client that does not read.
     pub fn backlog(&self) -> usize {
         let st = self.lock();

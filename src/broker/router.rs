@@ -47,12 +47,15 @@ struct SharedGroup {
 }
 
 impl SharedGroup {
-    /// Next member in turn, preferring connected ones; `exclude` skips a member that is leaving.
+    /// Next member in turn, preferring connected ones with room in their queue, then the
+    /// connected full one that completed a message last (it holds the publisher back, see
+    /// `flow.rs`; a member that takes nothing is picked last), then offline ones; `exclude`
+    /// skips a member that is leaving.
     fn pick(&self, exclude: Option<&str>) -> Option<&Subscriber> {
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let candidates = (0..n).map(|i| &self.members[(start + i) % n]);
-        let mut fallback = None;
+        let (mut full, mut offline): (Option<(u64, &Subscriber)>, _) = (None, None);
         for m in candidates.filter(|m| Some(&*m.session.client_id) != exclude) {
             // try_lock: never wait on a session while holding the table's read lock; a session
             // that is busy right now is one that is active.
@@ -62,12 +65,19 @@ impl SharedGroup {
                 .try_lock()
                 .map(|s| s.link().is_some())
                 .unwrap_or(true);
-            if online {
+            let room = &m.session.room;
+            if !online {
+                offline.get_or_insert(m);
+            } else if room.is_full() {
+                let taken_at = room.taken_at_ns();
+                if full.is_none_or(|(t, _)| taken_at > t) {
+                    full = Some((taken_at, m));
+                }
+            } else {
                 return Some(m);
             }
-            fallback.get_or_insert(m);
         }
-        fallback
+        full.map(|(_, m)| m).or(offline)
     }
 }
 

@@ -5,6 +5,7 @@
 //! Every method is called with the session's mutex held and never blocks.
 
 use super::acl::ClientAcl;
+use super::flow::{self, QueueRoom};
 use super::message::Message;
 pub use super::outbox::Outbound;
 use super::outbox::Outbox;
@@ -66,11 +67,17 @@ pub struct SessionLimits {
     pub max_queued: usize,
     /// QoS 0 messages are dropped once this many packets wait for the writer.
     pub outbound_queue: usize,
+    /// `limits.queue_full = "backpressure"`: a connected session's full queue holds its
+    /// publishers back instead of dropping (see `flow.rs`).
+    pub backpressure: bool,
 }
 
 pub struct SessionHandle {
     pub client_id: Arc<str>,
     pub state: Mutex<Session>,
+    /// The session's queue as flow control sees it, without the lock (shared subscriptions
+    /// pick a member with room).
+    pub room: Arc<QueueRoom>,
 }
 
 pub type SessionRef = Arc<SessionHandle>;
@@ -83,18 +90,16 @@ impl SessionHandle {
         limits: SessionLimits,
         owner: Option<Arc<str>>,
     ) -> SessionRef {
-        let mut state = Session::new(expiry_interval, limits);
+        let mut state = Session::new(client_id.clone(), expiry_interval, limits);
         state.owner = SessionOwner::Identity(owner);
-        Arc::new(SessionHandle {
-            client_id,
-            state: Mutex::new(state),
-        })
+        SessionHandle::restored(client_id, state)
     }
 
     /// A session rebuilt from the store.
     pub fn restored(client_id: Arc<str>, state: Session) -> SessionRef {
         Arc::new(SessionHandle {
             client_id,
+            room: state.room.clone(),
             state: Mutex::new(state),
         })
     }
@@ -223,11 +228,13 @@ pub struct Session {
     owner: SessionOwner,
     /// The ACL rules for this client, rebuilt when the files are reloaded (by generation).
     acl: Option<(u64, Option<ClientAcl>)>,
+    room: Arc<QueueRoom>,
 }
 
 impl Session {
-    fn new(expiry_interval: u32, limits: SessionLimits) -> Session {
+    fn new(client_id: Arc<str>, expiry_interval: u32, limits: SessionLimits) -> Session {
         Session {
+            room: QueueRoom::new(client_id),
             expiry_interval,
             ended: false,
             subscriptions: HashMap::new(),
@@ -256,7 +263,8 @@ impl Session {
         limits: SessionLimits,
         journal: SessionJournal,
     ) -> Session {
-        let mut s = Session::new(stored.expiry_interval, limits);
+        let client_id: Arc<str> = stored.client_id.as_str().into();
+        let mut s = Session::new(client_id, stored.expiry_interval, limits);
         if let Some(owner) = stored.owner {
             let owner: Option<Arc<str>> = owner.map(Arc::from);
             // Queued messages were checked against the owner's read access.
@@ -537,6 +545,7 @@ impl Session {
     /// Detach `connection_id` if it is still the session's connection.
     pub fn detach(&mut self, connection_id: u64) -> bool {
         if self.is_attached_to(connection_id) {
+            // (take_link wakes publishers waiting on the queue.)
             self.take_link();
             self.disconnected_at = Some(Instant::now());
             true
@@ -547,6 +556,8 @@ impl Session {
 
     /// Take the current link away (session discarded or taken over).
     pub fn take_link(&mut self) -> Option<Link> {
+        // Publishers waiting on this client's queue go on: offline, it drops at max_queued.
+        self.room.make_room();
         self.link.take().map(Link::released)
     }
 
@@ -606,17 +617,28 @@ impl Session {
             }
             return;
         }
-        if self.queued.len() >= self.limits.max_queued {
+        let max = self.limits.max_queued;
+        // With backpressure a connected client's full queue takes the message anyway (its
+        // publisher may hold a PUBACK for it) and holds the publishers back instead, within a
+        // bound (see `flow.rs`); offline, or past the bound, it is dropped as in `drop` mode.
+        let held_back = self.limits.backpressure && self.link.is_some();
+        let limit = if held_back {
+            max + flow::overflow_allowance(max)
+        } else {
+            max
+        };
+        if self.queued.len() >= limit {
             Stats::add(&stats.dropped_queue_full, 1);
-            let max = self.limits.max_queued;
             self.count_drop(client_id, || {
                 format!(
-                    "message queue full ({max} messages), dropping message on {}",
+                    "message queue full ({limit} messages), dropping message on {}",
                     message.topic
                 )
             });
             return;
         }
+        // A shared group's member picked while it had room (see `SharedGroup::pick`).
+        let shared_with_room = route.shared_group.is_some() && self.queued.len() < max;
         let seq = next_seq();
         self.queued.push_back(Queued {
             seq,
@@ -624,8 +646,16 @@ impl Session {
             route,
         });
         self.fill_window();
-        if self.link.is_some() && !self.queued.is_empty() {
+        if let Some(link) = self.link.as_ref().filter(|_| !self.queued.is_empty()) {
             FED_BACKLOG.with(|f| f.set(true));
+            if held_back && self.queued.len() >= max && shared_with_room {
+                self.room.mark_full(link.connection_id);
+            } else if held_back && self.queued.len() >= max {
+                self.room.fill(link.connection_id);
+            } else if held_back && self.room.is_full() {
+                // Still draining to half: this publisher waits with the others (fairness).
+                self.room.note_fed();
+            }
         }
         // Still queued (offline or window full): record it as queued; otherwise fill_window
         // recorded it as inflight.
@@ -813,6 +843,12 @@ impl Session {
             self.record(|c| records::outgoing_delete(c, done.seq));
         }
         self.fill_window();
+        self.room.note_taken();
+        if self.queued.len() <= self.limits.max_queued / 2 {
+            // Publishers held back by this queue go on once it is half empty: they then run
+            // for a while instead of waking for every message.
+            self.room.make_room();
+        }
         true
     }
 

@@ -26,6 +26,9 @@ pub struct Stats {
     /// Retained PUBLISHes to a new topic not stored because the retained store was full
     /// (`limits.max_retained_messages` / `max_retained_bytes`); they were still routed.
     pub retained_refused: AtomicU64,
+    /// Connected subscribers disconnected because they completed nothing for
+    /// `limits.stalled_subscriber_secs` while publishers waited on their full queue.
+    pub stalled_subscribers: AtomicU64,
 }
 
 impl Stats {
@@ -78,6 +81,8 @@ pub struct Snapshot {
     pub dropped_slow_subscriber: u64,
     /// Retained PUBLISHes not stored because the retained store was full.
     pub retained_refused: u64,
+    /// Subscribers disconnected for holding publishers back (`limits.stalled_subscriber_secs`).
+    pub stalled_subscribers: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub subscriptions: u64,
@@ -113,6 +118,7 @@ impl Snapshot {
             dropped_queue_full: Stats::get(&s.dropped_queue_full),
             dropped_slow_subscriber: Stats::get(&s.dropped_slow_subscriber),
             retained_refused: Stats::get(&s.retained_refused),
+            stalled_subscribers: Stats::get(&s.stalled_subscribers),
             bytes_received: Stats::get(&s.bytes_received),
             bytes_sent: Stats::get(&s.bytes_sent),
             subscriptions: broker.router.subscription_count() as u64,

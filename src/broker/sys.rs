@@ -119,7 +119,8 @@ impl SysTree {
 /// - clients/total: clients known to the broker, connected or not (sessions held);
 ///   clients/connected: with a live connection; clients/disconnected: persistent sessions
 ///   whose client is away; clients/maximum: most clients connected at once;
-///   clients/expired: persistent sessions removed on expiry.
+///   clients/expired: persistent sessions removed on expiry; clients/stalled (mqflux's own):
+///   subscribers disconnected for holding publishers back (`limits.stalled_subscriber_secs`).
 /// - messages/*: MQTT packets of any type; messages/stored: retained messages plus messages in
 ///   flight or queued for sessions (counted per session, not deduplicated).
 /// - publish/messages/*: PUBLISH packets only; dropped: discarded because a subscriber's queue
@@ -146,6 +147,7 @@ pub fn sys_values(s: &Snapshot, loads: &LoadTracker) -> Vec<(String, String)> {
     put("clients/disconnected", s.clients_disconnected().to_string());
     put("clients/maximum", s.clients_maximum.to_string());
     put("clients/expired", s.clients_expired.to_string());
+    put("clients/stalled", s.stalled_subscribers.to_string());
     put("messages/received", s.messages_received.to_string());
     put("messages/sent", s.messages_sent.to_string());
     put("messages/stored", s.messages_stored.to_string());

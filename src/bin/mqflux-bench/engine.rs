@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+/// Keep-alive of the load's connections: longer than any run, so no PINGREQ is due, but not 0,
+/// which rumqttd refuses ("ZeroKeepAlive").
+const KEEP_ALIVE_SECS: u16 = 600;
+
 /// Who publishes where and who receives what.
 pub struct Topology {
     /// Topic of each publisher.
@@ -44,6 +48,9 @@ pub struct LoadParams {
     pub connect_timeout: Duration,
     /// Subscribers ask for persistent sessions (see `client::connect_session`).
     pub persistent_subscribers: bool,
+    /// Publishers ignore the subscribers' progress: only their own unacked QoS 1/2 messages
+    /// (up to `window` each) hold them back.
+    pub open_loop: bool,
     /// Prefix making this run's client ids and topics unique.
     pub run_id: String,
 }
@@ -160,8 +167,10 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
             let cell = Arc::new(AtomicU64::new(0));
             pub_progress[pi].push(cell.clone());
             cells.push((pi, cell));
-            // The subscriber's window is shared by everyone feeding it.
-            pub_window[pi] = pub_window[pi].min((p.window / feeds.len() as u64).max(1));
+            // The subscriber's window is shared by everyone feeding it (closed loop).
+            if !p.open_loop {
+                pub_window[pi] = pub_window[pi].min((p.window / feeds.len() as u64).max(1));
+            }
         }
         sub_progress.push(cells);
     }
@@ -188,7 +197,7 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
             p.addr,
             p.version,
             &id,
-            0,
+            KEEP_ALIVE_SECS,
             256 * 1024,
             p.connect_timeout,
             p.persistent_subscribers,
@@ -201,7 +210,14 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
     let mut pub_clients = Vec::new();
     for i in 0..npub {
         let id = format!("{}-p{i}", p.run_id);
-        let c = client::connect(p.addr, p.version, &id, 0, 64 * 1024, p.connect_timeout)?;
+        let c = client::connect(
+            p.addr,
+            p.version,
+            &id,
+            KEEP_ALIVE_SECS,
+            64 * 1024,
+            p.connect_timeout,
+        )?;
         sockets.push(c.stream.try_clone().map_err(|e| e.to_string())?);
         pub_clients.push(c);
     }
@@ -390,7 +406,11 @@ fn publisher_loop(
             return;
         }
         let room = |seq: u64| {
-            let mut allowed = window.saturating_sub(seq.saturating_sub(state.slowest()));
+            let mut allowed = if p.open_loop {
+                u64::MAX
+            } else {
+                window.saturating_sub(seq.saturating_sub(state.slowest()))
+            };
             if p.qos != QoS::AtMostOnce {
                 let inflight = seq - state.completed.load(SeqCst);
                 allowed = allowed.min(inflight_cap.saturating_sub(inflight));

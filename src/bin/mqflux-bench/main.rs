@@ -208,6 +208,12 @@ struct LoadArgs {
     /// persistence stores every QoS 1/2 delivery to them (its durability cost shows).
     #[arg(long)]
     persistent_subscribers: bool,
+    /// Publishers are not held back by the subscribers: each sends as fast as the broker takes
+    /// it, at QoS 1/2 with up to --window messages awaiting their ack (not split between
+    /// publishers). What a broker does when its subscriber falls behind (drop, or stop reading
+    /// the publishers) shows in `lost`.
+    #[arg(long)]
+    open_loop: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,12 +258,15 @@ enum Shape {
     FanOut(usize),
     Pairs(usize),
     Latency(f64),
+    /// Fan-in with publishers not held back by the subscriber (`--open-loop`).
+    OpenFanIn(usize),
 }
 
 impl Shape {
     fn scenario(self) -> &'static str {
         match self {
             Shape::FanIn(_) => "fan-in",
+            Shape::OpenFanIn(_) => "fan-in-open",
             Shape::FanOut(_) => "fan-out",
             Shape::Pairs(_) => "pairs",
             Shape::Latency(_) => "latency",
@@ -267,7 +276,7 @@ impl Shape {
     fn topology(self, run: &str) -> Topology {
         let base = format!("mqflux-bench/{run}");
         match self {
-            Shape::FanIn(n) => Topology {
+            Shape::FanIn(n) | Shape::OpenFanIn(n) => Topology {
                 topics: (0..n).map(|i| format!("{base}/in/{i}")).collect(),
                 subscribers: vec![(format!("{base}/in/+"), (0..n).collect())],
             },
@@ -295,6 +304,7 @@ impl Shape {
         };
         match self {
             Shape::FanIn(n) => format!("fan-in q{qos} {n}->1 {v}"),
+            Shape::OpenFanIn(n) => format!("fan-in open-loop q{qos} {n}->1 {v}"),
             Shape::FanOut(n) => format!("fan-out q{qos} 1->{n} {v}"),
             Shape::Pairs(n) => format!("pairs q{qos} {n}x(1->1) {v}"),
             Shape::Latency(r) => format!("latency q{qos} {r:.0}/s {v}"),
@@ -328,6 +338,7 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         stall_timeout: secs(l.stall_timeout)?,
         connect_timeout: secs(b.connect_timeout)?,
         persistent_subscribers: l.persistent_subscribers,
+        open_loop: l.open_loop || matches!(shape, Shape::OpenFanIn(_)),
         run_id: run,
     };
     log::info!("running {} against {addr}", shape.name(l.qos, l.mqtt));
@@ -461,6 +472,7 @@ fn load_defaults(mqtt: Mqtt, qos: u8, duration: f64, window: u64, size: usize) -
         drain_timeout: 10.0,
         stall_timeout: 5.0,
         persistent_subscribers: false,
+        open_loop: false,
     }
 }
 
@@ -473,7 +485,12 @@ fn main() -> ExitCode {
             load,
             publishers,
         } => single(&broker, || {
-            run_messages(Shape::FanIn(publishers), &broker, &load)
+            let shape = if load.open_loop {
+                Shape::OpenFanIn(publishers)
+            } else {
+                Shape::FanIn(publishers)
+            };
+            run_messages(shape, &broker, &load)
         }),
         Command::FanOut {
             broker,
@@ -581,6 +598,8 @@ fn suite(b: &BrokerArgs, o: &SuiteOpts) -> Result<bool, String> {
         (Shape::FanIn(10), 1, v3, Some(Goal::RatioAtLeast(4.0))),
         (Shape::FanIn(10), 2, v3, None),
         (Shape::FanIn(10), 1, Mqtt::V5, None),
+        // Issue 16: publishers running flat out into one subscriber; lost must stay 0.
+        (Shape::OpenFanIn(8), 1, v3, None),
         (Shape::FanOut(50), 0, v3, Some(Goal::RatioAtLeast(10.0))),
         (Shape::FanOut(50), 1, v3, None),
         (Shape::Pairs(10), 1, v3, None),
@@ -629,7 +648,11 @@ fn suite(b: &BrokerArgs, o: &SuiteOpts) -> Result<bool, String> {
         if !wanted(&name) {
             continue;
         }
-        let load = load_defaults(mqtt, qos, d, window, size);
+        let mut load = load_defaults(mqtt, qos, d, window, size);
+        if let Shape::OpenFanIn(_) = shape {
+            // 1,000 unacknowledged messages per publisher, as in the issue's measurement.
+            load.window = 1000;
+        }
         let mut r = run_messages(shape, b, &load)?;
         r.goal = goal;
         all_clean &= clean(&r);
