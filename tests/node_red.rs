@@ -98,9 +98,14 @@ impl NodeRed {
         }
     }
 
-    /// SIGTERM to Node-RED's PID: it stops its flows (the broker node sends its close message
-    /// and DISCONNECT) and exits.
+    /// Asserts that no flow logged an error so far; then SIGTERM to Node-RED's PID: it stops
+    /// its flows (the broker node sends its close message and DISCONNECT) and exits.
     fn stop(mut self) {
+        let output = self.process.output();
+        assert!(
+            !output.contains(" - [error] "),
+            "Node-RED logged errors:\n{output}"
+        );
         let pid = self.process.pid() as libc::pid_t;
         // SAFETY: kill(2) on the pid of our own child process (not yet reaped: we wait below).
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill {pid}");
