@@ -7,6 +7,8 @@
 #   influxdb, influxdb-client     the InfluxDB sink tests start their own influxd and query it
 #   python3-paho-mqtt, node-mqtt  client interoperability: Eclipse Paho (Python, run by
 #                                 Debian's /usr/bin/python3) and MQTT.js (Node-RED's client)
+#   nodejs, npm                   Node-RED and mocha for tests/node_red.rs, installed by `npm ci`
+#                                 into examples/node-red/node_modules (lockfile committed)
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,10 @@ for p in "${packages[@]}"; do
         missing+=("$p")
     fi
 done
+# A Node.js from elsewhere (e.g. NodeSource's nodejs, which bundles npm) will do.
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}" >&2
     sudo=()
@@ -27,6 +33,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 . scripts/install-rust.sh
+
+# Node-RED 4.x and the test helper, local to the example (no global installs); again when the
+# lockfile changed since (npm ci writes node_modules/.package-lock.json).
+if [ ! examples/node-red/node_modules/.package-lock.json -nt examples/node-red/package-lock.json ]; then
+    (cd examples/node-red && npm ci --no-audit --no-fund)
+fi
 
 # Documentation examples first (nextest does not run doctests), so that the run ends with the
 # summary of the main test run.
