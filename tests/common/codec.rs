@@ -1,15 +1,16 @@
-//! The raw MQTT client of the MQTT 5 integration tests, built on the library's own codec
-//! (`encode_packet`, `read_frame`, `decode_packet`) for byte-precise cases. Every wait is
-//! bounded. The broker process comes from `common::Broker` (test files declare `mod common;`).
-#![allow(dead_code)] // each test file uses a different part of the harness
-
+//! A raw MQTT client on the library's own codec (`encode_packet`, `read_frame`,
+//! `decode_packet`), parameterised by protocol version: `RawClient::open(port, version)`, or
+//! `connect_v311` / `connect_v5`; the same typed packets and helpers serve 3.1.1 and 5.0, and
+//! the codec leaves out what a version does not have (properties, reason codes). For bytes the
+//! codec could not produce, use the byte-level `raw` client. `encode` and `read_packet` speak the
+//! same codec over any byte stream (TLS, WebSocket; see `listeners`). Every wait is bounded.
 use bytes::Bytes;
 use mqflux::protocol::{
     self, Ack, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, Publish, QoS,
     SubAck, Subscribe, SubscribeFilter, SubscriptionOptions, Will,
 };
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,20 @@ pub struct RawClient {
     /// Packets read while waiting for something else (e.g. PUBLISHes before a SUBACK).
     pending: VecDeque<Packet>,
     next_id: u16,
+}
+
+/// `packet` as bytes for `version`.
+pub fn encode(packet: &Packet, version: ProtocolVersion) -> Vec<u8> {
+    let mut buf = Vec::new();
+    protocol::encode_packet(packet, version, &mut buf);
+    buf
+}
+
+/// Read one `version` packet of at most `max_len` bytes from a blocking stream (read timeout
+/// set by the caller); panics on anything else.
+pub fn read_packet(stream: &mut impl Read, version: ProtocolVersion, max_len: usize) -> Packet {
+    let frame = protocol::read_frame(stream, max_len).expect("read MQTT frame");
+    protocol::decode_packet(frame, version).expect("decode MQTT packet")
 }
 
 /// A v5 CONNECT with clean start, keep-alive 30 s and no properties.
@@ -109,9 +124,7 @@ impl RawClient {
     }
 
     pub fn send(&mut self, packet: &Packet) {
-        let mut buf = Vec::new();
-        protocol::encode_packet(packet, self.version, &mut buf);
-        self.send_bytes(&buf);
+        self.send_bytes(&encode(packet, self.version));
     }
 
     pub fn send_bytes(&mut self, bytes: &[u8]) {
@@ -360,16 +373,7 @@ pub fn payload_str(p: &Publish) -> &str {
     std::str::from_utf8(&p.payload).expect("UTF-8 payload")
 }
 
-/// Poll `f` every 20 ms until it returns Some, for at most `WAIT`.
-pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(t) = f() {
-            return t;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `super::eventually` with the wait of this module, panicking with `what` on timeout.
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    super::eventually(WAIT, f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }

@@ -1,9 +1,8 @@
 //! Helpers for the listener tests: a test CA with server and client certificates, TLS clients,
-//! configs the broker must refuse, and raw MQTT packets over any byte stream. The broker
-//! process comes from `common::Broker` (test files declare `mod common;`), whose
+//! configs the broker must refuse, and MQTT 3.1.1 packets over any byte stream (the `codec`
+//! client's encoder and reader, pinned to 3.1.1). The broker process is `super::Broker`, whose
 //! `listener_addr(scheme)` gives the port of each TLS or WebSocket listener.
-#![allow(dead_code)]
-
+use super::codec;
 use mqflux::protocol::{self, Connect, Packet, ProtocolVersion, Publish, QoS, Subscribe};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -110,22 +109,16 @@ pub fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
 
+/// `packet` as MQTT 3.1.1 bytes.
 pub fn encode(packet: &Packet) -> Vec<u8> {
-    let mut buf = Vec::new();
-    protocol::encode_packet(packet, ProtocolVersion::V311, &mut buf);
-    buf
+    codec::encode(packet, ProtocolVersion::V311)
 }
 
+/// The `codec` client's CONNECT (clean start, keep-alive 30 s) as MQTT 3.1.1.
 pub fn connect_packet(client_id: &str) -> Packet {
     Packet::Connect(Connect {
         version: ProtocolVersion::V311,
-        client_id: client_id.into(),
-        clean_start: true,
-        keep_alive: 30,
-        will: None,
-        username: None,
-        password: None,
-        properties: Default::default(),
+        ..codec::connect_packet(client_id)
     })
 }
 
@@ -157,8 +150,7 @@ pub fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
 
 /// Read one MQTT packet from a blocking stream (read timeout set by the caller).
 pub fn read_packet(stream: &mut impl Read) -> Packet {
-    let frame = protocol::read_frame(stream, 1 << 20).expect("read MQTT frame");
-    protocol::decode_packet(frame, ProtocolVersion::V311).expect("decode MQTT packet")
+    codec::read_packet(stream, ProtocolVersion::V311, 1 << 20)
 }
 
 /// CONNECT with a username and password.

@@ -1,6 +1,5 @@
 //! Helpers shared by the ops tests: find the metrics endpoint, speak HTTP/1.1 to it, and check
 //! the Prometheus text exposition format line by line.
-#![allow(dead_code)]
 
 use super::Broker;
 use std::collections::{HashMap, HashSet};
