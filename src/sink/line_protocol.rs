@@ -6,7 +6,7 @@
 //! Guarantee: every line the encoder writes is read by influxd 1.x as exactly one line, with the
 //! measurement, tags, fields and timestamp given to it, after the replacements below: no
 //! character of a name or a string value can end the line, start a new one or move a separator
-//! (`line_protocol_fuzz` in tests/sink_injection.rs checks it against the port, and the port is
+//! (`line_protocol_fuzz` in tests/suite/sink_injection.rs checks it against the port, and the port is
 //! checked against a real influxd there too).
 //!
 //! Escaping, as influxd 1.x reads it (`models/points.go`, `pkg/escape`; see `line_scan`):

@@ -3,7 +3,8 @@
 //! It can be stopped and restarted on the same ports and data dir (outage tests) and is killed
 //! on drop.
 //!
-//! Include it with `#[path = "common/influx.rs"] mod influx;`.
+//! Use it with `use crate::common::influx;`. `examples/bench_sink.rs` includes this file by
+//! `#[path]` on its own, hence the allow.
 #![allow(dead_code)]
 
 use std::io::Write;

@@ -4,8 +4,7 @@
 //! `interrupt()` sends SIGINT to the whole group, as Ctrl-C in a terminal does; the group is
 //! SIGKILLed on drop, with anything else registered through `also_kill`.
 //!
-//! Include it with `#[path = "common/spawned.rs"] mod spawned;`.
-#![allow(dead_code)]
+//! Use it with `use crate::common::spawned;`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
