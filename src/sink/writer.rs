@@ -1,6 +1,7 @@
 //! The sink's two threads: `sink-batcher` (records -> line protocol batches, by size and time)
 //! and `sink-sender` (batches -> InfluxDB, with retry, splitting and the spool).
 
+use super::durable::{self, Durability};
 use super::http::{error_text, InfluxClient, WriteResult};
 use super::line_protocol::{self, FieldType};
 use super::mapping::{FieldTypes, Mapping, Skip, TopicPlans};
@@ -11,7 +12,7 @@ use crossbeam_channel::{
 };
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,9 @@ const IDLE_NAP: Duration = Duration::from_micros(200);
 /// small blocks, which cost 7% of the broker's CPU when chunks were larger.
 const CHUNK_BYTES: usize = 768;
 
-/// Records on their way to the batcher, copied into one buffer: for each, the receive time
-/// (8 bytes), topic and payload lengths (4 bytes each), topic, payload.
+/// Records on their way to the batcher, copied into one buffer: for each, its journal id (8
+/// bytes; 0: not in the journal, see `durable.rs`), then the receive time (8 bytes), topic and
+/// payload lengths (4 bytes each), topic, payload (`durable::encode`).
 /// - One channel operation for all the publishes a connection handled from one socket read,
 ///   instead of one per publish.
 /// - The publish itself is freed by the connection thread that allocated it. Were it freed by
@@ -47,56 +49,42 @@ struct Chunk {
     records: usize,
 }
 
-const RECORD_HEADER: usize = 16;
+/// The id in front of each record.
+const ID_BYTES: usize = 8;
 
 impl Chunk {
     /// A chunk of one record, no larger than it needs.
-    fn one(record: &SinkRecord) -> Chunk {
+    fn one(record: &SinkRecord, id: u64) -> Chunk {
         let mut chunk = Chunk::default();
         chunk.data.reserve_exact(Chunk::size_of(record));
-        chunk.push(record);
+        chunk.push(record, id);
         chunk
     }
 
     fn size_of(record: &SinkRecord) -> usize {
-        RECORD_HEADER + record.topic.len() + record.payload.len()
+        ID_BYTES + durable::encoded_len(record)
     }
 
-    fn push(&mut self, record: &SinkRecord) {
-        let (topic, payload) = (record.topic.as_bytes(), record.payload);
+    fn push(&mut self, record: &SinkRecord, id: u64) {
         if self.data.capacity() == 0 {
             // Once per chunk, not grown record by record (with room for the record that takes
             // it past `CHUNK_BYTES`, if usual).
             self.data
                 .reserve_exact(Chunk::size_of(record).max(CHUNK_BYTES + 128));
         }
-        // The lengths fit: a topic is at most 65,535 bytes and an MQTT packet at most 256 MiB.
-        self.data
-            .extend_from_slice(&record.received_at_ns.to_le_bytes());
-        self.data
-            .extend_from_slice(&(topic.len() as u32).to_le_bytes());
-        self.data
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.data.extend_from_slice(topic);
-        self.data.extend_from_slice(payload);
+        self.data.extend_from_slice(&id.to_le_bytes());
+        durable::encode(record, &mut self.data);
         self.records += 1;
     }
 
-    /// The record at `*at`, moving `*at` past it; None at the end.
-    fn read(&self, at: &mut usize) -> Option<SinkRecord<'_>> {
-        let header = self.data.get(*at..*at + RECORD_HEADER)?;
-        let field = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
-        let received_at_ns = i64::from_le_bytes(header[..8].try_into().unwrap_or_default());
-        let (topic_len, payload_len) = (field(8) as usize, field(12) as usize);
-        let topic_at = *at + RECORD_HEADER;
-        let payload_at = topic_at + topic_len;
-        *at = payload_at + payload_len;
-        Some(SinkRecord {
-            // Copied from a `&str` by `push`, so always UTF-8.
-            topic: std::str::from_utf8(&self.data[topic_at..payload_at]).unwrap_or_default(),
-            payload: &self.data[payload_at..*at],
-            received_at_ns,
-        })
+    /// The record at `*at` and its journal id (0: none), moving `*at` past it; None at the end.
+    fn read(&self, at: &mut usize) -> Option<(SinkRecord<'_>, u64)> {
+        let id = self.data.get(*at..at.checked_add(ID_BYTES)?)?;
+        let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
+        *at += ID_BYTES;
+        // Written by `push` from a `&str` and lengths that fit: always decodes.
+        let record = durable::decode(&self.data, at)?;
+        Some((record, id))
     }
 }
 
@@ -133,6 +121,9 @@ struct Shared {
     room_waiters: AtomicUsize,
     /// The batcher has ended (its queue takes nothing any more).
     batcher_done: AtomicBool,
+    /// The journal holding acknowledged records until their batch has left memory; set once,
+    /// before any publish arrives, when persistence is on (`Sink::attach_store`).
+    durable: OnceLock<Durability>,
 }
 
 impl Shared {
@@ -154,6 +145,14 @@ impl Shared {
         matches!(*self.stop_deadline.lock().unwrap_or_else(|e| e.into_inner()), Some(d) if Instant::now() >= d)
     }
 
+    /// A batch's records have left memory (written, spooled or dropped): their journal
+    /// records are no longer needed.
+    fn release(&self, ids: &[u64]) {
+        if let Some(d) = self.durable.get() {
+            d.release(ids);
+        }
+    }
+
     fn add_facts(&self, facts: Vec<(String, String, FieldType)>) {
         if facts.is_empty() {
             return;
@@ -167,6 +166,8 @@ impl Shared {
 }
 
 pub(super) struct Writer {
+    /// The batcher's mapping, to tell on a publishing thread whether a topic is stored at all.
+    mapping: Mapping,
     /// None once shut down. Submitters hold the read lock while sending, so shutdown (write
     /// lock) waits for every record already handed over. (Records still collected by a
     /// connection thread are handed over when it ends: the broker joins those threads first.)
@@ -225,6 +226,7 @@ impl Writer {
             room_freed: Condvar::new(),
             room_waiters: AtomicUsize::new(0),
             batcher_done: AtomicBool::new(false),
+            durable: OnceLock::new(),
         });
         shared.update_gauges(&shared.lock_spool());
         // Unbounded as a channel: `Shared::in_queue` bounds it in records.
@@ -233,7 +235,7 @@ impl Writer {
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (ready_tx, ready_rx) = bounded::<()>(1);
         let batcher = Batcher {
-            mapping,
+            mapping: mapping.clone(),
             types: FieldTypes::default(),
             plans: TopicPlans::default(),
             batch_size: config.batch_size,
@@ -270,6 +272,7 @@ impl Writer {
             config.database
         );
         Ok(Writer {
+            mapping,
             records: RwLock::new(Some(record_tx)),
             stop: Mutex::new(Some(stop_tx)),
             shared,
@@ -279,9 +282,64 @@ impl Writer {
         })
     }
 
+    /// Use `store` for acknowledged records from now on (sync persistence), and hand the
+    /// records a previous run left in it to the batcher again. Once, before publishes arrive.
+    pub(super) fn attach_store(
+        self: &Arc<Self>,
+        store: Arc<crate::store::Store>,
+        stored: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let (durability, replay) = Durability::new(store, stored);
+        if self.shared.durable.set(durability).is_err() {
+            log::error!("sink: a store was attached twice; keeping the first");
+            return;
+        }
+        if !replay.is_empty() {
+            log::info!(
+                "sink: {} acknowledged publishes from before the restart were not yet written; \
+                 writing them again (with their receive times: InfluxDB keeps one point each)",
+                replay.len()
+            );
+        }
+        for (id, value) in &replay {
+            let mut at = 0;
+            if let Some(record) = durable::decode(value, &mut at) {
+                self.send(Chunk::one(&record, *id));
+            }
+        }
+    }
+
+    /// The journal record that makes a publish on `topic` durable, and the id to `submit` it
+    /// under; None when the sink keeps no such records (persistence not sync) or does not store
+    /// the topic.
+    pub(super) fn durable_put(
+        &self,
+        record: &SinkRecord,
+    ) -> Option<(u64, crate::store::journal::Op)> {
+        let d = self.shared.durable.get().filter(|d| d.active)?;
+        if !self.mapping.stores_topic(record.topic) {
+            return None;
+        }
+        Some(d.put(record))
+    }
+
+    /// `durable_put`, submitted to the store at once; returns the id (0: none).
+    pub(super) fn make_durable(&self, record: &SinkRecord) -> u64 {
+        match self.durable_put(record) {
+            Some((id, op)) => {
+                if let Some(d) = self.shared.durable.get() {
+                    d.store.submit(op);
+                }
+                id
+            }
+            None => 0,
+        }
+    }
+
     /// Hand a record to the batcher: at once, or, on a thread in a batching scope, with the
-    /// others it submits before the scope's next `flush_batched`.
-    pub(super) fn submit(self: &Arc<Self>, record: SinkRecord) {
+    /// others it submits before the scope's next `flush_batched`. `id`: its journal record
+    /// (0: none), which must have been submitted to the store before.
+    pub(super) fn submit(self: &Arc<Self>, record: SinkRecord, id: u64) {
         let full = THREAD_BATCH.with(|b| match &mut *b.borrow_mut() {
             None => None,
             Some(batch) => {
@@ -290,7 +348,7 @@ impl Writer {
                     Some(_) => {}
                     None => batch.writer = Some(self.clone()),
                 }
-                batch.chunk.push(&record);
+                batch.chunk.push(&record, id);
                 Some(batch.chunk.data.len() >= CHUNK_BYTES)
             }
         });
@@ -298,12 +356,15 @@ impl Writer {
             Some(false) => {}
             Some(true) => flush_batched(),
             // Not batching, or batching for another sink (tests run several brokers).
-            None => self.send(Chunk::one(&record)),
+            None => self.send(Chunk::one(&record, id)),
         }
     }
 
     fn send(&self, chunk: Chunk) {
         let n = chunk.records;
+        // Kept for the ids when the chunk cannot be handed over.
+        let mut chunk_back = None;
+        let mut chunk = Some(chunk);
         let shared = &self.shared;
         Counters::add(&shared.counters.received, n);
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
@@ -315,10 +376,19 @@ impl Writer {
                 self.wait_for_room();
             }
             shared.in_queue.fetch_add(n, Ordering::SeqCst);
-            tx.send(chunk).is_ok()
+            let Some(c) = chunk.take() else { return false };
+            match tx.send(c) {
+                Ok(()) => true,
+                Err(e) => {
+                    chunk_back = Some(e.0);
+                    false
+                }
+            }
         });
+        let chunk_back = chunk_back.or(chunk);
         if !sent {
             self.shared.counters.drop_points(DropReason::Stopped, n);
+            self.shared.release(&chunk_ids(&chunk_back));
             if !self.stopped_logged.swap(true, Ordering::Relaxed) {
                 log::error!("sink: writer is not running (shut down?); publishes are not stored");
             }
@@ -436,6 +506,20 @@ pub(crate) fn flush_batched() {
     }
 }
 
+/// The journal ids of a chunk's records.
+fn chunk_ids(chunk: &Option<Chunk>) -> Vec<u64> {
+    let mut ids = Vec::new();
+    if let Some(c) = chunk {
+        let mut at = 0;
+        while let Some((_, id)) = c.read(&mut at) {
+            if id != 0 {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
 fn skip_reason(s: Skip) -> DropReason {
     match s {
         Skip::EmptyPayload => DropReason::EmptyPayload,
@@ -468,6 +552,9 @@ impl Batcher {
     fn run(mut self, records: Receiver<Chunk>) {
         let mut buf = String::with_capacity(1 << 20);
         let mut lines = 0usize;
+        // Journal ids of the records in `buf` (also of those mapped to no line: the batch
+        // settles them all).
+        let mut ids: Vec<u64> = Vec::new();
         let mut first_at: Option<Instant> = None;
         let counters = self.shared.counters.clone();
         // However the batcher ends, publishers waiting for room must not wait for it.
@@ -505,12 +592,15 @@ impl Batcher {
                         Err(RecvTimeoutError::Timeout) => true,
                         Err(RecvTimeoutError::Disconnected) => {
                             Counters::add(&counters.queued, queued);
-                            self.flush(std::mem::take(&mut buf), lines);
+                            self.flush(std::mem::take(&mut buf), lines, ids);
                             return;
                         }
                     }
                 }
-                Some(rec) => {
+                Some((rec, id)) => {
+                    if id != 0 {
+                        ids.push(id);
+                    }
                     if let Some((ready, timeout)) = self.ready.take() {
                         // Map the first publishes only once the stored field types are known
                         // (or InfluxDB did not answer in time), so they cannot conflict.
@@ -552,6 +642,7 @@ impl Batcher {
                 self.flush(
                     std::mem::replace(&mut buf, String::with_capacity(1 << 20)),
                     lines,
+                    std::mem::take(&mut ids),
                 );
                 lines = 0;
                 first_at = None;
@@ -619,13 +710,16 @@ impl Batcher {
 
     /// Hand a batch to the sender, or to the spool when the sender is busy or the spool is not
     /// empty (to keep the order).
-    fn flush(&mut self, data: String, lines: usize) {
+    fn flush(&mut self, data: String, lines: usize, ids: Vec<u64>) {
         if lines == 0 {
+            // Nothing to write: every record in it was dropped (counted) or excluded.
+            self.shared.release(&ids);
             return;
         }
         let mut batch = Batch {
             data: data.into_bytes(),
             lines,
+            ids,
         };
         let shared = self.shared.clone();
         let counters = &shared.counters;
@@ -667,6 +761,9 @@ impl Batcher {
                     Counters::add(&counters.spooled, batch.lines);
                     shared.update_gauges(&st);
                     self.backpressure_logged = false;
+                    drop(st);
+                    // Fsync'd in the spool: a later drop-oldest is counted there.
+                    shared.release(&batch.ids);
                     return;
                 }
                 Err(SpoolError::Full) => match self.spool_full {
@@ -708,6 +805,7 @@ impl Batcher {
                     drop(st);
                     if let Err(e) = self.batches.send(batch) {
                         counters.drop_points(DropReason::SpoolIo, e.0.lines);
+                        shared.release(&e.0.ids);
                     }
                     return;
                 }
@@ -801,6 +899,7 @@ fn split(batch: &Batch) -> (Batch, Batch) {
         Batch {
             data,
             lines: ls.len(),
+            ids: Vec::new(),
         }
     };
     (join(&lines[..mid]), join(&lines[mid..]))
@@ -809,6 +908,7 @@ fn split(batch: &Batch) -> (Batch, Batch) {
 fn concat(mut a: Batch, b: Batch) -> Batch {
     a.data.extend_from_slice(&b.data);
     a.lines += b.lines;
+    a.ids.extend(b.ids);
     a
 }
 
@@ -950,10 +1050,12 @@ impl SenderLoop {
                     break;
                 }
             }
-            let (job_batch, seq) = match job {
+            let (mut job_batch, seq) = match job {
                 Job::Memory(b) => (b, None),
                 Job::Spooled(seq, b) => (b, Some(seq)),
             };
+            // Settled below whatever happens: written, dropped, or spooled by `failed`.
+            let ids = std::mem::take(&mut job_batch.ids);
             let delivery = self.deliver(job_batch);
             let counters = &self.shared.counters;
             Counters::add(&counters.written, delivery.written);
@@ -972,6 +1074,7 @@ impl SenderLoop {
                         drop(st);
                         self.shared.spool_shrunk.notify_all();
                     }
+                    self.shared.release(&ids);
                 }
                 Some((rest, reason, loud)) => {
                     let job = match seq {
@@ -979,6 +1082,7 @@ impl SenderLoop {
                         None => Job::Memory(rest),
                     };
                     self.failed(job, Some(delivery.written), &reason, loud);
+                    self.shared.release(&ids);
                     if !self.wait_backoff(&reason) {
                         break;
                     }
@@ -1052,6 +1156,7 @@ impl SenderLoop {
                             counters.drop_points(DropReason::SpoolIo, b.lines);
                         }
                     }
+                    self.shared.release(&b.ids);
                 }
             }
         }
@@ -1106,6 +1211,7 @@ impl SenderLoop {
                     counters.drop_points(DropReason::SpoolIo, b.lines);
                 }
             }
+            self.shared.release(&b.ids);
         }
         self.shared.update_gauges(&st);
     }
@@ -1250,16 +1356,21 @@ mod tests {
             },
         ];
         let mut chunk = Chunk::default();
-        for r in &records {
-            chunk.push(r);
+        for (i, r) in records.iter().enumerate() {
+            chunk.push(r, i as u64 * 1000);
         }
         assert_eq!(chunk.records, 3);
         let mut at = 0;
-        for want in &records {
-            let got = chunk.read(&mut at).expect("record");
+        for (i, want) in records.iter().enumerate() {
+            let (got, id) = chunk.read(&mut at).expect("record");
             assert_eq!(
-                (got.topic, got.payload, got.received_at_ns),
-                (want.topic, want.payload, want.received_at_ns)
+                (got.topic, got.payload, got.received_at_ns, id),
+                (
+                    want.topic,
+                    want.payload,
+                    want.received_at_ns,
+                    i as u64 * 1000
+                )
             );
         }
         assert!(chunk.read(&mut at).is_none());
@@ -1295,6 +1406,7 @@ mod tests {
         let b = Batch {
             data: b"a v=1 1\nb s=\"x\ny\" 2\nc v=3 3\n".to_vec(),
             lines: 3,
+            ids: Vec::new(),
         };
         let (x, y) = split(&b);
         assert_eq!((x.lines, y.lines), (1, 2));

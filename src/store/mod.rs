@@ -80,8 +80,8 @@ impl Store {
         }
         let loaded = records::load(&map);
         info!(
-            "store {}: loaded {} retained messages, {} sessions, {} queued/inflight messages \
-             (mode {mode:?})",
+            "store {}: loaded {} retained messages, {} sessions, {} queued/inflight messages, \
+             {} publishes not yet written by the sink (mode {mode:?})",
             journal.path().display(),
             loaded.retained.len(),
             loaded.sessions.len(),
@@ -89,7 +89,8 @@ impl Store {
                 .sessions
                 .iter()
                 .map(|s| s.outgoing.len())
-                .sum::<usize>()
+                .sum::<usize>(),
+            loaded.sink.len()
         );
         let (tx, rx) = crossbeam_channel::unbounded();
         let failed = Arc::new(AtomicBool::new(false));

@@ -7,6 +7,8 @@
 //!   any; absent while connected
 //! - `o` client seq(u64 BE): an outgoing QoS 1/2 message, queued (packet id 0) or inflight
 //! - `i` client packet-id(u16 BE): an incoming QoS 2 message routed and awaiting PUBREL
+//! - `k` ...: owned by the InfluxDB sink (`crate::sink::durable`: acknowledged publishes not yet
+//!   written to InfluxDB or its spool); handed back undecoded in `Loaded::sink`
 //!
 //! A message is stored as a v5 PUBLISH encoded by the broker's own codec (so its properties
 //! round-trip), plus what the wire format does not carry: publisher, receive time and the
@@ -25,6 +27,8 @@ const SESSION: u8 = b's';
 const OUTGOING: u8 = b'o';
 const INCOMING: u8 = b'i';
 const DETACHED: u8 = b'd';
+/// The first byte of every key the sink owns.
+pub const SINK: u8 = b'k';
 
 /// The `[len][client id]` part of a session's keys.
 pub fn client_key(client_id: &str) -> Vec<u8> {
@@ -194,6 +198,8 @@ pub struct StoredSession {
 pub struct Loaded {
     pub retained: Vec<Arc<Message>>,
     pub sessions: Vec<StoredSession>,
+    /// The sink's records (key without the `k`, value), for `Sink::attach_store`.
+    pub sink: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Decode the map. A record that does not decode (it passed its checksum, so only a bug or a
@@ -252,6 +258,10 @@ pub fn load(map: &Map) -> Loaded {
                 loaded.sessions.push(s);
                 Some(())
             }),
+            SINK => {
+                loaded.sink.push((rest.to_vec(), v.clone()));
+                Some(())
+            }
             _ => None,
         };
         if ok.is_none() && kind != RETAINED {
