@@ -398,3 +398,54 @@ fn acknowledged_publishes_reach_influxdb_exactly_once_and_the_subscriber_through
 fn acknowledged_publishes_without_subscribers_reach_influxdb_exactly_once_through_sigkill() {
     run(false);
 }
+
+/// With InfluxDB unreachable every batch goes to the spool, and a full spool drops its oldest
+/// batches (`spool_full = "drop_oldest"`, counted): a publish leaves the store once its batch is
+/// spooled, so neither spooling nor dropping leaks store records. Checked across a clean stop:
+/// the next start finds none.
+#[test]
+fn spooled_and_dropped_points_leave_no_records_in_the_store() {
+    let store = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    // Nothing listens there: InfluxDB is down for the whole test.
+    let url = format!("http://127.0.0.1:{}", influx::free_port());
+    let config = format!(
+        r#"
+[persistence]
+dir = "{store}"
+mode = "sync"
+
+[sink]
+enabled = true
+url = "{url}"
+database = "{DB}"
+spool_dir = "{spool}"
+spool_max_bytes = 65536
+spool_full = "drop_oldest"
+batch_size = 50
+flush_interval_ms = 20
+retry_initial_ms = 20
+retry_max_ms = 100
+timeout_secs = 1
+"#,
+        store = store.path().display(),
+        spool = spool.path().display(),
+    );
+    let mut broker = Broker::with_config(&config);
+    let mut client = common::client::MqttClient::connect(&broker, "spool-filler");
+    let payload = format!("{{\"pad\":\"{}\",\"seq\":0}}", "x".repeat(400));
+    // 600 x ~430 bytes: about four times what the spool may hold.
+    for _ in 0..600 {
+        client.publish("load/filler", 1, false, payload.as_bytes());
+    }
+    broker.wait_for_log(&["spool full", "dropped the oldest"]);
+    client.disconnect();
+    broker.stop_gracefully();
+    let mark = broker.log_mark();
+    broker.restart();
+    broker.wait_for_log_after(
+        mark,
+        &["messages, 0 publishes not yet written by the sink"],
+        Duration::from_secs(10),
+    );
+}

@@ -186,22 +186,18 @@ impl Broker {
         message: Message,
         incoming: Option<crate::store::journal::Op>,
     ) -> usize {
-        let put = match message.qos {
-            QoS::AtMostOnce => None,
-            _ => self.sink.durable_put(&sink_record(&message)),
+        // A stored QoS 2 packet id needs the sink's copy in its atomic record; any other QoS 1/2
+        // message goes into the store with its connection's chunk (`finish_with`).
+        let put = match (&incoming, self.store.get()) {
+            (Some(_), Some(_)) => self.sink.durable_put(&sink_record(&message)),
+            _ => None,
         };
-        let (sink_id, incoming) = match (put, incoming, self.store.get()) {
-            (Some((id, put)), Some(incoming), Some(_)) => (
+        let (sink_id, incoming) = match (put, incoming) {
+            (Some((id, put)), Some(incoming)) => (
                 id,
                 Some(crate::store::journal::Op::Batch(vec![incoming, put])),
             ),
-            (Some((id, put)), incoming, store) => {
-                if let Some(store) = store {
-                    store.submit(put);
-                }
-                (id, incoming)
-            }
-            (None, incoming, _) => (0, incoming),
+            (_, incoming) => (0, incoming),
         };
         let (routed, count) = self.route(message, incoming);
         self.finish_with(&routed, sink_id);
@@ -256,7 +252,13 @@ impl Broker {
             Routed::Shared(m) => &**m,
         };
         self.log_message(message);
-        self.sink.submit_durable(sink_record(message), sink_id);
+        let record = sink_record(message);
+        match message.qos {
+            _ if sink_id != 0 => self.sink.submit_durable(record, sink_id),
+            QoS::AtMostOnce => self.sink.submit(record),
+            // Acknowledged once durable (sync persistence): the sink's copy too.
+            _ => self.sink.submit_acknowledged(record),
+        }
     }
 
     /// Route the will of a session whose store records change with its publication (`record`:

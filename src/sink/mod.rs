@@ -443,7 +443,7 @@ impl Sink {
     /// than dropping when `queue_capacity` records are queued.
     pub fn submit(&self, record: SinkRecord) {
         if let Some(w) = &self.writer {
-            w.submit(record, 0);
+            w.submit(record, writer::Journaled::No);
         }
     }
 
@@ -466,13 +466,18 @@ impl Sink {
         }
     }
 
-    /// `submit` for a QoS 1/2 publish about to be acknowledged: with sync persistence its
-    /// record is first submitted to the store (the caller waits for `Store::wait_durable`
-    /// before the acknowledgement) and deleted once its batch has left memory.
+    /// `submit` for a QoS 1/2 publish about to be acknowledged: with sync persistence (and a
+    /// topic the sink stores) it is put into the store with the other publishes of this
+    /// thread's chunk when the chunk is handed over, which `flush_batched` does before the
+    /// caller waits for `Store::wait_durable`; it is deleted once written (`durable.rs`).
     pub fn submit_acknowledged(&self, record: SinkRecord) {
         if let Some(w) = &self.writer {
-            let id = w.make_durable(&record);
-            w.submit(record, id);
+            let journaled = if w.keeps_durably(record.topic) {
+                writer::Journaled::WithChunk
+            } else {
+                writer::Journaled::No
+            };
+            w.submit(record, journaled);
         }
     }
 
@@ -487,7 +492,7 @@ impl Sink {
     /// `submit` for a publish whose `durable_put` record (id `id`) was submitted to the store.
     pub fn submit_durable(&self, record: SinkRecord, id: u64) {
         if let Some(w) = &self.writer {
-            w.submit(record, id);
+            w.submit(record, writer::Journaled::Own(id));
         }
     }
 

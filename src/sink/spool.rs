@@ -31,9 +31,9 @@ struct Segment {
 pub struct Batch {
     pub data: Vec<u8>,
     pub lines: usize,
-    /// Journal ids of its acknowledged records while it is in memory (`durable.rs`); not
-    /// spooled: once spooled, the spool is what keeps them.
-    pub ids: Vec<u64>,
+    /// While it is in memory: the journal records it holds publishes of, and how many
+    /// (`durable.rs`). Not spooled: once spooled, the spool is what keeps them.
+    pub ids: Vec<(u64, usize)>,
 }
 
 #[derive(Debug)]

@@ -34,58 +34,63 @@ const IDLE_NAP: Duration = Duration::from_micros(200);
 /// small blocks, which cost 7% of the broker's CPU when chunks were larger.
 const CHUNK_BYTES: usize = 768;
 
-/// Records on their way to the batcher, copied into one buffer: for each, its journal id (8
-/// bytes; 0: not in the journal, see `durable.rs`), then the receive time (8 bytes), topic and
-/// payload lengths (4 bytes each), topic, payload (`durable::encode`).
+/// Records on their way to the batcher, copied into one buffer: for each, the receive time
+/// (8 bytes), topic and payload lengths (4 bytes each), topic, payload (`durable::encode`).
 /// - One channel operation for all the publishes a connection handled from one socket read,
 ///   instead of one per publish.
 /// - The publish itself is freed by the connection thread that allocated it. Were it freed by
 ///   the batcher, as when records held the message's topic and payload, every allocation of the
 ///   connection thread would miss its thread cache (glibc) and take the arena's slow path:
 ///   measured, that was a fifth of the broker's CPU per point.
+/// - With sync persistence, a chunk holding an acknowledged publish is also the unit kept in
+///   the journal until written (`durable.rs`): one journal record per socket read.
 #[derive(Default)]
 struct Chunk {
     data: Vec<u8>,
     records: usize,
+    /// Holds a publish that is acknowledged once durable: put into the journal when handed over.
+    durable: bool,
+    /// Its journal record (0: none).
+    id: u64,
 }
-
-/// The id in front of each record.
-const ID_BYTES: usize = 8;
 
 impl Chunk {
     /// A chunk of one record, no larger than it needs.
-    fn one(record: &SinkRecord, id: u64) -> Chunk {
+    fn one(record: &SinkRecord) -> Chunk {
         let mut chunk = Chunk::default();
-        chunk.data.reserve_exact(Chunk::size_of(record));
-        chunk.push(record, id);
+        chunk.data.reserve_exact(durable::encoded_len(record));
+        chunk.push(record);
         chunk
     }
 
-    fn size_of(record: &SinkRecord) -> usize {
-        ID_BYTES + durable::encoded_len(record)
-    }
-
-    fn push(&mut self, record: &SinkRecord, id: u64) {
+    fn push(&mut self, record: &SinkRecord) {
         if self.data.capacity() == 0 {
             // Once per chunk, not grown record by record (with room for the record that takes
             // it past `CHUNK_BYTES`, if usual).
             self.data
-                .reserve_exact(Chunk::size_of(record).max(CHUNK_BYTES + 128));
+                .reserve_exact(durable::encoded_len(record).max(CHUNK_BYTES + 128));
         }
-        self.data.extend_from_slice(&id.to_le_bytes());
         durable::encode(record, &mut self.data);
         self.records += 1;
     }
 
-    /// The record at `*at` and its journal id (0: none), moving `*at` past it; None at the end.
-    fn read(&self, at: &mut usize) -> Option<(SinkRecord<'_>, u64)> {
-        let id = self.data.get(*at..at.checked_add(ID_BYTES)?)?;
-        let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
-        *at += ID_BYTES;
-        // Written by `push` from a `&str` and lengths that fit: always decodes.
-        let record = durable::decode(&self.data, at)?;
-        Some((record, id))
+    /// The record at `*at`, moving `*at` past it; None at the end.
+    fn read(&self, at: &mut usize) -> Option<SinkRecord<'_>> {
+        // Written by `push` (or read back from the journal, checked by `Durability::new`).
+        durable::decode(&self.data, at)
     }
+}
+
+/// How a publish handed to `Writer::submit` is kept in the journal until it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Journaled {
+    /// Not at all (QoS 0, no sync persistence).
+    No,
+    /// With the chunk it goes in (put into the journal when the chunk is handed over, before
+    /// the connection waits for the store).
+    WithChunk,
+    /// In its own journal record, already submitted, with this id.
+    Own(u64),
 }
 
 struct SpoolState {
@@ -147,7 +152,7 @@ impl Shared {
 
     /// A batch's records have left memory (written, spooled or dropped): their journal
     /// records are no longer needed.
-    fn release(&self, ids: &[u64]) {
+    fn release(&self, ids: &[(u64, usize)]) {
         if let Some(d) = self.durable.get() {
             d.release(ids);
         }
@@ -301,11 +306,13 @@ impl Writer {
                 replay.len()
             );
         }
-        for (id, value) in &replay {
-            let mut at = 0;
-            if let Some(record) = durable::decode(value, &mut at) {
-                self.send(Chunk::one(&record, *id));
-            }
+        for stored in replay {
+            self.send(Chunk {
+                data: stored.data,
+                records: stored.records,
+                durable: false,
+                id: stored.id,
+            });
         }
     }
 
@@ -323,23 +330,22 @@ impl Writer {
         Some(d.put(record))
     }
 
-    /// `durable_put`, submitted to the store at once; returns the id (0: none).
-    pub(super) fn make_durable(&self, record: &SinkRecord) -> u64 {
-        match self.durable_put(record) {
-            Some((id, op)) => {
-                if let Some(d) = self.shared.durable.get() {
-                    d.store.submit(op);
-                }
-                id
-            }
-            None => 0,
-        }
+    /// Whether a publish on `topic` acknowledged now must be kept in the journal until it is
+    /// written (sync persistence, and the topic is stored).
+    pub(super) fn keeps_durably(&self, topic: &str) -> bool {
+        self.shared.durable.get().is_some_and(|d| d.active) && self.mapping.stores_topic(topic)
     }
 
     /// Hand a record to the batcher: at once, or, on a thread in a batching scope, with the
-    /// others it submits before the scope's next `flush_batched`. `id`: its journal record
-    /// (0: none), which must have been submitted to the store before.
-    pub(super) fn submit(self: &Arc<Self>, record: SinkRecord, id: u64) {
+    /// others it submits before the scope's next `flush_batched`.
+    pub(super) fn submit(self: &Arc<Self>, record: SinkRecord, journaled: Journaled) {
+        if let Journaled::Own(id) = journaled {
+            // Its record is in the journal already: it travels alone.
+            let mut chunk = Chunk::one(&record);
+            chunk.id = id;
+            return self.send(chunk);
+        }
+        let durable = journaled == Journaled::WithChunk;
         let full = THREAD_BATCH.with(|b| match &mut *b.borrow_mut() {
             None => None,
             Some(batch) => {
@@ -348,7 +354,8 @@ impl Writer {
                     Some(_) => {}
                     None => batch.writer = Some(self.clone()),
                 }
-                batch.chunk.push(&record, id);
+                batch.chunk.push(&record);
+                batch.chunk.durable |= durable;
                 Some(batch.chunk.data.len() >= CHUNK_BYTES)
             }
         });
@@ -356,13 +363,27 @@ impl Writer {
             Some(false) => {}
             Some(true) => flush_batched(),
             // Not batching, or batching for another sink (tests run several brokers).
-            None => self.send(Chunk::one(&record, id)),
+            None => {
+                let mut chunk = Chunk::one(&record);
+                chunk.durable = durable;
+                self.send(chunk)
+            }
         }
     }
 
-    fn send(&self, chunk: Chunk) {
+    fn send(&self, mut chunk: Chunk) {
         let n = chunk.records;
-        // Kept for the ids when the chunk cannot be handed over.
+        if chunk.durable {
+            // Into the journal before the batcher can write it (and so release it), and before
+            // this thread waits for the store to acknowledge its publishes.
+            if let Some(d) = self.shared.durable.get() {
+                let (id, put) = d.chunk_put(chunk.data.clone());
+                d.store.submit_now(put);
+                chunk.id = id;
+            }
+            chunk.durable = false;
+        }
+        // Kept for its id when the chunk cannot be handed over.
         let mut chunk_back = None;
         let mut chunk = Some(chunk);
         let shared = &self.shared;
@@ -388,7 +409,9 @@ impl Writer {
         let chunk_back = chunk_back.or(chunk);
         if !sent {
             self.shared.counters.drop_points(DropReason::Stopped, n);
-            self.shared.release(&chunk_ids(&chunk_back));
+            if let Some(c) = chunk_back.filter(|c| c.id != 0) {
+                self.shared.release(&[(c.id, c.records)]);
+            }
             if !self.stopped_logged.swap(true, Ordering::Relaxed) {
                 log::error!("sink: writer is not running (shut down?); publishes are not stored");
             }
@@ -506,20 +529,6 @@ pub(crate) fn flush_batched() {
     }
 }
 
-/// The journal ids of a chunk's records.
-fn chunk_ids(chunk: &Option<Chunk>) -> Vec<u64> {
-    let mut ids = Vec::new();
-    if let Some(c) = chunk {
-        let mut at = 0;
-        while let Some((_, id)) = c.read(&mut at) {
-            if id != 0 {
-                ids.push(id);
-            }
-        }
-    }
-    ids
-}
-
 fn skip_reason(s: Skip) -> DropReason {
     match s {
         Skip::EmptyPayload => DropReason::EmptyPayload,
@@ -552,9 +561,9 @@ impl Batcher {
     fn run(mut self, records: Receiver<Chunk>) {
         let mut buf = String::with_capacity(1 << 20);
         let mut lines = 0usize;
-        // Journal ids of the records in `buf` (also of those mapped to no line: the batch
-        // settles them all).
-        let mut ids: Vec<u64> = Vec::new();
+        // Journal records whose publishes are in `buf` (also those mapped to no line: the batch
+        // settles them all), and how many of each.
+        let mut ids: Vec<(u64, usize)> = Vec::new();
         let mut first_at: Option<Instant> = None;
         let counters = self.shared.counters.clone();
         // However the batcher ends, publishers waiting for room must not wait for it.
@@ -586,6 +595,11 @@ impl Batcher {
                                     self.shared.room.lock().unwrap_or_else(|e| e.into_inner());
                                 self.shared.room_freed.notify_all();
                             }
+                            if c.id != 0 {
+                                if let Some(d) = self.shared.durable.get() {
+                                    d.taken(c.id, c.records);
+                                }
+                            }
                             (chunk, at) = (c, 0);
                             continue;
                         }
@@ -597,9 +611,12 @@ impl Batcher {
                         }
                     }
                 }
-                Some((rec, id)) => {
-                    if id != 0 {
-                        ids.push(id);
+                Some(rec) => {
+                    if chunk.id != 0 {
+                        match ids.last_mut() {
+                            Some((id, n)) if *id == chunk.id => *n += 1,
+                            _ => ids.push((chunk.id, 1)),
+                        }
                     }
                     if let Some((ready, timeout)) = self.ready.take() {
                         // Map the first publishes only once the stored field types are known
@@ -710,7 +727,7 @@ impl Batcher {
 
     /// Hand a batch to the sender, or to the spool when the sender is busy or the spool is not
     /// empty (to keep the order).
-    fn flush(&mut self, data: String, lines: usize, ids: Vec<u64>) {
+    fn flush(&mut self, data: String, lines: usize, ids: Vec<(u64, usize)>) {
         if lines == 0 {
             // Nothing to write: every record in it was dropped (counted) or excluded.
             self.shared.release(&ids);
@@ -1356,21 +1373,16 @@ mod tests {
             },
         ];
         let mut chunk = Chunk::default();
-        for (i, r) in records.iter().enumerate() {
-            chunk.push(r, i as u64 * 1000);
+        for r in &records {
+            chunk.push(r);
         }
         assert_eq!(chunk.records, 3);
         let mut at = 0;
-        for (i, want) in records.iter().enumerate() {
-            let (got, id) = chunk.read(&mut at).expect("record");
+        for want in &records {
+            let got = chunk.read(&mut at).expect("record");
             assert_eq!(
-                (got.topic, got.payload, got.received_at_ns, id),
-                (
-                    want.topic,
-                    want.payload,
-                    want.received_at_ns,
-                    i as u64 * 1000
-                )
+                (got.topic, got.payload, got.received_at_ns),
+                (want.topic, want.payload, want.received_at_ns)
             );
         }
         assert!(chunk.read(&mut at).is_none());
