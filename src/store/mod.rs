@@ -12,6 +12,11 @@
 //! session's changes in the order they were made. A session's end (or a will that leaves its
 //! disconnection record) is sent with the session table locked instead, after the session is
 //! no longer reachable, in one atomic record with the will's deliveries (`Broker::route_will`).
+//!
+//! The InfluxDB sink keeps its own records here too (keys `k...`, `crate::sink::durable`): with
+//! sync persistence, the acknowledged publishes it has not yet written or spooled, put by the
+//! connection thread before its wait for `wait_durable` and deleted by the sink (`submit`, no
+//! wait) once written. They come back undecoded in `Loaded::sink`.
 
 pub mod journal;
 pub mod records;
