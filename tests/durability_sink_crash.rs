@@ -363,11 +363,7 @@ fn run(with_subscriber: bool) {
     broker.stop_gracefully();
     let mark = broker.log_mark();
     broker.restart();
-    broker.wait_for_log_after(
-        mark,
-        &["messages, 0 publishes not yet written by the sink"],
-        Duration::from_secs(10),
-    );
+    broker.wait_for_log_after(mark, &["messages, 0 sink records"], Duration::from_secs(10));
     let q1: usize = acked
         .iter()
         .filter(|(p, _)| p.starts_with("pub-q1"))
@@ -443,9 +439,5 @@ timeout_secs = 1
     broker.stop_gracefully();
     let mark = broker.log_mark();
     broker.restart();
-    broker.wait_for_log_after(
-        mark,
-        &["messages, 0 publishes not yet written by the sink"],
-        Duration::from_secs(10),
-    );
+    broker.wait_for_log_after(mark, &["messages, 0 sink records"], Duration::from_secs(10));
 }

@@ -301,8 +301,10 @@ impl Writer {
         }
         if !replay.is_empty() {
             log::info!(
-                "sink: {} acknowledged publishes from before the restart were not yet written; \
-                 writing them again (with their receive times: InfluxDB keeps one point each)",
+                "sink: {} acknowledged publishes ({} store records) from before the restart \
+                 were not yet written; writing them again (with their receive times: InfluxDB \
+                 keeps one point each)",
+                replay.iter().map(|r| r.records).sum::<usize>(),
                 replay.len()
             );
         }

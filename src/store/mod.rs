@@ -86,7 +86,7 @@ impl Store {
         let loaded = records::load(&map);
         info!(
             "store {}: loaded {} retained messages, {} sessions, {} queued/inflight messages, \
-             {} publishes not yet written by the sink (mode {mode:?})",
+             {} sink records (publishes not yet written to InfluxDB) (mode {mode:?})",
             journal.path().display(),
             loaded.retained.len(),
             loaded.sessions.len(),
