@@ -15,9 +15,18 @@
 //!   (polling InfluxDB itself would take its CPU while it is measured). InfluxDB's own count is
 //!   checked afterwards, untimed.
 //!
+//! - q1 off / q1 sync / q2 off / q2 sync: the same through QoS 1 or QoS 2 publishers
+//!   (`CONNECTIONS` connections (default 16) with persistent sessions, each keeping `WINDOW`
+//!   messages (default 1000) unacknowledged at most), to a broker without persistence ("off") and to one with
+//!   `[persistence] mode = "sync"` ("sync": a PUBACK/PUBREC is sent only once the message is
+//!   durable for the subscribers and for InfluxDB, see `sink::durable`); timed until every
+//!   message is acknowledged (PUBACK / PUBCOMP) and accepted by InfluxDB. Also prints the
+//!   acknowledgement latency (PUBLISH written -> PUBACK / PUBCOMP read), p50 and p99.
+//!
 //! Prints points/s (median of the rounds) and CPU time per point of influxd and of the client
 //! side (this process, or the broker process), which shows where the time goes when other
-//! work shares the machine's cores.
+//! work shares the machine's cores. `ONLY=q1` (a comma-separated list of `sink`, `mqtt`,
+//! `q1`, `q2`) limits which paths run; the ceiling always does.
 
 #[path = "../tests/common/influx.rs"]
 mod influx;
@@ -27,6 +36,7 @@ use mqflux::sink::{RuleConfig, Sink, SinkConfig, SinkRecord};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 5000;
@@ -47,6 +57,8 @@ struct Run {
     rate: f64,
     influx_us_per_point: f64,
     client_us_per_point: f64,
+    /// Acknowledgement latencies in microseconds (QoS 1/2 runs only).
+    latencies_us: Vec<u32>,
 }
 
 fn measure(influx: &influx::Influx, client_pid: u32, points: usize, f: impl FnOnce()) -> Run {
@@ -60,6 +72,7 @@ fn measure(influx: &influx::Influx, client_pid: u32, points: usize, f: impl FnOn
         rate: points as f64 / secs,
         influx_us_per_point: (i1 - i0) * 1e6 / points as f64,
         client_us_per_point: (c1 - c0) * 1e6 / points as f64,
+        latencies_us: Vec::new(),
     }
 }
 
@@ -162,7 +175,12 @@ impl Drop for BrokerProcess {
     }
 }
 
-fn start_broker(influx: &influx::Influx, dir: &std::path::Path) -> Option<BrokerProcess> {
+/// `persistence`: None for a broker without it, or the mode (`"sync"`).
+fn start_broker(
+    influx: &influx::Influx,
+    dir: &std::path::Path,
+    persistence: Option<&str>,
+) -> Option<BrokerProcess> {
     let exe = std::env::current_exe()
         .ok()?
         .parent()?
@@ -175,13 +193,21 @@ fn start_broker(influx: &influx::Influx, dir: &std::path::Path) -> Option<Broker
         );
         return None;
     }
-    let config = dir.join("bench.toml");
+    let name = persistence.unwrap_or("off");
+    let config = dir.join(format!("bench-{name}.toml"));
+    let persistence = match persistence {
+        Some(mode) => format!(
+            "[persistence]\ndir = \"{}\"\nmode = \"{mode}\"\n",
+            dir.join(format!("store-{name}")).display()
+        ),
+        None => String::new(),
+    };
     std::fs::write(
         &config,
         format!(
-            "[[listeners]]\nbind = \"127.0.0.1\"\nport = 0\n[metrics]\nbind = \"127.0.0.1:0\"\n[sink]\nenabled = true\nurl = \"{}\"\ndatabase = \"bench\"\nspool_dir = \"{}\"\n[[sink.rules]]\ntopic = \"sensors/{{device}}/{{measurement}}\"\n",
+            "[[listeners]]\nbind = \"127.0.0.1\"\nport = 0\n[metrics]\nbind = \"127.0.0.1:0\"\n{persistence}[sink]\nenabled = true\nurl = \"{}\"\ndatabase = \"bench\"\nspool_dir = \"{}\"\n[[sink.rules]]\ntopic = \"sensors/{{device}}/{{measurement}}\"\n",
             influx.url(),
-            dir.join("spool").display()
+            dir.join(format!("spool-{name}")).display()
         ),
     )
     .ok()?;
@@ -314,6 +340,238 @@ fn mqtt(influx: &influx::Influx, broker: &BrokerProcess, points: usize, round: u
     run
 }
 
+/// Connections of the QoS 1/2 scenarios (env `CONNECTIONS`), and messages each keeps
+/// unacknowledged at most (env `WINDOW`).
+fn connections() -> usize {
+    env_usize("CONNECTIONS", 16)
+}
+
+fn window() -> usize {
+    env_usize("WINDOW", 1000)
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+fn connect(port: u16, client_id: &str, clean_start: bool) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_nodelay(true).expect("TCP_NODELAY");
+    let mut connect = Vec::new();
+    let packet = protocol::Packet::Connect(protocol::Connect {
+        version: V311,
+        clean_start,
+        keep_alive: 60,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: protocol::Properties::default(),
+    });
+    protocol::encode_packet(&packet, V311, &mut connect);
+    stream.write_all(&connect).expect("CONNECT");
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack[..2], [0x20, 2], "CONNACK");
+    assert_eq!(connack[3], 0, "CONNACK return code");
+    stream
+}
+
+/// Send `count` QoS 1 or 2 publishes on one connection, at most `WINDOW` unacknowledged; returns
+/// the latency of each (PUBLISH written -> PUBACK / PUBCOMP read), in microseconds.
+fn publish_windowed(
+    mut stream: TcpStream,
+    qos: protocol::QoS,
+    measurement: &str,
+    first: usize,
+    count: usize,
+    ready: &StartLine,
+) -> Vec<u32> {
+    let window = window().min(30_000);
+    let mut sent_at = vec![None::<Instant>; 65536];
+    let mut latencies = Vec::with_capacity(count);
+    // Encoded before the clock starts (as in `mqtt`): the publisher's CPU is not what is
+    // measured. Ids 1..=65535 in turn: one is reused only long after it was acknowledged.
+    let id_of = |k: usize| (k % 65535 + 1) as u16;
+    let props = protocol::Properties::default();
+    let mut packets = Vec::with_capacity(count * 48);
+    let mut ends = Vec::with_capacity(count);
+    for k in 0..count {
+        let i = first + k;
+        protocol::encode_publish(
+            &mut packets,
+            V311,
+            &format!("sensors/dev{}/{measurement}", i % SERIES),
+            (i % 1000).to_string().as_bytes(),
+            qos,
+            false,
+            false,
+            id_of(k),
+            &props,
+        );
+        ends.push(packets.len());
+    }
+    ready.wait_start();
+    let (mut sent, mut done, mut inflight) = (0usize, 0usize, 0usize);
+    let mut inbuf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    while done < count {
+        // As many as the window allows, in one write.
+        let take = (window - inflight).min(count - sent);
+        if take > 0 {
+            let from = if sent == 0 { 0 } else { ends[sent - 1] };
+            let now = Instant::now();
+            for k in sent..sent + take {
+                sent_at[id_of(k) as usize] = Some(now);
+            }
+            stream
+                .write_all(&packets[from..ends[sent + take - 1]])
+                .expect("send publishes");
+            sent += take;
+            inflight += take;
+        }
+        // What came back: PUBACK (0x40), PUBREC (0x50: answered with PUBREL), PUBCOMP (0x70).
+        let n = stream.read(&mut inbuf).expect("read acks");
+        assert!(n > 0, "broker closed the connection");
+        pending.extend_from_slice(&inbuf[..n]);
+        let now = Instant::now();
+        let mut replies = Vec::new();
+        let mut at = 0;
+        while pending.len() - at >= 4 {
+            let (kind, id) = (
+                pending[at] >> 4,
+                u16::from_be_bytes([pending[at + 2], pending[at + 3]]),
+            );
+            assert_eq!(pending[at + 1], 2, "ack of 2 bytes (MQTT 3.1.1)");
+            at += 4;
+            match kind {
+                4 | 7 => {
+                    if let Some(t) = sent_at[id as usize].take() {
+                        latencies.push(now.duration_since(t).as_micros() as u32);
+                    }
+                    done += 1;
+                    inflight -= 1;
+                }
+                5 => replies.extend_from_slice(&[0x62, 2, (id >> 8) as u8, id as u8]),
+                k => panic!("unexpected packet type {k} from the broker"),
+            }
+        }
+        pending.drain(..at);
+        if !replies.is_empty() {
+            stream.write_all(&replies).expect("send PUBREL");
+        }
+    }
+    latencies
+}
+
+/// Publisher threads encode their packets, then wait here until all (and the measuring
+/// thread) are ready; the clock starts then.
+struct StartLine {
+    waiting: std::sync::Mutex<usize>,
+    all_ready: std::sync::Condvar,
+}
+
+impl StartLine {
+    fn new(parties: usize) -> StartLine {
+        StartLine {
+            waiting: std::sync::Mutex::new(parties),
+            all_ready: std::sync::Condvar::new(),
+        }
+    }
+
+    fn wait_start(&self) {
+        let mut left = self.waiting.lock().expect("start line");
+        *left = left.saturating_sub(1);
+        // Wakes the other publishers when this was the last, and `wait_ready` in any case.
+        self.all_ready.notify_all();
+        while *left > 0 {
+            left = self.all_ready.wait(left).expect("start line");
+        }
+    }
+
+    /// Returns once every party but the caller has arrived.
+    fn wait_ready(&self) {
+        let mut left = self.waiting.lock().expect("start line");
+        while *left > 1 {
+            left = self.all_ready.wait(left).expect("start line");
+        }
+    }
+}
+
+/// `points` QoS 1 or 2 publishes over `CONNECTIONS` connections, timed until every one is
+/// acknowledged and the broker's sink has had them all accepted by InfluxDB.
+fn mqtt_acked(
+    influx: &influx::Influx,
+    broker: &BrokerProcess,
+    points: usize,
+    name: &str,
+    round: usize,
+    qos: protocol::QoS,
+) -> Run {
+    let measurement = format!("bench_{name}_{round}").replace(' ', "_");
+    let streams: Vec<TcpStream> = (0..connections())
+        .map(|c| connect(broker.port, &format!("bench-{name}-{round}-{c}"), false))
+        .collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let before = sink_written(&agent, &broker.metrics);
+    let per = points / connections();
+    // One more party than publishers: the measuring thread, which starts the clock.
+    let ready = Arc::new(StartLine::new(connections() + 1));
+    let threads: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(c, s)| {
+            let (m, ready) = (measurement.clone(), ready.clone());
+            std::thread::spawn(move || publish_windowed(s, qos, &m, c * per, per, &ready))
+        })
+        .collect();
+    ready.wait_ready();
+    let mut latencies = Vec::new();
+    let mut run = measure(influx, broker.child.id(), per * connections(), || {
+        ready.wait_start();
+        for t in threads {
+            latencies.extend(t.join().expect("publisher thread"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let written = sink_written(&agent, &broker.metrics) - before;
+            if written >= (per * connections()) as u64 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker stored {written} of {points} points"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let (_, rows) = influx.select("bench", &format!("SELECT count(value) FROM {measurement}"));
+    let stored = rows.first().and_then(|r| r[1].as_i64());
+    assert_eq!(
+        stored,
+        Some((per * connections()) as i64),
+        "points InfluxDB has"
+    );
+    run.latencies_us = latencies;
+    run
+}
+
+fn percentile(v: &mut [u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 * p) as usize).min(v.len() - 1);
+    v[i] as f64 / 1000.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -333,8 +591,19 @@ fn report(name: &str, runs: &[Run], ceilings: &[Run]) {
     );
     let i = median(runs.iter().map(|r| r.influx_us_per_point).collect());
     let c = median(runs.iter().map(|r| r.client_us_per_point).collect());
+    // Acknowledgement latency over all rounds' messages.
+    let mut lat: Vec<u32> = runs.iter().flat_map(|r| r.latencies_us.clone()).collect();
+    let latency = if lat.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  ack latency p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99)
+        )
+    };
     println!(
-        "{name:<8} {rate:>9.0} points/s ({:>3.0}% of ceiling, per round {:>3.0}%)  CPU per point: influxd {i:.2} us, client {c:.2} us",
+        "{name:<8} {rate:>9.0} points/s ({:>3.0}% of ceiling, per round {:>3.0}%)  CPU per point: influxd {i:.2} us, client {c:.2} us{latency}",
         100.0 * rate / ceiling,
         100.0 * paired
     );
@@ -347,7 +616,32 @@ fn main() {
     let influx = influx::Influx::start();
     influx.create_database("bench");
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = start_broker(&influx, dir.path());
+    let only = std::env::var("ONLY").unwrap_or_else(|_| "sink,mqtt,q1,q2".into());
+    let wanted = |p: &str| only.split(',').any(|o| o.trim() == p);
+    let broker = start_broker(&influx, dir.path(), None);
+    let acked = wanted("q1") || wanted("q2");
+    let sync_broker = acked
+        .then(|| start_broker(&influx, dir.path(), Some("sync")))
+        .flatten();
+    let mut scenarios: Vec<(&str, protocol::QoS, Option<&BrokerProcess>)> = Vec::new();
+    for (tag, qos) in [
+        ("q1", protocol::QoS::AtLeastOnce),
+        ("q2", protocol::QoS::ExactlyOnce),
+    ] {
+        if wanted(tag) {
+            scenarios.push((
+                if tag == "q1" { "q1 off" } else { "q2 off" },
+                qos,
+                broker.as_ref(),
+            ));
+            scenarios.push((
+                if tag == "q1" { "q1 sync" } else { "q2 sync" },
+                qos,
+                sync_broker.as_ref(),
+            ));
+        }
+    }
+    let mut acked_runs: Vec<Vec<Run>> = scenarios.iter().map(|_| Vec::new()).collect();
     // Warm-up: series creation and the first shard are not what is measured.
     ceiling(&influx, 20_000, 1_600_000_000_000_000_000);
     let (mut c, mut s, mut m) = (Vec::new(), Vec::new(), Vec::new());
@@ -356,15 +650,25 @@ fn main() {
         // The order rotates from round to round: influxd's background work (cache snapshots,
         // compactions) follows the points written before, so a fixed order would hand it to
         // the same path every round.
-        for phase in (0..3).map(|i| (i + r) % 3) {
+        let phases = 3 + scenarios.len();
+        for phase in (0..phases).map(|i| (i + r) % phases) {
             match phase {
                 0 => c.push(ceiling(&influx, points, base)),
-                1 => s.push(sink_api(&influx, points, base + points as i64, dir.path())),
-                _ => {
+                1 if wanted("sink") => {
+                    s.push(sink_api(&influx, points, base + points as i64, dir.path()))
+                }
+                2 if wanted("mqtt") => {
                     if let Some(b) = &broker {
                         m.push(mqtt(&influx, b, points, r));
                     }
                 }
+                p if p >= 3 => {
+                    let (name, qos, b) = scenarios[p - 3];
+                    if let Some(b) = b {
+                        acked_runs[p - 3].push(mqtt_acked(&influx, b, points, name, r, qos));
+                    }
+                }
+                _ => {}
             }
         }
         let last = |v: &Vec<Run>| {
@@ -372,8 +676,13 @@ fn main() {
                 .map(|x| format!("{:.0}", x.rate))
                 .unwrap_or("-".into())
         };
+        let acked_text: String = scenarios
+            .iter()
+            .zip(&acked_runs)
+            .map(|((name, _, _), runs)| format!(" {name} {}", last(runs)))
+            .collect();
         println!(
-            "round {}: ceiling {} sink {} mqtt {} points/s",
+            "round {}: ceiling {} sink {} mqtt {}{acked_text} points/s",
             r + 1,
             last(&c),
             last(&s),
@@ -382,8 +691,15 @@ fn main() {
     }
     println!("median of {rounds} rounds x {points} points:");
     report("ceiling", &c, &c);
-    report("sink", &s, &c);
+    if !s.is_empty() {
+        report("sink", &s, &c);
+    }
     if !m.is_empty() {
         report("mqtt", &m, &c);
+    }
+    for ((name, _, _), runs) in scenarios.iter().zip(&acked_runs) {
+        if !runs.is_empty() {
+            report(name, runs, &c);
+        }
     }
 }

@@ -26,6 +26,7 @@ mod suite {
     mod connect;
     mod durability_crash;
     mod durability_restart;
+    mod durability_sink_crash;
     mod flow_control;
     mod interop_clients;
     mod interop_mosquitto;

@@ -805,11 +805,16 @@ impl Connection {
         if !sink_only {
             return self.route_publish(p.into_owned());
         }
-        self.broker.sink.submit(SinkRecord {
+        let record = SinkRecord {
             topic: p.topic,
             payload: p.payload,
             received_at_ns,
-        });
+        };
+        match p.qos {
+            // With sync persistence its PUBACK then waits for the sink's store record too.
+            QoS::AtLeastOnce => self.broker.sink.submit_acknowledged(record),
+            _ => self.broker.sink.submit(record),
+        }
         match p.qos {
             QoS::AtLeastOnce => {
                 let code = self.delivered_code(0);

@@ -125,6 +125,8 @@ impl Broker {
     /// Use `store` from now on, after rebuilding the retained messages and sessions it held.
     /// Called once, before the listener starts.
     pub fn attach_store(&self, store: Arc<Store>, loaded: Loaded) {
+        // Acknowledged publishes the sink had not written before a crash go to it again first.
+        self.sink.attach_store(store.clone(), loaded.sink);
         for message in loaded.retained {
             self.router.retain(&message, || {});
         }
@@ -194,13 +196,31 @@ impl Broker {
     /// knows the id (a resend is acknowledged, not routed again) or neither (a resend is routed)
     /// [MQTT-4.3.3-2]. Every receiving session stays locked until the record is submitted, so no
     /// acknowledgement of a delivery can reach the store before the delivery itself.
+    ///
+    /// With sync persistence, the sink's copy of a QoS 1/2 message is made durable with its
+    /// routing (for QoS 2 in the same atomic record as `incoming`: a crash cannot leave the id
+    /// known, so that the resend is not routed again, but the sink's copy lost), so the caller's
+    /// wait for the store before the acknowledgement covers InfluxDB too (`sink::durable`).
     pub fn publish_exactly_once(
         &self,
         message: Message,
         incoming: Option<crate::store::journal::Op>,
     ) -> usize {
+        // A stored QoS 2 packet id needs the sink's copy in its atomic record; any other QoS 1/2
+        // message goes into the store with its connection's chunk (`finish_with`).
+        let put = match (&incoming, self.store.get()) {
+            (Some(_), Some(_)) => self.sink.durable_put(&sink_record(&message)),
+            _ => None,
+        };
+        let (sink_id, incoming) = match (put, incoming) {
+            (Some((id, put)), Some(incoming)) => (
+                id,
+                Some(crate::store::journal::Op::Batch(vec![incoming, put])),
+            ),
+            (_, incoming) => (0, incoming),
+        };
         let (routed, count) = self.route(message, incoming);
-        self.finish(&routed);
+        self.finish_with(&routed, sink_id);
         count
     }
 
@@ -242,12 +262,23 @@ impl Broker {
 
     /// What follows routing: the message log and the sink.
     fn finish(&self, routed: &Routed) {
+        self.finish_with(routed, 0);
+    }
+
+    /// `finish` for a message whose sink record `sink_id` (0: none) was submitted to the store.
+    fn finish_with(&self, routed: &Routed, sink_id: u64) {
         let message = match routed {
             Routed::Unshared(m) => m,
             Routed::Shared(m) => &**m,
         };
         self.log_message(message);
-        self.submit_to_sink(message);
+        let record = sink_record(message);
+        match message.qos {
+            _ if sink_id != 0 => self.sink.submit_durable(record, sink_id),
+            QoS::AtMostOnce => self.sink.submit(record),
+            // Acknowledged once durable (sync persistence): the sink's copy too.
+            _ => self.sink.submit_acknowledged(record),
+        }
     }
 
     /// Route the will of a session whose store records change with its publication (`record`:
@@ -307,14 +338,6 @@ impl Broker {
                 String::from_utf8_lossy(&message.payload)
             );
         }
-    }
-
-    fn submit_to_sink(&self, message: &Message) {
-        self.sink.submit(SinkRecord {
-            topic: &message.topic,
-            payload: &message.payload,
-            received_at_ns: message.received_at_ns,
-        });
     }
 
     fn deliver_all(&self, message: &Arc<Message>, deliveries: Vec<router::Delivery>) {
@@ -900,11 +923,21 @@ impl Broker {
                 let _ = c.stream.shutdown(Shutdown::Both);
             }
         }
+        // The sink first: what it writes or spools while flushing is then deleted from the
+        // store before the store stops (otherwise the next start would write it again).
+        self.sink.shutdown();
         if let Some(store) = self.store.get() {
-            // Everything the closed connections changed is written and fsynced.
+            // Everything the closed connections and the sink changed is written and fsynced.
             store.stop();
         }
-        self.sink.shutdown();
+    }
+}
+
+fn sink_record(message: &Message) -> SinkRecord<'_> {
+    SinkRecord {
+        topic: &message.topic,
+        payload: &message.payload,
+        received_at_ns: message.received_at_ns,
     }
 }
 

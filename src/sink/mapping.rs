@@ -640,6 +640,13 @@ impl Mapping {
         self.rule_at(i).config.store.then_some(i)
     }
 
+    /// Whether publishes on `topic` are stored at all (not excluded by `exclude` or a rule with
+    /// `store = false`); their payload may still turn out not to be storable.
+    pub fn stores_topic(&self, topic: &str) -> bool {
+        self.rule_index(&split_levels(topic), topic.starts_with('$'))
+            .is_some()
+    }
+
     fn rule_at(&self, index: usize) -> &Rule {
         self.rules.get(index).unwrap_or(&self.default)
     }

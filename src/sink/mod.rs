@@ -15,7 +15,12 @@
 //! is checked against its answer, line by line (`line_scan.rs` reads a batch as influxd does);
 //! what the answer does not account for is sent again in halves, as a point written twice is
 //! stored once.
+//!
+//! With sync persistence, a QoS 1/2 publish is also kept in the broker's journal from before it
+//! is acknowledged until its batch has left memory, and written again after a crash
+//! (`durable.rs`, `submit_acknowledged`).
 
+mod durable;
 pub mod http;
 pub mod line_protocol;
 pub mod line_scan;
@@ -442,7 +447,56 @@ impl Sink {
     /// than dropping when `queue_capacity` records are queued.
     pub fn submit(&self, record: SinkRecord) {
         if let Some(w) = &self.writer {
-            w.submit(record);
+            w.submit(record, writer::Journaled::No);
+        }
+    }
+
+    /// Keep acknowledged records in `store` from now on when its mode is sync, and write again
+    /// the records a previous run left there (`stored`: `Loaded::sink`). Call once, before any
+    /// publish arrives.
+    pub fn attach_store(
+        &self,
+        store: std::sync::Arc<crate::store::Store>,
+        stored: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        match &self.writer {
+            Some(w) => w.attach_store(store, stored),
+            None if !stored.is_empty() => log::warn!(
+                "sink: the store holds {} publishes not yet written to InfluxDB, but the sink \
+                 is disabled; they are kept until it is enabled again",
+                stored.len()
+            ),
+            None => {}
+        }
+    }
+
+    /// `submit` for a QoS 1/2 publish about to be acknowledged: with sync persistence (and a
+    /// topic the sink stores) it is put into the store with the other publishes of this
+    /// thread's chunk when the chunk is handed over, which `flush_batched` does before the
+    /// caller waits for `Store::wait_durable`; it is deleted once written (`durable.rs`).
+    pub fn submit_acknowledged(&self, record: SinkRecord) {
+        if let Some(w) = &self.writer {
+            let journaled = if w.keeps_durably(record.topic) {
+                writer::Journaled::WithChunk
+            } else {
+                writer::Journaled::No
+            };
+            w.submit(record, journaled);
+        }
+    }
+
+    /// The store record that makes a QoS 1/2 publish durable for the sink, for a caller that
+    /// must submit it inside an atomic record of its own (`Store::atomically`); then hand the
+    /// publish over with `submit_durable`. None: no record needed (persistence not sync, sink
+    /// off, or the topic is not stored).
+    pub fn durable_put(&self, record: &SinkRecord) -> Option<(u64, crate::store::journal::Op)> {
+        self.writer.as_ref()?.durable_put(record)
+    }
+
+    /// `submit` for a publish whose `durable_put` record (id `id`) was submitted to the store.
+    pub fn submit_durable(&self, record: SinkRecord, id: u64) {
+        if let Some(w) = &self.writer {
+            w.submit(record, writer::Journaled::Own(id));
         }
     }
 

@@ -31,6 +31,9 @@ struct Segment {
 pub struct Batch {
     pub data: Vec<u8>,
     pub lines: usize,
+    /// While it is in memory: the journal records it holds publishes of, and how many
+    /// (`durable.rs`). Not spooled: once spooled, the spool is what keeps them.
+    pub ids: Vec<(u64, usize)>,
 }
 
 #[derive(Debug)]
@@ -194,6 +197,7 @@ impl Spool {
             fs::read(self.dir.join(segment_name(seg))).map(|data| Batch {
                 data,
                 lines: seg.lines,
+                ids: Vec::new(),
             }),
         ))
     }
@@ -261,6 +265,7 @@ mod tests {
         Batch {
             data: s.as_bytes().to_vec(),
             lines: s.lines().count(),
+            ids: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The sink's two threads: `sink-batcher` (records -> line protocol batches, by size and time)
 //! and `sink-sender` (batches -> InfluxDB, with retry, splitting and the spool).
 
+use super::durable::{self, Durability};
 use super::http::{error_text, InfluxClient, WriteResult};
 use super::line_protocol::{self, FieldType};
 use super::mapping::{FieldTypes, Mapping, Skip, TopicPlans};
@@ -11,7 +12,7 @@ use crossbeam_channel::{
 };
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,70 +35,62 @@ const IDLE_NAP: Duration = Duration::from_micros(200);
 const CHUNK_BYTES: usize = 768;
 
 /// Records on their way to the batcher, copied into one buffer: for each, the receive time
-/// (8 bytes), topic and payload lengths (4 bytes each), topic, payload.
+/// (8 bytes), topic and payload lengths (4 bytes each), topic, payload (`durable::encode`).
 /// - One channel operation for all the publishes a connection handled from one socket read,
 ///   instead of one per publish.
 /// - The publish itself is freed by the connection thread that allocated it. Were it freed by
 ///   the batcher, as when records held the message's topic and payload, every allocation of the
 ///   connection thread would miss its thread cache (glibc) and take the arena's slow path:
 ///   measured, that was a fifth of the broker's CPU per point.
+/// - With sync persistence, a chunk holding an acknowledged publish is also the unit kept in
+///   the journal until written (`durable.rs`): one journal record per socket read.
 #[derive(Default)]
 struct Chunk {
     data: Vec<u8>,
     records: usize,
+    /// Holds a publish that is acknowledged once durable: put into the journal when handed over.
+    durable: bool,
+    /// Its journal record (0: none).
+    id: u64,
 }
-
-const RECORD_HEADER: usize = 16;
 
 impl Chunk {
     /// A chunk of one record, no larger than it needs.
     fn one(record: &SinkRecord) -> Chunk {
         let mut chunk = Chunk::default();
-        chunk.data.reserve_exact(Chunk::size_of(record));
+        chunk.data.reserve_exact(durable::encoded_len(record));
         chunk.push(record);
         chunk
     }
 
-    fn size_of(record: &SinkRecord) -> usize {
-        RECORD_HEADER + record.topic.len() + record.payload.len()
-    }
-
     fn push(&mut self, record: &SinkRecord) {
-        let (topic, payload) = (record.topic.as_bytes(), record.payload);
         if self.data.capacity() == 0 {
             // Once per chunk, not grown record by record (with room for the record that takes
             // it past `CHUNK_BYTES`, if usual).
             self.data
-                .reserve_exact(Chunk::size_of(record).max(CHUNK_BYTES + 128));
+                .reserve_exact(durable::encoded_len(record).max(CHUNK_BYTES + 128));
         }
-        // The lengths fit: a topic is at most 65,535 bytes and an MQTT packet at most 256 MiB.
-        self.data
-            .extend_from_slice(&record.received_at_ns.to_le_bytes());
-        self.data
-            .extend_from_slice(&(topic.len() as u32).to_le_bytes());
-        self.data
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.data.extend_from_slice(topic);
-        self.data.extend_from_slice(payload);
+        durable::encode(record, &mut self.data);
         self.records += 1;
     }
 
     /// The record at `*at`, moving `*at` past it; None at the end.
     fn read(&self, at: &mut usize) -> Option<SinkRecord<'_>> {
-        let header = self.data.get(*at..*at + RECORD_HEADER)?;
-        let field = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
-        let received_at_ns = i64::from_le_bytes(header[..8].try_into().unwrap_or_default());
-        let (topic_len, payload_len) = (field(8) as usize, field(12) as usize);
-        let topic_at = *at + RECORD_HEADER;
-        let payload_at = topic_at + topic_len;
-        *at = payload_at + payload_len;
-        Some(SinkRecord {
-            // Copied from a `&str` by `push`, so always UTF-8.
-            topic: std::str::from_utf8(&self.data[topic_at..payload_at]).unwrap_or_default(),
-            payload: &self.data[payload_at..*at],
-            received_at_ns,
-        })
+        // Written by `push` (or read back from the journal, checked by `Durability::new`).
+        durable::decode(&self.data, at)
     }
+}
+
+/// How a publish handed to `Writer::submit` is kept in the journal until it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Journaled {
+    /// Not at all (QoS 0, no sync persistence).
+    No,
+    /// With the chunk it goes in (put into the journal when the chunk is handed over, before
+    /// the connection waits for the store).
+    WithChunk,
+    /// In its own journal record, already submitted, with this id.
+    Own(u64),
 }
 
 struct SpoolState {
@@ -133,6 +126,9 @@ struct Shared {
     room_waiters: AtomicUsize,
     /// The batcher has ended (its queue takes nothing any more).
     batcher_done: AtomicBool,
+    /// The journal holding acknowledged records until their batch has left memory; set once,
+    /// before any publish arrives, when persistence is on (`Sink::attach_store`).
+    durable: OnceLock<Durability>,
 }
 
 impl Shared {
@@ -154,6 +150,14 @@ impl Shared {
         matches!(*self.stop_deadline.lock().unwrap_or_else(|e| e.into_inner()), Some(d) if Instant::now() >= d)
     }
 
+    /// A batch's records have left memory (written, spooled or dropped): their journal
+    /// records are no longer needed.
+    fn release(&self, ids: &[(u64, usize)]) {
+        if let Some(d) = self.durable.get() {
+            d.release(ids);
+        }
+    }
+
     fn add_facts(&self, facts: Vec<(String, String, FieldType)>) {
         if facts.is_empty() {
             return;
@@ -167,6 +171,8 @@ impl Shared {
 }
 
 pub(super) struct Writer {
+    /// The batcher's mapping, to tell on a publishing thread whether a topic is stored at all.
+    mapping: Mapping,
     /// None once shut down. Submitters hold the read lock while sending, so shutdown (write
     /// lock) waits for every record already handed over. (Records still collected by a
     /// connection thread are handed over when it ends: the broker joins those threads first.)
@@ -225,6 +231,7 @@ impl Writer {
             room_freed: Condvar::new(),
             room_waiters: AtomicUsize::new(0),
             batcher_done: AtomicBool::new(false),
+            durable: OnceLock::new(),
         });
         shared.update_gauges(&shared.lock_spool());
         // Unbounded as a channel: `Shared::in_queue` bounds it in records.
@@ -233,7 +240,7 @@ impl Writer {
         let (stop_tx, stop_rx) = bounded::<()>(0);
         let (ready_tx, ready_rx) = bounded::<()>(1);
         let batcher = Batcher {
-            mapping,
+            mapping: mapping.clone(),
             types: FieldTypes::default(),
             plans: TopicPlans::default(),
             batch_size: config.batch_size,
@@ -270,6 +277,7 @@ impl Writer {
             config.database
         );
         Ok(Writer {
+            mapping,
             records: RwLock::new(Some(record_tx)),
             stop: Mutex::new(Some(stop_tx)),
             shared,
@@ -279,9 +287,67 @@ impl Writer {
         })
     }
 
+    /// Use `store` for acknowledged records from now on (sync persistence), and hand the
+    /// records a previous run left in it to the batcher again. Once, before publishes arrive.
+    pub(super) fn attach_store(
+        self: &Arc<Self>,
+        store: Arc<crate::store::Store>,
+        stored: Vec<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let (durability, replay) = Durability::new(store, stored);
+        if self.shared.durable.set(durability).is_err() {
+            log::error!("sink: a store was attached twice; keeping the first");
+            return;
+        }
+        if !replay.is_empty() {
+            log::info!(
+                "sink: {} acknowledged publishes ({} store records) from before the restart \
+                 were not yet written; writing them again (with their receive times: InfluxDB \
+                 keeps one point each)",
+                replay.iter().map(|r| r.records).sum::<usize>(),
+                replay.len()
+            );
+        }
+        for stored in replay {
+            self.send(Chunk {
+                data: stored.data,
+                records: stored.records,
+                durable: false,
+                id: stored.id,
+            });
+        }
+    }
+
+    /// The journal record that makes a publish on `topic` durable, and the id to `submit` it
+    /// under; None when the sink keeps no such records (persistence not sync) or does not store
+    /// the topic.
+    pub(super) fn durable_put(
+        &self,
+        record: &SinkRecord,
+    ) -> Option<(u64, crate::store::journal::Op)> {
+        let d = self.shared.durable.get().filter(|d| d.active)?;
+        if !self.mapping.stores_topic(record.topic) {
+            return None;
+        }
+        Some(d.put(record))
+    }
+
+    /// Whether a publish on `topic` acknowledged now must be kept in the journal until it is
+    /// written (sync persistence, and the topic is stored).
+    pub(super) fn keeps_durably(&self, topic: &str) -> bool {
+        self.shared.durable.get().is_some_and(|d| d.active) && self.mapping.stores_topic(topic)
+    }
+
     /// Hand a record to the batcher: at once, or, on a thread in a batching scope, with the
     /// others it submits before the scope's next `flush_batched`.
-    pub(super) fn submit(self: &Arc<Self>, record: SinkRecord) {
+    pub(super) fn submit(self: &Arc<Self>, record: SinkRecord, journaled: Journaled) {
+        if let Journaled::Own(id) = journaled {
+            // Its record is in the journal already: it travels alone.
+            let mut chunk = Chunk::one(&record);
+            chunk.id = id;
+            return self.send(chunk);
+        }
+        let durable = journaled == Journaled::WithChunk;
         let full = THREAD_BATCH.with(|b| match &mut *b.borrow_mut() {
             None => None,
             Some(batch) => {
@@ -291,6 +357,7 @@ impl Writer {
                     None => batch.writer = Some(self.clone()),
                 }
                 batch.chunk.push(&record);
+                batch.chunk.durable |= durable;
                 Some(batch.chunk.data.len() >= CHUNK_BYTES)
             }
         });
@@ -298,12 +365,29 @@ impl Writer {
             Some(false) => {}
             Some(true) => flush_batched(),
             // Not batching, or batching for another sink (tests run several brokers).
-            None => self.send(Chunk::one(&record)),
+            None => {
+                let mut chunk = Chunk::one(&record);
+                chunk.durable = durable;
+                self.send(chunk)
+            }
         }
     }
 
-    fn send(&self, chunk: Chunk) {
+    fn send(&self, mut chunk: Chunk) {
         let n = chunk.records;
+        if chunk.durable {
+            // Into the journal before the batcher can write it (and so release it), and before
+            // this thread waits for the store to acknowledge its publishes.
+            if let Some(d) = self.shared.durable.get() {
+                let (id, put) = d.chunk_put(chunk.data.clone());
+                d.store.submit_now(put);
+                chunk.id = id;
+            }
+            chunk.durable = false;
+        }
+        // Kept for its id when the chunk cannot be handed over.
+        let mut chunk_back = None;
+        let mut chunk = Some(chunk);
         let shared = &self.shared;
         Counters::add(&shared.counters.received, n);
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
@@ -315,10 +399,21 @@ impl Writer {
                 self.wait_for_room();
             }
             shared.in_queue.fetch_add(n, Ordering::SeqCst);
-            tx.send(chunk).is_ok()
+            let Some(c) = chunk.take() else { return false };
+            match tx.send(c) {
+                Ok(()) => true,
+                Err(e) => {
+                    chunk_back = Some(e.0);
+                    false
+                }
+            }
         });
+        let chunk_back = chunk_back.or(chunk);
         if !sent {
             self.shared.counters.drop_points(DropReason::Stopped, n);
+            if let Some(c) = chunk_back.filter(|c| c.id != 0) {
+                self.shared.release(&[(c.id, c.records)]);
+            }
             if !self.stopped_logged.swap(true, Ordering::Relaxed) {
                 log::error!("sink: writer is not running (shut down?); publishes are not stored");
             }
@@ -468,6 +563,9 @@ impl Batcher {
     fn run(mut self, records: Receiver<Chunk>) {
         let mut buf = String::with_capacity(1 << 20);
         let mut lines = 0usize;
+        // Journal records whose publishes are in `buf` (also those mapped to no line: the batch
+        // settles them all), and how many of each.
+        let mut ids: Vec<(u64, usize)> = Vec::new();
         let mut first_at: Option<Instant> = None;
         let counters = self.shared.counters.clone();
         // However the batcher ends, publishers waiting for room must not wait for it.
@@ -499,18 +597,29 @@ impl Batcher {
                                     self.shared.room.lock().unwrap_or_else(|e| e.into_inner());
                                 self.shared.room_freed.notify_all();
                             }
+                            if c.id != 0 {
+                                if let Some(d) = self.shared.durable.get() {
+                                    d.taken(c.id, c.records);
+                                }
+                            }
                             (chunk, at) = (c, 0);
                             continue;
                         }
                         Err(RecvTimeoutError::Timeout) => true,
                         Err(RecvTimeoutError::Disconnected) => {
                             Counters::add(&counters.queued, queued);
-                            self.flush(std::mem::take(&mut buf), lines);
+                            self.flush(std::mem::take(&mut buf), lines, ids);
                             return;
                         }
                     }
                 }
                 Some(rec) => {
+                    if chunk.id != 0 {
+                        match ids.last_mut() {
+                            Some((id, n)) if *id == chunk.id => *n += 1,
+                            _ => ids.push((chunk.id, 1)),
+                        }
+                    }
                     if let Some((ready, timeout)) = self.ready.take() {
                         // Map the first publishes only once the stored field types are known
                         // (or InfluxDB did not answer in time), so they cannot conflict.
@@ -552,6 +661,7 @@ impl Batcher {
                 self.flush(
                     std::mem::replace(&mut buf, String::with_capacity(1 << 20)),
                     lines,
+                    std::mem::take(&mut ids),
                 );
                 lines = 0;
                 first_at = None;
@@ -619,13 +729,16 @@ impl Batcher {
 
     /// Hand a batch to the sender, or to the spool when the sender is busy or the spool is not
     /// empty (to keep the order).
-    fn flush(&mut self, data: String, lines: usize) {
+    fn flush(&mut self, data: String, lines: usize, ids: Vec<(u64, usize)>) {
         if lines == 0 {
+            // Nothing to write: every record in it was dropped (counted) or excluded.
+            self.shared.release(&ids);
             return;
         }
         let mut batch = Batch {
             data: data.into_bytes(),
             lines,
+            ids,
         };
         let shared = self.shared.clone();
         let counters = &shared.counters;
@@ -667,6 +780,9 @@ impl Batcher {
                     Counters::add(&counters.spooled, batch.lines);
                     shared.update_gauges(&st);
                     self.backpressure_logged = false;
+                    drop(st);
+                    // Fsync'd in the spool: a later drop-oldest is counted there.
+                    shared.release(&batch.ids);
                     return;
                 }
                 Err(SpoolError::Full) => match self.spool_full {
@@ -708,6 +824,7 @@ impl Batcher {
                     drop(st);
                     if let Err(e) = self.batches.send(batch) {
                         counters.drop_points(DropReason::SpoolIo, e.0.lines);
+                        shared.release(&e.0.ids);
                     }
                     return;
                 }
@@ -801,6 +918,7 @@ fn split(batch: &Batch) -> (Batch, Batch) {
         Batch {
             data,
             lines: ls.len(),
+            ids: Vec::new(),
         }
     };
     (join(&lines[..mid]), join(&lines[mid..]))
@@ -809,6 +927,7 @@ fn split(batch: &Batch) -> (Batch, Batch) {
 fn concat(mut a: Batch, b: Batch) -> Batch {
     a.data.extend_from_slice(&b.data);
     a.lines += b.lines;
+    a.ids.extend(b.ids);
     a
 }
 
@@ -933,10 +1052,12 @@ impl SenderLoop {
                     break;
                 }
             }
-            let (job_batch, seq) = match job {
+            let (mut job_batch, seq) = match job {
                 Job::Memory(b) => (b, None),
                 Job::Spooled(seq, b) => (b, Some(seq)),
             };
+            // Settled below whatever happens: written, dropped, or spooled by `failed`.
+            let ids = std::mem::take(&mut job_batch.ids);
             let delivery = self.deliver(job_batch);
             let counters = &self.shared.counters;
             Counters::add(&counters.written, delivery.written);
@@ -955,6 +1076,7 @@ impl SenderLoop {
                         drop(st);
                         self.shared.spool_shrunk.notify_all();
                     }
+                    self.shared.release(&ids);
                 }
                 Some((rest, reason, loud)) => {
                     let job = match seq {
@@ -962,6 +1084,7 @@ impl SenderLoop {
                         None => Job::Memory(rest),
                     };
                     self.failed(job, Some(delivery.written), &reason, loud);
+                    self.shared.release(&ids);
                     if !self.wait_backoff(&reason) {
                         break;
                     }
@@ -1035,6 +1158,7 @@ impl SenderLoop {
                             counters.drop_points(DropReason::SpoolIo, b.lines);
                         }
                     }
+                    self.shared.release(&b.ids);
                 }
             }
         }
@@ -1089,6 +1213,7 @@ impl SenderLoop {
                     counters.drop_points(DropReason::SpoolIo, b.lines);
                 }
             }
+            self.shared.release(&b.ids);
         }
         self.shared.update_gauges(&st);
     }
@@ -1222,9 +1347,11 @@ impl SenderLoop {
                 data.extend_from_slice(l);
                 data.push(b'\n');
             }
+            // `ids` were taken out by the caller, which settles them after the last attempt.
             return Refusal::Resend(Batch {
                 data,
                 lines: lines.len() - refused.len(),
+                ids: Vec::new(),
             });
         }
         Refusal::Done(Delivery {
@@ -1423,6 +1550,7 @@ mod tests {
         let b = Batch {
             data: b"a v=1 1\nb s=\"x\ny\" 2\nc v=3 3\n".to_vec(),
             lines: 3,
+            ids: Vec::new(),
         };
         let (x, y) = split(&b);
         assert_eq!((x.lines, y.lines), (1, 2));

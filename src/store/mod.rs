@@ -12,6 +12,11 @@
 //! session's changes in the order they were made. A session's end (or a will that leaves its
 //! disconnection record) is sent with the session table locked instead, after the session is
 //! no longer reachable, in one atomic record with the will's deliveries (`Broker::route_will`).
+//!
+//! The InfluxDB sink keeps its own records here too (keys `k...`, `crate::sink::durable`): with
+//! sync persistence, the acknowledged publishes it has not yet written or spooled, put by the
+//! connection thread before its wait for `wait_durable` and deleted by the sink (`submit`, no
+//! wait) once written. They come back undecoded in `Loaded::sink`.
 
 pub mod journal;
 pub mod records;
@@ -80,8 +85,8 @@ impl Store {
         }
         let loaded = records::load(&map);
         info!(
-            "store {}: loaded {} retained messages, {} sessions, {} queued/inflight messages \
-             (mode {mode:?})",
+            "store {}: loaded {} retained messages, {} sessions, {} queued/inflight messages, \
+             {} sink records (publishes not yet written to InfluxDB) (mode {mode:?})",
             journal.path().display(),
             loaded.retained.len(),
             loaded.sessions.len(),
@@ -89,7 +94,8 @@ impl Store {
                 .sessions
                 .iter()
                 .map(|s| s.outgoing.len())
-                .sum::<usize>()
+                .sum::<usize>(),
+            loaded.sink.len()
         );
         let (tx, rx) = crossbeam_channel::unbounded();
         let failed = Arc::new(AtomicBool::new(false));
@@ -129,6 +135,14 @@ impl Store {
             // After `stop` the thread is gone; late changes (during shutdown) are not recorded.
             let _ = self.tx.send(Msg::Op(op));
         }
+    }
+
+    /// `submit`, but never collected by an enclosing `atomically`: for an op that must reach the
+    /// store thread before the caller acts on it (the sink hands a chunk to its batcher, which
+    /// may write it and delete the op's key, right after).
+    pub fn submit_now(&self, op: Op) {
+        // After `stop` the thread is gone; late changes (during shutdown) are not recorded.
+        let _ = self.tx.send(Msg::Op(op));
     }
 
     /// Run `f`, collecting what this thread submits meanwhile into one atomic record: after a
@@ -254,33 +268,34 @@ impl Writer {
     }
 
     fn apply(&mut self, op: Op) {
-        let size = |k: &[u8], v: &[u8]| (k.len() + v.len()) as u64;
-        match &op {
+        // One map lookup per op: the old value comes back from insert/remove.
+        let size = |k: usize, v: &[u8]| (k + v.len()) as u64;
+        match op {
             Op::Put(k, v) => {
-                let old = self.map.get(k).map(|o| size(k, o)).unwrap_or(0);
-                self.live = (self.live + size(k, v)).saturating_sub(old);
+                let (k_len, added) = (k.len(), size(k.len(), &v));
+                let old = self.map.insert(k, v).map_or(0, |o| size(k_len, &o));
+                self.live = (self.live + added).saturating_sub(old);
             }
             Op::Delete(k) => {
-                let old = self.map.get(k).map(|o| size(k, o)).unwrap_or(0);
+                let old = self.map.remove(&k).map_or(0, |o| size(k.len(), &o));
                 self.live = self.live.saturating_sub(old);
             }
             Op::Batch(ops) => {
                 for op in ops {
-                    self.apply(op.clone());
+                    self.apply(op);
                 }
-                return;
             }
             Op::DeletePrefix(p) => {
                 let gone: u64 = self
                     .map
                     .range(p.clone()..)
-                    .take_while(|(k, _)| k.starts_with(p))
-                    .map(|(k, v)| size(k, v))
+                    .take_while(|(k, _)| k.starts_with(&p))
+                    .map(|(k, v)| size(k.len(), v))
                     .sum();
                 self.live = self.live.saturating_sub(gone);
+                journal::apply(&mut self.map, Op::DeletePrefix(p));
             }
         }
-        journal::apply(&mut self.map, op);
     }
 
     /// Run a journal operation; on error log it once and refuse every later acknowledgement:

@@ -10,6 +10,8 @@
 //! - `n` client: the session's owner, the identity (username, or none: anonymous) that alone may
 //!   resume it. A store written before owners were recorded has none: such a session is
 //!   adopted by the first client that resumes it (see `Session::may_resume`)
+//! - `k` ...: owned by the InfluxDB sink (`crate::sink::durable`: acknowledged publishes not yet
+//!   written to InfluxDB or its spool); handed back undecoded in `Loaded::sink`
 //!
 //! A message is stored as a v5 PUBLISH encoded by the broker's own codec (so its properties
 //! round-trip), plus what the wire format does not carry: publisher, receive time and the
@@ -30,6 +32,8 @@ const INCOMING: u8 = b'i';
 const DETACHED: u8 = b'd';
 /// Sorts before `SESSION`, so `load` has it when it reaches the session record.
 const OWNER: u8 = b'n';
+/// The first byte of every key the sink owns.
+pub const SINK: u8 = b'k';
 
 /// The `[len][client id]` part of a session's keys.
 pub fn client_key(client_id: &str) -> Vec<u8> {
@@ -215,6 +219,8 @@ pub struct StoredSession {
 pub struct Loaded {
     pub retained: Vec<Arc<Message>>,
     pub sessions: Vec<StoredSession>,
+    /// The sink's records (key without the `k`, value), for `Sink::attach_store`.
+    pub sink: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Decode the map. A record that does not decode (it passed its checksum, so only a bug or a
@@ -284,6 +290,10 @@ pub fn load(map: &Map) -> Loaded {
                 loaded.sessions.push(s);
                 Some(())
             }),
+            SINK => {
+                loaded.sink.push((rest.to_vec(), v.clone()));
+                Some(())
+            }
             _ => None,
         };
         if ok.is_none() && kind != RETAINED {
