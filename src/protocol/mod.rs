@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | framing | `framing.rs` | fixed header, Remaining Length, cutting frames off a stream or a buffer; nothing of bodies |
 //! | data types | `fields.rs` | integers, strings, binary data (section 1.5), read with errors that name the field |
-//! | properties | `properties.rs` | which packet carries which property; reading and writing property lists |
+//! | properties | `properties.rs` | one table per property id (name, type, allowed packets) used by both directions |
 //! | packets | `packets/` | decode and encode of each packet family on top of the layers above; `decode_packet` / `encode_packet` dispatch |
 //! | model | `types.rs` | the packet structs, [`Properties`], [`Packet`], reason codes |
 //! | errors | `error.rs` | [`DecodeError`] and the spec rule each error cites |
@@ -21,9 +21,8 @@
 //!
 //! Where to add a packet: its struct and `Packet` variant in `types.rs`, its decode and encode
 //! functions in the family file under `packets/` (or a new one), and the arms in `decode_packet`
-//! and `encode_packet` (`packets/mod.rs`). A v5 property: a `Properties` field, and in
-//! `properties.rs` its `property_allowed` entry, its arm in `read_properties`, its
-//! `property_name` and its entry in `visit_properties`.
+//! and `encode_packet` (`packets/mod.rs`). A v5 property: a `Properties` field, a row in
+//! `properties::PROPERTIES`, its arm in `store_property` and its entry in `visit_properties`.
 
 mod error;
 mod fields;

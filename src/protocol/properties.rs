@@ -1,13 +1,22 @@
-//! MQTT 5.0 properties (section 2.2.2) on the wire, in both directions: which packets may carry
-//! which property ([`property_allowed`]), reading a property list ([`read_properties`]), and
-//! sizing and writing one, which both walk [`visit_properties`] so they cannot disagree.
+//! MQTT 5.0 properties (section 2.2.2) on the wire: one table, [`PROPERTIES`], that says for
+//! each property identifier its name, its wire type and which packets may carry it (section
+//! 2.2.2.2), as mosquitto's `mqtt_protocol.h` + `property_mosq.c` do. The decoder ([`read_properties`]), the encoder ([`visit_properties`])
+//! and every error message take those facts from the table; what remains per property is the
+//! one line that maps it to its `Properties` field in each direction (and a value check where
+//! the spec has one).
+//!
+//! To add a property: a field of `Properties` (`types.rs`), a row in [`PROPERTIES`], its arm in
+//! `store_property` and its entry in [`visit_properties`]. The unit test
+//! `every_property_in_the_table_round_trips_where_allowed_and_is_refused_elsewhere` checks the
+//! four agree.
 use super::error::{malformed, protocol, DecodeError, V5_CLOSE_RULE};
 use super::fields::{clamp_binary, clamp_str, write_binary, write_str, Reader};
 use super::framing::{variable_int_len, write_variable_int, MAX_REMAINING_LENGTH};
 use super::Properties;
+use bytes::Bytes;
 
 // ---------------------------------------------------------------------------------------------
-// Which packets carry which property
+// The table
 // ---------------------------------------------------------------------------------------------
 
 /// Where a property list sits; decides which property identifiers are valid there.
@@ -28,6 +37,7 @@ pub(crate) enum PropContext {
 }
 
 impl PropContext {
+    /// Name for error messages.
     pub(crate) fn name(self) -> &'static str {
         match self {
             PropContext::Connect => "CONNECT",
@@ -43,30 +53,177 @@ impl PropContext {
             PropContext::Auth => "AUTH",
         }
     }
+
+    /// This position as one bit of a [`Contexts`] set.
+    const fn bit(self) -> u16 {
+        1 << self as u16
+    }
 }
 
-/// Whether property `id` may appear in `ctx` (table in section 2.2.2.2). Shared with the encoder,
-/// which leaves out properties that are not valid for the packet it writes.
-pub(crate) fn property_allowed(id: u8, ctx: PropContext) -> bool {
+/// A set of [`PropContext`]s, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Contexts(u16);
+
+impl Contexts {
+    const ALL: Contexts = Contexts(u16::MAX);
+    const NONE: Contexts = Contexts(0);
+
+    const fn of(list: &[PropContext]) -> Contexts {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < list.len() {
+            bits |= list[i].bit();
+            i += 1;
+        }
+        Contexts(bits)
+    }
+
+    pub(crate) fn contains(self, ctx: PropContext) -> bool {
+        self.0 & ctx.bit() != 0
+    }
+}
+
+/// The data type of a property value (section 2.2.2.2, "Type" column; section 1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PropType {
+    Byte,
+    TwoByteInteger,
+    FourByteInteger,
+    VariableByteInteger,
+    Utf8String,
+    BinaryData,
+    Utf8StringPair,
+}
+
+/// What the spec says about one property identifier.
+#[derive(Debug)]
+pub(crate) struct PropertyDef {
+    pub(crate) id: u8,
+    /// As the spec names it; error messages use it.
+    pub(crate) name: &'static str,
+    pub(crate) ty: PropType,
+    /// The property lists it may appear in; anywhere else it is a Malformed Packet.
+    pub(crate) allowed: Contexts,
+    /// Where it may appear more than once (otherwise a repeat is a Protocol Error, section 3).
+    pub(crate) repeatable: Contexts,
+}
+
+const fn def(
+    id: u8,
+    name: &'static str,
+    ty: PropType,
+    allowed: &[PropContext],
+    repeatable: Contexts,
+) -> PropertyDef {
+    PropertyDef {
+        id,
+        name,
+        ty,
+        allowed: Contexts::of(allowed),
+        repeatable,
+    }
+}
+
+/// Every MQTT 5.0 property, in identifier order (table in section 2.2.2.2).
+// One row a line, like the spec's table: rustfmt would spread each over five.
+#[rustfmt::skip]
+pub(crate) const PROPERTIES: [PropertyDef; 27] = {
     use PropContext::*;
-    let allowed: &[PropContext] = match id {
-        0x01 | 0x02 | 0x03 | 0x08 | 0x09 => &[Publish, Will],
-        0x0B => &[Publish, Subscribe],
-        0x11 => &[Connect, ConnAck, Disconnect],
-        0x12 | 0x13 | 0x1A | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => &[ConnAck],
-        0x15 | 0x16 => &[Connect, ConnAck, Auth],
-        0x17 | 0x19 => &[Connect],
-        0x18 => &[Will],
-        0x1C => &[ConnAck, Disconnect],
-        0x1F => &[ConnAck, Ack, SubAck, UnsubAck, Disconnect, Auth],
-        0x21 | 0x22 | 0x27 => &[Connect, ConnAck],
-        0x23 => &[Publish],
-        0x26 => return true,
-        _ => return false,
-    };
-    allowed.contains(&ctx)
+    use PropType::*;
+    const ONCE: Contexts = Contexts::NONE;
+    const REPEAT_IN_PUBLISH: Contexts = Contexts::of(&[Publish]);
+    [
+        def(0x01, "payload format indicator", Byte, &[Publish, Will], ONCE),
+        def(0x02, "message expiry interval", FourByteInteger, &[Publish, Will], ONCE),
+        def(0x03, "content type", Utf8String, &[Publish, Will], ONCE),
+        def(0x08, "response topic", Utf8String, &[Publish, Will], ONCE),
+        def(0x09, "correlation data", BinaryData, &[Publish, Will], ONCE),
+        // Repeatable in PUBLISH only; SUBSCRIBE carries at most one (section 3.8.2.1.2).
+        def(0x0B, "subscription identifier", VariableByteInteger, &[Publish, Subscribe], REPEAT_IN_PUBLISH),
+        def(0x11, "session expiry interval", FourByteInteger, &[Connect, ConnAck, Disconnect], ONCE),
+        def(0x12, "assigned client identifier", Utf8String, &[ConnAck], ONCE),
+        def(0x13, "server keep alive", TwoByteInteger, &[ConnAck], ONCE),
+        def(0x15, "authentication method", Utf8String, &[Connect, ConnAck, Auth], ONCE),
+        def(0x16, "authentication data", BinaryData, &[Connect, ConnAck, Auth], ONCE),
+        def(0x17, "request problem information", Byte, &[Connect], ONCE),
+        def(0x18, "will delay interval", FourByteInteger, &[Will], ONCE),
+        def(0x19, "request response information", Byte, &[Connect], ONCE),
+        def(0x1A, "response information", Utf8String, &[ConnAck], ONCE),
+        def(0x1C, "server reference", Utf8String, &[ConnAck, Disconnect], ONCE),
+        def(0x1F, "reason string", Utf8String, &[ConnAck, Ack, SubAck, UnsubAck, Disconnect, Auth], ONCE),
+        def(0x21, "receive maximum", TwoByteInteger, &[Connect, ConnAck], ONCE),
+        def(0x22, "topic alias maximum", TwoByteInteger, &[Connect, ConnAck], ONCE),
+        def(0x23, "topic alias", TwoByteInteger, &[Publish], ONCE),
+        def(0x24, "maximum QoS", Byte, &[ConnAck], ONCE),
+        def(0x25, "retain available", Byte, &[ConnAck], ONCE),
+        // Allowed in every packet that has properties, any number of times, order kept.
+        PropertyDef {
+            id: 0x26,
+            name: "user property",
+            ty: Utf8StringPair,
+            allowed: Contexts::ALL,
+            repeatable: Contexts::ALL,
+        },
+        def(0x27, "maximum packet size", FourByteInteger, &[Connect, ConnAck], ONCE),
+        def(0x28, "wildcard subscription available", Byte, &[ConnAck], ONCE),
+        def(0x29, "subscription identifier available", Byte, &[ConnAck], ONCE),
+        def(0x2A, "shared subscription available", Byte, &[ConnAck], ONCE),
+    ]
+};
+
+/// Identifier -> index into [`PROPERTIES`] (`NO_PROPERTY` for unassigned identifiers), built
+/// from the table at compile time so a lookup is one array read on the decode path.
+const NO_PROPERTY: u8 = u8::MAX;
+const INDEX: [u8; 0x2B] = {
+    let mut index = [NO_PROPERTY; 0x2B];
+    let mut i = 0;
+    while i < PROPERTIES.len() {
+        index[PROPERTIES[i].id as usize] = i as u8;
+        i += 1;
+    }
+    index
+};
+
+/// The table's row for identifier `id`, if the spec assigns it.
+pub(crate) fn property(id: u8) -> Option<&'static PropertyDef> {
+    match INDEX.get(id as usize) {
+        Some(&i) if i != NO_PROPERTY => PROPERTIES.get(i as usize),
+        _ => None,
+    }
 }
 
+/// One property value as it is on the wire, borrowed. Decoding reads one by the table's type;
+/// sizing and writing both walk [`visit_properties`], so they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PropValue<'a> {
+    Byte(u8),
+    U16(u16),
+    U32(u32),
+    VarInt(u32),
+    Str(&'a str),
+    Binary(&'a [u8]),
+    Pair(&'a str, &'a str),
+}
+
+impl PropValue<'_> {
+    fn ty(&self) -> PropType {
+        match self {
+            PropValue::Byte(_) => PropType::Byte,
+            PropValue::U16(_) => PropType::TwoByteInteger,
+            PropValue::U32(_) => PropType::FourByteInteger,
+            PropValue::VarInt(_) => PropType::VariableByteInteger,
+            PropValue::Str(_) => PropType::Utf8String,
+            PropValue::Binary(_) => PropType::BinaryData,
+            PropValue::Pair(..) => PropType::Utf8StringPair,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+// ---------------------------------------------------------------------------------------------
+
+/// Read a property list (length prefix + properties) for position `ctx`.
 pub(super) fn read_properties(
     r: &mut Reader<'_>,
     ctx: PropContext,
@@ -87,14 +244,13 @@ pub(super) fn read_properties(
         // Identifiers are variable byte integers, but every defined one fits in one byte; a
         // multi-byte identifier starts with a byte >= 0x80, which is unknown anyway.
         let id = r.u8("property identifier")?;
-        if !property_allowed(id, ctx) {
+        let Some(def) = property(id).filter(|d| d.allowed.contains(ctx)) else {
             // Section 2.2.2.2: an identifier not valid for the packet type is a Malformed Packet.
             return Err(malformed(format!(
                 "{where_}: property {id:#04x} is unknown or not allowed here (section 2.2.2.2) {V5_CLOSE_RULE}"
             )));
-        }
-        let repeatable = id == 0x26 || (id == 0x0B && ctx == PropContext::Publish);
-        if !repeatable {
+        };
+        if !def.repeatable.contains(ctx) {
             if seen & (1u64 << id) != 0 {
                 return Err(protocol(format!(
                     "{where_}: property {id:#04x} included more than once (section 3) {V5_CLOSE_RULE}"
@@ -102,76 +258,8 @@ pub(super) fn read_properties(
             }
             seen |= 1u64 << id;
         }
-        let field = property_name(id);
-        match id {
-            0x01 => p.payload_format_indicator = Some(read_flag(r, field, where_)?),
-            0x02 => p.message_expiry_interval = Some(r.u32(field)?),
-            0x03 => p.content_type = Some(r.string(field)?),
-            0x08 => {
-                let topic = r.string(field)?;
-                if topic.is_empty() {
-                    return Err(protocol(format!(
-                        "{where_}: empty response topic [MQTT-4.7.3-1]"
-                    )));
-                }
-                if topic.contains(['+', '#']) {
-                    return Err(protocol(format!(
-                        "{where_}: response topic {topic:?} contains a wildcard [MQTT-3.3.2-14]"
-                    )));
-                }
-                p.response_topic = Some(topic);
-            }
-            0x09 => p.correlation_data = Some(r.binary(field)?),
-            0x0B => {
-                let v = r.varint(field)?;
-                if v == 0 {
-                    return Err(protocol(format!(
-                        "{where_}: subscription identifier 0 (section 3.3.2.3.8) {V5_CLOSE_RULE}"
-                    )));
-                }
-                p.subscription_identifiers.push(v);
-            }
-            0x11 => p.session_expiry_interval = Some(r.u32(field)?),
-            0x12 => p.assigned_client_identifier = Some(r.string(field)?),
-            0x13 => p.server_keep_alive = Some(r.u16(field)?),
-            0x15 => p.authentication_method = Some(r.string(field)?),
-            0x16 => p.authentication_data = Some(r.binary(field)?),
-            0x17 => p.request_problem_information = Some(read_flag(r, field, where_)?),
-            0x18 => p.will_delay_interval = Some(r.u32(field)?),
-            0x19 => p.request_response_information = Some(read_flag(r, field, where_)?),
-            0x1A => p.response_information = Some(r.string(field)?),
-            0x1C => p.server_reference = Some(r.string(field)?),
-            0x1F => p.reason_string = Some(r.string(field)?),
-            0x21 => p.receive_maximum = Some(read_nonzero_u16(r, field, where_)?),
-            0x22 => p.topic_alias_maximum = Some(r.u16(field)?),
-            // Alias 0 / above the maximum is the broker's call (DISCONNECT 0x94) [MQTT-3.3.2-8].
-            0x23 => p.topic_alias = Some(r.u16(field)?),
-            0x24 => p.maximum_qos = Some(read_flag(r, field, where_)?),
-            0x25 => p.retain_available = Some(read_flag(r, field, where_)?),
-            0x26 => {
-                let k = r.string("user property name")?;
-                let v = r.string("user property value")?;
-                p.user_properties.push((k, v));
-            }
-            0x27 => {
-                let v = r.u32(field)?;
-                if v == 0 {
-                    return Err(protocol(format!(
-                        "{where_}: maximum packet size 0 (section 3.1.2.11.4) {V5_CLOSE_RULE}"
-                    )));
-                }
-                p.maximum_packet_size = Some(v);
-            }
-            0x28 => p.wildcard_subscription_available = Some(read_flag(r, field, where_)?),
-            0x29 => p.subscription_identifier_available = Some(read_flag(r, field, where_)?),
-            0x2A => p.shared_subscription_available = Some(read_flag(r, field, where_)?),
-            // property_allowed() is false for every other identifier; kept as an error, not a panic.
-            _ => {
-                return Err(malformed(format!(
-                    "{where_}: unknown property {id:#04x} {V5_CLOSE_RULE}"
-                )))
-            }
-        }
+        let value = read_value(r, def)?;
+        store_property(&mut p, id, value, def.name, where_)?;
         if r.pos > end {
             return Err(malformed(format!(
                 "{where_}: property {id:#04x} runs past the property length {V5_CLOSE_RULE}"
@@ -186,82 +274,137 @@ pub(super) fn read_properties(
     Ok(p)
 }
 
-/// A byte property whose only valid values are 0 and 1 (payload format indicator, request
-/// problem/response information, maximum QoS, the "available" flags).
-fn read_flag(r: &mut Reader<'_>, field: &str, where_: &str) -> Result<u8, DecodeError> {
-    let v = r.u8(field)?;
-    if v > 1 {
-        return Err(protocol(format!(
-            "{where_}: {field} must be 0 or 1, got {v} {V5_CLOSE_RULE}"
-        )));
-    }
-    Ok(v)
+/// One value of the table's type for `def`, borrowed from the frame.
+fn read_value<'a>(r: &mut Reader<'a>, def: &PropertyDef) -> Result<PropValue<'a>, DecodeError> {
+    let field = def.name;
+    Ok(match def.ty {
+        PropType::Byte => PropValue::Byte(r.u8(field)?),
+        PropType::TwoByteInteger => PropValue::U16(r.u16(field)?),
+        PropType::FourByteInteger => PropValue::U32(r.u32(field)?),
+        PropType::VariableByteInteger => PropValue::VarInt(r.varint(field)?),
+        PropType::Utf8String => PropValue::Str(r.str(field)?),
+        PropType::BinaryData => {
+            let len = r.u16(field)? as usize;
+            PropValue::Binary(r.take(len, field)?)
+        }
+        PropType::Utf8StringPair => {
+            PropValue::Pair(r.str("user property name")?, r.str("user property value")?)
+        }
+    })
 }
 
-fn read_nonzero_u16(r: &mut Reader<'_>, field: &str, where_: &str) -> Result<u16, DecodeError> {
-    let v = r.u16(field)?;
-    if v == 0 {
-        return Err(protocol(format!(
-            "{where_}: {field} must not be 0 {V5_CLOSE_RULE}"
-        )));
+/// Put one decoded value into its field of `p`, with the value checks the spec makes.
+fn store_property(
+    p: &mut Properties,
+    id: u8,
+    value: PropValue<'_>,
+    field: &str,
+    where_: &str,
+) -> Result<(), DecodeError> {
+    use PropValue::*;
+    let flag = |v: u8| {
+        // A byte property whose only valid values are 0 and 1 (payload format indicator,
+        // request problem/response information, maximum QoS, the "available" flags).
+        if v > 1 {
+            return Err(protocol(format!(
+                "{where_}: {field} must be 0 or 1, got {v} {V5_CLOSE_RULE}"
+            )));
+        }
+        Ok(v)
+    };
+    match (id, value) {
+        (0x01, Byte(v)) => p.payload_format_indicator = Some(flag(v)?),
+        (0x02, U32(v)) => p.message_expiry_interval = Some(v),
+        (0x03, Str(v)) => p.content_type = Some(v.to_owned()),
+        (0x08, Str(topic)) => {
+            if topic.is_empty() {
+                return Err(protocol(format!(
+                    "{where_}: empty response topic [MQTT-4.7.3-1]"
+                )));
+            }
+            if topic.contains(['+', '#']) {
+                return Err(protocol(format!(
+                    "{where_}: response topic {topic:?} contains a wildcard [MQTT-3.3.2-14]"
+                )));
+            }
+            p.response_topic = Some(topic.to_owned());
+        }
+        (0x09, Binary(v)) => p.correlation_data = Some(Bytes::copy_from_slice(v)),
+        (0x0B, VarInt(v)) => {
+            if v == 0 {
+                return Err(protocol(format!(
+                    "{where_}: subscription identifier 0 (section 3.3.2.3.8) {V5_CLOSE_RULE}"
+                )));
+            }
+            p.subscription_identifiers.push(v);
+        }
+        (0x11, U32(v)) => p.session_expiry_interval = Some(v),
+        (0x12, Str(v)) => p.assigned_client_identifier = Some(v.to_owned()),
+        (0x13, U16(v)) => p.server_keep_alive = Some(v),
+        (0x15, Str(v)) => p.authentication_method = Some(v.to_owned()),
+        (0x16, Binary(v)) => p.authentication_data = Some(Bytes::copy_from_slice(v)),
+        (0x17, Byte(v)) => p.request_problem_information = Some(flag(v)?),
+        (0x18, U32(v)) => p.will_delay_interval = Some(v),
+        (0x19, Byte(v)) => p.request_response_information = Some(flag(v)?),
+        (0x1A, Str(v)) => p.response_information = Some(v.to_owned()),
+        (0x1C, Str(v)) => p.server_reference = Some(v.to_owned()),
+        (0x1F, Str(v)) => p.reason_string = Some(v.to_owned()),
+        (0x21, U16(v)) => {
+            if v == 0 {
+                return Err(protocol(format!(
+                    "{where_}: {field} must not be 0 {V5_CLOSE_RULE}"
+                )));
+            }
+            p.receive_maximum = Some(v);
+        }
+        (0x22, U16(v)) => p.topic_alias_maximum = Some(v),
+        // Alias 0 / above the maximum is the broker's call (DISCONNECT 0x94) [MQTT-3.3.2-8].
+        (0x23, U16(v)) => p.topic_alias = Some(v),
+        (0x24, Byte(v)) => p.maximum_qos = Some(flag(v)?),
+        (0x25, Byte(v)) => p.retain_available = Some(flag(v)?),
+        (0x26, Pair(k, v)) => p.user_properties.push((k.to_owned(), v.to_owned())),
+        (0x27, U32(v)) => {
+            if v == 0 {
+                return Err(protocol(format!(
+                    "{where_}: maximum packet size 0 (section 3.1.2.11.4) {V5_CLOSE_RULE}"
+                )));
+            }
+            p.maximum_packet_size = Some(v);
+        }
+        (0x28, Byte(v)) => p.wildcard_subscription_available = Some(flag(v)?),
+        (0x29, Byte(v)) => p.subscription_identifier_available = Some(flag(v)?),
+        (0x2A, Byte(v)) => p.shared_subscription_available = Some(flag(v)?),
+        // A row in PROPERTIES without an arm here (the unit test catches it): an error, not a
+        // panic.
+        _ => {
+            return Err(malformed(format!(
+                "{where_}: unknown property {id:#04x} {V5_CLOSE_RULE}"
+            )))
+        }
     }
-    Ok(v)
-}
-
-fn property_name(id: u8) -> &'static str {
-    match id {
-        0x01 => "payload format indicator",
-        0x02 => "message expiry interval",
-        0x03 => "content type",
-        0x08 => "response topic",
-        0x09 => "correlation data",
-        0x0B => "subscription identifier",
-        0x11 => "session expiry interval",
-        0x12 => "assigned client identifier",
-        0x13 => "server keep alive",
-        0x15 => "authentication method",
-        0x16 => "authentication data",
-        0x17 => "request problem information",
-        0x18 => "will delay interval",
-        0x19 => "request response information",
-        0x1A => "response information",
-        0x1C => "server reference",
-        0x1F => "reason string",
-        0x21 => "receive maximum",
-        0x22 => "topic alias maximum",
-        0x23 => "topic alias",
-        0x24 => "maximum QoS",
-        0x25 => "retain available",
-        0x26 => "user property",
-        0x27 => "maximum packet size",
-        0x28 => "wildcard subscription available",
-        0x29 => "subscription identifier available",
-        0x2A => "shared subscription available",
-        _ => "property",
-    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
 // ---------------------------------------------------------------------------------------------
 
-/// One property as it goes on the wire. Sizing and writing both walk [`visit_properties`], so
-/// they cannot disagree.
-enum PropValue<'a> {
-    Byte(u8),
-    U16(u16),
-    U32(u32),
-    VarInt(u32),
-    Str(&'a str),
-    Binary(&'a [u8]),
-    Pair(&'a str, &'a str),
-}
-
-/// Calls `f(id, value)` for every property set in `p` that is valid in `ctx`, in identifier order.
-fn visit_properties<'a>(p: &'a Properties, ctx: PropContext, mut f: impl FnMut(u8, PropValue<'a>)) {
+/// Calls `f(id, value)` for every property set in `p` that is valid in `ctx`, in identifier
+/// order. Sizing ([`properties_len`]) and writing ([`write_property_values`]) both walk this,
+/// so they cannot disagree.
+pub(super) fn visit_properties<'a>(
+    p: &'a Properties,
+    ctx: PropContext,
+    mut f: impl FnMut(u8, PropValue<'a>),
+) {
     use PropValue::*;
     let mut emit = |id: u8, v: PropValue<'a>| {
-        if property_allowed(id, ctx) {
+        if let Some(def) = property(id).filter(|d| d.allowed.contains(ctx)) {
+            debug_assert_eq!(
+                v.ty(),
+                def.ty,
+                "property {id:#04x} written as the wrong type"
+            );
             f(id, v)
         }
     };
@@ -282,7 +425,7 @@ fn visit_properties<'a>(p: &'a Properties, ctx: PropContext, mut f: impl FnMut(u
     }
     // Repeatable in PUBLISH only; SUBSCRIBE carries at most one (section 3.8.2.1.2). 0 and values
     // above the variable byte integer range are not valid identifiers and are left out.
-    let max_ids = if ctx == PropContext::Publish {
+    let max_ids = if property(0x0B).is_some_and(|d| d.repeatable.contains(ctx)) {
         usize::MAX
     } else {
         1
@@ -406,6 +549,7 @@ pub(super) fn write_property_values(out: &mut Vec<u8>, p: &Properties, ctx: Prop
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::protocol::testutil::*;
     use crate::protocol::Packet;
 
@@ -497,5 +641,105 @@ mod tests {
             0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x0A, 0x40, 0x00,
         ];
         assert_malformed(decode(&bytes, V5), "property length");
+    }
+
+    const EVERY_CONTEXT: [PropContext; 11] = [
+        PropContext::Connect,
+        PropContext::ConnAck,
+        PropContext::Publish,
+        PropContext::Will,
+        PropContext::Ack,
+        PropContext::Subscribe,
+        PropContext::SubAck,
+        PropContext::Unsubscribe,
+        PropContext::UnsubAck,
+        PropContext::Disconnect,
+        PropContext::Auth,
+    ];
+
+    /// A property list holding `def` with a valid value of the table's type (authentication
+    /// data comes with the method it needs).
+    fn list_with(def: &PropertyDef) -> Vec<u8> {
+        let mut props = Vec::new();
+        if def.id == 0x16 {
+            props.extend_from_slice(&[0x15, 0, 1, b'm']);
+        }
+        props.push(def.id);
+        props.extend_from_slice(match def.ty {
+            PropType::Byte => &[1][..],
+            PropType::TwoByteInteger => &[0, 1],
+            PropType::FourByteInteger => &[0, 0, 0, 1],
+            PropType::VariableByteInteger => &[0x81, 0x01],
+            PropType::Utf8String => &[0, 1, b'a'],
+            PropType::BinaryData => &[0, 2, 0xAB, 0xCD],
+            PropType::Utf8StringPair => &[0, 1, b'k', 0, 2, b'v', b'w'],
+        });
+        let mut list = Vec::new();
+        write_variable_int(&mut list, props.len());
+        list.extend(props);
+        list
+    }
+
+    /// The table, the decoder (`store_property`) and the encoder (`visit_properties`) agree on
+    /// every property: where the table allows it, it decodes as the table's type into a field
+    /// and is written back to the same bytes; anywhere else the decoder refuses it as malformed
+    /// and the encoder leaves it out.
+    #[test]
+    fn every_property_in_the_table_round_trips_where_allowed_and_is_refused_elsewhere() {
+        for def in &PROPERTIES {
+            assert_eq!(
+                property(def.id).map(|d| d.id),
+                Some(def.id),
+                "index of {}",
+                def.name
+            );
+            let list = list_with(def);
+            let decoded = EVERY_CONTEXT.iter().find_map(|&ctx| {
+                let decoded = read_properties(&mut Reader::new(&list, "test", V5), ctx);
+                if def.allowed.contains(ctx) {
+                    let p = decoded.unwrap_or_else(|e| panic!("{}: {e}", def.name));
+                    assert!(!p.is_empty(), "{} decoded into no field", def.name);
+                    let mut written = Vec::new();
+                    write_properties(&mut written, &p, ctx);
+                    assert_eq!(written, list, "{} in {}", def.name, ctx.name());
+                    return Some(p);
+                }
+                match decoded {
+                    Err(DecodeError::Malformed(m)) => {
+                        assert!(m.contains(&format!("{:#04x}", def.id)), "{m}")
+                    }
+                    other => panic!("{} in {}: {other:?}", def.name, ctx.name()),
+                }
+                None
+            });
+            let p = decoded.unwrap_or_else(|| panic!("{} is allowed nowhere", def.name));
+            for ctx in EVERY_CONTEXT {
+                let mut ids = Vec::new();
+                visit_properties(&p, ctx, |id, v| {
+                    assert_eq!(v.ty(), property(id).map_or(v.ty(), |d| d.ty));
+                    ids.push(id);
+                });
+                let expected = def.allowed.contains(ctx);
+                assert_eq!(
+                    ids.contains(&def.id),
+                    expected,
+                    "{} in {}",
+                    def.name,
+                    ctx.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn error_text_names_the_property_from_the_table() {
+        // receive maximum 0 in a CONNECT names the property as the table does
+        let bytes = connect_v5_with_props(&[0x21, 0x00, 0x00]);
+        assert_protocol(decode(&bytes, V5), "CONNECT: receive maximum must not be 0");
+        let bytes = connect_v5_with_props(&[0x24, 0x01]);
+        assert_malformed(
+            decode(&bytes, V5),
+            "CONNECT: property 0x24 is unknown or not allowed",
+        );
     }
 }

@@ -180,7 +180,7 @@ fn check_reason(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::properties::{property_allowed, PropContext};
+    use crate::protocol::properties::{property, PropContext};
     use crate::protocol::testutil::*;
     use crate::protocol::*;
     use bytes::Bytes;
@@ -371,7 +371,7 @@ mod tests {
 
     /// What survives encoding `p` in `ctx`: only properties valid there (table in section 2.2.2.2).
     fn only_allowed(p: &Properties, ctx: PropContext) -> Properties {
-        let ok = |id: u8| property_allowed(id, ctx);
+        let ok = |id: u8| property(id).is_some_and(|d| d.allowed.contains(ctx));
         Properties {
             payload_format_indicator: p.payload_format_indicator.filter(|_| ok(0x01)),
             message_expiry_interval: p.message_expiry_interval.filter(|_| ok(0x02)),
