@@ -174,7 +174,7 @@ pub(crate) const PROPERTIES: [PropertyDef; 27] = {
 /// Identifier -> index into [`PROPERTIES`] (`NO_PROPERTY` for unassigned identifiers), built
 /// from the table at compile time so a lookup is one array read on the decode path.
 const NO_PROPERTY: u8 = u8::MAX;
-const INDEX: [u8; 0x2B] = {
+static INDEX: [u8; 0x2B] = {
     let mut index = [NO_PROPERTY; 0x2B];
     let mut i = 0;
     while i < PROPERTIES.len() {
@@ -184,10 +184,13 @@ const INDEX: [u8; 0x2B] = {
     index
 };
 
+/// The table in one place in memory (a `const` is copied to each place that uses it).
+static ROWS: [PropertyDef; PROPERTIES.len()] = PROPERTIES;
+
 /// The table's row for identifier `id`, if the spec assigns it.
 pub(crate) fn property(id: u8) -> Option<&'static PropertyDef> {
     match INDEX.get(id as usize) {
-        Some(&i) if i != NO_PROPERTY => PROPERTIES.get(i as usize),
+        Some(&i) if i != NO_PROPERTY => ROWS.get(i as usize),
         _ => None,
     }
 }
