@@ -84,9 +84,9 @@ fn publish(
         packet_id: if qos == QoS::AtMostOnce { 0 } else { 0x1234 },
         payload: Bytes::from_static(payload),
         properties: if props {
-            props_full()
+            props_full().into()
         } else {
-            Properties::default()
+            Properties::default().into()
         },
     })
 }
