@@ -62,20 +62,8 @@ impl MetricsConfig {
     }
 }
 
-/// When a QoS 1/2 message is durable relative to its acknowledgement (see `crate::store`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PersistenceMode {
-    /// PUBACK/PUBREC/PUBREL/PUBCOMP are sent only once the state they confirm is on disk
-    /// (group commit: one fsync covers every client waiting at that moment).
-    #[default]
-    Sync,
-    /// Changes are written at once but fsynced every `periodic_interval_secs`: a crash of the
-    /// machine (not just the broker) can lose acknowledged messages from the last interval.
-    Periodic,
-    /// Nothing is stored; state lives in memory only.
-    Off,
-}
+/// The store's setting, embedded here (see `crate::store`).
+pub use crate::store::PersistenceMode;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

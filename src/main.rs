@@ -218,7 +218,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
             let interval = Duration::from_secs(config.persistence.periodic_interval_secs);
             let mode = config.persistence.mode;
             Some(
-                mqflux::store::Store::open(dir, mode, interval, recover)
+                mqflux::broker::persist::open(dir, mode, interval, recover)
                     .map_err(|e| format!("cannot open the persistence store: {e}"))?,
             )
         }
