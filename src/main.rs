@@ -4,10 +4,10 @@ use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
 use mqflux::broker::listener::Listener;
 use mqflux::broker::security::SecurityFiles;
-use mqflux::broker::sys::SysPublisher;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
-use mqflux::metrics::MetricsServer;
+use mqflux::ops::metrics::MetricsServer;
+use mqflux::ops::sys::SysPublisher;
 use mqflux::sink::Sink;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
@@ -252,7 +252,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
         Some(addr) => {
             let probes = listeners
                 .iter()
-                .map(|l| Box::new(l.probe()) as mqflux::metrics::Probe)
+                .map(|l| Box::new(l.probe()) as mqflux::ops::metrics::Probe)
                 .collect();
             MetricsServer::start(&broker, addr, probes).map(Some)
         }

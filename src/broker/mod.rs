@@ -20,7 +20,6 @@ pub mod security;
 pub mod session;
 pub mod socket;
 pub mod stats;
-pub mod sys;
 pub mod threads;
 pub mod tls;
 pub mod topic;
