@@ -125,7 +125,7 @@ fn main() -> ExitCode {
 
 /// `mqflux check-config FILE`: every error on stderr, or a one-line summary on stdout.
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    match Config::load_with(file, &mqflux::broker::tls::check_listener) {
         Ok(c) => {
             let listeners: Vec<String> = c.listeners.iter().map(|l| l.url()).collect();
             // Warnings do not fail the check: the file is valid, but who may connect deserves
@@ -181,7 +181,7 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
         .clone()
         .unwrap_or_else(|| PathBuf::from("(defaults)"));
     let mut config = match &cli.config {
-        Some(p) => Config::load(p)?,
+        Some(p) => Config::load_with(p, &mqflux::broker::tls::check_listener)?,
         None => Config::default(),
     };
     // Command-line flags override the file; validate again so a bad --bind is reported too.
@@ -194,7 +194,7 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
         }
     }
     config.log.messages |= cli.log_messages;
-    config.validate(&path)?;
+    config.validate_with(&path, &mqflux::broker::tls::check_listener)?;
     for w in config.security.access_warnings(&config.listeners) {
         warn!("{w}");
     }
