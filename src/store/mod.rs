@@ -1,4 +1,7 @@
-//! Persistence of retained messages, persistent sessions and their QoS 1/2 state.
+//! The journal that persistent state is written to: keys and values (bytes) in one file, fed by
+//! one `store` thread with group commit. It knows no MQTT: the broker's schema
+//! (`broker/persist.rs`: retained messages, persistent sessions and their QoS 1/2 state) and the
+//! sink's (`sink/durable.rs`) say what the records mean.
 //!
 //! Data flow: broker code that changes durable state (a retained message set or cleared, a
 //! session's subscriptions, a QoS 1/2 message queued, sent, acknowledged, an incoming QoS 2
