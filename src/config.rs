@@ -62,20 +62,8 @@ impl MetricsConfig {
     }
 }
 
-/// When a QoS 1/2 message is durable relative to its acknowledgement (see `crate::store`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PersistenceMode {
-    /// PUBACK/PUBREC/PUBREL/PUBCOMP are sent only once the state they confirm is on disk
-    /// (group commit: one fsync covers every client waiting at that moment).
-    #[default]
-    Sync,
-    /// Changes are written at once but fsynced every `periodic_interval_secs`: a crash of the
-    /// machine (not just the broker) can lose acknowledged messages from the last interval.
-    Periodic,
-    /// Nothing is stored; state lives in memory only.
-    Off,
-}
+/// The store's setting, embedded here (see `crate::store`).
+pub use crate::store::PersistenceMode;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -255,8 +243,9 @@ impl ListenerConfig {
         format!("{}://{bind}:{}", self.protocol.scheme(), self.port())
     }
 
-    /// Problems with this listener as (key inside the table, message).
-    fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Problems with this listener as (key inside the table, message). `check` looks at what
+    /// the settings name (the TLS files), see `ListenerCheck`.
+    fn problems(&self, check: ListenerCheck) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
         if self.bind.parse::<std::net::IpAddr>().is_err() {
             problems.push((
@@ -277,8 +266,8 @@ impl ListenerConfig {
                      (the CA that signs client certificates)"
                         .into(),
                 ));
-            } else if let Err(e) = crate::broker::tls::server_config(self) {
-                problems.push((e.key, e.message));
+            } else if let Err(problem) = check(self) {
+                problems.push(problem);
             }
         } else {
             let tls_keys = [
@@ -536,9 +525,26 @@ pub struct LogConfig {
     pub messages: bool,
 }
 
+/// A check of what a listener's settings name outside the file (its TLS certificate, key and
+/// CA files: do they load, does the key match?), as (key inside the table, message). The
+/// broker owns TLS (`broker::tls::check_listener`); configuration sits below it and never calls
+/// broker code, so the caller (`main`) passes the check down through the `*_with` functions.
+pub type ListenerCheck<'a> = &'a dyn Fn(&ListenerConfig) -> Result<(), (&'static str, String)>;
+
+/// Checks nothing outside the file: what `load`, `parse_all` and `validate` use.
+fn no_file_check(_: &ListenerConfig) -> Result<(), (&'static str, String)> {
+    Ok(())
+}
+
 impl Config {
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file (without the listener file check, see
+    /// `load_with`).
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        Config::load_with(path, &no_file_check)
+    }
+
+    /// Read, parse and validate a config file, running `check` on each TLS listener.
+    pub fn load_with(path: &Path, check: ListenerCheck) -> Result<Config, Vec<ConfigError>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![ConfigError {
                 file: path.to_path_buf(),
@@ -546,7 +552,7 @@ impl Config {
                 message: format!("cannot read file: {e}"),
             }]
         })?;
-        Config::parse_all(&text, path)
+        Config::parse_all_with(&text, path, check)
     }
 
     /// Parse and validate TOML text, reporting every error rather than the first: after each
@@ -554,6 +560,15 @@ impl Config {
     /// resumes, which keeps the line numbers of later errors right. A TOML syntax error ends
     /// the search, since nothing after it can be trusted.
     pub fn parse_all(text: &str, path: &Path) -> Result<Config, Vec<ConfigError>> {
+        Config::parse_all_with(text, path, &no_file_check)
+    }
+
+    /// `parse_all`, running `check` on each TLS listener.
+    pub fn parse_all_with(
+        text: &str,
+        path: &Path,
+        check: ListenerCheck,
+    ) -> Result<Config, Vec<ConfigError>> {
         if let Err(e) = text.parse::<toml::Table>() {
             return Err(vec![ConfigError {
                 file: path.to_path_buf(),
@@ -583,7 +598,7 @@ impl Config {
         };
         if let Some(mut config) = config {
             config.resolve_paths(path);
-            if let Err(more) = config.validate(path) {
+            if let Err(more) = config.validate_with(path, check) {
                 errors.extend(more);
             }
             if errors.is_empty() {
@@ -635,6 +650,11 @@ impl Config {
 
     /// Check value ranges that TOML types cannot express. Returns every problem found.
     pub fn validate(&self, path: &Path) -> Result<(), Vec<ConfigError>> {
+        self.validate_with(path, &no_file_check)
+    }
+
+    /// `validate`, running `check` on each TLS listener.
+    pub fn validate_with(&self, path: &Path, check: ListenerCheck) -> Result<(), Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut bad = |key: &str, message: String| {
             errors.push(ConfigError {
@@ -650,7 +670,7 @@ impl Config {
             );
         }
         for (i, listener) in self.listeners.iter().enumerate() {
-            for (key, message) in listener.problems() {
+            for (key, message) in listener.problems(check) {
                 bad(&format!("listeners[{i}].{key}"), message);
             }
         }

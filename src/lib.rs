@@ -2,7 +2,7 @@
 
 pub mod broker;
 pub mod config;
-pub mod metrics;
+pub mod ops;
 pub mod protocol;
 pub mod sink;
 pub mod store;

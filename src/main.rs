@@ -4,10 +4,10 @@ use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
 use mqflux::broker::listener::Listener;
 use mqflux::broker::security::SecurityFiles;
-use mqflux::broker::sys::SysPublisher;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
-use mqflux::metrics::MetricsServer;
+use mqflux::ops::metrics::MetricsServer;
+use mqflux::ops::sys::SysPublisher;
 use mqflux::sink::Sink;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::{Path, PathBuf};
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
 
 /// `mqflux check-config FILE`: every error on stderr, or a one-line summary on stdout.
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    match Config::load_with(file, &mqflux::broker::tls::check_listener) {
         Ok(c) => {
             let listeners: Vec<String> = c.listeners.iter().map(|l| l.url()).collect();
             // Warnings do not fail the check: the file is valid, but who may connect deserves
@@ -181,7 +181,7 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
         .clone()
         .unwrap_or_else(|| PathBuf::from("(defaults)"));
     let mut config = match &cli.config {
-        Some(p) => Config::load(p)?,
+        Some(p) => Config::load_with(p, &mqflux::broker::tls::check_listener)?,
         None => Config::default(),
     };
     // Command-line flags override the file; validate again so a bad --bind is reported too.
@@ -194,7 +194,7 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
         }
     }
     config.log.messages |= cli.log_messages;
-    config.validate(&path)?;
+    config.validate_with(&path, &mqflux::broker::tls::check_listener)?;
     for w in config.security.access_warnings(&config.listeners) {
         warn!("{w}");
     }
@@ -218,7 +218,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
             let interval = Duration::from_secs(config.persistence.periodic_interval_secs);
             let mode = config.persistence.mode;
             Some(
-                mqflux::store::Store::open(dir, mode, interval, recover)
+                mqflux::broker::persist::open(dir, mode, interval, recover)
                     .map_err(|e| format!("cannot open the persistence store: {e}"))?,
             )
         }
@@ -252,7 +252,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
         Some(addr) => {
             let probes = listeners
                 .iter()
-                .map(|l| Box::new(l.probe()) as mqflux::metrics::Probe)
+                .map(|l| Box::new(l.probe()) as mqflux::ops::metrics::Probe)
                 .collect();
             MetricsServer::start(&broker, addr, probes).map(Some)
         }

@@ -46,6 +46,14 @@ fn read_certificates(
     Ok(certs)
 }
 
+/// The listener check that configuration runs (`config::ListenerCheck`, passed down by
+/// `main`): the TLS files load and fit together, as `server_config` needs them.
+pub fn check_listener(listener: &ListenerConfig) -> Result<(), (&'static str, String)> {
+    server_config(listener)
+        .map(|_| ())
+        .map_err(|e| (e.key, e.message))
+}
+
 /// Build the rustls configuration of a TLS listener. Client certificates are verified against
 /// `ca_file` when it is set; `require_certificate` makes one mandatory.
 pub fn server_config(listener: &ListenerConfig) -> Result<Arc<ServerConfig>, TlsSettingError> {

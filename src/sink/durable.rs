@@ -19,12 +19,12 @@
 //! So the journal holds only publishes not yet written: a bounded number (about the queue plus
 //! two batches), which compaction carries over like any live key.
 //!
-//! Keys: `k` (`records::SINK`) + id (u64 BE). Value: the publishes in `Chunk` layout (for each:
+//! Keys: `k` (`SINK`) + id (u64 BE). Value: the publishes in `Chunk` layout (for each:
 //! receive time, topic and payload lengths, topic, payload).
 
 use super::SinkRecord;
 use crate::store::journal::Op;
-use crate::store::{records, Store};
+use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,9 +47,13 @@ pub(super) struct Stored {
     pub(super) records: usize,
 }
 
+/// The first byte of every store key the sink owns; the broker's schema (`broker::persist`)
+/// hands these records back undecoded in `Loaded::sink`.
+pub const SINK: u8 = b'k';
+
 fn key(id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
-    k.push(records::SINK);
+    k.push(SINK);
     k.extend_from_slice(&id.to_be_bytes());
     k
 }
@@ -114,7 +118,7 @@ impl Durability {
                 _ => {
                     // Passed its checksum, so only a bug or a format change can cause this.
                     log::warn!("sink: skipping an undecodable stored record (key {k:02x?})");
-                    let mut full = vec![records::SINK];
+                    let mut full = vec![SINK];
                     full.extend_from_slice(&k);
                     store.submit(Op::Delete(full));
                 }
@@ -215,6 +219,6 @@ mod tests {
     #[test]
     fn key_sorts_by_id() {
         assert!(key(255) < key(256));
-        assert_eq!(key(1)[0], records::SINK);
+        assert_eq!(key(1)[0], SINK);
     }
 }

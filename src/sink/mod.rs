@@ -20,7 +20,7 @@
 //! is acknowledged until its batch has left memory, and written again after a crash
 //! (`durable.rs`, `submit_acknowledged`).
 
-mod durable;
+pub mod durable;
 pub mod http;
 pub mod line_protocol;
 pub mod line_scan;

@@ -375,6 +375,10 @@ impl Writer {
 
     fn send(&self, mut chunk: Chunk) {
         let n = chunk.records;
+        // Outside a batching scope there is nothing of this thread's to write first.
+        let before_wait = THREAD_BATCH
+            .with(|b| b.borrow().as_ref().map(|t| t.before_wait))
+            .unwrap_or(|| {});
         if chunk.durable {
             // Into the journal before the batcher can write it (and so release it), and before
             // this thread waits for the store to acknowledge its publishes.
@@ -394,8 +398,9 @@ impl Writer {
         let sent = records.as_ref().is_some_and(|tx| {
             if shared.in_queue.load(Ordering::Relaxed) + n > shared.queue_capacity {
                 // About to wait for the batcher (backpressure): first write what this
-                // connection thread has queued for its clients, which must not wait too.
-                crate::broker::outbox::flush_batched();
+                // connection thread has queued for its clients, which must not wait too
+                // (the batching scope's `before_wait`, passed down by its owner).
+                before_wait();
                 self.wait_for_room();
             }
             shared.in_queue.fetch_add(n, Ordering::SeqCst);
@@ -485,6 +490,10 @@ struct ThreadBatch {
     /// The sink the records are for; held only while there are records.
     writer: Option<Arc<Writer>>,
     chunk: Chunk,
+    /// What the scope's owner must do before this thread blocks on a full queue (the broker:
+    /// write the outboxes it claimed, `outbox::flush_batched`). The sink sits below the broker
+    /// and cannot call it by name.
+    before_wait: fn(),
 }
 
 thread_local! {
@@ -494,11 +503,13 @@ thread_local! {
 
 /// Start collecting this thread's records until `end_batching`, handing them over at each
 /// `flush_batched`. Used by connection reader threads (with the outbox's batching scope).
-pub(crate) fn start_batching() {
+/// `before_wait` runs before this thread waits for room in the record queue.
+pub(crate) fn start_batching(before_wait: fn()) {
     THREAD_BATCH.with(|b| {
         b.borrow_mut().get_or_insert(ThreadBatch {
             writer: None,
             chunk: Chunk::default(),
+            before_wait,
         });
     });
 }

@@ -1,4 +1,7 @@
-//! Persistence of retained messages, persistent sessions and their QoS 1/2 state.
+//! The journal that persistent state is written to: keys and values (bytes) in one file, fed by
+//! one `store` thread with group commit. It knows no MQTT: the broker's schema
+//! (`broker/persist.rs`: retained messages, persistent sessions and their QoS 1/2 state) and the
+//! sink's (`sink/durable.rs`) say what the records mean.
 //!
 //! Data flow: broker code that changes durable state (a retained message set or cleared, a
 //! session's subscriptions, a QoS 1/2 message queued, sent, acknowledged, an incoming QoS 2
@@ -16,22 +19,35 @@
 //! The InfluxDB sink keeps its own records here too (keys `k...`, `crate::sink::durable`): with
 //! sync persistence, the acknowledged publishes it has not yet written or spooled, put by the
 //! connection thread before its wait for `wait_durable` and deleted by the sink (`submit`, no
-//! wait) once written. They come back undecoded in `Loaded::sink`.
+//! wait) once written. The store does not know what any record means: `Store::open` hands the
+//! map to the caller's schema (`broker::persist::load`), which gives the sink's back undecoded.
 
 pub mod journal;
-pub mod records;
 
-use crate::config::PersistenceMode;
 use crossbeam_channel::{Receiver, Sender};
 use journal::{Journal, JournalError, Loss, Map, Op};
 use log::{error, info, warn};
-use std::path::Path;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use records::Loaded;
+/// When a QoS 1/2 message is durable relative to its acknowledgement (a setting of the store, embedded in `config::PersistenceConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistenceMode {
+    /// PUBACK/PUBREC/PUBREL/PUBCOMP are sent only once the state they confirm is on disk
+    /// (group commit: one fsync covers every client waiting at that moment).
+    #[default]
+    Sync,
+    /// Changes are written at once but fsynced every `periodic_interval_secs`: a crash of the
+    /// machine (not just the broker) can lose acknowledged messages from the last interval.
+    Periodic,
+    /// Nothing is stored; state lives in memory only.
+    Off,
+}
 
 thread_local! {
     /// Ops being collected by `Store::atomically` on this thread.
@@ -58,17 +74,21 @@ pub struct Store {
     tx: Sender<Msg>,
     mode: PersistenceMode,
     failed: Arc<AtomicBool>,
+    /// The journal file, for log lines.
+    path: PathBuf,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Store {
-    /// Open the store in `dir`, load what it holds and start the store thread.
-    pub fn open(
+    /// Open the store in `dir`, hand what it holds to `read` (the caller's schema decodes the
+    /// records: the store itself only knows bytes) and start the store thread.
+    pub fn open<T>(
         dir: &Path,
         mode: PersistenceMode,
         interval: Duration,
         recover: bool,
-    ) -> Result<(Arc<Store>, Loaded), JournalError> {
+        read: impl FnOnce(&Map) -> T,
+    ) -> Result<(Arc<Store>, T), JournalError> {
         let (journal, map, loss) = Journal::open(dir, recover)?;
         if let Some(Loss {
             offset,
@@ -83,20 +103,8 @@ impl Store {
                 journal.path().display()
             );
         }
-        let loaded = records::load(&map);
-        info!(
-            "store {}: loaded {} retained messages, {} sessions, {} queued/inflight messages, \
-             {} sink records (publishes not yet written to InfluxDB) (mode {mode:?})",
-            journal.path().display(),
-            loaded.retained.len(),
-            loaded.sessions.len(),
-            loaded
-                .sessions
-                .iter()
-                .map(|s| s.outgoing.len())
-                .sum::<usize>(),
-            loaded.sink.len()
-        );
+        let path = journal.path().to_path_buf();
+        let loaded = read(&map);
         let (tx, rx) = crossbeam_channel::unbounded();
         let failed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -118,6 +126,7 @@ impl Store {
             tx,
             mode,
             failed,
+            path,
             thread: Mutex::new(Some(thread)),
         });
         Ok((store, loaded))
@@ -157,6 +166,11 @@ impl Store {
             _ => {}
         }
         out
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Whether acknowledgements must wait for `wait_durable`.

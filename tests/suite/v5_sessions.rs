@@ -724,7 +724,7 @@ fn session_expiry_counts_the_time_the_broker_was_down() {
 /// of client `owner`: (still due in its disconnection record, queued for client `subscriber`).
 fn will_in_store(data: &[u8], owner: &str, subscriber: &str, topic: &str) -> (bool, bool) {
     let (map, _, _) = mqflux::store::journal::replay(data);
-    let loaded = mqflux::store::records::load(&map);
+    let loaded = mqflux::broker::persist::load(&map);
     let session = |id: &str| loaded.sessions.iter().find(|s| s.client_id == id);
     let due = session(owner)
         .and_then(|s| s.detached.as_ref())

@@ -10,9 +10,9 @@
 //! one, so queueing old values for an offline persistent subscriber (and counting them as
 //! dropped once its queue is full) helps nobody.
 
-use super::message::{now_ns, Message};
-use super::stats::{LoadTracker, Snapshot};
-use super::Broker;
+use super::snapshot::{LoadTracker, Snapshot};
+use crate::broker::message::{now_ns, Message};
+use crate::broker::Broker;
 use crate::protocol::QoS;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};

@@ -10,9 +10,8 @@
 //! HTTP is served by `http.rs`, a small blocking HTTP/1.1 server (the same threading model as
 //! the rest of mqflux) with bounded connections, threads and deadlines; `httparse` parses.
 
-mod http;
-
-use crate::broker::stats::Snapshot;
+use super::http;
+use super::snapshot::Snapshot;
 use crate::broker::Broker;
 use log::{debug, info};
 use std::fmt::Write as _;

@@ -1,4 +1,6 @@
-//! What the store holds, as keys and values of the journal's map.
+//! The broker's persistence schema: what the broker keeps in the store, as keys and values of
+//! the journal's map. It lives beside what it persists (as mosquitto keeps `persist_*.c` beside
+//! `database.c`); the store below it only sees bytes.
 //!
 //! Keys (a client id is written as `[len u16 BE][bytes]` so one client's keys share a prefix):
 //! - `r` topic: a retained message
@@ -10,18 +12,21 @@
 //! - `n` client: the session's owner, the identity (username, or none: anonymous) that alone may
 //!   resume it. A store written before owners were recorded has none: such a session is
 //!   adopted by the first client that resumes it (see `Session::may_resume`)
-//! - `k` ...: owned by the InfluxDB sink (`crate::sink::durable`: acknowledged publishes not yet
-//!   written to InfluxDB or its spool); handed back undecoded in `Loaded::sink`
+//! - `k` ...: owned by the InfluxDB sink (`crate::sink::durable::SINK`: acknowledged publishes
+//!   not yet written to InfluxDB or its spool); handed back undecoded in `Loaded::sink`
 //!
 //! A message is stored as a v5 PUBLISH encoded by the broker's own codec (so its properties
 //! round-trip), plus what the wire format does not carry: publisher, receive time and the
 //! absolute expiry deadline.
 
-use super::journal::{Map, Op};
 use crate::broker::message::Message;
 use crate::broker::session::Route;
 use crate::protocol::{self, Packet, ProtocolVersion, QoS, SubscriptionOptions};
-use log::warn;
+use crate::sink::durable::SINK;
+use crate::store::journal::{JournalError, Map, Op};
+use crate::store::{PersistenceMode, Store};
+use log::{info, warn};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,8 +37,31 @@ const INCOMING: u8 = b'i';
 const DETACHED: u8 = b'd';
 /// Sorts before `SESSION`, so `load` has it when it reaches the session record.
 const OWNER: u8 = b'n';
-/// The first byte of every key the sink owns.
-pub const SINK: u8 = b'k';
+
+/// Open the store in `dir` (`Store::open`: replay the journal, start the store thread) and
+/// decode what it holds.
+pub fn open(
+    dir: &Path,
+    mode: PersistenceMode,
+    interval: Duration,
+    recover: bool,
+) -> Result<(Arc<Store>, Loaded), JournalError> {
+    let (store, loaded) = Store::open(dir, mode, interval, recover, load)?;
+    info!(
+        "store {}: loaded {} retained messages, {} sessions, {} queued/inflight messages, \
+         {} sink records (publishes not yet written to InfluxDB) (mode {mode:?})",
+        store.path().display(),
+        loaded.retained.len(),
+        loaded.sessions.len(),
+        loaded
+            .sessions
+            .iter()
+            .map(|s| s.outgoing.len())
+            .sum::<usize>(),
+        loaded.sink.len()
+    );
+    Ok((store, loaded))
+}
 
 /// The `[len][client id]` part of a session's keys.
 pub fn client_key(client_id: &str) -> Vec<u8> {
