@@ -20,12 +20,19 @@
 //! is acknowledged until its batch has left memory, and written again after a crash
 //! (`durable.rs`, `submit_acknowledged`).
 
+mod batcher;
 mod durable;
+mod field_types;
+mod handoff;
 pub mod http;
 pub mod line_protocol;
 pub mod line_scan;
 pub mod mapping;
+mod payload;
+mod rules;
+mod sender;
 pub mod spool;
+mod timestamp;
 mod writer;
 
 use crate::config::ConfigError;
@@ -34,9 +41,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub(crate) use handoff::{end_batching, flush_batched, start_batching};
 pub use line_protocol::Precision;
 pub use mapping::{NonNumeric, RuleConfig, TimestampUnit};
-pub(crate) use writer::{end_batching, flush_batched, start_batching};
 
 /// What to do when the spool has reached `spool_max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -447,7 +454,7 @@ impl Sink {
     /// than dropping when `queue_capacity` records are queued.
     pub fn submit(&self, record: SinkRecord) {
         if let Some(w) = &self.writer {
-            w.submit(record, writer::Journaled::No);
+            w.submit(record, handoff::Journaled::No);
         }
     }
 
@@ -477,9 +484,9 @@ impl Sink {
     pub fn submit_acknowledged(&self, record: SinkRecord) {
         if let Some(w) = &self.writer {
             let journaled = if w.keeps_durably(record.topic) {
-                writer::Journaled::WithChunk
+                handoff::Journaled::WithChunk
             } else {
-                writer::Journaled::No
+                handoff::Journaled::No
             };
             w.submit(record, journaled);
         }
@@ -496,7 +503,7 @@ impl Sink {
     /// `submit` for a publish whose `durable_put` record (id `id`) was submitted to the store.
     pub fn submit_durable(&self, record: SinkRecord, id: u64) {
         if let Some(w) = &self.writer {
-            w.submit(record, writer::Journaled::Own(id));
+            w.submit(record, handoff::Journaled::Own(id));
         }
     }
 
