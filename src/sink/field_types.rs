@@ -82,6 +82,7 @@ impl FieldTypes {
     }
 
     /// Convert `value` to the type the database has for the field, or None when it cannot be.
+    #[inline]
     pub(super) fn reconcile(
         &mut self,
         measurement: &str,

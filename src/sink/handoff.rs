@@ -61,6 +61,7 @@ impl Chunk {
     }
 
     /// The record at `*at`, moving `*at` past it; None at the end.
+    #[inline]
     pub(super) fn read(&self, at: &mut usize) -> Option<SinkRecord<'_>> {
         // Written by `push` (or read back from the journal, checked by `Durability::new`).
         durable::decode(&self.data, at)

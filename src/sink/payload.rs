@@ -10,10 +10,12 @@ use super::timestamp::read_timestamp;
 use smallvec::SmallVec;
 use std::borrow::Cow;
 
-/// What an ordinary (not line protocol) payload gives: borrowed from the payload and the rule
-/// where it can be, as this runs for every publish.
-pub(super) struct Parsed<'a> {
-    pub(super) fields: SmallVec<[(Cow<'a, str>, FieldValue); 4]>,
+/// The fields an ordinary (not line protocol) payload gives: borrowed from the payload and the
+/// rule where they can be, as this runs for every publish.
+pub(super) type Fields<'a> = SmallVec<[(Cow<'a, str>, FieldValue); 4]>;
+
+/// What else the payload gives besides its fields.
+pub(super) struct Extras<'a> {
     /// A tag the payload adds (a number's unit) besides those of the topic.
     pub(super) unit: Option<&'a str>,
     /// From `timestamp_field`, when the payload has a usable one.
@@ -21,10 +23,15 @@ pub(super) struct Parsed<'a> {
 }
 
 /// Parse `text` (the whole payload, valid UTF-8) as JSON, a number, a boolean, a number with a
-/// unit, or else as the rule's `non_numeric` says.
-pub(super) fn parse<'a>(text: &'a str, cfg: &'a RuleConfig) -> Result<Parsed<'a>, Skip> {
+/// unit, or else as the rule's `non_numeric` says; the fields are added to `fields` (the
+/// caller's, so that they are not moved on return).
+#[inline]
+pub(super) fn parse<'a>(
+    text: &'a str,
+    cfg: &'a RuleConfig,
+    fields: &mut Fields<'a>,
+) -> Result<Extras<'a>, Skip> {
     let mut unit = None;
-    let mut fields: SmallVec<[(Cow<'_, str>, FieldValue); 4]> = SmallVec::new();
     let mut timestamp = None;
     let trimmed = text.trim();
     if let Some(json) = parse_json_container(trimmed) {
@@ -66,11 +73,7 @@ pub(super) fn parse<'a>(text: &'a str, cfg: &'a RuleConfig) -> Result<Parsed<'a>
     } else {
         return Err(Skip::UnparsedPayload);
     }
-    Ok(Parsed {
-        fields,
-        unit,
-        timestamp,
-    })
+    Ok(Extras { unit, timestamp })
 }
 
 /// Write `text` as line protocol when every line parses; lines without a timestamp get the

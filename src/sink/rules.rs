@@ -373,6 +373,7 @@ pub(super) enum Lookup<'p> {
 }
 
 impl TopicPlans {
+    #[inline]
     pub(super) fn get(&mut self, mapping: &Mapping, topic: &str) -> Lookup<'_> {
         let i = match self.index.get(topic) {
             Some(&i) => i,
@@ -401,6 +402,7 @@ impl TopicPlans {
 /// A topic's levels (split at `/`); topics rarely have more than 8.
 pub(super) type Levels<'t> = SmallVec<[&'t str; 8]>;
 
+#[inline]
 pub(super) fn split_levels(topic: &str) -> Levels<'_> {
     topic.split('/').collect()
 }
@@ -422,6 +424,7 @@ pub fn compile_filter(filter: &str) -> Result<Rule, String> {
 
 impl Mapping {
     /// Index of the rule for a topic (`rules.len()` for the default rule); None when excluded.
+    #[inline]
     pub(super) fn rule_index(&self, levels: &[&str], dollar: bool) -> Option<usize> {
         if self
             .exclude
@@ -445,6 +448,7 @@ impl Mapping {
             .is_some()
     }
 
+    #[inline]
     pub(super) fn rule_at(&self, index: usize) -> &Rule {
         self.rules.get(index).unwrap_or(&self.default)
     }
