@@ -111,7 +111,8 @@ pub struct Batching(());
 impl Batching {
     pub fn start() -> Batching {
         DIRTY.with(|d| d.borrow_mut().get_or_insert_with(Vec::new).clear());
-        // The sink's records are handed over in the same rhythm (see `sink::start_batching`).
+        // The sink's records are handed over in the same rhythm (see `sink::start_batching`);
+        // should the sink have to wait for room, it first writes what the outboxes hold.
         crate::sink::start_batching(flush_batched);
         Batching(())
     }
