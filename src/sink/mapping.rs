@@ -210,19 +210,20 @@ pub fn validate(
     }
 }
 
+/// Its helpers (`rule`, `mapping`, `map`) also serve the tests of `rules.rs`.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::sink::line_protocol::FieldType;
 
-    fn rule(topic: &str) -> RuleConfig {
+    pub(in crate::sink) fn rule(topic: &str) -> RuleConfig {
         RuleConfig {
             topic: topic.into(),
             ..RuleConfig::default()
         }
     }
 
-    fn mapping(rules: Vec<RuleConfig>) -> Mapping {
+    pub(in crate::sink) fn mapping(rules: Vec<RuleConfig>) -> Mapping {
         Mapping::new(
             &["$SYS/#".to_string()],
             &rules,
@@ -232,7 +233,8 @@ mod tests {
         .unwrap()
     }
 
-    fn map(m: &Mapping, topic: &str, payload: &str) -> Result<String, Skip> {
+    /// `map` without a plan remembered: what a topic maps to from scratch.
+    pub(in crate::sink) fn map(m: &Mapping, topic: &str, payload: &str) -> Result<String, Skip> {
         let mut out = String::new();
         m.map(
             topic,

@@ -472,39 +472,8 @@ impl Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::line_protocol::Precision;
-    use crate::sink::mapping::{FieldTypes, Skip};
-
-    fn rule(topic: &str) -> RuleConfig {
-        RuleConfig {
-            topic: topic.into(),
-            ..RuleConfig::default()
-        }
-    }
-
-    fn mapping(rules: Vec<RuleConfig>) -> Mapping {
-        Mapping::new(
-            &["$SYS/#".to_string()],
-            &rules,
-            &RuleConfig::default(),
-            Precision::Ns,
-        )
-        .unwrap()
-    }
-
-    /// `map` without a plan remembered: what a topic maps to from scratch.
-    fn map(m: &Mapping, topic: &str, payload: &str) -> Result<String, Skip> {
-        let mut out = String::new();
-        m.map(
-            topic,
-            payload.as_bytes(),
-            1_000,
-            &mut FieldTypes::default(),
-            &mut TopicPlans::default(),
-            &mut out,
-        )?;
-        Ok(out)
-    }
+    use crate::sink::mapping::tests::{map, mapping, rule};
+    use crate::sink::mapping::FieldTypes;
 
     #[test]
     fn a_remembered_topic_maps_every_payload_as_a_fresh_one() {
