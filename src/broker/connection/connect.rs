@@ -4,8 +4,8 @@
 use super::*;
 use crate::broker::auth::{authenticate, AuthRefusal};
 use crate::broker::outbox::Outbox;
+use crate::broker::reader::ConnectionReader;
 use crate::broker::session::{Link, NEVER_EXPIRES};
-use crate::broker::socket::ConnectionReader;
 use crate::protocol::{
     self, connack_v3, reason, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion,
 };

@@ -22,21 +22,37 @@ mod subscribe;
 
 use crate::broker::acl::ClientAcl;
 use crate::broker::flow;
-use crate::broker::listener::ConnectionSlot;
 use crate::broker::outbox::{self, Batching, Outbox};
 use crate::broker::ratelimit::{PublishRateLimit, PublishRateLimiter};
+use crate::broker::reader::ConnectionReader;
 use crate::broker::session::{Outbound, SessionRef};
-use crate::broker::socket::{ConnectionReader, Socket};
+use crate::broker::socket::Socket;
 use crate::broker::threads::{self, release_unused_stack};
 use crate::broker::Broker;
 use crate::protocol::{Ack, DecodeError, Packet, Properties, ProtocolVersion, Will};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// One of a listener's `max_connections` places, held until the connection's threads end.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    /// Take one place of `active` (the listener has already counted it in).
+    pub(super) fn new(active: Arc<AtomicUsize>) -> ConnectionSlot {
+        ConnectionSlot(active)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// How long a control packet (PUBACK, SUBACK, ...) may wait for room in a client's outbound
 /// queue, and a socket write may block, before the client is considered not to be reading.
