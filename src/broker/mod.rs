@@ -23,6 +23,7 @@ pub mod outbox;
 mod publish;
 pub mod pump;
 pub mod ratelimit;
+pub mod read_scope;
 pub mod reader;
 mod registry;
 pub mod router;

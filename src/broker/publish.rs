@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{outbox, router, session, Broker};
+use super::{read_scope, router, Broker};
 
 /// How long a retained replay waits for a subscriber that does not take its messages before
 /// the rest is dropped (counted and logged by the session like any queue overflow).
@@ -223,19 +223,17 @@ impl Broker {
         let mut sessions: Vec<SessionRef> = routes.iter().map(|(s, _)| s.clone()).collect();
         sessions.dedup_by(|a, b| Arc::ptr_eq(a, b));
         let mut states: Vec<_> = sessions.iter().map(|s| s.lock()).collect();
-        session::defer_sends(|| {
-            store.atomically(|| {
-                store.submit(first);
-                for (session, route) in routes {
-                    let Some(i) = sessions.iter().position(|s| Arc::ptr_eq(s, &session)) else {
-                        continue;
-                    };
-                    let state = &mut states[i];
-                    if state.can_receive(&session.client_id, &message.topic, &self.security) {
-                        state.deliver(message, route, &session.client_id, &self.stats);
-                    }
+        read_scope::atomically(store, || {
+            store.submit(first);
+            for (session, route) in routes {
+                let Some(i) = sessions.iter().position(|s| Arc::ptr_eq(s, &session)) else {
+                    continue;
+                };
+                let state = &mut states[i];
+                if state.can_receive(&session.client_id, &message.topic, &self.security) {
+                    state.deliver(message, route, &session.client_id, &self.stats);
                 }
-            })
+            }
         });
     }
 
@@ -296,7 +294,7 @@ impl Broker {
             while state.backlog_full() && Instant::now() < deadline && !self.is_shutting_down() {
                 drop(state);
                 // What this thread queued for the session must go out for room to appear.
-                outbox::flush_batched();
+                read_scope::flush();
                 std::thread::sleep(Duration::from_millis(1));
                 state = session.lock();
             }

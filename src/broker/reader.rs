@@ -181,16 +181,8 @@ impl ConnectionReader {
     /// What the reader thread does before it may block on the socket.
     fn before_wait(&mut self) {
         self.count_reads();
-        // What handling the last read queued for clients goes out now.
-        super::outbox::flush_batched();
-        // This thread just queued messages behind a subscriber's full inflight window: let the
-        // subscriber's thread, whose acks open the window, run before reading more. On a busy
-        // core that wait is what bounds a publisher outpacing its subscriber (measured: fan-in
-        // QoS 1 +45% with the broker on one core); with nothing else runnable it costs one
-        // syscall per read.
-        if super::session::take_fed_backlog() {
-            std::thread::yield_now();
-        }
+        // What handling the last read queued goes out now (see `read_scope.rs`).
+        super::read_scope::before_read();
         // The client paused before what we just handled (an idle client's keep-alive ping), so
         // it will likely pause again: drop the stack pages handling it touched. A busy client
         // never waits that long and pays nothing.

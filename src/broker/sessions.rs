@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::publish::Routed;
-use super::{outbox, session, Broker};
+use super::{read_scope, session, Broker};
 
 /// Result of attaching a connection to a session at CONNECT.
 pub struct Attached {
@@ -218,7 +218,7 @@ impl Broker {
     pub fn housekeeping(&self) {
         // What the wills routed below send goes out when this scope ends, after the session
         // table is unlocked: a slow subscriber must not hold up every CONNECT meanwhile.
-        let _batching = outbox::Batching::start();
+        let _batching = read_scope::ReadScope::start();
         let now = Instant::now();
         let mut due_wills = Vec::new();
         {

@@ -2,7 +2,6 @@
 //! sync persistence an acknowledgement goes out only once what it confirms is on disk.
 
 use super::*;
-use crate::broker::outbox;
 use crate::protocol::{reason, Ack, Packet};
 use log::debug;
 
@@ -62,7 +61,7 @@ impl Connection {
     /// With sync persistence, what an acknowledgement confirms must be on disk first: wait for
     /// the store, then send the acknowledgements held back so far.
     pub(super) fn durable(&mut self) -> Result<(), Exit> {
-        outbox::flush_batched();
+        read_scope::flush();
         if !self.broker.wait_durable() {
             return Err(Exit::Closed(
                 "the store could not make the client's message durable; not acknowledged".into(),

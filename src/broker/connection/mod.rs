@@ -22,8 +22,9 @@ mod subscribe;
 
 use crate::broker::acl::ClientAcl;
 use crate::broker::flow;
-use crate::broker::outbox::{self, Batching, Outbox};
+use crate::broker::outbox::Outbox;
 use crate::broker::ratelimit::{PublishRateLimit, PublishRateLimiter};
+use crate::broker::read_scope::{self, ReadScope};
 use crate::broker::reader::ConnectionReader;
 use crate::broker::session::{Outbound, SessionRef};
 use crate::broker::socket::Socket;
@@ -242,7 +243,7 @@ impl Connection {
 
     fn run(mut self: Box<Self>) {
         // Sends this thread makes are written just before it reads again (see `outbox.rs`).
-        let _batching = Batching::start();
+        let _batching = ReadScope::start();
         // Filling a subscriber's queue makes this reader wait for room (see `flow.rs`).
         let _flow = flow::Scope::start();
         let _ = self.stream.set_nodelay(true);
@@ -251,7 +252,7 @@ impl Connection {
             Ok(true) => {
                 // CONNECT (and writing CONNACK) was the deepest work an idle client causes:
                 // hand its stack pages back before the client's first wait.
-                outbox::flush_batched();
+                read_scope::flush();
                 release_unused_stack();
                 self.serve(&mut reader)
             }
@@ -285,7 +286,7 @@ impl Connection {
                     STALLED_CLIENT_TIMEOUT.as_secs()
                 )));
             }
-            outbox::flush_batched();
+            read_scope::flush();
             thread::sleep(Duration::from_millis(1));
         }
         outbox

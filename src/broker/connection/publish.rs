@@ -5,7 +5,6 @@
 use super::*;
 use crate::broker::acl::ClientAcl;
 use crate::broker::message::Message;
-use crate::broker::outbox;
 use crate::broker::stats::Stats;
 use crate::broker::topic::validate_topic_name;
 use crate::protocol::decode::FrameRef;
@@ -119,7 +118,7 @@ impl Connection {
         if !pause.is_zero() {
             // Over its publish rate: stop reading from this client for a while, so TCP slows it
             // down and nothing it sent is dropped.
-            outbox::flush_batched();
+            read_scope::flush();
             thread::sleep(pause);
         }
         if !self.can_publish(topic) {

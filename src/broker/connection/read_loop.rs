@@ -5,7 +5,6 @@
 use super::*;
 use crate::broker::flow;
 use crate::broker::message::{now_ns, Message};
-use crate::broker::outbox;
 use crate::broker::reader::ConnectionReader;
 use crate::broker::session::SessionRef;
 use crate::protocol::{self, reason, DecodeError, Disconnect, Packet, Properties};
@@ -67,7 +66,7 @@ impl Connection {
         if !self.unconfirmed.is_empty() {
             self.durable()?;
         }
-        outbox::flush_batched();
+        read_scope::flush();
         let broker = &self.broker;
         let owns_session = &self.owns_session;
         let stall = Duration::from_secs(broker.config.limits.stalled_subscriber_secs);
@@ -238,7 +237,7 @@ impl Connection {
     pub(super) fn linger_for_disconnect(&self) {
         let Some(outbox) = &self.outbox else { return };
         let deadline = Instant::now() + DISCONNECT_LINGER;
-        outbox::flush_batched();
+        read_scope::flush();
         while !outbox.is_idle() {
             if Instant::now() >= deadline {
                 return;
