@@ -5,6 +5,10 @@
 //! `session`, which queues it on its connection's `outbox` (written by the publishing thread, or
 //! by a writer thread when the client's socket is full); then it is handed to the InfluxDB `sink`.
 //!
+//! The connection path: `listener` (accept) -> `pump` (TLS / WebSocket) -> `connection` (one
+//! file per packet family) reading through `reader::ConnectionReader`, inside the per-read
+//! batching scope of `read_scope`, which states once the order its collected work goes out.
+//!
 //! `Broker` is one type whose methods live in one file per role:
 //!
 //! - this file: the struct, construction, loading the store, limits;
