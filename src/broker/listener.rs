@@ -3,7 +3,8 @@
 //! that does the handshake and then bridges the bare MQTT bytes to the connection threads.
 
 use super::connection;
-use super::pump;
+use super::connection::ConnectionSlot;
+use super::pump::{self, ListenerContext};
 use super::socket::Socket;
 use super::stats::Stats;
 use super::tls;
@@ -16,30 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
-
-/// What a transport pump needs to know about the listener that accepted its socket.
-pub struct ListenerContext {
-    pub protocol: ListenerProtocol,
-    /// rustls configuration for mqtts / wss.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// ws / wss: the HTTP path of the WebSocket endpoint.
-    pub websocket_path: String,
-    /// mqtts / wss: hand the client certificate's subject CN to the connection.
-    pub use_identity_as_username: bool,
-    /// Whether a CONNECT without username is accepted here (`SecurityConfig::anonymous_access`).
-    pub allow_anonymous: bool,
-    /// Connections of this listener still open (handshakes included).
-    active: Arc<AtomicUsize>,
-}
-
-/// One of a listener's `max_connections` places, held until the connection's threads end.
-pub struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 pub struct Listener {
     local_addr: SocketAddr,
@@ -199,7 +176,7 @@ fn accept_loop(
             continue;
         }
         context.active.fetch_add(1, Ordering::AcqRel);
-        let slot = ConnectionSlot(context.active.clone());
+        let slot = ConnectionSlot::new(context.active.clone());
         if context.protocol == ListenerProtocol::Mqtt {
             if let Err(e) = connection::spawn(
                 broker,

@@ -102,36 +102,18 @@ thread_local! {
     static SCRATCH: RefCell<Batch> = RefCell::new(Batch::default());
 }
 
-/// A batching scope on the current thread (a connection's reader): sends onto idle outboxes
-/// are written at `flush_batched`, not at once, and so are the records for the sink. Dropping
-/// it flushes and ends the scope, also when the thread unwinds, so no outbox is left owned by
-/// a thread that is gone.
-pub struct Batching(());
-
-impl Batching {
-    pub fn start() -> Batching {
-        DIRTY.with(|d| d.borrow_mut().get_or_insert_with(Vec::new).clear());
-        // The sink's records are handed over in the same rhythm (see `sink::start_batching`);
-        // should the sink have to wait for room, it first writes what the outboxes hold.
-        crate::sink::start_batching(flush_batched);
-        Batching(())
-    }
+/// Start collecting the outboxes this thread becomes the flusher of (`read_scope::ReadScope`).
+pub(super) fn start_collecting() {
+    DIRTY.with(|d| d.borrow_mut().get_or_insert_with(Vec::new).clear());
 }
 
-impl Drop for Batching {
-    fn drop(&mut self) {
-        flush_batched();
-        DIRTY.with(|d| *d.borrow_mut() = None);
-        crate::sink::end_batching();
-    }
+/// Stop collecting; `read_scope` has flushed what was collected.
+pub(super) fn end_collecting() {
+    DIRTY.with(|d| *d.borrow_mut() = None);
 }
 
-/// Write what this thread's batching scope holds, and hand its publishes to the sink. Called
-/// before anything that may block (a socket read, a wait for room, a sleep): a claimed outbox
-/// must not wait for this thread, nor must the publishes it routed.
-pub fn flush_batched() {
-    // The sink's first: should it have to wait for room, it flushes the outboxes meanwhile.
-    crate::sink::flush_batched();
+/// Write the outboxes this thread collected, until none is dirty (step 2 of `read_scope::flush`).
+pub(super) fn flush_collected() {
     loop {
         let dirty = DIRTY.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
         match dirty {
@@ -221,7 +203,7 @@ impl Outbox {
     /// timed out) and the socket is shut down; then join the writer thread, if one started.
     pub fn close(self: &Arc<Self>) {
         let _ = self.send(Outbound::Close);
-        flush_batched();
+        super::read_scope::flush();
         let mut st = self.lock();
         while !st.closed {
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());

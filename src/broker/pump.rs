@@ -14,17 +14,18 @@
 //! connection threads.
 
 use super::connection;
-use super::listener::{ConnectionSlot, ListenerContext};
+use super::connection::ConnectionSlot;
 use super::socket::Socket;
 use super::tls;
 use super::Broker;
+use crate::config::ListenerProtocol;
 use log::{debug, info, warn};
 use rustls::ServerConnection;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -32,6 +33,21 @@ use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::{HeaderValue, StatusCode};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
+
+/// What a transport pump needs to know about the listener that accepted its socket.
+pub struct ListenerContext {
+    pub protocol: ListenerProtocol,
+    /// rustls configuration for mqtts / wss.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// ws / wss: the HTTP path of the WebSocket endpoint.
+    pub websocket_path: String,
+    /// mqtts / wss: hand the client certificate's subject CN to the connection.
+    pub use_identity_as_username: bool,
+    /// Whether a CONNECT without username is accepted here (`SecurityConfig::anonymous_access`).
+    pub allow_anonymous: bool,
+    /// Connections of this listener still open (handshakes included).
+    pub(super) active: Arc<AtomicUsize>,
+}
 
 /// The handshake (rustls, http parsing) needs more stack than a connection thread; still small.
 const PUMP_STACK: usize = 256 * 1024;

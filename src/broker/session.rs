@@ -141,7 +141,7 @@ thread_local! {
 /// Whether this thread, since the last call, queued a message behind a connected session's
 /// full inflight window: that session's client is behind, and only its own connection thread
 /// (handling the client's acks) can move the window on.
-pub fn take_fed_backlog() -> bool {
+pub(super) fn take_fed_backlog() -> bool {
     FED_BACKLOG.with(|f| f.replace(false))
 }
 
@@ -156,7 +156,7 @@ thread_local! {
 /// Run `f` holding back what sessions send to their connections meanwhile, then send it: a
 /// connection's writer must not see a delivery before the store has its record (it waits for
 /// the store only after it received the packet).
-pub fn defer_sends<T>(f: impl FnOnce() -> T) -> T {
+pub(super) fn defer_sends<T>(f: impl FnOnce() -> T) -> T {
     let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
     let out = f();
     let sends = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
