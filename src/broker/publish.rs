@@ -3,11 +3,11 @@
 //! Wills take the same path (`route_will`, called by `sessions`).
 
 use super::message::Message;
+use super::persist as records;
 use super::session::Route;
 use super::session::SessionRef;
 use crate::protocol::QoS;
 use crate::sink::SinkRecord;
-use super::persist as records;
 use crate::store::Store;
 use log::{info, warn};
 use std::sync::atomic::Ordering;
