@@ -485,3 +485,227 @@ fn message_larger_than_client_maximum_packet_size_is_too_large() {
     assert!(too_large(Some(10), &m, &r));
     assert!(!too_large(Some(1000), &m, &r));
 }
+
+// --- With a connection -------------------------------------------------------------------
+//
+// A `Link` needs an `Outbox`, which needs a socket and a broker: a local socket pair and a
+// broker without sink or store. What the session sends is captured through the session's own
+// deferral (`DEFERRED`, as `defer_sends` uses it), so nothing is written to the socket and the
+// tests see exactly the packets handed to the connection, in order.
+
+struct TestLink {
+    link: Link,
+    /// The client's end, kept open for the test's duration.
+    _peer: std::os::unix::net::UnixStream,
+}
+
+fn test_link(connection_id: u64, max_packet_size: Option<u32>) -> TestLink {
+    let sink = crate::sink::Sink::start(&Default::default()).expect("disabled sink");
+    let security = SecurityFiles::load(None, None).expect("no files");
+    let broker = super::super::Broker::new(crate::config::Config::default(), sink, security);
+    let (ours, peer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    let outbox = Outbox::new(
+        Arc::new(super::super::socket::Socket::Bridged(ours)),
+        ProtocolVersion::V5,
+        0,
+        broker,
+        connection_id,
+    );
+    TestLink {
+        link: Link {
+            connection_id,
+            version: ProtocolVersion::V5,
+            outbox,
+            max_packet_size,
+            username: None,
+            owns_session: Arc::new(AtomicBool::new(true)),
+        },
+        _peer: peer,
+    }
+}
+
+/// Run `f`, returning what the session handed to its connection meanwhile.
+fn captured<T>(f: impl FnOnce() -> T) -> (T, Vec<Outbound>) {
+    let outer = DEFERRED.with(|d| d.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let sends = DEFERRED.with(|d| std::mem::replace(&mut *d.borrow_mut(), outer));
+    let packets = sends
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    (out, packets)
+}
+
+/// (packet id, dup, topic) of each PUBLISH in `sent`.
+fn publishes(sent: &[Outbound]) -> Vec<(u16, bool, String)> {
+    sent.iter()
+        .filter_map(|o| match o {
+            Outbound::Publish {
+                packet_id,
+                dup,
+                message,
+                ..
+            } => Some((*packet_id, *dup, message.topic.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn connack() -> Outbound {
+    Outbound::Packet(Box::new(Packet::PingResp))
+}
+
+#[test]
+fn inflight_window_fills_up_to_max_inflight_and_puback_moves_it_on() {
+    // [MQTT-3.3.4-7 (v5)] no more QoS > 0 PUBLISHes unacknowledged than the Receive Maximum.
+    let l = limits(2, 10);
+    let h = SessionHandle::new("client".into(), NEVER_EXPIRES, l, None);
+    let stats = Stats::default();
+    let tl = test_link(1, None);
+    let mut s = h.lock();
+    let ((), sent) = captured(|| {
+        assert!(s.attach(tl.link.clone(), l, connack()).is_none());
+        for i in 0..4 {
+            let m = message(&format!("t/{i}"), QoS::AtLeastOnce, None);
+            s.deliver(&m, route(QoS::AtLeastOnce), "client", &stats);
+        }
+    });
+    assert_eq!(
+        publishes(&sent),
+        [(1, false, "t/0".into()), (2, false, "t/1".into())]
+    );
+    assert_eq!((s.inflight_len(), s.queued_len()), (2, 2));
+    assert!(take_fed_backlog(), "queued behind a full window");
+    let (known, sent) = captured(|| s.puback(1));
+    assert!(known);
+    assert_eq!(publishes(&sent), [(3, false, "t/2".into())]);
+    assert_eq!((s.inflight_len(), s.queued_len()), (2, 1));
+}
+
+#[test]
+fn qos2_slot_is_freed_by_pubcomp_not_by_pubrec() {
+    let l = limits(1, 10);
+    let h = SessionHandle::new("client".into(), NEVER_EXPIRES, l, None);
+    let stats = Stats::default();
+    let tl = test_link(1, None);
+    let mut s = h.lock();
+    let ((), sent) = captured(|| {
+        s.attach(tl.link.clone(), l, connack());
+        for t in ["first", "second"] {
+            let m = message(t, QoS::ExactlyOnce, None);
+            s.deliver(&m, route(QoS::ExactlyOnce), "client", &stats);
+        }
+    });
+    assert_eq!(publishes(&sent), [(1, false, "first".into())]);
+    // [MQTT-3.3.4-9 (v5)] a PUBREC'd message still counts against the Receive Maximum.
+    let (known, sent) = captured(|| s.pubrec(1));
+    assert!(known);
+    assert!(publishes(&sent).is_empty());
+    assert_eq!((s.inflight_len(), s.queued_len()), (1, 1));
+    let (known, sent) = captured(|| s.pubcomp(1));
+    assert!(known);
+    assert_eq!(publishes(&sent), [(2, false, "second".into())]);
+}
+
+#[test]
+fn connected_session_sends_qos0_without_queueing_it() {
+    let l = limits(2, 10);
+    let h = SessionHandle::new("client".into(), NEVER_EXPIRES, l, None);
+    let stats = Stats::default();
+    let tl = test_link(1, None);
+    let mut s = h.lock();
+    let ((), sent) = captured(|| {
+        s.attach(tl.link.clone(), l, connack());
+        let m = message("q0", QoS::AtMostOnce, None);
+        s.deliver(&m, route(QoS::AtMostOnce), "client", &stats);
+    });
+    assert_eq!(publishes(&sent), [(0, false, "q0".into())]);
+    assert_eq!((s.inflight_len(), s.queued_len()), (0, 0));
+}
+
+#[test]
+fn message_that_expired_while_queued_is_dropped_instead_of_sent() {
+    // [MQTT-3.3.2-5] queued while the client was away, expired before it came back.
+    let l = limits(2, 10);
+    let h = SessionHandle::new("client".into(), 60, l, None);
+    let stats = Stats::default();
+    let mut s = h.lock();
+    for t in ["stale", "fresh"] {
+        let m = message(t, QoS::AtLeastOnce, Some(3600));
+        s.deliver(&m, route(QoS::AtLeastOnce), "client", &stats);
+    }
+    // Its deadline passes while it waits (rather than sleeping an expiry interval away).
+    let stale = (*s.queued[0].message).clone();
+    s.queued[0].message = Arc::new(Message {
+        expires_at: Some(Instant::now()),
+        ..stale
+    });
+    let tl = test_link(1, None);
+    let (_, sent) = captured(|| s.attach(tl.link.clone(), l, connack()));
+    assert_eq!(publishes(&sent), [(1, false, "fresh".into())]);
+    assert_eq!((s.inflight_len(), s.queued_len()), (1, 0));
+}
+
+#[test]
+fn queued_message_too_large_for_the_new_connection_is_dropped() {
+    // [MQTT-3.1.2-25] queued before the client's Maximum Packet Size was known.
+    let l = limits(2, 10);
+    let h = SessionHandle::new("client".into(), 60, l, None);
+    let stats = Stats::default();
+    let mut s = h.lock();
+    s.deliver(
+        &message("t", QoS::AtLeastOnce, None),
+        route(QoS::AtLeastOnce),
+        "client",
+        &stats,
+    );
+    let tl = test_link(1, Some(10));
+    let (_, sent) = captured(|| s.attach(tl.link.clone(), l, connack()));
+    assert!(publishes(&sent).is_empty());
+    assert_eq!((s.inflight_len(), s.queued_len()), (0, 0));
+}
+
+#[test]
+fn reattach_resends_unacknowledged_publishes_with_dup_and_pubrel_for_pubrecd() {
+    // [MQTT-4.4.0-1] on a resumed session unacknowledged PUBLISHes are resent with their
+    // original packet ids (DUP set), and PUBRELs for those already PUBREC'd.
+    let l = limits(5, 10);
+    let h = SessionHandle::new("client".into(), NEVER_EXPIRES, l, None);
+    let mut s = h.lock();
+    put_inflight(&mut s, 7, route(QoS::AtLeastOnce));
+    put_inflight(&mut s, 8, route(QoS::ExactlyOnce));
+    assert!(s.pubrec(8));
+    let tl = test_link(1, None);
+    let (_, sent) = captured(|| s.attach(tl.link.clone(), l, connack()));
+    assert!(matches!(&sent[0], Outbound::Packet(p) if matches!(**p, Packet::PingResp)));
+    assert!(
+        matches!(&sent[1], Outbound::Packet(p) if matches!(&**p, Packet::PubRel(a) if a.packet_id == 8))
+    );
+    assert_eq!(publishes(&sent), [(7, true, "t".into())]);
+    assert_eq!(sent.len(), 3);
+}
+
+#[test]
+fn takeover_returns_the_old_connection_released() {
+    let l = limits(2, 10);
+    let h = SessionHandle::new("client".into(), 60, l, None);
+    let mut s = h.lock();
+    let first = test_link(1, None);
+    let second = test_link(2, None);
+    let (old, _) = captured(|| {
+        assert!(s.attach(first.link.clone(), l, connack()).is_none());
+        s.attach(second.link.clone(), l, connack())
+    });
+    let old = old.expect("the first connection");
+    assert_eq!(old.connection_id, 1);
+    // Its reader sees it no longer owns the session.
+    assert!(!first.link.owns_session.load(Ordering::Acquire));
+    assert!(second.link.owns_session.load(Ordering::Acquire));
+    assert!(s.is_attached_to(2));
+    // The replaced connection's late disconnect does not detach the new one.
+    assert!(!s.detach(1));
+    assert!(s.detach(2));
+    assert!(s.disconnected_at.is_some());
+    assert!(!second.link.owns_session.load(Ordering::Acquire));
+}
