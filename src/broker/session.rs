@@ -937,3 +937,7 @@ fn too_large(max_packet_size: Option<u32>, message: &Message, route: &Route) -> 
     );
     buf.len() > max as usize
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
