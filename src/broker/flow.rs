@@ -19,7 +19,8 @@
 //! - A subscriber that completes nothing for `limits.stalled_subscriber_secs` while a reader
 //!   waits on it (and is not itself waiting on another) is disconnected (`on_stalled`).
 //! - Only connection readers wait (inside a `Scope`); other threads (wills, `$SYS`) deliver
-//!   within the bound above.
+//!   within the bound above. A leaving shared-subscription member's reader waits too, while it
+//!   hands the messages it had not completed to another member (`Broker::redeliver_shared`).
 //!
 //! QoS 0 deliveries never wait: they are not acknowledged, and are dropped for a slow reader
 //! as before (`limits.outbound_queue`). Offline sessions drop at `max_queued` as in `drop` mode.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::publish::Routed;
-use super::{read_scope, session, Broker};
+use super::{flow, read_scope, session, Broker};
 
 /// Result of attaching a connection to a session at CONNECT.
 pub struct Attached {
@@ -185,7 +185,7 @@ impl Broker {
             debug_assert!(ended_will.is_none());
         }
         drop(sessions);
-        self.redeliver_shared(session, shared);
+        self.redeliver_shared(session, connection_id, shared);
         if let Some(will) = will_now {
             self.publish(Arc::unwrap_or_clone(will));
         }
@@ -193,8 +193,32 @@ impl Broker {
 
     /// Give the shared-subscription messages a disconnected member had not completed to another
     /// member of the same group; with no other member they stay with the original session.
-    fn redeliver_shared(&self, leaving: &SessionRef, messages: Vec<(Arc<Message>, Route)>) {
+    ///
+    /// Their publishers were acknowledged long ago, so they must not be dropped for the other
+    /// member's full queue: the leaving member held up to its queue and its inflight window of
+    /// them, more than the other member's queue may grow past `max_queued` (and a busy member
+    /// that takes all of a flood is near `max_queued` just then). On the leaving connection's
+    /// reader (inside a `flow::Scope`) a delivery that fills the other member's queue waits for
+    /// room like a publisher would (`flow::give_way`), bounded by `stalled_subscriber_secs`; on
+    /// other threads it overflows within the bound, as before.
+    fn redeliver_shared(
+        &self,
+        leaving: &SessionRef,
+        connection_id: u64,
+        messages: Vec<(Arc<Message>, Route)>,
+    ) {
+        let stall = Duration::from_secs(self.config.limits.stalled_subscriber_secs);
         for (message, route) in messages {
+            if flow::must_give_way() {
+                // What this thread queued for the member must go out for room to appear.
+                read_scope::flush();
+                flow::give_way(
+                    connection_id,
+                    stall,
+                    &|| !self.is_shutting_down(),
+                    &|room, connection| self.disconnect_stalled(room.client_id(), connection),
+                );
+            }
             let group = route.shared_group.clone().unwrap_or_default();
             let other = self.router.redeliver_shared(&group, &leaving.client_id);
             let delivered = other.is_some_and(|d| {

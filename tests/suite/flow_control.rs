@@ -319,3 +319,58 @@ fn shared_subscription_gives_messages_to_a_member_with_room_instead_of_waiting()
     stuck.drop_connection();
     assert_eq!(healthy.join().unwrap().len(), N as usize + 1);
 }
+
+#[test]
+fn leaving_shared_member_hands_its_messages_to_a_full_member_without_dropping_them() {
+    let broker = Broker::with_config("[limits]\nmax_queued = 100\nstalled_subscriber_secs = 60\n");
+    let mut stuck = RawClient::connected(broker.addr(), "stuck");
+    stuck.subscribe(1, &[("$share/g/shared/#", 1)]);
+    let mut busy = RawClient::connected(broker.addr(), "busy");
+    busy.subscribe(1, &[("$share/g/shared/#", 1)]);
+    let mut publisher = RawClient::connected(broker.addr(), "publisher");
+    // One message per member in turn; the busy member completes its one, so that once both
+    // are full the publisher waits on it (it takes messages), not on the stuck one.
+    for (id, payload) in [(1000u16, "w1"), (1001, "w2")] {
+        publisher.publish_acked("shared/t", payload.as_bytes(), 1, id, false);
+    }
+    let first = busy.expect_publish();
+    busy.ack(&first);
+    busy.ping();
+
+    // Neither member reads now: each fills its window (20) and queue (100), the stuck one
+    // first, and the publisher then waits on the busy one with about 240 acknowledged.
+    const N: u16 = 300;
+    let writer = Arc::new(Mutex::new(publisher.stream.try_clone().unwrap()));
+    let writing = publish_all(writer, "shared/t", N);
+    let mut acked = HashSet::new();
+    let started = Instant::now();
+    while acked.len() < 230 && started.elapsed() < Duration::from_secs(30) {
+        if let Ok(p) = publisher.read_packet(Duration::from_millis(200)) {
+            if p.kind() == PUBACK {
+                acked.insert(p.packet_id());
+            }
+        }
+    }
+    assert!(acked.len() >= 230, "{} acknowledged", acked.len());
+    // The stuck member leaves holding about 120 messages, acknowledged to their publisher long
+    // ago; the busy member's queue is full: they must wait for its room, not be dropped.
+    stuck.drop_connection();
+    broker.wait_for_log(&["client stuck disconnected"]);
+    let busy = acking_subscriber(busy, N as usize + 1, Duration::from_secs(30));
+    while acked.len() < N as usize && started.elapsed() < Duration::from_secs(60) {
+        if let Ok(p) = publisher.read_packet(Duration::from_millis(200)) {
+            if p.kind() == PUBACK {
+                acked.insert(p.packet_id());
+            }
+        }
+    }
+    writing.join().unwrap();
+    assert_eq!(acked.len(), N as usize, "every PUBLISH acknowledged");
+    // The flood and the stuck member's warm-up message: nothing lost.
+    assert_eq!(busy.join().unwrap().len(), N as usize + 1);
+    assert!(
+        !broker.log_text().contains("dropping message"),
+        "{}",
+        broker.log_text()
+    );
+}
