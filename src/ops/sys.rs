@@ -37,14 +37,16 @@ impl SysPublisher {
             return Ok(None);
         }
         let (stop, stopped) = bounded::<()>(1);
+        let mut tree = SysTree::new(&Snapshot::of(broker));
+        // The first round on the caller's thread, before `main` logs "ready": from then on a
+        // client subscribing to `$SYS/#` gets every value from the retained store at once.
+        let mut next = Instant::now();
+        for (topic, payload) in tree.round(&Snapshot::of(broker), next) {
+            publish(broker, topic, payload);
+        }
         let broker = broker.clone();
         let thread = thread::Builder::new().name("sys".into()).spawn(move || {
-            let mut tree = SysTree::new(&Snapshot::of(&broker));
-            let mut next = Instant::now();
             loop {
-                for (topic, payload) in tree.round(&Snapshot::of(&broker), Instant::now()) {
-                    publish(&broker, topic, payload);
-                }
                 next += interval;
                 // Catch up after a stall (e.g. a suspended machine) instead of bursting.
                 let now = Instant::now();
@@ -52,8 +54,11 @@ impl SysPublisher {
                     next = now + interval;
                 }
                 match stopped.recv_timeout(next - now) {
-                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Timeout) => {}
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+                for (topic, payload) in tree.round(&Snapshot::of(&broker), Instant::now()) {
+                    publish(&broker, topic, payload);
                 }
             }
             debug!("$SYS publisher stopped");
