@@ -7,7 +7,7 @@
 #   influxdb, influxdb-client     the InfluxDB sink tests start their own influxd and query it
 #   python3-paho-mqtt, node-mqtt  client interoperability: Eclipse Paho (Python, run by
 #                                 Debian's /usr/bin/python3) and MQTT.js (Node-RED's client)
-#   nodejs, npm                   Node-RED and mocha for tests/node_red.rs, installed by `npm ci`
+#   nodejs, npm                   Node-RED and mocha for tests/suite/node_red.rs, installed by `npm ci`
 #                                 into examples/node-red/node_modules (lockfile committed)
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
