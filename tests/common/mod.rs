@@ -9,6 +9,7 @@
 //! - `codec`: a raw MQTT client on the crate's own codec, parameterised by protocol version
 //!   (3.1.1 or 5.0): typed packets, properties and reason codes; also packet encode/read over
 //!   any byte stream (TLS, WebSocket).
+//! - `bench`: one run of `mqflux-bench` and the JSON record it prints.
 //! - `client`: helpers around rumqttc for real-client tests.
 //! - `influx`: a real influxd on a free port, with query helpers.
 //! - `spawned`: a command other than the harness's broker start (a script, `mqflux` with
@@ -21,6 +22,7 @@
 //! other branches may use them; without the allow, the one binary would flag them.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod influx;

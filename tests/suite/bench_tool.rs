@@ -8,38 +8,14 @@ use crate::common;
 use common::Broker;
 use serde_json::Value;
 use std::net::TcpStream;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_mqflux-bench");
+use common::bench::{n, BENCH};
 
 /// Run the tool with `--json -`; returns its exit code and the JSON record it printed.
 fn bench(port: u16, args: &[&str]) -> (i32, Value) {
-    let out: Output = Command::new("timeout")
-        .arg("120")
-        .arg(BENCH)
-        .args(args)
-        .args(["--port", &port.to_string(), "--json", "-"])
-        .output()
-        .expect("run mqflux-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no JSON line from mqflux-bench {args:?}; stdout:\n{stdout}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let record: Value = serde_json::from_str(line).expect("JSON record");
-    (out.status.code().unwrap_or(-1), record)
-}
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+    common::bench::run(port, args)
 }
 
 /// `sent` publishes, each delivered once to each subscriber: `deliveries` in all.

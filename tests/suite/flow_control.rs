@@ -7,6 +7,7 @@
 use crate::common;
 use crate::common::ops as ops_support;
 
+use common::bench::n;
 use common::raw::{self, RawClient, PUBACK, PUBLISH};
 use common::Broker;
 use ops_support::{metrics_addr, scrape};
@@ -14,50 +15,25 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BENCH: &str = env!("CARGO_BIN_EXE_mqflux-bench");
 
 /// The load: 8 QoS 1 publishers running flat out (each with up to 1,000 messages
 /// awaiting PUBACK, never held back by the subscriber) into one QoS 1 subscriber, for 3 s or
 /// 100,000 messages each. mqflux-bench counts, by sequence number, the messages acknowledged
 /// to a publisher that the subscriber never got (`lost`).
 fn open_loop_fan_in(broker: &Broker) -> Value {
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(BENCH)
-        .args(["fan-in", "--open-loop", "--publishers", "8", "--qos", "1"])
-        .args([
-            "--window",
-            "1000",
-            "--duration",
-            "3",
-            "--messages",
-            "100000",
-        ])
-        .args(["--port", &broker.port.to_string(), "--json", "-"])
-        .output()
-        .expect("run mqflux-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| {
-            panic!(
-                "no JSON record; stdout:\n{stdout}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    serde_json::from_str(line).expect("JSON record")
-}
-
-fn n(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+    let args = ["fan-in", "--open-loop", "--publishers", "8", "--qos", "1"];
+    let bounds = [
+        "--window",
+        "1000",
+        "--duration",
+        "3",
+        "--messages",
+        "100000",
+    ];
+    common::bench::run(broker.port, &[&args[..], &bounds[..]].concat()).1
 }
 
 const METRICS: &str = "[metrics]\nbind = \"127.0.0.1:0\"\n";
