@@ -547,6 +547,23 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> (ExitStatus, String) {
     (out.status, text)
 }
 
+/// Random waits between SIGKILLs for the crash tests: `min_ms` plus up to `spread_ms`, from a
+/// time-seeded xorshift whose seed is printed, so a failing schedule can be read off the log.
+pub fn kill_waits(min_ms: u64, spread_ms: u64) -> impl Iterator<Item = Duration> {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("kill schedule seed {seed}");
+    std::iter::repeat_with(move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(min_ms + seed % spread_ms)
+    })
+}
+
 /// Poll `f` until it returns `Some`, for at most `timeout`.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const KILLS: usize = 5;
 const PUBLISHERS_PER_QOS: usize = 2;
@@ -189,17 +189,7 @@ fn acknowledged_messages_survive_repeated_sigkill_under_load() {
     }
 
     // Kill at random moments: 0.3 to 1.5 s apart (the seed is printed to replay a failure).
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("kill schedule seed {seed}");
-    for kill in 0..KILLS {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let wait = Duration::from_millis(300 + seed % 1200);
+    for (kill, wait) in common::kill_waits(300, 1200).take(KILLS).enumerate() {
         std::thread::sleep(wait);
         let acked = shared.acked.lock().unwrap().len();
         println!("kill {kill} after {wait:?}: {acked} messages acknowledged so far");

@@ -27,7 +27,7 @@ use rumqttc::{Event, MqttOptions, Packet, QoS};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const KILLS: usize = 4;
 const PUBLISHERS_PER_QOS: usize = 3;
@@ -254,17 +254,7 @@ fn run(with_subscriber: bool) {
     }
 
     // Kill at random moments: 0.5 to 2 s apart (the seed is printed to replay a failure).
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("kill schedule seed {seed}");
-    for kill in 0..KILLS {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let wait = Duration::from_millis(500 + seed % 1500);
+    for (kill, wait) in common::kill_waits(500, 1500).take(KILLS).enumerate() {
         std::thread::sleep(wait);
         println!(
             "kill {kill} after {wait:?}: {} messages acknowledged so far",
