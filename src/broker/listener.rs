@@ -117,15 +117,7 @@ impl Listener {
     /// Stop accepting (the broker must already be marked as shutting down) and join the thread,
     /// which joins this listener's transport pumps.
     pub fn stop(self) {
-        // accept() has no timeout: wake it with a connection of our own.
-        let mut wake = self.local_addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        wake_accept(self.local_addr);
         let _ = self.thread.join();
     }
 }
@@ -226,4 +218,17 @@ fn accept_loop(
         }
         let _ = p.thread.join();
     }
+}
+
+/// Wake a thread blocked in `accept()` on `addr` (which has no timeout) with a connection of
+/// our own; an unspecified address is reached through loopback.
+pub fn wake_accept(addr: SocketAddr) {
+    let mut wake = addr;
+    if wake.ip().is_unspecified() {
+        wake.set_ip(match wake.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
 }

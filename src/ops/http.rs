@@ -18,7 +18,7 @@
 
 use log::debug;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -86,15 +86,7 @@ impl Server {
     /// Stop accepting, close every connection and join all the threads.
     pub fn stop(self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // accept() has no timeout: wake it with a connection of our own.
-        let mut wake = self.local_addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
-        }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        crate::broker::listener::wake_accept(self.local_addr);
         let _ = self.acceptor.join();
     }
 }
