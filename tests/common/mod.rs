@@ -16,6 +16,8 @@
 //!   options the builder always sets), in its own process group.
 //! - `listeners`: a test PKI, TLS clients and refused listener configs.
 //! - `ops`: HTTP/1.1 to the metrics and health endpoints, and the Prometheus text format.
+//! - `remote`: Debian's mosquitto as a second broker (bridge tests), killable and restartable.
+//! - `fault_proxy`: a TCP proxy that forwards, pauses, blackholes (no FIN) or resets.
 //!
 //! One `allow(dead_code)` for the whole harness: a few helpers (`Broker::dir`, `Spawned::pid`,
 //! `Influx::is_running`, `codec::eventually`) have no caller at the moment, and test areas on
@@ -25,10 +27,12 @@
 pub mod bench;
 pub mod client;
 pub mod codec;
+pub mod fault_proxy;
 pub mod influx;
 pub mod listeners;
 pub mod ops;
 pub mod raw;
+pub mod remote;
 pub mod spawned;
 
 use std::io::{BufRead, BufReader};
