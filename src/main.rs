@@ -134,8 +134,9 @@ fn check_config(file: &Path) -> ExitCode {
             for w in c.security.access_warnings(&c.listeners) {
                 eprintln!("warning: {}: {w}", file.display());
             }
+            let bridges: Vec<&str> = c.bridges.iter().map(|b| b.connection.as_str()).collect();
             println!(
-                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {})",
+                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {}, bridges {})",
                 file.display(),
                 listeners.join(" "),
                 match c.sys_interval {
@@ -144,6 +145,11 @@ fn check_config(file: &Path) -> ExitCode {
                 },
                 c.metrics.bind.as_deref().unwrap_or("off"),
                 if c.sink.enabled { "on" } else { "off" },
+                if bridges.is_empty() {
+                    "none".to_string()
+                } else {
+                    bridges.join(" ")
+                },
             );
             ExitCode::SUCCESS
         }

@@ -124,6 +124,12 @@ pub fn on_suback(bridge: &Bridge, codes: &[u8]) {
         .iter()
         .filter(|l| l.direction.is_in())
         .collect();
+    let granted = codes.iter().filter(|c| **c < 0x80).count();
+    info!(
+        "bridge {}: subscribed on the remote to {granted} of {} `in` filters",
+        bridge.config.connection,
+        lines.len()
+    );
     for (line, code) in lines.iter().zip(codes) {
         if *code >= 0x80 {
             warn!(

@@ -366,3 +366,276 @@ fn retained_set_and_cleared_while_the_link_is_down_propagate() {
     let retained = collect(&mut fresh, 2, Duration::from_secs(2));
     assert_eq!(retained, vec![("state/a".to_string(), "1".to_string())]);
 }
+
+#[test]
+fn in_publishes_remote_messages_locally_once_in_order() {
+    let remote = Mosquitto::start("");
+    let local = Broker::with_config(&bridge_toml(remote.port, &["cmd/# in 1"], ""));
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("cmd/#", QoS::AtLeastOnce);
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    for i in 0..200 {
+        remote_pub.publish("cmd/x", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    let got = collect(&mut local_sub, 200, Duration::from_secs(20));
+    assert_eq!(got, numbered("cmd/x", 0..200));
+    expect_nothing_more(&mut local_sub, Duration::from_millis(500));
+}
+
+#[test]
+fn both_directions_deliver_each_message_once_per_side_without_echo() {
+    let remote = Mosquitto::start("");
+    // Prefixes remap: local site/... is central/site1/... on the remote.
+    let local = Broker::with_config(&bridge_toml(
+        remote.port,
+        &["chat/# both 1 site/ central/site1/"],
+        "",
+    ));
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("site/chat/#", QoS::AtLeastOnce);
+    let mut remote_sub = RawClient::connect_v311(remote.port, "remote-sub");
+    remote_sub.subscribe("central/site1/chat/#", QoS::AtLeastOnce);
+    let mut local_pub = RawClient::connect_v311(local.port, "local-pub");
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    for i in 0..50 {
+        local_pub.publish("site/chat/l", &format!("m{i}"), QoS::AtLeastOnce);
+        remote_pub.publish("central/site1/chat/r", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    let on_topic = |got: &[(String, String)], topic: &str| -> Vec<(String, String)> {
+        got.iter().filter(|(t, _)| t == topic).cloned().collect()
+    };
+    let local_got = collect(&mut local_sub, 100, Duration::from_secs(20));
+    expect_nothing_more(&mut local_sub, Duration::from_millis(500));
+    assert_eq!(
+        on_topic(&local_got, "site/chat/l"),
+        numbered("site/chat/l", 0..50)
+    );
+    assert_eq!(
+        on_topic(&local_got, "site/chat/r"),
+        numbered("site/chat/r", 0..50)
+    );
+    assert_eq!(local_got.len(), 100, "no echo: {local_got:?}");
+    let remote_got = collect(&mut remote_sub, 100, Duration::from_secs(20));
+    expect_nothing_more(&mut remote_sub, Duration::from_millis(500));
+    assert_eq!(
+        on_topic(&remote_got, "central/site1/chat/l"),
+        numbered("central/site1/chat/l", 0..50)
+    );
+    assert_eq!(
+        on_topic(&remote_got, "central/site1/chat/r"),
+        numbered("central/site1/chat/r", 0..50)
+    );
+    assert_eq!(remote_got.len(), 100, "no echo: {remote_got:?}");
+}
+
+/// Publish QoS 2 messages `m{range}` on `topic`, pipelined in chunks (within the broker's
+/// Receive Maximum), each exchange completed.
+fn publish_qos2_pipelined(client: &mut RawClient, topic: &str, range: std::ops::Range<usize>) {
+    use mqflux::protocol::{Ack, Publish};
+    let all: Vec<usize> = range.collect();
+    for chunk in all.chunks(20) {
+        let mut ids = Vec::new();
+        for i in chunk {
+            let id = client.packet_id();
+            ids.push(id);
+            client.send(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                topic: topic.into(),
+                packet_id: id,
+                payload: format!("m{i}").into_bytes().into(),
+                properties: Default::default(),
+            }));
+        }
+        for id in &ids {
+            client.wait_for("PUBREC", |p| match p {
+                Packet::PubRec(a) if a.packet_id == *id => Some(()),
+                _ => None,
+            });
+            client.send(&Packet::PubRel(Ack::new(*id)));
+        }
+        for id in &ids {
+            client.wait_for("PUBCOMP", |p| match p {
+                Packet::PubComp(a) if a.packet_id == *id => Some(()),
+                _ => None,
+            });
+        }
+    }
+}
+
+#[test]
+fn remote_with_receive_maximum_5_and_1000_queued_does_not_reconnect_loop() {
+    // A second mqflux as the remote: it announces Receive Maximum 5 and disconnects a client
+    // that has more QoS 2 messages unreleased [MQTT-3.3.4-9].
+    let remote = Broker::with_config("[limits]\nmax_inflight = 5\n");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::ExactlyOnce);
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(
+            proxy.port,
+            &["sensors/# out 2"],
+            "bridge_protocol_version = \"mqttv50\"\nmax_inflight = 100"
+        )
+    ));
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    publish_qos2_pipelined(&mut publisher, "sensors/t", 0..1000);
+    assert_eq!(metric(&local, "mqflux_bridge_queued_messages"), 1000);
+    proxy.set(Mode::Forward);
+    let got = collect(&mut sub, 1000, Duration::from_secs(30));
+    assert_eq!(got, numbered("sensors/t", 0..1000));
+    expect_nothing_more(&mut sub, Duration::from_millis(300));
+    wait_drained(&local);
+    assert_eq!(metric(&local, "mqflux_bridge_reconnects_total"), 0);
+    assert!(
+        !local.log_text().contains("bridge edge: link to"),
+        "the link never broke: {}",
+        local.log_text()
+    );
+}
+
+#[test]
+fn tls_to_a_remote_with_its_own_ca_and_refused_with_another() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = crate::common::listeners::make_pki(certs.path(), "edge");
+    // Every file readable by mosquitto, which drops root.
+    for f in std::fs::read_dir(certs.path()).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = f.unwrap().path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(
+        certs.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let plain = crate::common::remote::free_port();
+    // The first listener (TLS) is the bridge's; the second (plain) the test subscriber's.
+    let remote = Mosquitto::start(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nlistener {plain} 127.0.0.1\n",
+        pki.ca.display(),
+        pki.server_cert.display(),
+        pki.server_key.display()
+    ));
+    let mut sub = RawClient::connect_v311(plain, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let tls = format!("bridge_cafile = {:?}", pki.ca.to_str().unwrap());
+    let config =
+        bridge_toml(remote.port, &["sensors/# out 1"], &tls).replace("127.0.0.1:", "localhost:");
+    let local = Broker::with_config(&config);
+    local.wait_for_log(&["bridge edge: connected to localhost:"]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..20 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut sub, 20, Duration::from_secs(10)),
+        numbered("sensors/t", 0..20)
+    );
+    // A CA that did not sign the remote's certificate: no connection, and the log says why.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = crate::common::listeners::make_pki(other.path(), "edge");
+    let tls = format!("bridge_cafile = {:?}", other_pki.ca.to_str().unwrap());
+    let config =
+        bridge_toml(remote.port, &["sensors/# out 1"], &tls).replace("127.0.0.1:", "localhost:");
+    let refused = Broker::with_config(&config);
+    let line = refused.wait_for_log(&["bridge edge: cannot connect to localhost:"]);
+    assert!(line.contains("TLS"), "{line}");
+    assert!(!refused.log_text().contains("bridge edge: connected"));
+}
+
+#[test]
+fn in_messages_are_stored_by_the_sink_before_the_remote_gets_its_puback() {
+    let influx = crate::common::influx::Influx::start();
+    let remote = Mosquitto::start("");
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[persistence]\ndir = \"state\"\nmode = \"sync\"\n\n[sink]\nenabled = true\nurl = \"{}\"\n\
+         database = \"bridged\"\nspool_dir = {:?}\nflush_interval_ms = 50\n\n{}",
+        influx.url(),
+        spool.path().to_str().unwrap(),
+        bridge_toml(remote.port, &["meter/# in 1"], "")
+    );
+    let local = Broker::with_config(&config);
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    for i in 0..100 {
+        remote_pub.publish("meter/power", &i.to_string(), QoS::AtLeastOnce);
+    }
+    assert!(
+        influx.wait_until(Duration::from_secs(30), || influx
+            .count("bridged", "mqtt", "value")
+            == 100),
+        "points stored: {}",
+        influx.count("bridged", "mqtt", "value")
+    );
+    let (_, rows) = influx.select("bridged", "SELECT sum(value) FROM mqtt");
+    assert_eq!(
+        rows[0][1].as_f64(),
+        Some((0..100).sum::<i32>() as f64),
+        "none twice"
+    );
+}
+
+#[test]
+fn check_config_names_file_key_and_expectation_for_bad_bridges() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bridges.toml");
+    std::fs::write(
+        &file,
+        "[[bridges]]\nconnection = \"a b\"\naddress = [\"host:x\"]\n\
+         topic = [\"a/# sideways\", \"\\\"\\\" out 1 local/only \\\"\\\"\", \"x/# out 3\"]\n\
+         keepalive_interval = 1\nbridge_protocol_version = \"mqttv4\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (status, out) =
+        crate::common::run_to_exit(&["check-config", path], Duration::from_secs(10));
+    assert!(!status.success(), "{out}");
+    // A bad enum value is a parse error; it is reported (and commented out) first.
+    assert!(out.contains("bridges[0].bridge_protocol_version"), "{out}");
+    assert!(out.contains("mqttv311") && out.contains("mqttv50"), "{out}");
+    for (key, expected) in [
+        ("bridges[0].connection", "expected a name"),
+        ("bridges[0].address[0]", "expected \"host:port\""),
+        ("bridges[0].topic[0]", "`out`, `in` or `both`"),
+        (
+            "bridges[0].topic[1]",
+            "needs both a local and a remote prefix",
+        ),
+        ("bridges[0].topic[2]", "QoS 0, 1 or 2"),
+        ("bridges[0].keepalive_interval", "expected 2 to 65535"),
+        ("bridges[0].queue_dir", "expected a directory"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("key `{key}`")))
+            .unwrap_or_else(|| panic!("no error for {key}: {out}"));
+        assert!(line.contains(path), "names the file: {line}");
+        assert!(line.contains(expected), "{line}");
+    }
+    // The mosquitto-style example in config.example.toml passes, uncommented.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap();
+    let start = example.find("#[[bridges]]").unwrap();
+    let block: String = example[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("##") && !l.contains("file ="))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, block).unwrap();
+    let (status, out) = crate::common::run_to_exit(
+        &["check-config", good.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert!(status.success(), "{out}");
+    assert!(out.contains("bridges central"), "{out}");
+}
