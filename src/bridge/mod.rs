@@ -263,9 +263,14 @@ impl Bridges {
     /// running; one whose `connection` stays but settings changed restarts with the same queue;
     /// a removed one stops (its queue stays on disk); a new one starts.
     pub fn reload(&self, configs: &[BridgeConfig]) {
-        let mut running = self.running.write().unwrap_or_else(|e| e.into_inner());
+        // No lock is held while threads stop and start: a bridge thread publishing locally
+        // calls `forward`, which reads the list.
+        let old: Vec<Arc<Bridge>> = self
+            .running
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut next = Vec::new();
-        let old: Vec<Arc<Bridge>> = std::mem::take(&mut *running);
         for c in configs {
             match old.iter().find(|b| b.config.connection == c.connection) {
                 Some(b) if b.config == *c => next.push(b.clone()),
@@ -289,6 +294,7 @@ impl Bridges {
                 },
             }
         }
+        *self.running.write().unwrap_or_else(|e| e.into_inner()) = next;
         for b in &old {
             if !configs.iter().any(|c| c.connection == b.config.connection) {
                 info!(
@@ -299,7 +305,6 @@ impl Bridges {
                 b.queue.close();
             }
         }
-        *running = next;
     }
 
     /// Figures of every bridge, in configuration order.

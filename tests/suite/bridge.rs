@@ -79,6 +79,16 @@ fn out_forwards_every_acknowledged_message_once_in_order() {
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let local = Broker::with_config(&bridge_toml(remote.port, &["sensors/# out 1"], ""));
     local.wait_for_log(&["bridge edge: connected to"]);
+    // notifications: the link state, retained, on the local broker (mosquitto's topic).
+    let mut state = RawClient::connect_v311(local.port, "state-watch");
+    state.subscribe("$SYS/broker/connection/edge-bridge/state", QoS::AtMostOnce);
+    assert_eq!(
+        collect(&mut state, 1, Duration::from_secs(5)),
+        vec![(
+            "$SYS/broker/connection/edge-bridge/state".to_string(),
+            "1".to_string()
+        )]
+    );
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
     for i in 0..300 {
         publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
@@ -132,7 +142,7 @@ fn out_backlog_survives_the_remote_being_killed_and_restarted() {
     let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let local = Broker::with_config(&format!(
-        "{METRICS}{}",
+        "sys_interval = 1\n{METRICS}{}",
         bridge_toml(proxy.port, &["sensors/# out 1"], "")
     ));
     local.wait_for_log(&["bridge edge: connected to"]);
@@ -165,6 +175,20 @@ fn out_backlog_survives_the_remote_being_killed_and_restarted() {
     wait_drained(&local);
     assert!(metric(&local, "mqflux_bridge_reconnects_total") >= 1);
     assert_eq!(metric(&local, "mqflux_bridge_acked_total"), 150);
+    // The same figures in $SYS, under mosquitto-style names.
+    let mut sys = RawClient::connect_v311(local.port, "sys-watch");
+    sys.subscribe("$SYS/broker/bridge/edge/#", QoS::AtMostOnce);
+    let figures = collect(&mut sys, 12, Duration::from_secs(5));
+    for (topic, value) in [
+        ("$SYS/broker/bridge/edge/state", "1"),
+        ("$SYS/broker/bridge/edge/queue/messages", "0"),
+        ("$SYS/broker/bridge/edge/messages/acked", "150"),
+    ] {
+        assert!(
+            figures.contains(&(topic.to_string(), value.to_string())),
+            "{topic} = {value} in {figures:?}"
+        );
+    }
 }
 
 #[test]
@@ -248,6 +272,16 @@ fn full_queue_drops_exactly_the_oldest_counts_them_and_keeps_flowing() {
         publisher.publish("sensors/t", &format!("m{i:03}"), QoS::AtLeastOnce);
     }
     local.wait_for_log(&["bridge edge: dropped", "QueueFull"]);
+    // A bridge that is down does not fail /health: the broker still takes messages.
+    let (status, _, body) = http(metrics_addr(&local), "GET", "/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!(
+            "bridge edge: down (127.0.0.1:{}), 13 queued",
+            proxy.port
+        )),
+        "{body}"
+    );
     proxy.set(Mode::Forward);
     let got = collect(&mut sub, 13, Duration::from_secs(20));
     let want: Vec<(String, String)> = (17..30)
@@ -638,4 +672,32 @@ fn check_config_names_file_key_and_expectation_for_bad_bridges() {
     );
     assert!(status.success(), "{out}");
     assert!(out.contains("bridges central"), "{out}");
+}
+
+#[test]
+fn sighup_reload_keeps_the_queue_of_a_bridge_whose_connection_stays() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&bridge_toml(proxy.port, &["sensors/# out 1"], ""));
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..30 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    // Same connection, other settings: the bridge restarts on the queue it had.
+    let changed = bridge_toml(proxy.port, &["sensors/# out 1"], "keepalive_interval = 7");
+    std::fs::write(local.config_path(), changed).unwrap();
+    let mark = local.log_mark();
+    local.send_signal(libc::SIGHUP);
+    local.wait_for_log_after(
+        mark,
+        &["bridge edge: settings changed; restarting with its queue"],
+        Duration::from_secs(10),
+    );
+    proxy.set(Mode::Forward);
+    let got = collect(&mut sub, 30, Duration::from_secs(20));
+    assert_eq!(got, numbered("sensors/t", 0..30));
+    expect_nothing_more(&mut sub, Duration::from_millis(300));
 }
