@@ -701,3 +701,135 @@ fn sighup_reload_keeps_the_queue_of_a_bridge_whose_connection_stays() {
     assert_eq!(got, numbered("sensors/t", 0..30));
     expect_nothing_more(&mut sub, Duration::from_millis(300));
 }
+
+#[test]
+fn failover_to_the_next_address_and_back_to_the_primary() {
+    let primary = Mosquitto::start("");
+    let secondary = Mosquitto::start("");
+    let proxy = FaultProxy::start(primary.port);
+    proxy.set(Mode::Refuse);
+    let mut on_primary = RawClient::connect_v311(primary.port, "sub-primary");
+    on_primary.subscribe("sensors/#", QoS::AtLeastOnce);
+    let mut on_secondary = RawClient::connect_v311(secondary.port, "sub-secondary");
+    on_secondary.subscribe("sensors/#", QoS::AtLeastOnce);
+    let config = bridge_toml(proxy.port, &["sensors/# out 1"], "primary_retry_secs = 1").replace(
+        &format!("address = [\"127.0.0.1:{}\"]", proxy.port),
+        &format!(
+            "address = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
+            proxy.port, secondary.port
+        ),
+    );
+    let local = Broker::with_config(&config);
+    local.wait_for_log(&[&format!(
+        "bridge edge: connected to 127.0.0.1:{}",
+        secondary.port
+    )]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..10 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut on_secondary, 10, Duration::from_secs(10)),
+        numbered("sensors/t", 0..10)
+    );
+    // The primary answers again: within primary_retry_secs the bridge moves back.
+    proxy.set(Mode::Forward);
+    local.wait_for_log(&[&format!(
+        "bridge edge: connected to 127.0.0.1:{}",
+        proxy.port
+    )]);
+    for i in 10..20 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut on_primary, 10, Duration::from_secs(10)),
+        numbered("sensors/t", 10..20)
+    );
+    expect_nothing_more(&mut on_secondary, Duration::from_millis(300));
+}
+
+#[test]
+fn max_rate_caps_how_fast_a_backlog_drains() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&bridge_toml(
+        proxy.port,
+        &["sensors/# out 1"],
+        "max_rate = 50",
+    ));
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..100 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    proxy.set(Mode::Forward);
+    let first = collect(&mut sub, 1, Duration::from_secs(10));
+    let start = Instant::now();
+    let mut got = first;
+    got.extend(collect(&mut sub, 99, Duration::from_secs(10)));
+    let took = start.elapsed();
+    assert_eq!(got, numbered("sensors/t", 0..100));
+    // 99 more at 50/s: about 2 s (a 100 ms burst allowance at most).
+    assert!(
+        took >= Duration::from_millis(1700),
+        "drained in {took:?} despite max_rate = 50"
+    );
+}
+
+#[test]
+fn in_messages_obey_the_acl_of_local_username() {
+    let remote = Mosquitto::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    // Anonymous local clients may read everything; the bridge's user may write cmd/allowed/#.
+    std::fs::write(
+        &acl,
+        "topic read #\n\nuser bridge\ntopic write cmd/allowed/#\n",
+    )
+    .unwrap();
+    let config = format!(
+        "{METRICS}[security]\nallow_anonymous = true\nacl_file = {:?}\n\n{}",
+        acl.to_str().unwrap(),
+        bridge_toml(remote.port, &["cmd/# in 1"], "local_username = \"bridge\"")
+    );
+    let local = Broker::with_config(&config);
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("cmd/#", QoS::AtLeastOnce);
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    remote_pub.publish("cmd/denied/x", "no", QoS::AtLeastOnce);
+    remote_pub.publish("cmd/allowed/x", "yes", QoS::AtLeastOnce);
+    assert_eq!(
+        collect(&mut local_sub, 2, Duration::from_secs(3)),
+        vec![("cmd/allowed/x".to_string(), "yes".to_string())]
+    );
+    let (_, _, body) = http(metrics_addr(&local), "GET", "/metrics");
+    assert!(
+        body.contains("mqflux_bridge_dropped_total{bridge=\"edge\",reason=\"denied\"} 1\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn v311_bridge_to_a_second_mqflux_delivers_with_or_without_the_bridge_bit() {
+    // try_private: a remote that refuses protocol level 0x84 is retried without the bit; one
+    // that accepts it takes the bridge as such. Either way every message arrives once.
+    let remote = Broker::start();
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&bridge_toml(remote.port, &["sensors/# out 1"], ""));
+    let line = local.wait_for_log(&["bridge edge: connected to"]);
+    let refused = local.log_text().contains("refused the bridge bit");
+    assert_eq!(line.contains("bridge bit"), !refused, "{line}");
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..50 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut sub, 50, Duration::from_secs(10)),
+        numbered("sensors/t", 0..50)
+    );
+    expect_nothing_more(&mut sub, Duration::from_millis(300));
+}
