@@ -126,7 +126,28 @@ fn main() -> ExitCode {
 
 /// `mqflux check-config FILE`: every error on stderr, or a one-line summary on stdout.
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load_with(file, &mqflux::broker::tls::check_listener) {
+    let loaded = Config::load_with(file, &mqflux::broker::tls::check_listener).and_then(|c| {
+        // The bridges' TLS files must load, as the listeners' must.
+        let errors: Vec<mqflux::config::ConfigError> = c
+            .bridges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let message = mqflux::bridge::tls_problem(b)?;
+                Some(mqflux::config::ConfigError {
+                    file: file.to_path_buf(),
+                    key: format!("bridges[{i}].bridge_cafile"),
+                    message,
+                })
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(errors)
+        }
+    });
+    match loaded {
         Ok(c) => {
             let listeners: Vec<String> = c.listeners.iter().map(|l| l.url()).collect();
             // Warnings do not fail the check: the file is valid, but who may connect deserves

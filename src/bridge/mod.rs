@@ -166,6 +166,12 @@ impl Bridge {
     }
 }
 
+/// What is wrong with a bridge's TLS files (they must load and fit together), for
+/// `check-config`; None when they are fine or TLS is off.
+pub fn tls_problem(c: &BridgeConfig) -> Option<String> {
+    link::tls_config(c).err()
+}
+
 /// Every configured bridge; the broker's `Forward`.
 pub struct Bridges {
     broker: Arc<Broker>,
@@ -214,6 +220,8 @@ impl Bridges {
     }
 
     fn start_one(&self, c: BridgeConfig, queue: Option<Arc<Queue>>) -> Result<Arc<Bridge>, String> {
+        // TLS files that do not load are refused now, not logged later by the thread.
+        link::tls_config(&c).map_err(|e| format!("bridge {}: {e}", c.connection))?;
         let queue = match queue {
             Some(q) => q,
             None => {

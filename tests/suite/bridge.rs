@@ -653,6 +653,31 @@ fn check_config_names_file_key_and_expectation_for_bad_bridges() {
         assert!(line.contains(path), "names the file: {line}");
         assert!(line.contains(expected), "{line}");
     }
+    // A CA file that is not PEM: named with its key, before the broker would start.
+    let bad_ca = dir.path().join("ca.pem");
+    std::fs::write(&bad_ca, "not a certificate\n").unwrap();
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls,
+        format!(
+            "[persistence]\ndir = \"state\"\n{}",
+            bridge_toml(
+                1,
+                &["a/# out 1"],
+                &format!("bridge_cafile = {:?}", bad_ca.to_str().unwrap())
+            )
+        ),
+    )
+    .unwrap();
+    let (status, out) = crate::common::run_to_exit(
+        &["check-config", tls.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("key `bridges[0].bridge_cafile`") && out.contains("no PEM certificate"),
+        "{out}"
+    );
     // The mosquitto-style example in config.example.toml passes, uncommented.
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
