@@ -51,6 +51,8 @@ pub fn run(bridge: Arc<Bridge>) {
     let mut plain_probe = false;
     let mut connected_before = false;
     let mut logged_down = false;
+    // Down until connected, also for subscribers of the state that come before the link.
+    bridge.notify(false);
     while !bridge.is_stopping() {
         let address = &c.address[index];
         let private = c.try_private
