@@ -116,6 +116,7 @@ impl Bridge {
             message.qos.min(qos),
             message.retain,
             message.received_at_ns,
+            message.properties.clone(),
         );
     }
 
@@ -147,6 +148,7 @@ impl Bridge {
             dropped_queue_full: d.queue_full.load(Ordering::Relaxed),
             dropped_too_large: d.too_large.load(Ordering::Relaxed),
             dropped_refused: d.refused.load(Ordering::Relaxed),
+            dropped_expired: d.expired.load(Ordering::Relaxed),
             dropped_denied: BridgeStats::get(&s.denied),
         }
     }

@@ -307,6 +307,7 @@ fn render_bridges(e: &mut Exposition, bridges: &[crate::bridge::stats::BridgeFig
             ("queue_full", b.dropped_queue_full),
             ("too_large", b.dropped_too_large),
             ("refused", b.dropped_refused),
+            ("expired", b.dropped_expired),
             ("denied", b.dropped_denied),
         ] {
             labels.push((format!("{{bridge=\"{}\",reason=\"{reason}\"}}", b.name), n));
@@ -316,7 +317,7 @@ fn render_bridges(e: &mut Exposition, bridges: &[crate::bridge::stats::BridgeFig
     e.family(
         "mqflux_bridge_dropped_total",
         "counter",
-        "Messages a bridge dropped, by reason: queue_full (oldest dropped at queue_max_bytes), too_large (over the remote's packet limit), refused (the remote's v5 reason code >= 0x80), denied (`in`: local ACL of local_username).",
+        "Messages a bridge dropped, by reason: queue_full (oldest dropped at queue_max_bytes), too_large (over the remote's packet limit), refused (the remote's v5 reason code >= 0x80), expired (v5 Message Expiry Interval passed in the queue), denied (`in`: local ACL of local_username).",
         &samples,
     );
 }

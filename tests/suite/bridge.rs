@@ -907,3 +907,58 @@ fn qos2_state_survives_sigkill_of_the_local_broker_mid_drain() {
     );
     expect_nothing_more(&mut sub, Duration::from_millis(500));
 }
+
+#[test]
+fn v5_properties_travel_and_expired_messages_are_dropped_not_sent() {
+    use mqflux::protocol::Properties;
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let mut sub = RawClient::connect_v5(remote.port, "remote-sub", Properties::default());
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(
+            proxy.port,
+            &["sensors/# out 1"],
+            "bridge_protocol_version = \"mqttv50\""
+        )
+    ));
+    let mut publisher = RawClient::connect_v5(local.port, "local-pub", Properties::default());
+    let kept = Properties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("site".into(), "1".into())],
+        message_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    publisher.publish_with("sensors/kept", b"a", QoS::AtLeastOnce, false, kept);
+    // [MQTT-3.3.2-5] a message whose expiry passes in the queue is not sent.
+    let short = Properties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publisher.publish_with("sensors/short", b"b", QoS::AtLeastOnce, false, short);
+    std::thread::sleep(Duration::from_millis(2100));
+    proxy.set(Mode::Forward);
+    let p = sub.expect_publish();
+    sub.puback(p.packet_id);
+    assert_eq!(&*p.topic, "sensors/kept");
+    assert_eq!(p.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        p.properties.user_properties,
+        vec![("site".to_string(), "1".to_string())]
+    );
+    // [MQTT-3.3.2-6] the interval forwarded is less the whole seconds it waited.
+    let left = p
+        .properties
+        .message_expiry_interval
+        .expect("expiry forwarded");
+    assert!((590..=598).contains(&left), "expiry {left}");
+    expect_nothing_more(&mut sub, Duration::from_millis(500));
+    wait_drained(&local);
+    let (_, _, body) = http(metrics_addr(&local), "GET", "/metrics");
+    assert!(
+        body.contains("mqflux_bridge_dropped_total{bridge=\"edge\",reason=\"expired\"} 1\n"),
+        "{body}"
+    );
+}
