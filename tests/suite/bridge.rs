@@ -436,6 +436,35 @@ fn in_publishes_remote_messages_locally_once_in_order() {
 }
 
 #[test]
+fn in_qos2_from_the_remote_is_published_locally_exactly_once() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    let local = Broker::with_config(&bridge_toml(proxy.port, &["cmd/# in 2"], ""));
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("cmd/#", QoS::ExactlyOnce);
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    let mut got = Vec::new();
+    for round in 0..3 {
+        publish_qos2_pipelined(&mut remote_pub, "cmd/x", round * 100..round * 100 + 100);
+        got.extend(collect(&mut local_sub, 1, Duration::from_millis(50)));
+        // Cut the link while the remote's QoS 2 exchanges with the bridge are under way.
+        proxy.reset();
+    }
+    let left = 300 - got.len();
+    got.extend(collect(&mut local_sub, left, Duration::from_secs(20)));
+    let want = numbered("cmd/x", 0..300);
+    let mut seen = std::collections::HashSet::new();
+    let doubled: Vec<_> = got.iter().filter(|m| !seen.insert(*m)).collect();
+    let missing: Vec<_> = want.iter().filter(|m| !got.contains(m)).collect();
+    assert!(
+        missing.is_empty() && doubled.is_empty(),
+        "missing {missing:?}, doubled {doubled:?}"
+    );
+    expect_nothing_more(&mut local_sub, Duration::from_millis(500));
+}
+
+#[test]
 fn both_directions_deliver_each_message_once_per_side_without_echo() {
     let remote = Mosquitto::start("");
     // Prefixes remap: local site/... is central/site1/... on the remote.
