@@ -62,7 +62,8 @@ struct RunArgs {
     #[arg(long)]
     log_messages: bool,
 
-    /// Start even if the persistence store is damaged: keep what can be read, log what is lost.
+    /// Start even if the persistence store or a bridge queue is damaged: keep what can be read,
+    /// log what is lost.
     #[arg(long)]
     recover: bool,
 }
@@ -266,7 +267,7 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
     let bridges = if broker.config.bridges.is_empty() {
         None
     } else {
-        let bridges = Bridges::start(&broker).inspect_err(|_| {
+        let bridges = Bridges::start(&broker, recover).inspect_err(|_| {
             broker.shutdown(Duration::from_secs(1));
         })?;
         broker.set_forward(bridges.clone());

@@ -179,6 +179,8 @@ pub struct Bridges {
     broker: Arc<Broker>,
     /// Where queues live when a bridge names no `queue_dir`: `<persistence.dir>/bridges`.
     default_root: Option<PathBuf>,
+    /// `mqflux --recover`: open damaged queue journals with what can be read.
+    recover: bool,
     running: RwLock<Vec<Arc<Bridge>>>,
 }
 
@@ -191,7 +193,7 @@ fn queue_path(c: &BridgeConfig, default_root: Option<&Path>) -> Option<PathBuf> 
 impl Bridges {
     /// Open every bridge's queue and start its thread. Call before the listeners open, then
     /// hand the result to `Broker::set_forward`.
-    pub fn start(broker: &Arc<Broker>) -> Result<Arc<Bridges>, String> {
+    pub fn start(broker: &Arc<Broker>, recover: bool) -> Result<Arc<Bridges>, String> {
         let default_root = broker
             .config
             .persistence
@@ -201,6 +203,7 @@ impl Bridges {
         let bridges = Arc::new(Bridges {
             broker: broker.clone(),
             default_root,
+            recover,
             running: RwLock::new(Vec::new()),
         });
         let configs = broker.config.bridges.clone();
@@ -233,7 +236,7 @@ impl Bridges {
                         c.connection
                     )
                 })?;
-                Queue::open(&c.connection, &dir, c.queue_max_bytes)
+                Queue::open(&c.connection, &dir, c.queue_max_bytes, self.recover)
                     .map_err(|e| format!("bridge {}: cannot open its queue: {e}", c.connection))?
             }
         };

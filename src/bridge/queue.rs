@@ -249,8 +249,14 @@ thread_local! {
 }
 
 impl Queue {
-    /// Open (or create) the queue in `dir`, with what a previous run left there.
-    pub fn open(name: &str, dir: &Path, max_bytes: u64) -> Result<Arc<Queue>, JournalError> {
+    /// Open (or create) the queue in `dir`, with what a previous run left there. `recover`
+    /// (`mqflux --recover`): keep the readable part of a damaged journal.
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        max_bytes: u64,
+        recover: bool,
+    ) -> Result<Arc<Queue>, JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
             file: dir.to_path_buf(),
             source,
@@ -259,7 +265,7 @@ impl Queue {
             dir,
             PersistenceMode::Sync,
             Duration::from_secs(1),
-            false,
+            recover,
             load,
         )?;
         Ok(Arc::new(Queue {
@@ -626,7 +632,7 @@ mod tests {
     #[test]
     fn messages_survive_a_restart_in_order_with_pubrec_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open("t", dir.path(), 1 << 20).unwrap();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
         push(&q, 5, QoS::ExactlyOnce);
         let first = q.next_unsent(|_| false).unwrap();
         let second = q.next_unsent(|_| false).unwrap();
@@ -634,7 +640,7 @@ mod tests {
         assert!(q.complete(first.seq, false));
         assert!(q.sync());
         q.close();
-        let q = Queue::open("t", dir.path(), 1 << 20).unwrap();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
         let in_flight = q.in_flight();
         assert_eq!(in_flight.len(), 1);
         assert_eq!(in_flight[0].seq, second.seq);
@@ -650,7 +656,7 @@ mod tests {
     fn a_full_queue_drops_exactly_the_oldest_not_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         // Room for 10 messages of 100 + 4 + 64 bytes.
-        let q = Queue::open("t", dir.path(), 10 * 168).unwrap();
+        let q = Queue::open("t", dir.path(), 10 * 168, false).unwrap();
         push(&q, 1, QoS::AtLeastOnce);
         let sent = q.next_unsent(|_| false).unwrap();
         push(&q, 14, QoS::AtLeastOnce);
@@ -669,7 +675,7 @@ mod tests {
     #[test]
     fn v5_properties_are_kept_through_the_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open("t", dir.path(), 1 << 20).unwrap();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
         let properties = Properties {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(300),
@@ -689,7 +695,7 @@ mod tests {
         );
         assert!(Queue::wait_touched());
         q.close();
-        let q = Queue::open("t", dir.path(), 1 << 20).unwrap();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
         let e = q.next_unsent(|_| false).unwrap();
         assert_eq!(Properties::from(e.properties), properties);
         assert_eq!(

@@ -21,9 +21,14 @@ fn bridge_toml(port: u16, topics: &[&str], extra: &str) -> String {
     } else {
         "keepalive_interval = 4\n"
     };
+    let queue_dir = if extra.contains("queue_dir") {
+        ""
+    } else {
+        "queue_dir = \"queue\"\n"
+    };
     format!(
         "[[bridges]]\nconnection = \"edge\"\naddress = [\"127.0.0.1:{port}\"]\ntopic = [{}]\n\
-         queue_dir = \"queue\"\n{keepalive}restart_timeout = 1\n\
+         {queue_dir}{keepalive}restart_timeout = 1\n\
          remote_clientid = \"edge-bridge\"\n{extra}\n",
         topics.join(", ")
     )
@@ -989,5 +994,54 @@ fn v5_properties_travel_and_expired_messages_are_dropped_not_sent() {
     assert!(
         body.contains("mqflux_bridge_dropped_total{bridge=\"edge\",reason=\"expired\"} 1\n"),
         "{body}"
+    );
+}
+
+#[test]
+fn a_damaged_queue_journal_stops_the_start_until_recover_keeps_what_is_readable() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let state = tempfile::tempdir().unwrap();
+    let queue_dir = state.path().join("queue");
+    let config = bridge_toml(
+        proxy.port,
+        &["sensors/# out 1"],
+        &format!("queue_dir = {:?}", queue_dir.to_str().unwrap()),
+    );
+    let mut local = Broker::with_config(&config);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..10 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    local.kill();
+    // A torn write at the end of the queue's journal.
+    let journal = queue_dir.join("edge").join("mqflux.journal");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[0x40, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(file);
+    let config_path = state.path().join("mqflux.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let path = config_path.to_str().unwrap();
+    let (status, out) = crate::common::run_to_exit(
+        &["--config", path, "--bind", "127.0.0.1", "--port", "0"],
+        Duration::from_secs(10),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("bridge edge: cannot open its queue") && out.contains("--recover"),
+        "{out}"
+    );
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let recovered = Broker::builder().config(&config).arg("--recover").start();
+    recovered.wait_for_log(&["bridge edge: 10 queued messages"]);
+    proxy.set(Mode::Forward);
+    assert_eq!(
+        collect(&mut sub, 10, Duration::from_secs(10)),
+        numbered("sensors/t", 0..10)
     );
 }
