@@ -160,7 +160,6 @@ impl Bridge {
             let _guard = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.1.notify_all();
         }
-        self.queue.wake();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const ENTRY: u8 = b'q';
@@ -237,8 +237,6 @@ pub struct Queue {
     name: String,
     store: Arc<Store>,
     state: Mutex<State>,
-    /// Signalled when a message is queued, so a waiting bridge thread sends it at once.
-    pushed: Condvar,
     max_bytes: u64,
     pub drops: Drops,
 }
@@ -272,7 +270,6 @@ impl Queue {
             name: name.to_string(),
             store,
             state: Mutex::new(state),
-            pushed: Condvar::new(),
             max_bytes,
             drops: Drops::default(),
         }))
@@ -331,7 +328,6 @@ impl Queue {
             self.note_drops(&mut s, DropReason::QueueFull, ops as u64);
         }
         drop(s);
-        self.pushed.notify_one();
         if qos == QoS::AtMostOnce {
             // Nobody waits for a QoS 0 message to be durable.
             return;
@@ -434,29 +430,6 @@ impl Queue {
         let entry = entry.clone();
         s.in_flight += 1;
         Some(entry)
-    }
-
-    /// Whether a message waits to be sent.
-    pub fn has_unsent(&self) -> bool {
-        let s = self.lock();
-        s.entries.len() > s.in_flight
-    }
-
-    /// Wait up to `timeout` for a message to send.
-    pub fn wait_unsent(&self, timeout: Duration) {
-        let s = self.lock();
-        if s.entries.len() > s.in_flight {
-            return;
-        }
-        let _ = self
-            .pushed
-            .wait_timeout(s, timeout)
-            .unwrap_or_else(|e| e.into_inner());
-    }
-
-    /// Wake a thread in `wait_unsent` (to stop it).
-    pub fn wake(&self) {
-        self.pushed.notify_all();
     }
 
     /// The messages in flight, oldest first: resent (or their PUBREL) after a reconnection.

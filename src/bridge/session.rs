@@ -205,8 +205,8 @@ fn serve(bridge: &Bridge, mut link: Link, connack: &crate::protocol::ConnAck, in
                 return End::BackToPrimary;
             }
         }
-        // Nothing to send and nothing in flight: wait for the queue rather than spin (the read
-        // below still waits POLL for the remote).
+        // Wait up to POLL for the remote: a message queued meanwhile goes out at the next turn,
+        // so a new message waits 5 ms at most (an idle bridge costs ~0.4 % of a core).
         let packets = match link.poll() {
             Ok(p) => p,
             Err(e) => return End::Broken(e.to_string()),

@@ -101,6 +101,16 @@ fn out_forwards_every_acknowledged_message_once_in_order() {
     let got = collect(&mut sub, 300, Duration::from_secs(20));
     assert_eq!(got, numbered("sensors/t", 0..300));
     expect_nothing_more(&mut sub, Duration::from_millis(500));
+    // SIGTERM: the bridge says DISCONNECT, its state goes to 0, and the broker exits cleanly.
+    let mut local = local;
+    let took = local.terminate();
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    assert!(local.log_text().contains("bridge edge: stopped"));
+    assert!(
+        remote.log().contains("Client edge-bridge disconnected"),
+        "a DISCONNECT, not a dropped link: {}",
+        remote.log()
+    );
 }
 
 /// `[metrics]` on a free port, to put before a `[[bridges]]` table.
