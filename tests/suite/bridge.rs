@@ -1055,3 +1055,38 @@ fn a_damaged_queue_journal_stops_the_start_until_recover_keeps_what_is_readable(
         numbered("sensors/t", 0..10)
     );
 }
+
+#[test]
+fn a_message_over_bridge_max_packet_size_is_dropped_counted_and_the_rest_flows() {
+    let remote = Mosquitto::start("");
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(
+            remote.port,
+            &["sensors/# out 1"],
+            "bridge_max_packet_size = 100"
+        )
+    ));
+    local.wait_for_log(&["bridge edge: connected to"]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    publisher.publish("sensors/t", "small-1", QoS::AtLeastOnce);
+    publisher.publish("sensors/t", &"x".repeat(200), QoS::AtLeastOnce);
+    publisher.publish("sensors/t", "small-2", QoS::AtLeastOnce);
+    assert_eq!(
+        collect(&mut sub, 2, Duration::from_secs(10)),
+        vec![
+            ("sensors/t".to_string(), "small-1".to_string()),
+            ("sensors/t".to_string(), "small-2".to_string())
+        ]
+    );
+    wait_drained(&local);
+    expect_nothing_more(&mut sub, Duration::from_millis(300));
+    let (_, _, body) = http(metrics_addr(&local), "GET", "/metrics");
+    assert!(
+        body.contains("mqflux_bridge_dropped_total{bridge=\"edge\",reason=\"too_large\"} 1\n"),
+        "{body}"
+    );
+    local.wait_for_log(&["larger than the remote takes"]);
+}
