@@ -15,12 +15,15 @@
 //! - `publish`: the publish pipeline (retained store, subscribers, message log, sink);
 //! - `sessions`: attaching and detaching connections, ending sessions and their wills, the
 //!   housekeeping thread;
-//! - `registry`: the live connections, password file reloads and shutdown.
+//! - `registry`: the live connections, password file reloads and shutdown;
+//! - `inspect`: what an operator sees (clients, sessions, retained) and may do (kick, discard
+//!   a session, delete a retained message), for the dashboard.
 
 pub mod acl;
 pub mod auth;
 pub mod connection;
 pub mod flow;
+pub mod inspect;
 pub mod listener;
 pub mod message;
 pub mod outbox;
@@ -40,8 +43,9 @@ pub mod stats;
 pub mod threads;
 pub mod tls;
 pub mod topic;
+pub mod topic_rates;
 
-pub use registry::Credential;
+pub use registry::{Credential, Revocation};
 pub use sessions::Attached;
 
 use crate::config::Config;
@@ -65,6 +69,8 @@ pub struct Broker {
     pub security: SecurityFiles,
     pub router: Router,
     pub stats: Stats,
+    /// The busiest topics, counted only while the dashboard is on (`topic_rates.rs`).
+    pub topic_rates: topic_rates::TopicRates,
     pub sink: Sink,
     /// Persistence, when configured (see `crate::store`).
     store: OnceLock<Arc<Store>>,
@@ -89,6 +95,7 @@ impl Broker {
             security,
             router: Router::new(retained_limits),
             stats: Stats::default(),
+            topic_rates: Default::default(),
             sink,
             store: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),

@@ -919,6 +919,11 @@ impl Session {
     pub fn queued_len(&self) -> usize {
         self.queued.len()
     }
+
+    /// Messages this session dropped so far (queue full, slow reader, expired, too large).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
 }
 
 /// Would `message`, sent along `route`, exceed a client's Maximum Packet Size?

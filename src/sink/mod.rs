@@ -65,7 +65,7 @@ pub(crate) use handoff::{end_batching, flush_batched, start_batching};
 pub use line_protocol::Precision;
 pub use mapping::{NonNumeric, RuleConfig, TimestampUnit};
 pub(crate) use stats::Counters;
-pub use stats::{DropReason, SinkStats};
+pub use stats::{DropReason, LastPoint, SinkStats};
 
 /// One accepted PUBLISH as the sink sees it (borrowed: `Sink::submit` copies what it keeps).
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +175,12 @@ impl Sink {
     /// Counter snapshot.
     pub fn stats(&self) -> SinkStats {
         self.counters.snapshot()
+    }
+
+    /// The last point InfluxDB accepted per measurement, most recent last (at most
+    /// `stats::LAST_POINT_MEASUREMENTS`).
+    pub fn last_points(&self) -> Vec<LastPoint> {
+        self.counters.last_points()
     }
 
     /// Flush what is buffered and join the writer threads. Points InfluxDB does not take within

@@ -154,7 +154,7 @@ struct Connection {
     /// Shared with the session's `Link`: false once the session is no longer ours.
     owns_session: Arc<AtomicBool>,
     /// Set by the broker when a reload revoked the credentials this client connected with.
-    revoked: Arc<AtomicBool>,
+    revoked: Arc<crate::broker::registry::Revocation>,
     will: Option<Will>,
     /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
     session_expiry: u32,
@@ -228,7 +228,7 @@ impl Connection {
             outbox: None,
             session: None,
             owns_session: Arc::new(AtomicBool::new(true)),
-            revoked: Arc::new(AtomicBool::new(false)),
+            revoked: Arc::default(),
             will: None,
             session_expiry: 0,
             topic_aliases: HashMap::new(),
