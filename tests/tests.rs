@@ -24,6 +24,7 @@ mod suite {
     mod bench_tool;
     mod codec_interop;
     mod connect;
+    mod dashboard;
     mod durability_crash;
     mod durability_restart;
     mod durability_sink_crash;

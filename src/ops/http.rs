@@ -306,15 +306,22 @@ fn serve_connection(
     active_at: &AtomicU64,
     handler: &Handler,
 ) {
+    serve_requests(&mut stream, started, active_at, handler);
+    // The acceptor holds a clone of the socket (to close it when making room): dropping ours
+    // alone would leave the client waiting for the end of a connection nobody serves.
+    stream.shutdown();
+}
+
+fn serve_requests(stream: &mut Stream, started: Instant, active_at: &AtomicU64, handler: &Handler) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let head = match read_head(&mut stream, &mut buf, deadline) {
+        let head = match read_head(stream, &mut buf, deadline) {
             Ok(Some(head)) => head,
             Ok(None) => return, // closed, or the deadline passed
             Err(status) => {
                 let answer = Response::new(status, TEXT, Vec::new());
-                let _ = write_response(&mut stream, answer, false, false);
+                let _ = write_response(stream, answer, false, false);
                 return;
             }
         };
@@ -330,13 +337,12 @@ fn serve_connection(
         let keep_alive = head.keep_alive && !head.has_body && !streamed;
         let is_head = head.method == "HEAD";
         buf.drain(..head.len);
-        if let Err(e) = write_response(&mut stream, response, keep_alive, is_head) {
+        if let Err(e) = write_response(stream, response, keep_alive, is_head) {
             debug!("metrics: response not taken within {WRITE_TIMEOUT:?}, closing: {e}");
             return;
         }
         active_at.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if !keep_alive {
-            stream.shutdown();
             return;
         }
     }
