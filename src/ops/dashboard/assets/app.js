@@ -169,7 +169,9 @@ async function loadClients() {
       el("td", {}, c.connected ? kick : "", " ", discard));
   });
   $("clients-table").tBodies[0].replaceChildren(...rows);
-  if (state.selected) showClient(state.selected, true);
+  // The selected client may be gone (kicked, discarded): close its detail, do not ask for it.
+  if (state.selected && d.clients.some((c) => c.client_id === state.selected)) showClient(state.selected, true);
+  else if (state.selected) { state.selected = null; $("client-detail").hidden = true; }
 }
 
 async function showClient(id, quiet) {
