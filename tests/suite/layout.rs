@@ -343,6 +343,9 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
                 + code[at..]
                     .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
                     .unwrap_or(code.len() - at);
+            if code[end..].starts_with('{') {
+                continue; // `a::{b, c}`: a use tree, whose paths the `use` parser above took
+            }
             let path: Vec<String> = code[start..end]
                 .split("::")
                 .filter(|s| !s.is_empty())
