@@ -36,7 +36,7 @@ pub struct ReadScope(());
 
 impl ReadScope {
     pub fn start() -> ReadScope {
-        outbox::start_collecting();
+        outbox::start_collecting(flush);
         // Should the sink have to wait for room, it first runs `flush` (its own chunk is empty
         // by then: it is the one being handed over), so no client packet waits behind it.
         crate::sink::start_batching(flush);

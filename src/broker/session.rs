@@ -11,7 +11,7 @@
 
 use super::acl::ClientAcl;
 use super::flow::{self, QueueRoom};
-use super::message::Message;
+use super::message::{Message, Route};
 pub use super::outbox::Outbound;
 use super::outbox::Outbox;
 use super::persist as records;
@@ -114,19 +114,6 @@ impl SessionHandle {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Session> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// How one message travels to one session.
-#[derive(Debug, Clone, Default)]
-pub struct Route {
-    /// min(published QoS, granted QoS).
-    pub qos: QoS,
-    /// RETAIN flag to send.
-    pub retain: bool,
-    /// v5 subscription identifiers of the matching subscriptions.
-    pub subscription_ids: Vec<u32>,
-    /// Set when delivered through a shared subscription: `$share/{group}/{filter}`.
-    pub shared_group: Option<Arc<str>>,
 }
 
 /// Identifies one outgoing message of a session in the store; unique across the process (and

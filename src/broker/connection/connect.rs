@@ -295,7 +295,7 @@ impl Connection {
         };
         self.broker.note_credential(
             self.id,
-            crate::broker::Credential {
+            crate::broker::live::Credential {
                 client_id: client_id.clone(),
                 username: username.clone(),
                 entry: entry.clone(),
