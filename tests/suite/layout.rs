@@ -368,6 +368,9 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
                 + code[at..]
                     .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
                     .unwrap_or(code.len() - at);
+            if code[..start].ends_with("(in ") {
+                continue; // `pub(in crate::broker)`: a visibility, not a use
+            }
             if code[end..].starts_with('{') {
                 continue; // `a::{b, c}`: a use tree, whose paths the `use` parser above took
             }
