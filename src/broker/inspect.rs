@@ -5,61 +5,13 @@
 //! ARCHITECTURE.md: the registry alone, then the session table and each session), so a page
 //! that is read never holds a lock while it is encoded or sent.
 
+use super::live::ClientInfo;
 use super::message::Message;
 use super::read_scope;
-use super::registry::Revocation;
-use super::Broker;
-use crate::protocol::{reason, ProtocolVersion, Will};
-use std::net::SocketAddr;
+use super::state::Broker;
+use crate::protocol::reason;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A connected client as its CONNECT left it; kept in the connection registry.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub client_id: Arc<str>,
-    pub username: Option<Arc<str>>,
-    pub peer: SocketAddr,
-    pub protocol: ProtocolVersion,
-    /// The keep-alive that applies (the broker's Server Keep Alive for a v5 client told so).
-    pub keep_alive_secs: u16,
-    /// Clean Session (3.1.1) / Clean Start (5.0) as the client asked.
-    pub clean_start: bool,
-    /// Connected since, milliseconds since the Unix epoch.
-    pub connected_at_ms: u64,
-    pub will: Option<WillView>,
-    /// Set by `Broker::kick` (and a password reload) before the read side is closed.
-    pub revocation: Arc<Revocation>,
-}
-
-/// A will as the dashboard shows it: the payload as a short preview only.
-#[derive(Debug, Clone)]
-pub struct WillView {
-    pub topic: String,
-    pub qos: u8,
-    pub retain: bool,
-    pub delay_secs: u32,
-    pub payload_bytes: usize,
-    /// At most `PREVIEW_BYTES` of the payload, as text (invalid UTF-8 replaced).
-    pub payload_preview: String,
-}
-
-/// Payload bytes shown of a will.
-const PREVIEW_BYTES: usize = 256;
-
-impl WillView {
-    pub fn of(will: &Will) -> WillView {
-        let shown = &will.payload[..will.payload.len().min(PREVIEW_BYTES)];
-        WillView {
-            topic: will.topic.clone(),
-            qos: will.qos as u8,
-            retain: will.retain,
-            delay_secs: will.properties.will_delay_interval.unwrap_or(0),
-            payload_bytes: will.payload.len(),
-            payload_preview: String::from_utf8_lossy(shown).into_owned(),
-        }
-    }
-}
 
 /// One session, connected or not, with what its connection (if any) said at CONNECT.
 #[derive(Debug, Clone)]

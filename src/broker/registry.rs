@@ -6,64 +6,14 @@ use super::socket::Socket;
 use super::stats::Stats;
 use log::{debug, info, warn};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::inspect::ClientInfo;
+use super::live::{ClientInfo, Credential, LiveConnection};
 use super::sessions::close_link;
-use super::{auth, security, threads, Broker};
-
-/// A live network connection, kept so shutdown can close it and join its thread.
-pub(super) struct LiveConnection {
-    stream: Arc<Socket>,
-    thread: Option<threads::ConnectionThread>,
-    /// Set for a client authenticated against the password file.
-    credential: Option<Credential>,
-    /// Set once CONNECT is accepted: what the operator's views show (`inspect.rs`), and the
-    /// flag an administrator's kick sets.
-    client: Option<ClientInfo>,
-}
-
-/// Why the broker closed a connection's read side, if it did: the reader, which then sees the
-/// end of its input, ends the connection with this reason (v5: in a DISCONNECT) instead of as
-/// if its client had gone. One path for a password reload (0x87) and an operator's kick (0x98).
-#[derive(Debug, Default)]
-pub struct Revocation(AtomicU8);
-
-impl Revocation {
-    /// Mark the connection as closed by the broker for `reason_code`; false if it already was
-    /// (the first reason stands).
-    pub fn revoke(&self, reason_code: u8) -> bool {
-        self.0
-            .compare_exchange(0, reason_code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
-    /// The reason code given to `revoke`, or None.
-    pub fn reason(&self) -> Option<u8> {
-        match self.0.load(Ordering::Acquire) {
-            0 => None,
-            code => Some(code),
-        }
-    }
-
-    pub fn is_revoked(&self) -> bool {
-        self.reason().is_some()
-    }
-}
-
-/// What a connection authenticated with, kept so that a reload of the password file can close
-/// it when that no longer holds (see `Broker::reload_security`).
-pub struct Credential {
-    pub client_id: Arc<str>,
-    pub username: Arc<str>,
-    /// The password file entry the client's password matched.
-    pub entry: auth::PasswordHash,
-    /// Set by the broker before it closes the connection's read side: the connection then
-    /// ends with "not authorized" instead of as if its client had gone.
-    pub revoked: Arc<Revocation>,
-}
+use super::state::Broker;
+use super::{security, threads};
 
 impl Broker {
     /// Register a new connection; returns its id, or None when the broker is shutting down.
@@ -139,8 +89,8 @@ impl Broker {
         }
     }
 
-    /// Every connected client's `ClientInfo` (cloned: the registry is a leaf lock).
-    /// Oldest connection first: during a takeover the new connection comes last.
+    /// Every connected client's `ClientInfo` (cloned: the registry is a leaf lock), oldest
+    /// connection first: during a takeover the new connection comes last.
     pub(super) fn connected_clients(&self) -> Vec<ClientInfo> {
         let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         let mut clients: Vec<(u64, ClientInfo)> = conns

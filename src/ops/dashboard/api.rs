@@ -2,8 +2,9 @@
 //! (`broker::inspect`), the sampler's figures (`live`) and the sink's counters.
 
 use super::live::Live;
-use crate::broker::inspect::{SessionView, WillView};
+use crate::broker::inspect::SessionView;
 use crate::broker::Broker;
+use crate::broker::WillView;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
