@@ -72,6 +72,9 @@ try {
     if (!(Number(rateText.replace(/,/g, "")) >= 0)) throw new Error(`rate shown: ${rateText}`);
   });
   await page.waitForSelector("#sink-rate", { timeout: 10000 });
+  // Ten seconds of chart for the screenshot (docs/dashboard.png is one of these).
+  await page.waitForSelector("#rate-chart[data-points]", { timeout: 10000 });
+  await page.waitForFunction(() => Number(document.querySelector("#rate-chart").dataset.points) >= 10, null, { timeout: 30000 });
   await page.screenshot({ path: join(shots, "overview.png"), fullPage: true });
 
   const expected = env("EXPECT_CLIENTS").split(",");

@@ -513,3 +513,42 @@ fn config_errors_name_the_file_and_the_dashboard_key() {
         "{out}"
     );
 }
+
+#[test]
+fn discarding_a_connected_clients_session_disconnects_it_and_ends_the_session() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let props = Properties {
+        session_expiry_interval: Some(3600),
+        ..Properties::default()
+    };
+    let mut online = RawClient::connect_v5(broker.port, "online", props.clone());
+    online.subscribe("jobs/#", QoS::AtLeastOnce);
+    let answer = act(addr, "DELETE", "/api/v1/sessions/online");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    online.expect_disconnect(reason::ADMINISTRATIVE_ACTION);
+    wait_for("the session gone", || {
+        (get(addr, "/api/v1/clients")["total"] == 0).then_some(())
+    });
+    // [MQTT-3.2.2-3] no session to resume.
+    let mut connect = codec::connect_packet("online");
+    connect.clean_start = false;
+    connect.properties = props;
+    let (_back, ack) = RawClient::connect_with(broker.port, connect);
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn login_asks_for_credentials_and_whoami_names_the_user() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let anonymous = request(addr, "GET", "/api/v1/login", None, &[]);
+    assert_eq!(anonymous.status, 401);
+    assert!(anonymous.header("WWW-Authenticate").is_some());
+    let me = request(addr, "GET", "/api/v1/login", Some(ADMIN), &[]).json();
+    assert_eq!(
+        (me["user"].as_str(), me["admin"].as_bool()),
+        (Some("admin"), Some(true))
+    );
+    assert_eq!(get(addr, "/api/v1/whoami")["user"], Value::Null);
+}

@@ -70,10 +70,11 @@ topic = "sensors/{{device}}/{{measurement}}"
         std::thread::spawn(move || {
             let mut c = RawClient::connect_v5(port, "thermometer", Properties::default());
             let deadline = Instant::now() + BROWSER_RUN + Duration::from_secs(30);
-            let mut i = 0u64;
+            let (mut i, mut round) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                // Bursts of varying size, so the rate the chart shows changes.
-                for _ in 0..(5 + i % 20) {
+                // Bursts that grow and shrink (25 to 250 a second), so the chart moves.
+                round += 1;
+                for _ in 0..(5 + (round / 5 % 10) * 5) {
                     let value = format!("{}", 20.0 + (i % 50) as f64 / 10.0);
                     c.publish("sensors/kitchen/temperature", &value, QoS::AtLeastOnce);
                     i += 1;

@@ -30,6 +30,7 @@
 //! | `GET sink` | rules, last point per measurement, spool |
 //! | `GET csrf` | admin: the CSRF token for `X-CSRF-Token` |
 //! | `GET whoami` | the logged-in user and whether they are an admin |
+//! | `GET login` | the same, but asks for credentials (401) when none were sent |
 
 mod api;
 mod auth;
@@ -185,8 +186,12 @@ impl Site {
             ("GET", ["topics"]) => json_response(200, &api::topics(&self.broker, &self.live)),
             ("GET", ["retained"]) => json_response(200, &api::retained(&self.broker, &query)),
             ("GET", ["sink"]) => json_response(200, &api::sink(&self.broker)),
-            ("GET", ["whoami"]) => {
+            ("GET", ["whoami" | "login"]) => {
                 let user = self.gate.user(request, &self.broker).ok().flatten();
+                if user.is_none() && rest == "login" {
+                    // The browser asks for credentials and sends them from then on.
+                    return refused(Refusal::Unauthorized("log in with a password file user"));
+                }
                 let admin = user.is_some()
                     && self
                         .broker

@@ -34,6 +34,7 @@ async function getJSON(path) {
 
 // Admin actions: fetch the CSRF token (which needs an admin login), then send it back.
 async function act(method, path) {
+  refreshUser();
   const t = await fetch(API + "csrf", { credentials: "same-origin", cache: "no-store" });
   if (!t.ok) throw new Error(`not allowed (HTTP ${t.status}): log in as a dashboard admin`);
   const { token } = await t.json();
@@ -43,6 +44,14 @@ async function act(method, path) {
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
   return body;
+}
+
+// After an action the browser has credentials: show who is logged in.
+function refreshUser() {
+  setTimeout(() => getJSON("whoami").then((w) => {
+    $("whoami").textContent = w.user ? `${w.user}${w.admin ? " (admin)" : ""}` : "";
+    $("login").hidden = !!w.user;
+  }).catch(() => {}), 1000);
 }
 
 function fmtNum(n) {
@@ -99,6 +108,8 @@ function drawChart() {
   const w = c.width, h = c.height, pad = 36;
   ctx.clearRect(0, 0, w, h);
   const pts = state.history.slice(-CHART_SECONDS);
+  // The x axis spans the last minute until there is more history, up to 5 minutes.
+  const span = Math.min(CHART_SECONDS, Math.max(60, pts.length));
   const series = [["in_per_sec", "#2563eb"], ["out_per_sec", "#16a34a"],
     ["dropped_per_sec", "#c0392b"], ["sink_written_per_sec", "#a855f7"]];
   let max = 1;
@@ -112,7 +123,7 @@ function drawChart() {
   for (const [k, color] of series) {
     ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.beginPath();
     pts.forEach((p, i) => {
-      const x = pad + (w - pad - 4) * (CHART_SECONDS - pts.length + i) / (CHART_SECONDS - 1);
+      const x = pad + (w - pad - 4) * (span - pts.length + i) / (span - 1);
       const y = pad / 2 + (h - pad) * (1 - (p[k] || 0) / max);
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
@@ -292,7 +303,15 @@ window.addEventListener("DOMContentLoaded", () => {
   $("client-next").addEventListener("click", () => { state.clientsPage++; loadClients().catch((x) => say(x.message, true)); });
   $("retained-search").addEventListener("submit", (e) => { e.preventDefault(); loadRetained().catch((x) => say(x.message, true)); });
   $("retained-format").addEventListener("change", () => loadRetained().catch((x) => say(x.message, true)));
-  getJSON("whoami").then((w) => { $("whoami").textContent = w.user ? `${w.user}${w.admin ? " (admin)" : ""}` : ""; }).catch(() => {});
+  const showUser = (w) => {
+    $("whoami").textContent = w.user ? `${w.user}${w.admin ? " (admin)" : ""}` : "";
+    $("login").hidden = !!w.user;
+  };
+  getJSON("whoami").then(showUser).catch(() => {});
+  $("login").addEventListener("click", (e) => {
+    e.preventDefault();
+    getJSON("login").then(showUser).catch((x) => say(x.message, true));
+  });
   startEvents();
   show(location.hash.slice(1) || "overview");
 });
