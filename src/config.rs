@@ -1181,6 +1181,55 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_settings_are_checked_and_errors_name_the_key() {
+        let keys = |text: &str| -> Vec<String> {
+            match Config::parse_all(text, Path::new("d.toml")) {
+                Ok(_) => Vec::new(),
+                Err(errs) => errs.into_iter().map(|e| e.key).collect(),
+            }
+        };
+        assert!(keys("[dashboard]\nbind = \"127.0.0.1:18083\"\n").is_empty());
+        assert!(keys("[dashboard]\nbind = \"[::1]:18083\"\n").is_empty());
+        assert_eq!(
+            keys("[dashboard]\nbind = \"0.0.0.0:18083\"\n"),
+            ["dashboard.cert_file"]
+        );
+        assert_eq!(
+            keys("[dashboard]\nbind = \"127.0.0.1:18083\"\nadmins = [\"a\"]\n"),
+            ["dashboard.admins"]
+        );
+        assert_eq!(
+            keys("[dashboard]\nbind = \"127.0.0.1:18083\"\nrequire_login = true\n"),
+            ["dashboard.require_login"]
+        );
+        // (the password file itself does not exist here: only the dashboard's keys matter)
+        let admin_keys = keys(
+            "[security]\npassword_file = \"p\"\n[dashboard]\nbind = \"127.0.0.1:1\"\nadmins = [\"a:b\"]\n",
+        );
+        let dashboard: Vec<&String> = admin_keys
+            .iter()
+            .filter(|k| k.starts_with("dashboard"))
+            .collect();
+        assert_eq!(dashboard, ["dashboard.admins[0]"]);
+        assert_eq!(
+            keys("[metrics]\nbind = \"127.0.0.1:9\"\n[dashboard]\nbind = \"127.0.0.1:9\"\n"),
+            ["dashboard.bind"]
+        );
+        assert_eq!(keys("[dashboard]\nbnd = \"x\"\n"), ["dashboard.bnd"]);
+        let c = Config::parse_all(
+            "[dashboard]\nbind = \"10.0.0.1:443\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+            Path::new("/etc/mqflux/d.toml"),
+        )
+        .unwrap();
+        let tls = c.dashboard.tls_listener().unwrap();
+        assert_eq!(tls.cert_file.unwrap(), Path::new("/etc/mqflux/c.pem"));
+        assert_eq!(
+            c.dashboard.bind_addr(),
+            Some("10.0.0.1:443".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn sys_interval_and_metrics_have_their_defaults() {
         let c = Config::parse_all("", Path::new("x.toml")).unwrap();
         assert_eq!(c.sys_interval, 10);

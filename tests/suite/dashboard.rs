@@ -286,6 +286,7 @@ fn discarding_an_offline_session_removes_it_and_its_queue() {
     assert_eq!(offline["clients"][0]["persistent"], true);
     let answer = act(addr, "DELETE", "/api/v1/sessions/away");
     assert_eq!(answer.status, 200, "{}", answer.body);
+    broker.wait_for_log(&["dashboard: user \"admin\": discard session \"away\": done"]);
     assert_eq!(get(addr, "/api/v1/clients?status=offline")["total"], 0);
     // The client finds no session (Session Present 0 [MQTT-3.2.2-3]) and nothing queued.
     let mut connect = codec::connect_packet("away");
