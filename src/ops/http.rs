@@ -321,7 +321,7 @@ fn serve_requests(stream: &mut Stream, started: Instant, active_at: &AtomicU64, 
             Ok(None) => return, // closed, or the deadline passed
             Err(status) => {
                 let answer = Response::new(status, TEXT, Vec::new());
-                let _ = write_response(stream, answer, false, false);
+                let _ = write_response(stream, answer, false, false, &|| {});
                 return;
             }
         };
@@ -337,7 +337,10 @@ fn serve_requests(stream: &mut Stream, started: Instant, active_at: &AtomicU64, 
         let keep_alive = head.keep_alive && !head.has_body && !streamed;
         let is_head = head.method == "HEAD";
         buf.drain(..head.len);
-        if let Err(e) = write_response(stream, response, keep_alive, is_head) {
+        // A streamed answer counts as activity with every write, so an open event stream is
+        // not the first connection closed to make room.
+        let touch = || active_at.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Err(e) = write_response(stream, response, keep_alive, is_head, &touch) {
             debug!("metrics: response not taken within {WRITE_TIMEOUT:?}, closing: {e}");
             return;
         }
@@ -434,6 +437,7 @@ fn write_response(
     response: Response,
     keep_alive: bool,
     head_only: bool,
+    touch: &dyn Fn(),
 ) -> io::Result<()> {
     let status = response.status;
     let reason = match status {
@@ -479,8 +483,25 @@ fn write_response(
     }
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     stream.flush()?;
-    stream_body(stream);
+    stream_body(&mut Touching { stream, touch });
     Ok(())
+}
+
+/// A streamed body's writer: each write marks the connection active.
+struct Touching<'a> {
+    stream: &'a mut Stream,
+    touch: &'a dyn Fn(),
+}
+
+impl Write for Touching<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (self.touch)();
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 fn write_all_within(stream: &mut Stream, out: &[u8]) -> io::Result<()> {

@@ -553,3 +553,25 @@ fn login_asks_for_credentials_and_whoami_names_the_user() {
     );
     assert_eq!(get(addr, "/api/v1/whoami")["user"], Value::Null);
 }
+
+#[test]
+fn an_open_event_stream_is_not_closed_to_make_room_for_idle_connections() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut events = Events::open(addr);
+    events.next_sample(WAIT);
+    // Fill the server's 16 connections with idle ones opened after the stream...
+    let idle: Vec<std::net::TcpStream> = (0..mqflux::ops::metrics::MAX_CONNECTIONS - 1)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // ...let the stream write after them (a sample a second)...
+    events.next_sample(WAIT);
+    events.next_sample(WAIT);
+    // ...then one more: the least recently active goes, an idle one, not the stream.
+    let one_more = request(addr, "GET", "/api/v1/whoami", None, &[]);
+    assert_eq!(one_more.status, 200);
+    for _ in 0..3 {
+        events.next_sample(WAIT);
+    }
+    drop(idle);
+}
