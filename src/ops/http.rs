@@ -1,5 +1,5 @@
-//! The HTTP/1.1 server under `/metrics` and `/health`: bounded, so that no client can make it
-//! grow or stall.
+//! The HTTP/1.1 server under `/metrics` and `/health` and under the web dashboard (each its own
+//! `Server`): bounded, so that no client can make it grow or stall.
 //!
 //! - At most `MAX_CONNECTIONS` connections are served, one thread each. A connection accepted
 //!   beyond that closes the least recently active one: idle or trickling clients cannot lock a
