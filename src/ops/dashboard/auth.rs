@@ -85,7 +85,6 @@ impl Gate {
         let Some(header) = request.header("authorization") else {
             return Ok(None);
         };
-        let wrong = Refusal::Unauthorized("wrong user name or password");
         let encoded = header
             .strip_prefix("Basic ")
             .or_else(|| header.strip_prefix("basic "))
@@ -109,7 +108,7 @@ impl Gate {
             return Err(Refusal::Unauthorized("no password file is configured"));
         };
         if !passwords.check(user, password.as_bytes()) {
-            return Err(wrong);
+            return Err(wrong_refusal());
         }
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= VERIFIED_MAX {
@@ -171,4 +170,25 @@ impl Gate {
 
 fn wrong_refusal() -> Refusal {
     Refusal::Unauthorized("wrong user name or password")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csrf_tokens_are_per_user_and_per_start() {
+        let gate = Gate::new(vec!["admin".into()], false);
+        let token = gate.csrf_token("admin");
+        assert_eq!(token.len(), 64);
+        assert_eq!(token, gate.csrf_token("admin"));
+        assert_ne!(token, gate.csrf_token("viewer"));
+        // Another start has another secret: an old token is no longer good.
+        assert_ne!(
+            token,
+            Gate::new(vec!["admin".into()], false).csrf_token("admin")
+        );
+        // Length-prefixed parts: ("ab", "c") and ("a", "bc") are different keys.
+        assert_ne!(gate.keyed(&[b"ab", b"c"]), gate.keyed(&[b"a", b"bc"]));
+    }
 }
