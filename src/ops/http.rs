@@ -267,8 +267,14 @@ impl Stream {
 
     fn shutdown(&mut self) {
         if let Stream::Tls(s) = self {
+            // Write what is pending (an alert, close_notify) without waiting to read:
+            // `complete_io` would also wait for the client's next record.
             s.conn.send_close_notify();
-            let _ = s.conn.complete_io(&mut s.sock);
+            while s.conn.wants_write() {
+                if s.conn.write_tls(&mut s.sock).unwrap_or(0) == 0 {
+                    break;
+                }
+            }
         }
         let _ = self.tcp().shutdown(Shutdown::Both);
     }

@@ -462,14 +462,27 @@ fn with_a_certificate_the_dashboard_speaks_only_tls() {
     let _ = tls.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{line}: {answer}");
     assert!(answer.contains("\"token\""));
-    // Plain HTTP on the TLS port gets no answer.
+    // Plain HTTP on the TLS port gets no answer, and the connection is closed at once (not
+    // left open until the client gives up).
     let mut plain = std::net::TcpStream::connect(addr).unwrap();
-    plain.set_read_timeout(Some(WAIT)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     plain
         .write_all(b"GET /api/v1/overview HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut raw = Vec::new();
-    let _ = plain.read_to_end(&mut raw);
+    let read = plain.read_to_end(&mut raw);
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
+    assert!(
+        !read.as_ref().is_err_and(timed_out),
+        "the server kept the connection open: {read:?}"
+    );
     assert!(
         !raw.starts_with(b"HTTP/1.1 200"),
         "{}",
