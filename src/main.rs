@@ -7,6 +7,7 @@ use mqflux::broker::listener::Listener;
 use mqflux::broker::security::SecurityFiles;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
+use mqflux::ops::dashboard::DashboardServer;
 use mqflux::ops::metrics::MetricsServer;
 use mqflux::ops::sys::SysPublisher;
 use mqflux::sink::Sink;
@@ -158,7 +159,7 @@ fn check_config(file: &Path) -> ExitCode {
             }
             let bridges: Vec<&str> = c.bridges.iter().map(|b| b.connection.as_str()).collect();
             println!(
-                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {}, bridges {})",
+                "{}: ok (listeners {}, $SYS {}, metrics {}, dashboard {}, InfluxDB sink {}, bridges {})",
                 file.display(),
                 listeners.join(" "),
                 match c.sys_interval {
@@ -166,6 +167,7 @@ fn check_config(file: &Path) -> ExitCode {
                     n => format!("every {n}s"),
                 },
                 c.metrics.bind.as_deref().unwrap_or("off"),
+                c.dashboard.bind.as_deref().unwrap_or("off"),
                 if c.sink.enabled { "on" } else { "off" },
                 if bridges.is_empty() {
                     "none".to_string()
@@ -242,6 +244,7 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
     let sys_interval = Duration::from_secs(config.sys_interval);
     let metrics_addr = config.metrics.bind_addr();
+    let dashboard_addr = config.dashboard.bind_addr();
     let store = match config.persistence.enabled_dir() {
         Some(dir) => {
             let interval = Duration::from_secs(config.persistence.periodic_interval_secs);
@@ -303,13 +306,28 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
         }
         None => Ok(None),
     };
-    let (sys, metrics) = match (sys, metrics) {
-        (Ok(sys), Ok(metrics)) => (sys, metrics),
-        (sys, metrics) => {
+    let dashboard = match dashboard_addr {
+        Some(addr) => DashboardServer::start(&broker, addr).map(Some),
+        None => Ok(None),
+    };
+    let (sys, metrics, dashboard) = match (sys, metrics, dashboard) {
+        (Ok(sys), Ok(metrics), Ok(dashboard)) => (sys, metrics, dashboard),
+        (sys, metrics, dashboard) => {
             // Release what is already running before giving up.
-            let error = sys.as_ref().err().or(metrics.as_ref().err()).cloned();
+            let error = sys
+                .as_ref()
+                .err()
+                .or(metrics.as_ref().err())
+                .or(dashboard.as_ref().err())
+                .cloned();
             if let Ok(Some(sys)) = sys {
                 sys.stop();
+            }
+            if let Ok(Some(metrics)) = metrics {
+                metrics.stop();
+            }
+            if let Ok(Some(dashboard)) = dashboard {
+                dashboard.stop();
             }
             stop_bridges();
             broker.shutdown(Duration::from_secs(1));
@@ -356,6 +374,9 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
     listeners.into_iter().for_each(Listener::stop);
     if let Some(metrics) = metrics {
         metrics.stop();
+    }
+    if let Some(dashboard) = dashboard {
+        dashboard.stop();
     }
     info!("stopped");
     Ok(())

@@ -11,8 +11,8 @@
 use super::inbound;
 use super::link::{tcp_connect, Link, LinkError};
 use super::out::Outgoing;
+use super::running::Bridge;
 use super::stats::BridgeStats;
-use super::Bridge;
 use crate::protocol::{reason, Disconnect, Packet};
 use log::{debug, info, warn};
 use std::sync::atomic::Ordering;

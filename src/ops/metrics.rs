@@ -46,9 +46,9 @@ impl MetricsServer {
         }
         let broker = broker.clone();
         let handler: Arc<http::Handler> = Arc::new(move |request: &http::Request| {
-            respond(request.method, request.path, &broker, &probes)
+            respond(request.method, request.path, &broker, &probes).into()
         });
-        let server = http::Server::start(listener, "metrics", handler)
+        let server = http::Server::start(listener, "metrics", handler, None)
             .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
         info!(
             "metrics on http://{} (/metrics, /health)",
@@ -68,7 +68,12 @@ impl MetricsServer {
 }
 
 /// Route one request: (status, content type, body).
-fn respond(method: &str, url: &str, broker: &Broker, probes: &[Probe]) -> http::Response {
+fn respond(
+    method: &str,
+    url: &str,
+    broker: &Broker,
+    probes: &[Probe],
+) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" && method != "HEAD" {
         return (405, TEXT, "only GET is supported\n".into());
