@@ -3,7 +3,8 @@
 #
 # Tests drive the real broker binary over real sockets and also use Debian packages:
 #   mosquitto, mosquitto-clients  interoperability tests (mosquitto_pub / mosquitto_sub), and
-#                                 a reference broker for MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto
+#                                 a reference broker for MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto,
+#                                 and the remote broker of the bridge tests (tests/suite/bridge.rs)
 #   influxdb, influxdb-client     the InfluxDB sink tests start their own influxd and query it
 #   python3-paho-mqtt, node-mqtt  client interoperability: Eclipse Paho (Python, run by
 #                                 Debian's /usr/bin/python3) and MQTT.js (Node-RED's client)
