@@ -1090,3 +1090,51 @@ fn a_message_over_bridge_max_packet_size_is_dropped_counted_and_the_rest_flows()
     );
     local.wait_for_log(&["larger than the remote takes"]);
 }
+
+#[test]
+fn v5_both_to_a_second_mqflux_uses_no_local_and_keeps_retained_flags() {
+    let remote = Broker::start();
+    let local = Broker::with_config(&bridge_toml(
+        remote.port,
+        &["room/# both 1"],
+        "bridge_protocol_version = \"mqttv50\"",
+    ));
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("room/#", QoS::AtLeastOnce);
+    let mut remote_sub = RawClient::connect_v311(remote.port, "remote-sub");
+    remote_sub.subscribe("room/#", QoS::AtLeastOnce);
+    let mut local_pub = RawClient::connect_v311(local.port, "local-pub");
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    for i in 0..20 {
+        local_pub.publish("room/local", &format!("m{i}"), QoS::AtLeastOnce);
+        remote_pub.publish("room/remote", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    // [MQTT-3.8.3-3] No Local: the remote does not send the bridge its own messages back.
+    let mut local_got = collect(&mut local_sub, 40, Duration::from_secs(10));
+    expect_nothing_more(&mut local_sub, Duration::from_millis(500));
+    let mut remote_got = collect(&mut remote_sub, 40, Duration::from_secs(10));
+    expect_nothing_more(&mut remote_sub, Duration::from_millis(500));
+    local_got.sort();
+    remote_got.sort();
+    let mut want: Vec<(String, String)> = numbered("room/local", 0..20);
+    want.extend(numbered("room/remote", 0..20));
+    want.sort();
+    assert_eq!(local_got, want);
+    assert_eq!(remote_got, want);
+    // Retain As Published: a retained message from the remote is retained here too.
+    remote_pub.publish_with(
+        "room/state",
+        b"on",
+        QoS::AtLeastOnce,
+        true,
+        Default::default(),
+    );
+    collect(&mut local_sub, 1, Duration::from_secs(10));
+    let mut late = RawClient::connect_v311(local.port, "late-sub");
+    late.subscribe("room/state", QoS::AtLeastOnce);
+    assert_eq!(
+        collect(&mut late, 1, Duration::from_secs(5)),
+        vec![("room/state".to_string(), "on".to_string())]
+    );
+}
