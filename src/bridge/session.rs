@@ -148,13 +148,14 @@ fn serve(bridge: &Bridge, mut link: Link, connack: &crate::protocol::ConnAck, in
         max_packet = max_packet.min(c.bridge_max_packet_size as usize);
     }
     let mut out = Outgoing::new(window, max_packet, c.bridge_outgoing_retain, c.max_rate);
-    // The remote may ask for a keep-alive of its own (v5 Server Keep Alive).
+    // The remote may ask for a keep-alive of its own (v5 Server Keep Alive). Its 0 ("none")
+    // would leave a silent link undetected: we keep pinging at ours, which a server answers.
     let keepalive = Duration::from_secs(
         connack
             .properties
             .server_keep_alive
-            .unwrap_or(c.keepalive_interval)
-            .max(1) as u64,
+            .filter(|k| *k > 0)
+            .unwrap_or(c.keepalive_interval) as u64,
     );
     if let Some(subscribe) = inbound::subscribe(&bridge.lines) {
         link.queue(&subscribe);
