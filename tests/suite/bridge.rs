@@ -1138,3 +1138,31 @@ fn v5_both_to_a_second_mqflux_uses_no_local_and_keeps_retained_flags() {
         vec![("room/state".to_string(), "on".to_string())]
     );
 }
+
+#[test]
+fn a_link_paused_shorter_than_the_keepalive_resumes_without_reconnecting() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(proxy.port, &["sensors/# out 1"], "keepalive_interval = 4")
+    ));
+    local.wait_for_log(&["bridge edge: connected to"]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    // TCP holds the bytes while the proxy reads nothing; 2 s is below 1.5 x 4 s.
+    proxy.set(Mode::Pause);
+    for i in 0..20 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.set(Mode::Forward);
+    assert_eq!(
+        collect(&mut sub, 20, Duration::from_secs(10)),
+        numbered("sensors/t", 0..20)
+    );
+    wait_drained(&local);
+    assert_eq!(metric(&local, "mqflux_bridge_reconnects_total"), 0);
+    assert_eq!(metric(&local, "mqflux_bridge_resent_total"), 0);
+}
