@@ -46,6 +46,7 @@ pub struct Config {
     pub sink: crate::sink::SinkConfig,
     pub metrics: MetricsConfig,
     pub persistence: PersistenceConfig,
+    pub forecast: crate::forecast::ForecastConfig,
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus) and `/health`.
@@ -110,6 +111,7 @@ impl Default for Config {
                 bind: DEFAULT_BIND.into(),
                 ..ListenerConfig::default()
             }],
+            forecast: crate::forecast::ForecastConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             security: SecurityConfig::default(),
@@ -757,6 +759,22 @@ impl Config {
             );
         }
         errors.extend(self.sink.validate(path));
+        for (key, message) in self.forecast.problems() {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                key: format!("forecast.{key}"),
+                message,
+            });
+        }
+        if self.forecast.enabled && !(self.sink.enabled && self.sink.self_metrics) {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                key: "forecast.enabled".into(),
+                message: "expected `sink.enabled = true` and `sink.self_metrics = true` as well: \
+                          the forecast reads the broker's own history back from InfluxDB"
+                    .into(),
+            });
+        }
         if errors.is_empty() {
             Ok(())
         } else {

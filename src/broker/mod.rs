@@ -25,6 +25,7 @@ pub mod listener;
 pub mod message;
 pub mod outbox;
 pub mod persist;
+pub mod prefix_stats;
 mod publish;
 pub mod pump;
 pub mod ratelimit;
@@ -65,6 +66,8 @@ pub struct Broker {
     pub security: SecurityFiles,
     pub router: Router,
     pub stats: Stats,
+    /// Messages and bytes per topic prefix (`sink.self_metrics`), counted in `admit`.
+    pub prefix_stats: Option<prefix_stats::PrefixStats>,
     pub sink: Sink,
     /// Persistence, when configured (see `crate::store`).
     store: OnceLock<Arc<Store>>,
@@ -84,7 +87,14 @@ impl Broker {
             max_messages: config.limits.max_retained_messages,
             max_bytes: config.limits.max_retained_bytes,
         };
+        let prefix_stats = config.sink.self_metrics.then(|| {
+            prefix_stats::PrefixStats::new(
+                config.sink.self_metrics_prefix_depth,
+                config.sink.self_metrics_max_prefixes,
+            )
+        });
         Arc::new(Broker {
+            prefix_stats,
             config,
             security,
             router: Router::new(retained_limits),

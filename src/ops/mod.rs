@@ -3,7 +3,9 @@
 //! share (`snapshot`). The broker only bumps counters (`broker::stats::Stats`); it never calls
 //! up into this layer.
 
+pub mod forecast;
 mod http;
 pub mod metrics;
+pub mod self_metrics;
 pub mod snapshot;
 pub mod sys;

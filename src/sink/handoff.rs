@@ -38,6 +38,9 @@ pub(super) struct Chunk {
     pub(super) durable: bool,
     /// Its journal record (0: none).
     pub(super) id: u64,
+    /// The payloads are line protocol the broker wrote about itself (`Sink::submit_lines`):
+    /// written as they are, past the topic rules.
+    pub(super) own_lines: bool,
 }
 
 impl Chunk {
@@ -134,6 +137,17 @@ impl Writer {
                 self.send(chunk)
             }
         }
+    }
+
+    /// Line protocol of the broker's own (self metrics): one record, no topic, not journaled.
+    pub(super) fn submit_own_lines(&self, lines: &str, at_ns: i64) {
+        let mut chunk = Chunk::one(&SinkRecord {
+            topic: "",
+            payload: lines.as_bytes(),
+            received_at_ns: at_ns,
+        });
+        chunk.own_lines = true;
+        self.send(chunk)
     }
 
     pub(super) fn send(&self, mut chunk: Chunk) {

@@ -165,6 +165,9 @@ impl Connection {
             }
             .map(|()| false);
         }
+        if let Some(p) = &self.broker.prefix_stats {
+            p.count(&mut self.prefix, topic, topic.len() + payload.len());
+        }
         Ok(true)
     }
 
