@@ -835,6 +835,26 @@ mod tests {
     }
 
     #[test]
+    fn forecast_needs_the_sink_and_its_self_metrics_and_names_bad_keys() {
+        let errs =
+            Config::parse_all("[forecast]\nenabled = true\n", Path::new("f.toml")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "forecast.enabled");
+        assert!(errs[0].message.contains("sink.self_metrics"), "{}", errs[0]);
+        let errs = Config::parse_all(
+            "[sink]\nenabled = true\nself_metrics = true\nself_metrics_interval_secs = 0\n\
+             [forecast]\nenabled = true\nlevel = 2.0\n",
+            Path::new("f.toml"),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["sink.self_metrics_interval_secs", "forecast.level"]
+        );
+    }
+
+    #[test]
     fn unknown_key_is_rejected() {
         let err = Config::parse("[limits]\nmax_infligt = 3\n", Path::new("x.toml")).unwrap_err();
         assert!(

@@ -412,6 +412,18 @@ mod tests {
     }
 
     #[test]
+    fn health_warnings_are_listed_after_ok_without_failing_it() {
+        let b = broker();
+        let warnings: Vec<Warning> = vec![
+            Box::new(|| Some("spool too small".into())),
+            Box::new(|| None),
+        ];
+        let (status, _, body) = respond("GET", "/health", &b, &[], &warnings);
+        assert_eq!(status, 200);
+        assert_eq!(body, "ok\nwarning: spool too small\n");
+    }
+
+    #[test]
     fn health_is_503_with_every_failing_reason() {
         let b = broker();
         let probes: Vec<Probe> = vec![
