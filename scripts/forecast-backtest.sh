@@ -28,10 +28,12 @@ if [ -z "${MQFLUX:-}" ]; then
     MQFLUX=target/release/mqflux
 fi
 ROWS=$(mktemp)
-trap 'rm -f "$ROWS"' EXIT
+ONE=$(mktemp)
+trap 'rm -f "$ROWS" "$ONE"' EXIT
 run() {
-    "$MQFLUX" forecast --no-forecast --markdown "${QUICK[@]}" "$@" | tee /dev/stderr \
-        | grep '^| ' | grep -v '^| series' >> "$ROWS"
+    "$MQFLUX" forecast --no-forecast --markdown "${QUICK[@]}" "$@" > "$ONE"
+    cat "$ONE" >&2
+    grep '^| ' "$ONE" | grep -v -e '^| series' -e '^| ---' >> "$ROWS"
 }
 D=data/forecast
 run --backtest-file $D/taylor.csv --horizon-steps 48 --origins $ORIGINS

@@ -342,3 +342,49 @@ fn forecast_help_explains_every_flag() {
         );
     }
 }
+
+#[test]
+fn backtest_script_runs_every_bundled_series_and_prints_the_readme_table() {
+    // `--quick` (no LSTM, 2 origins) keeps this to seconds; the README's table is the full run.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("timeout")
+        .args(["180", "bash"])
+        .arg(format!("{root}/scripts/forecast-backtest.sh"))
+        .arg("--quick")
+        .env("MQFLUX", env!("CARGO_BIN_EXE_mqflux"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run scripts/forecast-backtest.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("| series | model | MASE | coverage (80%) | fit ms |"),
+        "{stdout}"
+    );
+    for series in ["taylor", "seattle-temps", "sf-temps", "mqflux-traffic"] {
+        for model in ["snaive(", "ets", "mstl("] {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(&format!("| {series} | {model}"))),
+                "no {model} row for {series}:\n{stdout}"
+            );
+        }
+        assert!(
+            stderr.contains(&format!("== {series}: ")),
+            "{series} not run:\n{stderr}"
+        );
+    }
+    assert!(
+        !stdout.contains("| lstm |"),
+        "--quick leaves the LSTM out:\n{stdout}"
+    );
+    // Every series has a winner, named with its margin over the runner-up.
+    assert_eq!(
+        stderr.matches(" wins the backtest (MASE ").count(),
+        4,
+        "{stderr}"
+    );
+    assert!(stderr.contains("% lower than "), "{stderr}");
+}
