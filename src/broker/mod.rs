@@ -11,7 +11,7 @@
 //!
 //! `Broker` is one type whose methods live in one file per role:
 //!
-//! - this file: the struct, construction, loading the store, limits;
+//! - `state`: the struct, construction, loading the store, limits;
 //! - `publish`: the publish pipeline (retained store, subscribers, message log, sink);
 //! - `sessions`: attaching and detaching connections, ending sessions and their wills, the
 //!   housekeeping thread;
@@ -22,6 +22,7 @@ pub mod auth;
 pub mod connection;
 pub mod flow;
 pub mod listener;
+mod live;
 pub mod message;
 pub mod outbox;
 pub mod persist;
@@ -37,138 +38,15 @@ pub mod security;
 pub mod session;
 mod sessions;
 pub mod socket;
+mod state;
 pub mod stats;
 pub mod threads;
 pub mod tls;
 pub mod topic;
 
-pub use registry::Credential;
+pub use live::Credential;
 pub use sessions::Attached;
+pub use state::Broker;
 
-use crate::config::Config;
-use crate::sink::Sink;
-use crate::store::Store;
-use persist::Loaded;
-use router::Router;
-use security::SecurityFiles;
-use session::{Session, SessionHandle, SessionJournal};
-use session::{SessionLimits, SessionRef};
-use stats::Stats;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-pub struct Broker {
-    pub config: Config,
-    /// Password and ACL files, replaced on SIGHUP.
-    pub security: SecurityFiles,
-    pub router: Router,
-    pub stats: Stats,
-    /// Messages and bytes per topic prefix (`sink.self_metrics`), counted in `admit`.
-    pub prefix_stats: Option<prefix_stats::PrefixStats>,
-    pub sink: Sink,
-    /// Persistence, when configured (see `crate::store`).
-    store: OnceLock<Arc<Store>>,
-    sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
-    connections: Mutex<HashMap<u64, registry::LiveConnection>>,
-    next_connection_id: AtomicU64,
-    shutting_down: AtomicBool,
-    /// The thread `start_housekeeping` started; `shutdown` joins it before the store stops, so
-    /// a will it publishes is never left half-recorded.
-    housekeeping_thread: Mutex<Option<JoinHandle<()>>>,
-    started: Instant,
-}
-
-impl Broker {
-    pub fn new(config: Config, sink: Sink, security: SecurityFiles) -> Arc<Broker> {
-        let retained_limits = router::RetainedLimits {
-            max_messages: config.limits.max_retained_messages,
-            max_bytes: config.limits.max_retained_bytes,
-        };
-        let prefix_stats = config.sink.self_metrics.then(|| {
-            prefix_stats::PrefixStats::new(
-                config.sink.self_metrics_prefix_depth,
-                config.sink.self_metrics_max_prefixes,
-            )
-        });
-        Arc::new(Broker {
-            prefix_stats,
-            config,
-            security,
-            router: Router::new(retained_limits),
-            stats: Stats::default(),
-            sink,
-            store: OnceLock::new(),
-            sessions: Mutex::new(HashMap::new()),
-            connections: Mutex::new(HashMap::new()),
-            next_connection_id: AtomicU64::new(1),
-            shutting_down: AtomicBool::new(false),
-            housekeeping_thread: Mutex::new(None),
-            started: Instant::now(),
-        })
-    }
-
-    /// Use `store` from now on, after rebuilding the retained messages and sessions it held.
-    /// Called once, before the listener starts.
-    pub fn attach_store(&self, store: Arc<Store>, loaded: Loaded) {
-        // Acknowledged publishes the sink had not written before a crash go to it again first.
-        self.sink.attach_store(store.clone(), loaded.sink);
-        for message in loaded.retained {
-            self.router.retain(&message, || {});
-        }
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        for stored in loaded.sessions {
-            let client_id: Arc<str> = stored.client_id.as_str().into();
-            let journal = SessionJournal::new(store.clone(), &client_id);
-            let state = Session::restore(stored, self.session_limits(None), journal);
-            let session = SessionHandle::restored(client_id.clone(), state);
-            let subscriptions = session.lock().subscription_list();
-            for (filter, options, identifier) in subscriptions {
-                self.router
-                    .subscribe(&filter, &session, options, identifier);
-            }
-            sessions.insert(client_id, session);
-        }
-        drop(sessions);
-        let _ = self.store.set(store);
-        // Wills that fell due and sessions that expired while the broker was down are handled
-        // before any client can connect (a reconnect would otherwise cancel an overdue will).
-        self.housekeeping();
-    }
-
-    /// In sync persistence mode, wait until every change this thread made so far is durable:
-    /// called before acknowledging a QoS 1/2 PUBLISH, a PUBREL or a PUBREC. False when the
-    /// store failed or timed out: the acknowledgement must not be sent.
-    pub fn wait_durable(&self) -> bool {
-        match self.store.get() {
-            Some(store) if store.is_sync() => store.wait_durable(crate::store::DURABLE_TIMEOUT),
-            _ => true,
-        }
-    }
-
-    /// Whether acknowledgements wait for the store (sync persistence).
-    pub fn acks_wait_for_store(&self) -> bool {
-        self.store.get().is_some_and(|s| s.is_sync())
-    }
-
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    /// Limits for a session whose client allows `receive_maximum` unacknowledged messages.
-    pub fn session_limits(&self, receive_maximum: Option<u16>) -> SessionLimits {
-        let l = &self.config.limits;
-        SessionLimits {
-            max_inflight: l.max_inflight.min(receive_maximum.unwrap_or(u16::MAX)) as usize,
-            max_queued: l.max_queued,
-            outbound_queue: l.outbound_queue,
-            backpressure: l.queue_full == crate::config::QueueFullPolicy::Backpressure,
-        }
-    }
-}
+// The files of this module import each other directly (`super::state::Broker`), never through
+// these re-exports, so this front door is on no import cycle (tests/suite/layout.rs).

@@ -6,32 +6,14 @@ use super::socket::Socket;
 use super::stats::Stats;
 use log::{debug, info, warn};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::live::{Credential, LiveConnection};
 use super::sessions::close_link;
-use super::{auth, security, threads, Broker};
-
-/// A live network connection, kept so shutdown can close it and join its thread.
-pub(super) struct LiveConnection {
-    stream: Arc<Socket>,
-    thread: Option<threads::ConnectionThread>,
-    /// Set for a client authenticated against the password file.
-    credential: Option<Credential>,
-}
-
-/// What a connection authenticated with, kept so that a reload of the password file can close
-/// it when that no longer holds (see `Broker::reload_security`).
-pub struct Credential {
-    pub client_id: Arc<str>,
-    pub username: Arc<str>,
-    /// The password file entry the client's password matched.
-    pub entry: auth::PasswordHash,
-    /// Set by the broker before it closes the connection's read side: the connection then
-    /// ends with "not authorized" instead of as if its client had gone.
-    pub revoked: Arc<AtomicBool>,
-}
+use super::state::Broker;
+use super::{security, threads};
 
 impl Broker {
     /// Register a new connection; returns its id, or None when the broker is shutting down.

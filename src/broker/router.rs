@@ -1,8 +1,8 @@
 //! The topic table: a trie of subscriptions behind an `RwLock` (read side on the publish hot path,
 //! write side only for SUBSCRIBE/UNSUBSCRIBE), shared subscription groups, and the retained store.
 
-use super::message::Message;
-use super::session::{Route, SessionRef};
+use super::message::{Message, Route};
+use super::session::SessionRef;
 use super::topic::filter_matches;
 use crate::protocol::SubscriptionOptions;
 use std::collections::HashMap;

@@ -3,7 +3,8 @@
 //! wills and expires sessions.
 
 use super::message::Message;
-use super::session::{Link, Outbound, Route, SessionHandle, SessionJournal};
+use super::message::Route;
+use super::session::{Link, Outbound, SessionHandle, SessionJournal};
 use super::session::{SessionLimits, SessionRef};
 use super::stats::Stats;
 use log::{debug, info};
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::publish::Routed;
-use super::{flow, read_scope, session, Broker};
+use super::state::Broker;
+use super::{flow, read_scope, session};
 
 /// Result of attaching a connection to a session at CONNECT.
 pub struct Attached {

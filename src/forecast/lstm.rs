@@ -10,7 +10,7 @@
 //!   are held out of training; the `level` quantile of their absolute errors at each step ahead
 //!   is the interval's half-width there.
 
-use super::models::{Forecast, ModelError};
+use super::prediction::{Forecast, ModelError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{rnn::LSTMConfig as CandleLstm, Module, Optimizer, VarBuilder, VarMap, RNN};
 

@@ -15,12 +15,14 @@ pub mod backtest;
 mod config;
 mod lstm;
 mod models;
+mod prediction;
 pub mod recommend;
 mod series;
 
 pub use backtest::{pick_winner, BacktestPlan, Score, Winner};
 pub use config::ForecastConfig;
 pub use lstm::LstmConfig;
-pub use models::{normal_quantile, Forecast, ModelError, ModelSpec};
+pub use models::{normal_quantile, ModelSpec};
+pub use prediction::{Forecast, ModelError};
 pub use recommend::{recommend, spool_shortfall, PeakRates, Recommendation, Sizing};
 pub use series::{Series, SeriesError, MAX_SLOTS};

@@ -9,51 +9,10 @@
 //! - `Lstm`: a small candle-nn LSTM (`lstm.rs`).
 
 use super::lstm::{self, LstmConfig};
+use super::prediction::{Forecast, ModelError};
 use augurs::ets::{trend::AutoETSTrendModel, AutoETS};
 use augurs::mstl::MSTLModel;
 use augurs::{Fit, Predict};
-use std::fmt;
-
-/// Point forecasts and a central prediction interval of `level` (e.g. 0.8).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Forecast {
-    pub point: Vec<f64>,
-    pub lower: Vec<f64>,
-    pub upper: Vec<f64>,
-    pub level: f64,
-}
-
-impl Forecast {
-    /// The highest upper bound: what buffers must be sized for.
-    pub fn peak_upper(&self) -> f64 {
-        self.upper.iter().copied().fold(f64::NAN, f64::max)
-    }
-
-    pub fn peak_point(&self) -> f64 {
-        self.point.iter().copied().fold(f64::NAN, f64::max)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelError {
-    /// The history is shorter than the model needs.
-    TooShort { need: usize, have: usize },
-    /// The model could not be fitted (its own message).
-    Fit(String),
-}
-
-impl fmt::Display for ModelError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ModelError::TooShort { need, have } => {
-                write!(f, "needs at least {need} points of history, has {have}")
-            }
-            ModelError::Fit(e) => write!(f, "fit failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ModelError {}
 
 /// One model with its settings.
 #[derive(Debug, Clone, PartialEq)]

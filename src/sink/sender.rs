@@ -9,9 +9,9 @@
 
 use super::http::{error_text, InfluxClient, WriteResult};
 use super::line_protocol::{self, FieldType};
+use super::shared::Shared;
 use super::spool::Batch;
-use super::writer::Shared;
-use super::{Counters, DropReason};
+use super::stats::{Counters, DropReason};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
