@@ -6,6 +6,10 @@
 //!   seeded generator (uniform ±1/sqrt(hidden), PyTorch's LSTM default) and the batches are
 //!   shuffled with it too; the same input and config give the same forecast.
 //! - Bounded: at most `max_windows` training windows, `epochs` passes, `window` <= 168 steps.
+//! - Residual (default): with a season `m` that fits the history (of those that do, the one
+//!   whose seasonal naive forecast erred least in sample), the network learns
+//!   `y(t) - y(t - m)`, what seasonal naive misses, and the forecast adds `y(t + h - m)` back.
+//!   Without it, a window of one day cannot see last week's same day.
 //! - Interval: split conformal. The windows whose targets fall in the last `calibration` spans
 //!   are held out of training; the `level` quantile of their absolute errors at each step ahead
 //!   is the interval's half-width there.
@@ -29,6 +33,10 @@ pub struct LstmConfig {
     pub calibration: usize,
     /// Seasonal periods in steps (phase features); set by `ModelSpec::candidates`.
     pub seasons: Vec<usize>,
+    /// Learn the residual of the seasonal naive forecast (at the season with the lowest
+    /// in-sample error that fits the history), rather than the series itself (as the M4 winner, ES-RNN, deseasonalised
+    /// before its LSTM).
+    pub residual: bool,
 }
 
 impl Default for LstmConfig {
@@ -43,6 +51,7 @@ impl Default for LstmConfig {
             max_windows: 256,
             calibration: 32,
             seasons: Vec::new(),
+            residual: true,
         }
     }
 }
@@ -88,6 +97,53 @@ pub fn forecast(
     horizon: usize,
     level: f64,
 ) -> Result<Forecast, ModelError> {
+    let n = history.len();
+    let direct_need = cfg.input_len() + horizon + cfg.calibration.max(4) + 16;
+    // The season whose naive forecast erred least in sample (lag 336 for electricity demand
+    // with its weekends, lag 24 for temperatures without a week).
+    let in_sample_mae = |m: usize| -> f64 {
+        let sum: f64 = (m..n).map(|t| (history[t] - history[t - m]).abs()).sum();
+        sum / (n - m) as f64
+    };
+    let season = cfg
+        .seasons
+        .iter()
+        .copied()
+        .filter(|m| *m >= 2 && n >= m + direct_need)
+        .min_by(|a, b| in_sample_mae(*a).total_cmp(&in_sample_mae(*b)));
+    let Some(m) = season.filter(|_| cfg.residual) else {
+        return fit_direct(cfg, history, 0, horizon, level);
+    };
+    // Learn what the seasonal naive forecast misses: d(t) = y(t) - y(t - m), then add the
+    // value one season back (already forecast, for steps more than a season ahead).
+    let d: Vec<f64> = (m..n).map(|t| history[t] - history[t - m]).collect();
+    let f = fit_direct(cfg, &d, m, horizon, level)?;
+    let mut extended = history.to_vec();
+    let mut out = Forecast {
+        point: Vec::with_capacity(horizon),
+        lower: Vec::with_capacity(horizon),
+        upper: Vec::with_capacity(horizon),
+        level,
+    };
+    for h in 0..horizon {
+        let p = extended[n + h - m] + f.point[h];
+        extended.push(p);
+        out.point.push(p);
+        out.lower.push(p - (f.point[h] - f.lower[h]));
+        out.upper.push(p + (f.upper[h] - f.point[h]));
+    }
+    Ok(out)
+}
+
+/// Fit on `history` (whose first value is step `t0` of the series, for the phase features)
+/// and forecast it directly.
+fn fit_direct(
+    cfg: &LstmConfig,
+    history: &[f64],
+    t0: usize,
+    horizon: usize,
+    level: f64,
+) -> Result<Forecast, ModelError> {
     let window = cfg.input_len();
     let calibration = cfg.calibration.max(4);
     let need = window + horizon + calibration + 16;
@@ -108,7 +164,7 @@ pub fn forecast(
     let row = |t: usize, out: &mut Vec<f32>, value: f32| {
         out.push(value);
         for &m in &cfg.seasons {
-            let a = std::f64::consts::TAU * (t % m.max(1)) as f64 / m.max(1) as f64;
+            let a = std::f64::consts::TAU * ((t + t0) % m.max(1)) as f64 / m.max(1) as f64;
             out.push(a.sin() as f32);
             out.push(a.cos() as f32);
         }
@@ -263,6 +319,35 @@ mod tests {
             / 6.0;
         assert!(mae < 8.0, "mae {mae}: {:?}", a.point);
         assert!(a.lower.iter().zip(&a.upper).all(|(l, u)| l <= u));
+    }
+
+    #[test]
+    fn the_direct_lstm_learns_a_wave_too() {
+        let cfg = LstmConfig {
+            residual: false,
+            ..small()
+        };
+        let a = forecast(&cfg, &wave(240), 6, 0.8).unwrap();
+        let mae: f64 = a
+            .point
+            .iter()
+            .enumerate()
+            .map(|(h, p)| {
+                (p - (50.0 + 20.0 * ((240 + h) as f64 * std::f64::consts::TAU / 12.0).sin())).abs()
+            })
+            .sum::<f64>()
+            / 6.0;
+        assert!(mae < 8.0, "mae {mae}: {:?}", a.point);
+    }
+
+    #[test]
+    fn the_residual_lstm_adds_the_season_back_beyond_one_season() {
+        // A pure wave has no residual: the forecast is the wave, also past one season ahead.
+        let a = forecast(&small(), &wave(240), 18, 0.8).unwrap();
+        for (h, p) in a.point.iter().enumerate() {
+            let want = 50.0 + 20.0 * ((240 + h) as f64 * std::f64::consts::TAU / 12.0).sin();
+            assert!((p - want).abs() < 2.0, "h={h}: {p} vs {want}");
+        }
     }
 
     #[test]
