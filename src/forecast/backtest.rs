@@ -85,6 +85,18 @@ pub fn mase_scale(train: &[f64], season: usize) -> f64 {
 }
 
 pub fn run(series: &[f64], models: &[ModelSpec], plan: &BacktestPlan) -> Vec<Score> {
+    run_until(series, models, plan, &|| false)
+}
+
+/// `run`, checking `cancelled` before each fit: once it is true the fits left are not made
+/// (those models count as failed with "cancelled"), so a caller that must stop waits for one
+/// fit at most.
+pub fn run_until(
+    series: &[f64],
+    models: &[ModelSpec],
+    plan: &BacktestPlan,
+    cancelled: &dyn Fn() -> bool,
+) -> Vec<Score> {
     let at = origins(plan, series.len(), plan.season + 2);
     models
         .iter()
@@ -101,6 +113,11 @@ pub fn run(series: &[f64], models: &[ModelSpec], plan: &BacktestPlan) -> Vec<Sco
             };
             let (mut mase_sum, mut covered, mut points, mut ms) = (0.0, 0usize, 0usize, 0.0);
             for &o in &at {
+                if cancelled() {
+                    score.failed += 1;
+                    score.error.get_or_insert_with(|| "cancelled".into());
+                    continue;
+                }
                 let train = &series[o.saturating_sub(plan.max_history)..o];
                 let actual = &series[o..o + plan.horizon];
                 let started = Instant::now();
@@ -241,6 +258,15 @@ mod tests {
         assert_eq!(s[0].origins, 4);
         assert_eq!(s[0].mase, 0.0);
         assert_eq!(s[0].coverage, 1.0);
+    }
+
+    #[test]
+    fn a_cancelled_backtest_makes_no_more_fits_and_has_no_winner() {
+        let y: Vec<f64> = (0..120).map(|t| (t % 6) as f64).collect();
+        let s = run_until(&y, &[ModelSpec::SeasonalNaive(6)], &plan(6), &|| true);
+        assert_eq!((s[0].origins, s[0].failed), (0, 4));
+        assert_eq!(s[0].error.as_deref(), Some("cancelled"));
+        assert_eq!(pick_winner(&s, 0.1), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::sink::SinkConfig;
 use bytes::Bytes;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -50,6 +51,8 @@ pub struct Settings {
     pub seasons: Option<Vec<usize>>,
     /// Points each fit sees at most.
     pub max_history: usize,
+    /// Set to stop early: no fit starts once it is true (`ForecastPublisher::stop`).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Settings {
@@ -65,6 +68,7 @@ impl Settings {
             lstm_margin: c.lstm_margin,
             seasons: None,
             max_history: forecast::MAX_SLOTS as usize,
+            cancel: None,
         }
     }
 }
@@ -107,11 +111,13 @@ pub fn evaluate(series: Series, s: &Settings) -> Evaluation {
         level: s.level,
         season: seasons.first().copied().unwrap_or(1),
     };
-    let scores = forecast::backtest::run(&series.values, &models, &plan);
+    let cancelled = || s.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
+    let scores = forecast::backtest::run_until(&series.values, &models, &plan, &cancelled);
     let winner = forecast::pick_winner(&scores, s.lstm_margin);
     let history = &series.values[n.saturating_sub(s.max_history)..];
     let forecast = winner
         .as_ref()
+        .filter(|_| !cancelled())
         .and_then(|w| models[w.index].forecast(history, s.horizon, s.level).ok());
     Evaluation {
         series,
@@ -260,6 +266,8 @@ pub struct ForecastStatus {
 /// The running `forecast` thread; `stop` ends and joins it.
 pub struct ForecastPublisher {
     stop: Sender<()>,
+    /// Set by `stop`: a refit under way makes no further fit.
+    stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
     status: Arc<Mutex<ForecastStatus>>,
 }
@@ -276,7 +284,8 @@ impl ForecastPublisher {
             state: "waiting for the first refit".into(),
             ..Default::default()
         }));
-        let (b, st) = (broker.clone(), status.clone());
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (b, st, cancel) = (broker.clone(), status.clone(), stopping.clone());
         let thread = thread::Builder::new()
             .name("forecast".into())
             .spawn(move || {
@@ -294,7 +303,10 @@ impl ForecastPublisher {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    let s = refit(&b);
+                    let s = refit(&b, &cancel);
+                    if cancel.load(Ordering::Relaxed) {
+                        break; // a cut-short refit publishes nothing
+                    }
                     *st.lock().unwrap_or_else(|e| e.into_inner()) = s;
                     next = Instant::now() + interval;
                 }
@@ -302,6 +314,7 @@ impl ForecastPublisher {
             })?;
         Ok(Some(ForecastPublisher {
             stop,
+            stopping,
             thread,
             status,
         }))
@@ -319,7 +332,9 @@ impl ForecastPublisher {
         }
     }
 
+    /// Stop the thread and wait for it: at most for the one model fit under way.
     pub fn stop(self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }
@@ -348,11 +363,12 @@ fn publish(broker: &Broker, path: &str, payload: String) {
 }
 
 /// One refit: read, evaluate and publish every self-metrics series, then the recommendation.
-fn refit(broker: &Broker) -> ForecastStatus {
+fn refit(broker: &Broker, cancel: &Arc<AtomicBool>) -> ForecastStatus {
     let c = &broker.config.forecast;
     let sink = &broker.config.sink;
     let client = InfluxClient::new(sink);
-    let settings = Settings::from_config(c);
+    let mut settings = Settings::from_config(c);
+    settings.cancel = Some(cancel.clone());
     let mut forecasts: Vec<Forecast> = Vec::new();
     let mut problem = None;
     for (name, field) in SELF_SERIES {
@@ -362,6 +378,9 @@ fn refit(broker: &Broker) -> ForecastStatus {
             c.history_secs,
             c.step_secs,
         );
+        if cancel.load(Ordering::Relaxed) {
+            return ForecastStatus::default();
+        }
         let e = match read_series(&client, name, &q, Some(c.step_secs as i64)) {
             Ok(series) => evaluate(series, &settings),
             Err(e) => {
@@ -488,6 +507,7 @@ mod tests {
             lstm_margin: 0.1,
             seasons: None,
             max_history: 10_000,
+            cancel: None,
         };
         let e = evaluate(series, &settings);
         let w = e.winner.unwrap();
