@@ -130,9 +130,9 @@ struct ForecastArgs {
     /// How far ahead to forecast, seconds (default `forecast.horizon_secs`, 6 hours).
     #[arg(long, value_name = "SECS")]
     horizon_secs: Option<u64>,
-    /// How far ahead to forecast, in steps (overrides --horizon-secs).
-    #[arg(long, value_name = "STEPS")]
-    horizon_steps: Option<usize>,
+    /// How far ahead to forecast, in steps (overrides --horizon-secs; 1 to 100000).
+    #[arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    horizon_steps: Option<u64>,
     /// Seasonal periods in steps, comma-separated (default: the CSV's `# seasons:` line, else a
     /// day and a week where the step divides them). Only those with two cycles of history
     /// before the first backtest origin are used.
@@ -310,9 +310,10 @@ fn forecast_command(a: &ForecastArgs) -> ExitCode {
     let mut markdown = Vec::new();
     for series in sources {
         let mut s = settings.clone();
-        s.horizon = a
-            .horizon_steps
-            .unwrap_or_else(|| (f.horizon_secs / series.step_s.max(1) as u64).max(1) as usize);
+        s.horizon = match a.horizon_steps {
+            Some(h) => h as usize,
+            None => (f.horizon_secs / series.step_s.max(1) as u64).max(1) as usize,
+        };
         let e = fc::evaluate(series, &s);
         println!(
             "== {}: {} points, step {} s ({} filled), horizon {} steps, {} origins ==",

@@ -88,7 +88,9 @@ impl Rng {
 }
 
 fn fit_err(e: candle_core::Error) -> ModelError {
-    ModelError::Fit(format!("lstm: {e}"))
+    // candle appends a backtrace when RUST_BACKTRACE is set: keep the message only.
+    let text = e.to_string();
+    ModelError::Fit(format!("lstm: {}", text.lines().next().unwrap_or_default()))
 }
 
 pub fn forecast(

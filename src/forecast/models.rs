@@ -70,6 +70,11 @@ impl ModelSpec {
         horizon: usize,
         level: f64,
     ) -> Result<Forecast, ModelError> {
+        if horizon == 0 {
+            return Err(ModelError::Fit(
+                "expected a horizon of at least 1 step".into(),
+            ));
+        }
         match self {
             ModelSpec::SeasonalNaive(m) => seasonal_naive(history, *m, horizon, level),
             ModelSpec::Ets => {
@@ -237,6 +242,11 @@ mod tests {
         assert!(ModelSpec::Mstl(vec![24])
             .forecast(&[1.0; 10], 3, 0.8)
             .is_err());
+        let lstm = ModelSpec::Lstm(LstmConfig::default());
+        assert!(matches!(
+            lstm.forecast(&[1.0; 500], 0, 0.8),
+            Err(ModelError::Fit(e)) if e.contains("horizon")
+        ));
     }
 
     #[test]
