@@ -9,11 +9,14 @@
 #                                 Debian's /usr/bin/python3) and MQTT.js (Node-RED's client)
 #   nodejs, npm                   Node-RED and mocha for tests/suite/node_red.rs, installed by `npm ci`
 #                                 into examples/node-red/node_modules (lockfile committed)
+#   chromium                      the dashboard's pages in a real browser (tests/suite/dashboard_browser.rs),
+#                                 headless, driven by playwright-core from `npm ci` in tests/browser
+#                                 (lockfile committed; `npx playwright install` is not used)
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt node-mqtt)
+packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt node-mqtt chromium)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -38,6 +41,10 @@ fi
 # lockfile changed since (npm ci writes node_modules/.package-lock.json).
 if [ ! examples/node-red/node_modules/.package-lock.json -nt examples/node-red/package-lock.json ]; then
     (cd examples/node-red && npm ci --no-audit --no-fund)
+fi
+# playwright-core for the browser test, pointed at the system Chromium (no browser download).
+if [ ! tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
 # Documentation examples first (nextest does not run doctests), so that the run ends with the

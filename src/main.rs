@@ -6,6 +6,7 @@ use mqflux::broker::listener::Listener;
 use mqflux::broker::security::SecurityFiles;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
+use mqflux::ops::dashboard::DashboardServer;
 use mqflux::ops::forecast::ForecastPublisher;
 use mqflux::ops::metrics::MetricsServer;
 use mqflux::ops::self_metrics::SelfMetrics;
@@ -406,7 +407,7 @@ fn check_config(file: &Path) -> ExitCode {
                 eprintln!("warning: {}: {w}", file.display());
             }
             println!(
-                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {})",
+                "{}: ok (listeners {}, $SYS {}, metrics {}, dashboard {}, InfluxDB sink {})",
                 file.display(),
                 listeners.join(" "),
                 match c.sys_interval {
@@ -414,6 +415,7 @@ fn check_config(file: &Path) -> ExitCode {
                     n => format!("every {n}s"),
                 },
                 c.metrics.bind.as_deref().unwrap_or("off"),
+                c.dashboard.bind.as_deref().unwrap_or("off"),
                 if c.sink.enabled { "on" } else { "off" },
             );
             ExitCode::SUCCESS
@@ -485,6 +487,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
     let sys_interval = Duration::from_secs(config.sys_interval);
     let metrics_addr = config.metrics.bind_addr();
+    let dashboard_addr = config.dashboard.bind_addr();
     let store = match config.persistence.enabled_dir() {
         Some(dir) => {
             let interval = Duration::from_secs(config.persistence.periodic_interval_secs);
@@ -563,13 +566,28 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
         }
         None => Ok(None),
     };
-    let (sys, metrics) = match (sys, metrics) {
-        (Ok(sys), Ok(metrics)) => (sys, metrics),
-        (sys, metrics) => {
+    let dashboard = match dashboard_addr {
+        Some(addr) => DashboardServer::start(&broker, addr).map(Some),
+        None => Ok(None),
+    };
+    let (sys, metrics, dashboard) = match (sys, metrics, dashboard) {
+        (Ok(sys), Ok(metrics), Ok(dashboard)) => (sys, metrics, dashboard),
+        (sys, metrics, dashboard) => {
             // Release what is already running before giving up.
-            let error = sys.as_ref().err().or(metrics.as_ref().err()).cloned();
+            let error = sys
+                .as_ref()
+                .err()
+                .or(metrics.as_ref().err())
+                .or(dashboard.as_ref().err())
+                .cloned();
             if let Ok(Some(sys)) = sys {
                 sys.stop();
+            }
+            if let Ok(Some(metrics)) = metrics {
+                metrics.stop();
+            }
+            if let Ok(Some(dashboard)) = dashboard {
+                dashboard.stop();
             }
             if let Some(f) = forecast {
                 f.stop();
@@ -614,6 +632,9 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
     listeners.into_iter().for_each(Listener::stop);
     if let Some(metrics) = metrics {
         metrics.stop();
+    }
+    if let Some(dashboard) = dashboard {
+        dashboard.stop();
     }
     info!("stopped");
     Ok(())

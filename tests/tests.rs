@@ -24,6 +24,8 @@ mod suite {
     mod bench_tool;
     mod codec_interop;
     mod connect;
+    mod dashboard;
+    mod dashboard_browser;
     mod durability_crash;
     mod durability_restart;
     mod durability_sink_crash;

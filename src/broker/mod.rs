@@ -15,12 +15,15 @@
 //! - `publish`: the publish pipeline (retained store, subscribers, message log, sink);
 //! - `sessions`: attaching and detaching connections, ending sessions and their wills, the
 //!   housekeeping thread;
-//! - `registry`: the live connections, password file reloads and shutdown.
+//! - `registry`: the live connections, password file reloads and shutdown;
+//! - `inspect`: what an operator sees (clients, sessions, retained) and may do (kick, discard
+//!   a session, delete a retained message), for the dashboard.
 
 pub mod acl;
 pub mod auth;
 pub mod connection;
 pub mod flow;
+pub mod inspect;
 pub mod listener;
 mod live;
 pub mod message;
@@ -43,8 +46,9 @@ pub mod stats;
 pub mod threads;
 pub mod tls;
 pub mod topic;
+pub mod topic_rates;
 
-pub use live::Credential;
+pub use live::{ClientInfo, Credential, Revocation, WillView};
 pub use sessions::Attached;
 pub use state::Broker;
 

@@ -145,7 +145,7 @@ impl Broker {
         self.route(will, record).0
     }
 
-    fn store_retained(&self, message: &Arc<Message>) {
+    pub(super) fn store_retained(&self, message: &Arc<Message>) {
         // $SYS values are regenerated at start-up; storing them would only fill the journal.
         let durable = !message.topic.starts_with("$SYS/");
         let outcome = self.router.retain(message, || {

@@ -307,7 +307,7 @@ impl Broker {
     /// and its records from the store. A will that was waiting for its delay is due now that
     /// the session ends: it is routed with the records' deletion (`route_will`) and returned;
     /// the caller hands it to `finish` once the session table is unlocked.
-    fn end_session(
+    pub(super) fn end_session(
         &self,
         session: &SessionRef,
         sessions: &mut HashMap<Arc<str>, SessionRef>,

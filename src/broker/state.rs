@@ -10,6 +10,7 @@ use super::security::SecurityFiles;
 use super::session::{Session, SessionHandle, SessionJournal};
 use super::session::{SessionLimits, SessionRef};
 use super::stats::Stats;
+use super::topic_rates::TopicRates;
 use crate::config::Config;
 use crate::sink::Sink;
 use crate::store::Store;
@@ -27,6 +28,8 @@ pub struct Broker {
     pub stats: Stats,
     /// Messages and bytes per topic prefix (`sink.self_metrics`), counted in `admit`.
     pub prefix_stats: Option<super::prefix_stats::PrefixStats>,
+    /// The busiest topics, counted only while the dashboard is on (`topic_rates.rs`).
+    pub topic_rates: TopicRates,
     pub sink: Sink,
     /// Persistence, when configured (see `crate::store`).
     pub(super) store: OnceLock<Arc<Store>>,
@@ -58,6 +61,7 @@ impl Broker {
             security,
             router: Router::new(retained_limits),
             stats: Stats::default(),
+            topic_rates: TopicRates::default(),
             sink,
             store: OnceLock::new(),
             sessions: Mutex::new(HashMap::new()),

@@ -51,9 +51,9 @@ impl MetricsServer {
         }
         let broker = broker.clone();
         let handler: Arc<http::Handler> = Arc::new(move |request: &http::Request| {
-            respond(request.method, request.path, &broker, &probes, &warnings)
+            respond(request.method, request.path, &broker, &probes, &warnings).into()
         });
-        let server = http::Server::start(listener, "metrics", handler)
+        let server = http::Server::start(listener, "metrics", handler, None)
             .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
         info!(
             "metrics on http://{} (/metrics, /health)",
@@ -79,7 +79,7 @@ fn respond(
     broker: &Broker,
     probes: &[Probe],
     warnings: &[Warning],
-) -> http::Response {
+) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" && method != "HEAD" {
         return (405, TEXT, "only GET is supported\n".into());

@@ -72,7 +72,7 @@ pub use line_protocol::Precision;
 pub use mapping::{NonNumeric, RuleConfig, TimestampUnit};
 pub use record::SinkRecord;
 pub(crate) use stats::Counters;
-pub use stats::{DropReason, SinkStats};
+pub use stats::{DropReason, LastPoint, SinkStats};
 
 /// Handle to the writer threads. Cheap to share (`&Sink` from every connection thread).
 pub struct Sink {
@@ -183,6 +183,12 @@ impl Sink {
     /// Counter snapshot.
     pub fn stats(&self) -> SinkStats {
         self.counters.snapshot()
+    }
+
+    /// The last point InfluxDB accepted per measurement, most recent last (at most
+    /// `stats::LAST_POINT_MEASUREMENTS`).
+    pub fn last_points(&self) -> Vec<LastPoint> {
+        self.counters.last_points()
     }
 
     /// Flush what is buffered and join the writer threads. Points InfluxDB does not take within

@@ -407,10 +407,13 @@ impl SenderLoop {
             }
             Counters::add(&self.shared.counters.write_requests, 1);
             break match self.client.write(&batch.data) {
-                WriteResult::Written => Delivery {
-                    written: batch.lines,
-                    retry: None,
-                },
+                WriteResult::Written => {
+                    self.shared.counters.note_written(&batch.data);
+                    Delivery {
+                        written: batch.lines,
+                        retry: None,
+                    }
+                }
                 WriteResult::TooLarge if batch.lines > 1 => {
                     log::warn!(
                         "sink: InfluxDB refused a {}-byte batch as too large (413); splitting it",

@@ -25,6 +25,7 @@
 pub mod bench;
 pub mod client;
 pub mod codec;
+pub mod dashboard;
 pub mod influx;
 pub mod listeners;
 pub mod ops;

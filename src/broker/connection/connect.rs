@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::broker::auth::{authenticate, AuthRefusal};
+use crate::broker::live::{ClientInfo, WillView};
 use crate::broker::outbox::Outbox;
 use crate::broker::reader::ConnectionReader;
 use crate::broker::session::{Link, NEVER_EXPIRES};
@@ -240,6 +241,22 @@ impl Handshake {
         let session_limits = self
             .broker
             .session_limits(c.properties.receive_maximum.filter(|_| v5));
+        // Registered before CONNACK goes out (in `attach_session`): a client that has its
+        // CONNACK is already in the operator's views.
+        self.broker.note_client(
+            self.id,
+            ClientInfo {
+                client_id: client_id.clone(),
+                username: username_arc.clone(),
+                peer: self.peer,
+                protocol: version,
+                keep_alive_secs,
+                clean_start: c.clean_start,
+                connected_at_ms: (crate::broker::message::now_ns() / 1_000_000) as u64,
+                will: c.will.as_ref().map(WillView::of),
+                revocation: self.revoked.clone(),
+            },
+        );
         let attached = self.broker.attach_session(
             &client_id,
             c.clean_start,

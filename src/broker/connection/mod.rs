@@ -156,7 +156,7 @@ struct Handshake {
     /// (decided per listener: loopback or not, and `security.allow_anonymous`).
     allow_anonymous: bool,
     /// Handed to the broker with the credential (`keep_credential`), then to the `Connection`.
-    revoked: Arc<AtomicBool>,
+    revoked: Arc<crate::broker::live::Revocation>,
 }
 
 /// A connected client: built from an accepted CONNECT (`Handshake::connect`).
@@ -172,7 +172,7 @@ struct Connection {
     /// Shared with the session's `Link`: false once the session is no longer ours.
     owns_session: Arc<AtomicBool>,
     /// Set by the broker when a reload revoked the credentials this client connected with.
-    revoked: Arc<AtomicBool>,
+    revoked: Arc<crate::broker::live::Revocation>,
     will: Option<Will>,
     /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
     session_expiry: u32,
@@ -215,7 +215,7 @@ impl Handshake {
             started,
             tls_identity,
             allow_anonymous,
-            revoked: Arc::new(AtomicBool::new(false)),
+            revoked: Arc::default(),
         }
     }
 

@@ -375,4 +375,9 @@ impl Session {
     pub fn queued_len(&self) -> usize {
         self.queued.len()
     }
+
+    /// Messages this session dropped so far (queue full, slow reader, expired, too large).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
 }
