@@ -171,20 +171,25 @@ pub struct Winner {
     pub margin_pct: f64,
     /// The LSTM had the lowest MASE but not by `lstm_margin`, so the best simple method won.
     pub lstm_not_clear: bool,
+    pub lstm_margin: f64,
 }
 
 impl Winner {
     pub fn describe(&self) -> String {
-        let mut s = format!("{} wins the backtest (MASE {:.3}", self.model, self.mase);
-        if let Some((other, m)) = &self.runner_up {
-            s += &format!(", {:.1}% lower than {other} at {m:.3}", self.margin_pct);
+        let head = format!("{} wins the backtest (MASE {:.3}", self.model, self.mase);
+        match &self.runner_up {
+            Some((other, m)) if self.lstm_not_clear => format!(
+                "{head}): {other} was {:.1}% lower at {m:.3}, short of the {:.0}% margin the \
+                 LSTM must win by, so the simple method is used",
+                (1.0 - m / self.mase) * 100.0,
+                self.lstm_margin * 100.0
+            ),
+            Some((other, m)) => format!(
+                "{head}, {:.1}% lower than {other} at {m:.3})",
+                self.margin_pct
+            ),
+            None => format!("{head})"),
         }
-        s += ")";
-        if self.lstm_not_clear {
-            s +=
-                "; the LSTM was lower but not by the required margin, so the simple method is used";
-        }
-        s
     }
 }
 
@@ -231,6 +236,7 @@ pub fn pick_winner(scores: &[Score], lstm_margin: f64) -> Option<Winner> {
         runner_up,
         margin_pct,
         lstm_not_clear,
+        lstm_margin,
     })
 }
 
@@ -311,10 +317,10 @@ mod tests {
         let w = pick_winner(&close, 0.1).unwrap();
         assert_eq!(w.model, "snaive(24)");
         assert!(w.lstm_not_clear);
-        assert!(
-            w.describe().contains("not by the required margin"),
-            "{}",
-            w.describe()
+        assert_eq!(
+            w.describe(),
+            "snaive(24) wins the backtest (MASE 1.000): lstm was 5.0% lower at 0.950, short of \
+             the 10% margin the LSTM must win by, so the simple method is used"
         );
         let clear = [score("snaive(24)", true, 1.0), score("lstm", false, 0.8)];
         let w = pick_winner(&clear, 0.1).unwrap();
