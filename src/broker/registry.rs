@@ -106,13 +106,15 @@ impl Broker {
     /// DISCONNECT with the reason first). False when no such client is connected.
     pub(super) fn revoke_client(&self, client_id: &str, reason_code: u8) -> bool {
         let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        // The newest connection of that client id: an older one is being taken over.
+        // The newest connection of that client id: an older one is being taken over. One
+        // already revoked is on its way out and stays in the registry only until its thread
+        // ends, so it no longer counts as connected (a second kick is "not connected").
         let newest = conns
             .iter()
             .filter(|(_, c)| {
                 c.client
                     .as_ref()
-                    .is_some_and(|i| &*i.client_id == client_id)
+                    .is_some_and(|i| &*i.client_id == client_id && !i.revocation.is_revoked())
             })
             .max_by_key(|(id, _)| **id);
         let Some((_, c)) = newest else { return false };
