@@ -618,6 +618,11 @@ fn tls_to_a_remote_with_its_own_ca_and_refused_with_another() {
         pki.server_cert.display(),
         pki.server_key.display()
     ));
+    // `Mosquitto::start` waits for the first listener only; the plain one opens just after.
+    crate::common::eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", plain)).ok()
+    })
+    .unwrap_or_else(|| panic!("mosquitto did not listen on {plain}: {}", remote.log()));
     let mut sub = RawClient::connect_v311(plain, "remote-sub");
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let tls = format!("bridge_cafile = {:?}", pki.ca.to_str().unwrap());
