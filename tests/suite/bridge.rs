@@ -618,6 +618,11 @@ fn tls_to_a_remote_with_its_own_ca_and_refused_with_another() {
         pki.server_cert.display(),
         pki.server_key.display()
     ));
+    // `Mosquitto::start` waits for the first listener only; the plain one opens just after.
+    crate::common::eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", plain)).ok()
+    })
+    .unwrap_or_else(|| panic!("mosquitto did not listen on {plain}: {}", remote.log()));
     let mut sub = RawClient::connect_v311(plain, "remote-sub");
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let tls = format!("bridge_cafile = {:?}", pki.ca.to_str().unwrap());
@@ -1165,4 +1170,60 @@ fn a_link_paused_shorter_than_the_keepalive_resumes_without_reconnecting() {
     wait_drained(&local);
     assert_eq!(metric(&local, "mqflux_bridge_reconnects_total"), 0);
     assert_eq!(metric(&local, "mqflux_bridge_resent_total"), 0);
+}
+
+#[test]
+fn dashboard_overview_shows_the_bridge_up_sending_then_down_and_queueing() {
+    use crate::common::dashboard::{broker_with_dashboard, dashboard_addr, get};
+    let mut remote = Mosquitto::start("");
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = broker_with_dashboard(&bridge_toml(remote.port, &["sensors/# out 1"], ""));
+    local.wait_for_log(&["bridge edge: connected to"]);
+    let addr = dashboard_addr(&local);
+    let edge = |want: &dyn Fn(&serde_json::Value) -> bool| {
+        crate::common::eventually(Duration::from_secs(20), || {
+            let o = get(addr, "/api/v1/overview");
+            let bridges = o["bridges"]
+                .as_array()
+                .expect("bridges is an array")
+                .clone();
+            assert_eq!(bridges.len(), 1, "one entry per [[bridges]]: {o}");
+            want(&bridges[0]).then(|| bridges[0].clone())
+        })
+    };
+    let up = edge(&|b| b["up"] == true).expect("the bridge shows up");
+    assert_eq!(up["name"], "edge");
+    assert_eq!(up["address"], format!("127.0.0.1:{}", remote.port));
+    assert_eq!(up["reconnects"], 0);
+
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..20 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut sub, 20, Duration::from_secs(10)),
+        numbered("sensors/t", 0..20)
+    );
+    let sent = edge(&|b| b["acked"] == 20)
+        .unwrap_or_else(|| panic!("acked reaches 20: {}", get(addr, "/api/v1/overview")));
+    assert_eq!(sent["sent"], 20, "{sent}");
+    assert_eq!(sent["queued_messages"], 0, "{sent}");
+    assert_eq!(sent["dropped"], 0, "{sent}");
+
+    // The remote goes away: the bridge shows down, and what is published waits in its queue.
+    remote.kill();
+    edge(&|b| b["up"] == false)
+        .unwrap_or_else(|| panic!("the bridge shows down: {}", get(addr, "/api/v1/overview")));
+    for i in 20..30 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    let down = edge(&|b| b["queued_messages"] == 10)
+        .unwrap_or_else(|| panic!("10 queued: {}", get(addr, "/api/v1/overview")));
+    assert_eq!(down["up"], false, "{down}");
+    assert!(down["queued_bytes"].as_u64().unwrap() > 0, "{down}");
+    assert_eq!(down["acked"], 20, "nothing more acknowledged: {down}");
+    // The oldest queued message ages while the link is down.
+    edge(&|b| b["oldest_age_secs"].as_f64().unwrap() >= 1.0)
+        .unwrap_or_else(|| panic!("oldest age rises: {}", get(addr, "/api/v1/overview")));
 }

@@ -34,9 +34,42 @@ pub fn overview(broker: &Broker, live: &Live) -> Value {
     );
     o.insert("connections".into(), s.clients_connected.into());
     o.insert("sink".into(), sink_summary(broker));
-    // mqflux has no bridges yet; the field is here so the page shows them once it has.
-    o.insert("bridges".into(), json!([]));
+    o.insert("bridges".into(), bridges_summary(broker));
     doc
+}
+
+/// One entry per `[[bridges]]` table, in configuration order: the figures `/metrics`, `$SYS`
+/// and `/health` report (`BridgeFigures`), read now rather than from the last sample, so the
+/// page shows a link going down as soon as the bridge thread notices.
+fn bridges_summary(broker: &Broker) -> Value {
+    let bridges = crate::ops::snapshot::bridge_figures(broker);
+    Value::Array(bridges.iter().map(bridge_json).collect())
+}
+
+fn bridge_json(b: &crate::bridge::stats::BridgeFigures) -> Value {
+    let by_reason = [
+        ("queue_full", b.dropped_queue_full),
+        ("too_large", b.dropped_too_large),
+        ("refused", b.dropped_refused),
+        ("expired", b.dropped_expired),
+        ("denied", b.dropped_denied),
+    ];
+    json!({
+        "name": b.name,
+        "up": b.up,
+        "address": b.address,
+        "queued_messages": b.queued_messages,
+        "queued_bytes": b.queued_bytes,
+        "oldest_age_secs": (b.oldest_age_secs * 10.0).round() / 10.0,
+        "sent": b.sent,
+        "resent": b.resent,
+        "acked": b.acked,
+        "received": b.received,
+        "reconnects": b.reconnects,
+        "dropped": by_reason.iter().map(|(_, n)| n).sum::<u64>(),
+        "dropped_by_reason": by_reason.iter().filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (r.to_string(), json!(n))).collect::<Map<_, _>>(),
+    })
 }
 
 fn sink_summary(broker: &Broker) -> Value {

@@ -17,7 +17,7 @@
 //!
 //! | method and path | what |
 //! | --- | --- |
-//! | `GET overview` | uptime, version, connections, sessions, subscriptions, retained, rates, sink |
+//! | `GET overview` | uptime, version, connections, sessions, subscriptions, retained, rates, sink, bridges |
 //! | `GET history` | the last `live::HISTORY` one-second samples |
 //! | `GET events` | Server-Sent Events: one `sample` event a second |
 //! | `GET clients?q=&status=online\|offline&page=&per_page=` | sessions, a page of them |

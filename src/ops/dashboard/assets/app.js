@@ -99,7 +99,24 @@ function renderOverview(o) {
     card("dropped", fmtNum(k.dropped)),
     card("last InfluxDB error", k.last_error || "none", "sink-error", !!k.last_error),
   ] : [card("sink", "disabled")]));
-  $("bridges").textContent = (o.bridges && o.bridges.length) ? o.bridges.join(", ") : "none configured";
+  renderBridges(o.bridges || []);
+}
+
+// One row per bridge; el() puts every value in as text, never as HTML.
+function renderBridges(bridges) {
+  $("bridges-none").hidden = bridges.length > 0;
+  $("bridges-table").hidden = bridges.length === 0;
+  const num = (n) => el("td", { class: "num" }, fmtNum(n));
+  const rows = bridges.map((b) => {
+    const reasons = Object.entries(b.dropped_by_reason || {}).map(([r, n]) => `${r}: ${n}`).join(", ");
+    return el("tr", { "data-bridge": b.name },
+      el("td", {}, b.name), el("td", { class: b.up ? "up" : "down" }, b.up ? "up" : "down"),
+      el("td", {}, b.address || "–"), num(b.queued_messages),
+      el("td", { class: "num" }, fmtBytes(b.queued_bytes)),
+      el("td", { class: "num" }, `${b.oldest_age_secs} s`), num(b.sent), num(b.acked),
+      el("td", { class: "num", title: reasons }, fmtNum(b.dropped)), num(b.reconnects));
+  });
+  $("bridges-table").tBodies[0].replaceChildren(...rows);
 }
 
 function drawChart() {
