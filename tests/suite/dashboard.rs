@@ -588,3 +588,42 @@ fn an_open_event_stream_is_not_closed_to_make_room_for_idle_connections() {
     }
     drop(idle);
 }
+
+#[test]
+fn the_topic_tree_stays_small_for_retained_topics_of_200_long_levels() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut publisher = RawClient::connect_v5(broker.port, "deep-pub", Properties::default());
+    // Valid topics of the broker's 200 levels, 64 199 bytes each [MQTT-4.7.3-3]. A tree whose
+    // every node carries its full path costs 200 x 32 KB = 6.4 MB of JSON per topic.
+    let level = "l".repeat(318);
+    let deep: Vec<String> = (0..8)
+        .map(|i| format!("t{i}/{}", vec![level.as_str(); 199].join("/")))
+        .collect();
+    for topic in &deep {
+        assert_eq!(topic.split('/').count(), 200);
+        publisher.publish_with(topic, b"1", QoS::AtLeastOnce, true, Properties::default());
+    }
+    let answer = request(addr, "GET", "/api/v1/topics", None, &[]);
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.len() < 2 * 1024 * 1024,
+        "the topic tree is {} bytes",
+        answer.body.len()
+    );
+    let tree = answer.json();
+    assert_eq!(tree["retained_total"], 8);
+    // Topics that do not fit are left out, and the answer says so.
+    assert_eq!(tree["tree_truncated"], true);
+    // The first topic is there, 16 levels deep at most; its leaf names the rest of the topic.
+    let mut node = &tree["retained_tree"][0];
+    let mut depth = 1;
+    while let Some(child) = node["children"].as_array().and_then(|c| c.first()) {
+        node = child;
+        depth += 1;
+    }
+    assert!(depth <= 16, "{depth} levels deep");
+    assert_eq!(node["topic"].as_str(), Some(deep[0].as_str()));
+    assert_eq!(node["retained"], true);
+    assert!(node["name"].as_str().unwrap().contains('/'));
+}

@@ -18,6 +18,12 @@ pub const MAX_RETAINED_LIMIT: usize = 1000;
 const PAYLOAD_SHOWN: usize = 4096;
 /// Retained topics in the topic tree at most.
 const TREE_TOPICS: usize = 2000;
+/// Levels of the topic tree; deeper levels are one leaf (a topic may have 200).
+const TREE_DEPTH: usize = 16;
+/// Bytes of node names and paths the topic tree holds at most.
+const TREE_BYTES: usize = 1024 * 1024;
+/// A node's JSON beyond its name and path (`{"name":..,"topic":..,"retained":..}`).
+const NODE_BYTES: usize = 48;
 /// Busiest topics listed.
 const BUSIEST: usize = 20;
 
@@ -175,39 +181,7 @@ pub fn client(broker: &Broker, client_id: &str) -> Option<Value> {
 pub fn topics(broker: &Broker, live: &Live) -> Value {
     let all = broker.retained_topics();
     let total = all.len();
-    #[derive(Default)]
-    struct Node {
-        retained: bool,
-        children: BTreeMap<String, Node>,
-    }
-    let mut root = Node::default();
-    for topic in all.iter().take(TREE_TOPICS) {
-        let mut node = &mut root;
-        for level in topic.split('/') {
-            node = node.children.entry(level.to_string()).or_default();
-        }
-        node.retained = true;
-    }
-    fn to_json(name: &str, path: &str, node: &Node) -> Value {
-        let children: Vec<Value> = node
-            .children
-            .iter()
-            .map(|(n, c)| {
-                let p = if path.is_empty() && name.is_empty() {
-                    n.clone()
-                } else {
-                    format!("{path}/{n}")
-                };
-                to_json(n, &p, c)
-            })
-            .collect();
-        json!({ "name": name, "topic": path, "retained": node.retained, "children": children })
-    }
-    let tree: Vec<Value> = root
-        .children
-        .iter()
-        .map(|(n, c)| to_json(n, n, c))
-        .collect();
+    let tree = RetainedTree::of(&all);
     let busiest: Vec<Value> = live
         .busiest(BUSIEST)
         .into_iter()
@@ -215,8 +189,8 @@ pub fn topics(broker: &Broker, live: &Live) -> Value {
         .collect();
     json!({
         "retained_total": total,
-        "retained_tree": tree,
-        "tree_truncated": total > TREE_TOPICS,
+        "retained_tree": tree.to_json(),
+        "tree_truncated": tree.topics < total,
         "busiest": busiest,
         "busiest_note": format!(
             "estimated from 1 in {} publishes, at most {} topics tracked",
@@ -224,6 +198,102 @@ pub fn topics(broker: &Broker, live: &Live) -> Value {
             crate::broker::topic_rates::CAPACITY
         ),
     })
+}
+
+/// The retained topics as a tree of levels, bounded: every node carries its full topic, so a
+/// node costs its path's length, and a topic of 200 long levels would cost 200 times its own
+/// length. Levels below `TREE_DEPTH` are one leaf named by the rest of the topic, and topics
+/// are added (sorted) while the names and paths fit in `TREE_BYTES`, at most `TREE_TOPICS`.
+#[derive(Default)]
+struct RetainedTree {
+    root: TreeNode,
+    /// Topics in the tree.
+    topics: usize,
+    /// Bytes of names and paths in the tree.
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct TreeNode {
+    retained: bool,
+    children: BTreeMap<String, TreeNode>,
+}
+
+impl RetainedTree {
+    fn of(sorted_topics: &[std::sync::Arc<str>]) -> RetainedTree {
+        let mut tree = RetainedTree::default();
+        for topic in sorted_topics.iter().take(TREE_TOPICS) {
+            if !tree.add(topic) {
+                break;
+            }
+        }
+        tree
+    }
+
+    /// The topic's levels as tree nodes: (path so far, name) each.
+    fn levels(topic: &str) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for _ in 0..TREE_DEPTH - 1 {
+            match topic[start..].find('/') {
+                Some(i) => {
+                    out.push((&topic[..start + i], &topic[start..start + i]));
+                    start += i + 1;
+                }
+                None => break,
+            }
+        }
+        out.push((topic, &topic[start..]));
+        out
+    }
+
+    /// Add `topic` if it fits in the budget; false when it does not.
+    fn add(&mut self, topic: &str) -> bool {
+        let levels = Self::levels(topic);
+        // What the nodes this topic adds would cost.
+        let mut node = &self.root;
+        let mut cost = 0;
+        for (i, (_, name)) in levels.iter().enumerate() {
+            match node.children.get(*name) {
+                Some(child) => node = child,
+                None => {
+                    let new = &levels[i..];
+                    cost = new
+                        .iter()
+                        .map(|(p, n)| p.len() + n.len() + NODE_BYTES)
+                        .sum();
+                    break;
+                }
+            }
+        }
+        if self.bytes + cost > TREE_BYTES {
+            return false;
+        }
+        self.bytes += cost;
+        self.topics += 1;
+        let mut node = &mut self.root;
+        for (_, name) in levels {
+            node = node.children.entry(name.to_string()).or_default();
+        }
+        node.retained = true;
+        true
+    }
+
+    fn to_json(&self) -> Vec<Value> {
+        fn node_json(name: &str, path: &str, node: &TreeNode) -> Value {
+            let children: Vec<Value> = node
+                .children
+                .iter()
+                .map(|(n, c)| node_json(n, &format!("{path}/{n}"), c))
+                .collect();
+            json!({ "name": name, "topic": path, "retained": node.retained, "children": children })
+        }
+        self.root
+            .children
+            .iter()
+            .map(|(n, c)| node_json(n, n, c))
+            .collect()
+    }
 }
 
 /// `GET /api/v1/retained?prefix=&limit=`: retained messages with their payload as text,
@@ -296,4 +366,34 @@ pub fn sink(broker: &Broker) -> Value {
             "max_bytes": config.spool_max_bytes,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_nodes_carry_their_full_topic_and_deep_levels_are_one_leaf() {
+        let deep = (0..40).map(|i| i.to_string()).collect::<Vec<_>>().join("/");
+        let topics: Vec<std::sync::Arc<str>> = ["/a", "a", "a/b", deep.as_str()]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let tree = RetainedTree::of(&topics);
+        assert_eq!(tree.topics, 4);
+        let json = Value::Array(tree.to_json());
+        // "/a": an empty first level, then "a" under it.
+        assert_eq!(json[0]["name"], "");
+        assert_eq!(json[0]["children"][0]["topic"], "/a");
+        // "0/1/.../39": 15 levels, then one leaf "15/16/.../39" whose topic is the whole one.
+        let mut node = &json[1];
+        for _ in 0..TREE_DEPTH - 1 {
+            node = &node["children"][0];
+        }
+        assert_eq!(node["topic"], deep.as_str());
+        assert!(node["name"].as_str().unwrap().starts_with("15/16/"));
+        assert_eq!(node["retained"], true);
+        assert_eq!(json[2]["retained"], true);
+        assert_eq!(json[2]["children"][0]["topic"], "a/b");
+    }
 }
