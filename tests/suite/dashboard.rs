@@ -627,3 +627,52 @@ fn the_topic_tree_stays_small_for_retained_topics_of_200_long_levels() {
     assert_eq!(node["retained"], true);
     assert!(node["name"].as_str().unwrap().contains('/'));
 }
+
+#[test]
+fn the_retained_view_is_bounded_in_size_and_shows_a_huge_payload_cut() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut publisher = RawClient::connect_v5(broker.port, "big-pub", Properties::default());
+    // 40 retained messages with 60 KB topics and 4 KB of control characters (6 bytes each
+    // once escaped in JSON): 3.7 MB of JSON if all were listed, which the default limit allows.
+    let long = "x".repeat(60_000);
+    for i in 0..40 {
+        let topic = format!("wide/{i:02}/{long}");
+        publisher.publish_with(
+            &topic,
+            &[1u8; 4096],
+            QoS::AtLeastOnce,
+            true,
+            Properties::default(),
+        );
+    }
+    let answer = request(addr, "GET", "/api/v1/retained?prefix=wide/", None, &[]);
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.len() < 5 * 1024 * 1024 / 2,
+        "the retained listing is {} bytes",
+        answer.body.len()
+    );
+    let listed = answer.json();
+    let shown = listed["messages"].as_array().unwrap().len();
+    assert_eq!(listed["total"], 40);
+    assert!(shown >= 1, "{shown}");
+    assert_eq!(listed["left_out_for_size"], 40 - shown);
+    assert_eq!(listed["messages"][0]["topic"], format!("wide/00/{long}"));
+
+    // A 1 MiB payload that is not UTF-8: listed with its size, cut to 4 KiB, as hex only.
+    publisher.publish_with(
+        "big/blob",
+        &vec![0xff; 1 << 20],
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    );
+    let big = get(addr, "/api/v1/retained?prefix=big/");
+    let m = &big["messages"][0];
+    assert_eq!(m["bytes"], 1 << 20);
+    assert_eq!(m["truncated"], true);
+    assert_eq!((&m["text"], &m["json"]), (&Value::Null, &Value::Null));
+    assert_eq!(m["hex"].as_str().unwrap().len(), 2 * 4096);
+    publisher.ping();
+}

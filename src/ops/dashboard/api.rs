@@ -14,6 +14,8 @@ pub const MAX_PER_PAGE: usize = 500;
 /// Retained messages listed unless asked; the most one answer holds.
 pub const RETAINED_LIMIT: usize = 100;
 pub const MAX_RETAINED_LIMIT: usize = 1000;
+/// Bytes of JSON one retained listing holds at most (at least one message is listed).
+const RETAINED_BYTES: usize = 2 * 1024 * 1024;
 /// Payload bytes shown of a retained message.
 const PAYLOAD_SHOWN: usize = 4096;
 /// Retained topics in the topic tree at most.
@@ -306,29 +308,45 @@ pub fn retained(broker: &Broker, query: &BTreeMap<String, String>) -> Value {
         .unwrap_or(RETAINED_LIMIT)
         .clamp(1, MAX_RETAINED_LIMIT);
     let (views, total) = broker.retained_view(prefix, limit);
-    let messages: Vec<Value> = views
-        .iter()
-        .map(|v| {
-            let m = &v.message;
-            let shown = &m.payload[..m.payload.len().min(PAYLOAD_SHOWN)];
-            let text = std::str::from_utf8(shown).ok();
-            let parsed = text
-                .filter(|_| shown.len() == m.payload.len())
-                .and_then(|t| serde_json::from_str::<Value>(t).ok());
-            let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
-            json!({
-                "topic": &*m.topic,
-                "qos": m.qos as u8,
-                "bytes": m.payload.len(),
-                "received_at_ms": m.received_at_ns / 1_000_000,
-                "truncated": shown.len() < m.payload.len(),
-                "text": text,
-                "json": parsed,
-                "hex": hex,
-            })
-        })
-        .collect();
-    json!({ "total": total, "prefix": prefix, "messages": messages })
+    // Topics (up to 64 KB) and payloads are the publishers': stop listing at a size, not
+    // only at a count.
+    let mut messages: Vec<Value> = Vec::new();
+    let mut bytes = 0;
+    for v in &views {
+        let doc = retained_json(&v.message);
+        let size = doc.to_string().len();
+        if !messages.is_empty() && bytes + size > RETAINED_BYTES {
+            break;
+        }
+        bytes += size;
+        messages.push(doc);
+    }
+    json!({
+        "total": total,
+        "prefix": prefix,
+        "left_out_for_size": views.len() - messages.len(),
+        "messages": messages,
+    })
+}
+
+/// One retained message with its payload as text, JSON (when it parses) and hex.
+fn retained_json(m: &crate::broker::message::Message) -> Value {
+    let shown = &m.payload[..m.payload.len().min(PAYLOAD_SHOWN)];
+    let text = std::str::from_utf8(shown).ok();
+    let parsed = text
+        .filter(|_| shown.len() == m.payload.len())
+        .and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+    json!({
+        "topic": &*m.topic,
+        "qos": m.qos as u8,
+        "bytes": m.payload.len(),
+        "received_at_ms": m.received_at_ns / 1_000_000,
+        "truncated": shown.len() < m.payload.len(),
+        "text": text,
+        "json": parsed,
+        "hex": hex,
+    })
 }
 
 /// `GET /api/v1/sink`: the mapping rules, the last point written per measurement, the spool.

@@ -25,7 +25,7 @@
 //! | `POST clients/{id}/kick` | admin: disconnect (v5: DISCONNECT 0x98) |
 //! | `DELETE sessions/{id}` | admin: discard the session |
 //! | `GET topics` | retained topic tree, busiest live topics |
-//! | `GET retained?prefix=&limit=` | retained messages (text, JSON, hex) |
+//! | `GET retained?prefix=&limit=` | retained messages (text, JSON, hex), at most 2 MiB |
 //! | `DELETE retained?topic=` | admin: delete a retained message |
 //! | `GET sink` | rules, last point per measurement, spool |
 //! | `GET csrf` | admin: the CSRF token for `X-CSRF-Token` |
