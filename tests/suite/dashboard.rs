@@ -676,3 +676,36 @@ fn the_retained_view_is_bounded_in_size_and_shows_a_huge_payload_cut() {
     assert_eq!(m["hex"].as_str().unwrap().len(), 2 * 4096);
     publisher.ping();
 }
+
+#[test]
+fn kick_closes_a_v311_client_without_a_disconnect_packet_and_publishes_its_will() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut watcher = RawClient::connect_v5(broker.port, "watcher", Properties::default());
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    // A client id that is HTML: the API gives it back as it is (the pages set it as text).
+    let id = "<img src=x onerror=alert(1)>";
+    let mut connect = codec::connect_packet(id);
+    connect.version = mqflux::protocol::ProtocolVersion::V311;
+    connect.will = Some(codec::will("wills/v311", "gone", Properties::default()));
+    let (mut victim, ack) = RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.code, 0);
+    let listed = get(addr, "/api/v1/clients?q=onerror");
+    assert_eq!(client_ids(&listed), [id]);
+    assert_eq!(listed["clients"][0]["protocol"], "3.1.1");
+    let encoded = "%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E";
+    assert_eq!(
+        get(addr, &format!("/api/v1/clients/{encoded}"))["client_id"],
+        id
+    );
+    let answer = act(addr, "POST", &format!("/api/v1/clients/{encoded}/kick"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // MQTT 3.1.1 has no DISCONNECT from the server: the connection is just closed.
+    victim.expect_closed_without_a_packet();
+    // [MQTT-3.1.2-8] the server closed the connection: the will is published.
+    let will = watcher.expect_publish();
+    assert_eq!(
+        (&*will.topic, &will.payload[..]),
+        ("wills/v311", &b"gone"[..])
+    );
+}
