@@ -97,9 +97,12 @@ pub fn request(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n"
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    // The address as Host, unless the test names one.
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\nConnection: close\r\n");
     if let Some((u, p)) = user {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
         head.push_str(&format!("Authorization: Basic {token}\r\n"));

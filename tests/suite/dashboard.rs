@@ -709,3 +709,44 @@ fn kick_closes_a_v311_client_without_a_disconnect_packet_and_publishes_its_will(
         ("wills/v311", &b"gone"[..])
     );
 }
+
+#[test]
+fn a_plain_http_request_naming_another_host_is_refused_against_dns_rebinding() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let port = addr.port();
+    // What a page of evil.example sends once its name resolves to 127.0.0.1.
+    let rebound = format!("evil.example:{port}");
+    for path in ["/", "/api/v1/overview", "/api/v1/clients", "/api/v1/events"] {
+        let a = request(addr, "GET", path, None, &[("Host", &rebound)]);
+        assert_eq!(a.status, 403, "{path}: {}", a.body);
+        assert!(
+            a.body.contains("is not an address of this dashboard"),
+            "{}",
+            a.body
+        );
+    }
+    let token = dashboard::csrf_token(addr, ADMIN);
+    let origin = format!("http://{rebound}");
+    let kick = request(
+        addr,
+        "POST",
+        "/api/v1/clients/anyone/kick",
+        Some(ADMIN),
+        &[
+            ("Host", &rebound),
+            ("Origin", &origin),
+            ("X-CSRF-Token", &token),
+        ],
+    );
+    assert_eq!(kick.status, 403, "{}", kick.body);
+    // The names an operator uses: the IP address, localhost.
+    for host in [
+        addr.to_string(),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let a = request(addr, "GET", "/api/v1/overview", None, &[("Host", &host)]);
+        assert_eq!(a.status, 200, "{host}: {}", a.body);
+    }
+}

@@ -144,6 +144,9 @@ impl Site {
             Some((p, q)) => (p, parse_query(q)),
             None => (request.path, BTreeMap::new()),
         };
+        if let Err(r) = auth::check_host(request) {
+            return refused(r);
+        }
         let method = match request.method {
             "HEAD" => "GET",
             m => m,
