@@ -348,11 +348,30 @@ fn non_admins_wrong_passwords_and_requests_without_the_csrf_token_are_refused() 
 fn require_login_asks_for_a_password_file_user_for_every_page() {
     let broker = dashboard::broker_with_dashboard("require_login = true");
     let addr = dashboard::dashboard_addr(&broker);
-    for path in ["/", "/app.js", "/api/v1/overview", "/api/v1/events"] {
-        let a = request(addr, "GET", path, None, &[]);
-        assert_eq!(a.status, 401, "{path}");
-        let wrong = request(addr, "GET", path, Some((VIEWER.0, "nope")), &[]);
-        assert_eq!(wrong.status, 401, "{path}");
+    // Every read: pages, scripts, each API document, the event stream; HEAD as GET.
+    for path in [
+        "/",
+        "/index.html",
+        "/app.js",
+        "/style.css",
+        "/api/v1/overview",
+        "/api/v1/history",
+        "/api/v1/events",
+        "/api/v1/clients",
+        "/api/v1/clients/anyone",
+        "/api/v1/topics",
+        "/api/v1/retained?prefix=",
+        "/api/v1/sink",
+        "/api/v1/whoami",
+        "/api/v1/login",
+        "/api/v1/csrf",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let a = request(addr, method, path, None, &[]);
+            assert_eq!(a.status, 401, "{method} {path}");
+            let wrong = request(addr, method, path, Some((VIEWER.0, "nope")), &[]);
+            assert_eq!(wrong.status, 401, "{method} {path}");
+        }
     }
     let page = request(addr, "GET", "/", Some(VIEWER), &[]);
     assert_eq!(page.status, 200);
@@ -749,4 +768,43 @@ fn a_plain_http_request_naming_another_host_is_refused_against_dns_rebinding() {
         let a = request(addr, "GET", "/api/v1/overview", None, &[("Host", &host)]);
         assert_eq!(a.status, 200, "{host}: {}", a.body);
     }
+}
+
+#[test]
+fn a_get_never_acts_even_with_admin_credentials_and_the_token() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut client = RawClient::connect_v5(broker.port, "stays", Properties::default());
+    let mut publisher = RawClient::connect_v5(broker.port, "get-pub", Properties::default());
+    publisher.publish_with(
+        "keep/me",
+        b"1",
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    );
+    let token = dashboard::csrf_token(addr, ADMIN);
+    let origin = format!("http://{addr}");
+    let headers = [
+        ("X-CSRF-Token", token.as_str()),
+        ("Origin", origin.as_str()),
+    ];
+    for path in [
+        "/api/v1/clients/stays/kick",
+        "/api/v1/sessions/stays",
+        "/api/v1/retained?topic=keep%2Fme",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let a = request(addr, method, path, Some(ADMIN), &headers);
+            assert!(
+                a.status == 404 || a.status == 200,
+                "{method} {path}: {}",
+                a.status
+            );
+        }
+    }
+    client.ping();
+    assert_eq!(get(addr, "/api/v1/retained?prefix=keep/")["total"], 1);
+    assert_eq!(client_ids(&get(addr, "/api/v1/clients?q=stays")), ["stays"]);
+    assert!(!broker.log_text().contains("dashboard: user"));
 }
