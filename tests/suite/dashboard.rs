@@ -67,7 +67,20 @@ topic = "sensors/{{device}}/{{measurement}}"
     assert_eq!(row["keep_alive"], 30);
     assert_eq!(row["persistent"], false);
     assert!(row["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let listed_v5 = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "dash-v5")
+        .unwrap();
+    assert_eq!(listed_v5["subscription_count"], 1);
+    assert!(listed_v5.get("subscriptions").is_none());
     let detail = get(addr, "/api/v1/clients/dash-v5");
+    assert_eq!(
+        (&detail["connected"], &detail["subscription_count"]),
+        (&Value::Bool(true), &Value::from(1))
+    );
+    assert_eq!(detail["protocol"], "5.0");
     assert_eq!(detail["subscriptions"][0]["filter"], "sensors/#");
     assert_eq!(detail["subscriptions"][0]["qos"], 1);
     // Search and paging.

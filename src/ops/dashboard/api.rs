@@ -103,7 +103,7 @@ fn client_json(s: &SessionView, detail: bool) -> Value {
         "inflight": s.inflight,
         "queued": s.queued,
         "dropped": s.dropped,
-        "subscription_count": s.subscriptions.len(),
+        "subscription_count": s.subscription_count,
     });
     if detail {
         let subs: Vec<Value> = s
@@ -173,10 +173,8 @@ pub fn clients(broker: &Broker, query: &BTreeMap<String, String>) -> Value {
 
 pub fn client(broker: &Broker, client_id: &str) -> Option<Value> {
     broker
-        .sessions_view()
-        .iter()
-        .find(|s| &*s.client_id == client_id)
-        .map(|s| client_json(s, true))
+        .session_view(client_id)
+        .map(|s| client_json(&s, true))
 }
 
 /// `GET /api/v1/topics`: the retained topics as a tree, and the busiest live topics.
