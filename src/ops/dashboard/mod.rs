@@ -307,8 +307,12 @@ fn decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits exactly (from_str_radix alone would take "+1").
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -337,5 +341,7 @@ mod tests {
         assert_eq!(decode("%E2%82%AC").as_deref(), Some("€"));
         assert_eq!(decode("%"), None);
         assert_eq!(decode("%ff"), None);
+        assert_eq!(decode("%+1"), None);
+        assert_eq!(decode("a%2"), None);
     }
 }
