@@ -86,6 +86,15 @@ topic = "sensors/{{device}}/{{measurement}}"
     // Search and paging.
     let found = get(addr, "/api/v1/clients?q=V311");
     assert_eq!(client_ids(&found), ["dash-v311"]);
+    // A page far beyond the end (page x per_page past usize::MAX): empty, not an overflow.
+    let beyond = get(
+        addr,
+        "/api/v1/clients?per_page=500&page=18446744073709551615",
+    );
+    assert_eq!(
+        (&beyond["total"], client_ids(&beyond).len()),
+        (&Value::from(3), 0)
+    );
     let page2 = get(addr, "/api/v1/clients?per_page=2&page=2");
     assert_eq!(
         (page2["total"].as_u64(), client_ids(&page2).len()),

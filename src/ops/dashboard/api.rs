@@ -164,7 +164,7 @@ pub fn clients(broker: &Broker, query: &BTreeMap<String, String>) -> Value {
     let total = matching.len();
     let shown: Vec<Value> = matching
         .iter()
-        .skip((page - 1) * per_page)
+        .skip((page - 1).saturating_mul(per_page))
         .take(per_page)
         .map(|s| client_json(s, false))
         .collect();
