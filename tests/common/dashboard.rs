@@ -65,6 +65,30 @@ admins = ["{}"]
     Broker::builder().dir(dir).config(&config).start()
 }
 
+/// `broker_with_dashboard` with the sink on: writing to `influx` (database `database`),
+/// spooling in `spool`, one rule `sensors/{device}/{measurement}`.
+pub fn broker_with_dashboard_and_sink(
+    influx: &super::influx::Influx,
+    spool: &std::path::Path,
+    database: &str,
+    flush_interval_ms: u64,
+) -> Broker {
+    broker_with_dashboard(&format!(
+        r#"
+[sink]
+enabled = true
+url = "{}"
+database = "{database}"
+spool_dir = "{}"
+flush_interval_ms = {flush_interval_ms}
+[[sink.rules]]
+topic = "sensors/{{device}}/{{measurement}}"
+"#,
+        influx.url(),
+        spool.display()
+    ))
+}
+
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,

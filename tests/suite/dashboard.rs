@@ -32,20 +32,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn counts_and_clients_equal_the_real_connections_and_sink_figures_match_influxdb() {
     let influx = Influx::start();
     let spool = tempfile::tempdir().unwrap();
-    let broker = dashboard::broker_with_dashboard(&format!(
-        r#"
-[sink]
-enabled = true
-url = "{}"
-database = "dash"
-spool_dir = "{}"
-flush_interval_ms = 50
-[[sink.rules]]
-topic = "sensors/{{device}}/{{measurement}}"
-"#,
-        influx.url(),
-        spool.path().display()
-    ));
+    let broker = dashboard::broker_with_dashboard_and_sink(&influx, spool.path(), "dash", 50);
     let addr = dashboard::dashboard_addr(&broker);
     let port = broker.port;
     let mut v5 = RawClient::connect_v5(port, "dash-v5", Properties::default());

@@ -32,20 +32,7 @@ fn dashboard_pages_show_clients_chart_and_retained_and_kick_works_in_chromium() 
     );
     let influx = Influx::start();
     let spool = tempfile::tempdir().unwrap();
-    let broker = dashboard::broker_with_dashboard(&format!(
-        r#"
-[sink]
-enabled = true
-url = "{}"
-database = "browser"
-spool_dir = "{}"
-flush_interval_ms = 100
-[[sink.rules]]
-topic = "sensors/{{device}}/{{measurement}}"
-"#,
-        influx.url(),
-        spool.path().display()
-    ));
+    let broker = dashboard::broker_with_dashboard_and_sink(&influx, spool.path(), "browser", 100);
     let addr = dashboard::dashboard_addr(&broker);
     let port = broker.port;
 

@@ -122,6 +122,11 @@ impl Gate {
         Ok(Some(user.to_string()))
     }
 
+    /// Whether `user` is named in `dashboard.admins`.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.iter().any(|a| a == user)
+    }
+
     /// May this request read? Returns the user, if any.
     pub fn read(&self, request: &Request, broker: &Broker) -> Result<Option<String>, Refusal> {
         match self.user(request, broker)? {
@@ -141,7 +146,7 @@ impl Gate {
         let user = self
             .user(request, broker)?
             .ok_or(Refusal::Unauthorized("log in as a dashboard admin"))?;
-        if !self.admins.contains(&user) {
+        if !self.is_admin(&user) {
             return Err(Refusal::Forbidden(format!(
                 "user {user:?} is not in dashboard.admins"
             )));

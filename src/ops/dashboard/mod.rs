@@ -195,14 +195,7 @@ impl Site {
                     // The browser asks for credentials and sends them from then on.
                     return refused(Refusal::Unauthorized("log in with a password file user"));
                 }
-                let admin = user.is_some()
-                    && self
-                        .broker
-                        .config
-                        .dashboard
-                        .admins
-                        .iter()
-                        .any(|a| Some(a) == user.as_ref());
+                let admin = user.as_deref().is_some_and(|u| self.gate.is_admin(u));
                 json_response(200, &json!({ "user": user, "admin": admin }))
             }
             ("GET", ["csrf"]) => match self.gate.admin(request, &self.broker, false) {
