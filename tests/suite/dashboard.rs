@@ -817,3 +817,53 @@ fn a_get_never_acts_even_with_admin_credentials_and_the_token() {
     assert_eq!(client_ids(&get(addr, "/api/v1/clients?q=stays")), ["stays"]);
     assert!(!broker.log_text().contains("dashboard: user"));
 }
+
+#[test]
+fn actions_are_refused_once_the_broker_is_shutting_down() {
+    // A sink whose InfluxDB is down keeps the shutdown waiting (shutdown_timeout_secs) with a
+    // point in its spool, after the store has stopped: the window where an action would be
+    // answered "done" and not recorded.
+    let spool = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", common::influx::free_port());
+    let broker = dashboard::broker_with_dashboard(&format!(
+        r#"
+[sink]
+enabled = true
+url = "{dead}"
+database = "gone"
+spool_dir = "{}"
+flush_interval_ms = 50
+shutdown_timeout_secs = 8
+[persistence]
+dir = "{}"
+"#,
+        spool.path().display(),
+        store.path().display()
+    ));
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut publisher = RawClient::connect_v5(broker.port, "late-pub", Properties::default());
+    publisher.publish_with(
+        "home/porch",
+        b"21.5",
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    );
+    let token = dashboard::csrf_token(addr, ADMIN);
+    let mark = broker.log_mark();
+    broker.send_signal(libc::SIGTERM);
+    broker.wait_for_log_after(mark, &["shutting down: closing"], WAIT);
+    let answer = request(
+        addr,
+        "DELETE",
+        "/api/v1/retained?topic=home%2Fporch",
+        Some(ADMIN),
+        &[("X-CSRF-Token", &token)],
+    );
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    broker.wait_for_log(&["delete retained message on \"home/porch\": refused, shutting down"]);
+    // Reads still work while it shuts down.
+    assert_eq!(get(addr, "/api/v1/retained?prefix=home/")["total"], 1);
+    drop(publisher);
+}

@@ -260,6 +260,11 @@ impl Site {
                 return refused(r);
             }
         };
+        if self.broker.is_shutting_down() {
+            // The store may already be stopped: the change would be answered "done" and lost.
+            info!("dashboard: user {user:?}: {what} {target:?}: refused, shutting down");
+            return error(503, "the broker is shutting down");
+        }
         match action(&self.broker, target) {
             Ok(doc) => {
                 info!("dashboard: user {user:?}: {what} {target:?}: done");
