@@ -76,12 +76,10 @@ impl Broker {
     /// The session of `client_id` with its subscriptions, or None; the same locks as
     /// `sessions_view`, for that one session only.
     pub fn session_view(&self, client_id: &str) -> Option<SessionView> {
-        // Collected oldest first: during a takeover the newest connection is the one kept.
         let mut connected: std::collections::HashMap<Arc<str>, ClientInfo> = self
-            .connected_clients()
-            .into_iter()
-            .filter(|c| &*c.client_id == client_id)
+            .connected_client(client_id)
             .map(|c| (c.client_id.clone(), c))
+            .into_iter()
             .collect();
         let session = {
             let table = self.sessions.lock().unwrap_or_else(|e| e.into_inner());

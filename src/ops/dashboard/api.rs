@@ -121,7 +121,7 @@ fn client_json(s: &SessionView, detail: bool) -> Value {
         o.insert("subscriptions".into(), Value::Array(subs));
         o.insert(
             "will".into(),
-            c.and_then(|c| c.will.as_ref())
+            c.and_then(|c| c.will.as_deref())
                 .map_or(Value::Null, will_json),
         );
     }
