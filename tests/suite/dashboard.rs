@@ -382,6 +382,16 @@ fn require_login_asks_for_a_password_file_user_for_every_page() {
             assert_eq!(wrong.status, 401, "{method} {path}");
         }
     }
+    // The scheme is case-insensitive (RFC 7235 section 2.1).
+    let shouted = format!("BASIC {}", base64_credentials(VIEWER));
+    let a = request(
+        addr,
+        "GET",
+        "/api/v1/whoami",
+        None,
+        &[("Authorization", &shouted)],
+    );
+    assert_eq!((a.status, &a.json()["user"]), (200, &Value::from("viewer")));
     let page = request(addr, "GET", "/", Some(VIEWER), &[]);
     assert_eq!(page.status, 200);
     assert!(page.body.contains("<canvas id=\"rate-chart\""));

@@ -89,9 +89,11 @@ impl Gate {
         let Some(header) = request.header("authorization") else {
             return Ok(None);
         };
+        // The scheme is case-insensitive (RFC 7235 section 2.1).
         let encoded = header
-            .strip_prefix("Basic ")
-            .or_else(|| header.strip_prefix("basic "))
+            .get(..6)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("basic "))
+            .map(|_| &header[6..])
             .ok_or(Refusal::Unauthorized("expected HTTP Basic credentials"))?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
