@@ -2,6 +2,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod forecast;
 pub mod ops;
 pub mod protocol;
 pub mod sink;
