@@ -8,6 +8,7 @@
 use super::live::ClientInfo;
 use super::message::Message;
 use super::read_scope;
+use super::session::SessionRef;
 use super::state::Broker;
 use crate::protocol::reason;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct SessionView {
     pub queued: usize,
     /// Messages this session dropped (queue full, slow reader, too large, expired).
     pub dropped: u64,
+    pub subscription_count: usize,
+    /// Filled by `session_view` only (empty in `sessions_view`'s list).
     pub subscriptions: Vec<SubscriptionView>,
 }
 
@@ -48,7 +51,9 @@ pub struct RetainedView {
 
 impl Broker {
     /// Every session (connected ones and persistent ones whose client is away), sorted by
-    /// client id. Takes the registry, then the session table and each session in turn.
+    /// client id, without their subscriptions (`subscription_count` only): a page of the list
+    /// does not copy every filter of every session. Takes the registry, then the session table
+    /// and each session in turn.
     pub fn sessions_view(&self) -> Vec<SessionView> {
         let mut connected: std::collections::HashMap<Arc<str>, ClientInfo> = self
             .connected_clients()
@@ -62,43 +67,25 @@ impl Broker {
         let now = Instant::now();
         let mut views: Vec<SessionView> = sessions
             .iter()
-            .map(|s| {
-                let state = s.lock();
-                let attached = state.link().is_some();
-                let mut subscriptions: Vec<SubscriptionView> = state
-                    .subscription_list()
-                    .into_iter()
-                    .map(|(filter, o, identifier)| SubscriptionView {
-                        filter,
-                        qos: o.qos as u8,
-                        no_local: o.no_local,
-                        retain_as_published: o.retain_as_published,
-                        retain_handling: o.retain_handling,
-                        identifier,
-                    })
-                    .collect();
-                subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
-                SessionView {
-                    client_id: s.client_id.clone(),
-                    connection: if attached {
-                        connected.remove(&s.client_id)
-                    } else {
-                        None
-                    },
-                    expiry_interval: state.expiry_interval,
-                    offline_secs: state
-                        .disconnected_at
-                        .filter(|_| !attached)
-                        .map(|at| now.saturating_duration_since(at).as_secs()),
-                    inflight: state.inflight_len(),
-                    queued: state.queued_len(),
-                    dropped: state.dropped(),
-                    subscriptions,
-                }
-            })
+            .map(|s| view_of(s, &mut connected, now, false))
             .collect();
         views.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         views
+    }
+
+    /// The session of `client_id` with its subscriptions, or None; the same locks as
+    /// `sessions_view`, for that one session only.
+    pub fn session_view(&self, client_id: &str) -> Option<SessionView> {
+        let mut connected: std::collections::HashMap<Arc<str>, ClientInfo> = self
+            .connected_client(client_id)
+            .map(|c| (c.client_id.clone(), c))
+            .into_iter()
+            .collect();
+        let session = {
+            let table = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            table.get(client_id).cloned()
+        }?;
+        Some(view_of(&session, &mut connected, Instant::now(), true))
     }
 
     /// Retained messages whose topic starts with `prefix` (all for ""), sorted by topic, at most
@@ -190,5 +177,52 @@ impl Broker {
         );
         self.store_retained(&Arc::new(clear));
         true
+    }
+}
+
+/// One session as the operator sees it; its `ClientInfo` is taken from `connected` while it is
+/// attached. Locks the session.
+fn view_of(
+    s: &SessionRef,
+    connected: &mut std::collections::HashMap<Arc<str>, ClientInfo>,
+    now: Instant,
+    with_subscriptions: bool,
+) -> SessionView {
+    let state = s.lock();
+    let attached = state.link().is_some();
+    let mut subscriptions: Vec<SubscriptionView> = if with_subscriptions {
+        state
+            .subscription_list()
+            .into_iter()
+            .map(|(filter, o, identifier)| SubscriptionView {
+                filter,
+                qos: o.qos as u8,
+                no_local: o.no_local,
+                retain_as_published: o.retain_as_published,
+                retain_handling: o.retain_handling,
+                identifier,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+    SessionView {
+        client_id: s.client_id.clone(),
+        connection: if attached {
+            connected.remove(&s.client_id)
+        } else {
+            None
+        },
+        expiry_interval: state.expiry_interval,
+        offline_secs: state
+            .disconnected_at
+            .filter(|_| !attached)
+            .map(|at| now.saturating_duration_since(at).as_secs()),
+        inflight: state.inflight_len(),
+        queued: state.queued_len(),
+        dropped: state.dropped(),
+        subscription_count: state.subscriptions.len(),
+        subscriptions,
     }
 }

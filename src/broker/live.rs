@@ -62,7 +62,8 @@ pub struct ClientInfo {
     pub clean_start: bool,
     /// Connected since, milliseconds since the Unix epoch.
     pub connected_at_ms: u64,
-    pub will: Option<WillView>,
+    /// Shared: the operator's views clone every `ClientInfo` they list.
+    pub will: Option<Arc<WillView>>,
     /// Set by `Broker::kick` (and a password reload) before the read side is closed.
     pub revocation: Arc<Revocation>,
 }

@@ -101,6 +101,18 @@ impl Broker {
         clients.into_iter().map(|(_, c)| c).collect()
     }
 
+    /// The `ClientInfo` of the newest connection of `client_id` (during a takeover, the one
+    /// that stays), if it is connected.
+    pub(super) fn connected_client(&self, client_id: &str) -> Option<ClientInfo> {
+        let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .iter()
+            .filter_map(|(id, c)| Some((*id, c.client.as_ref()?)))
+            .filter(|(_, c)| &*c.client_id == client_id)
+            .max_by_key(|(id, _)| *id)
+            .map(|(_, c)| c.clone())
+    }
+
     /// Close the connection of `client_id` for `reason_code` the way a password reload does:
     /// set its `Revocation`, then close its read side; its reader ends the connection (v5:
     /// DISCONNECT with the reason first). False when no such client is connected.

@@ -355,11 +355,18 @@ impl Broker {
             .len()
     }
 
-    /// Messages in flight or queued across all sessions (for `$SYS/broker/messages/stored`).
+    /// Messages in flight or queued across all sessions (for `$SYS/broker/messages/stored`,
+    /// `/metrics` and the dashboard's sample every second). The table is held only to copy
+    /// the session list: counting locks each session in turn, and every CONNECT and
+    /// disconnect needs the table meanwhile. A figure, not a transaction: a session that
+    /// comes or goes during the count may or may not be in it.
     pub fn pending_message_count(&self) -> usize {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions: Vec<SessionRef> = {
+            let table = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            table.values().cloned().collect()
+        };
         sessions
-            .values()
+            .iter()
             .map(|s| {
                 let state = s.lock();
                 state.inflight_len() + state.queued_len()

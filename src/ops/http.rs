@@ -15,15 +15,17 @@
 //!   writes until the client goes or a write takes longer than `WRITE_TIMEOUT`, and the
 //!   connection closes after it.
 //! - With a rustls configuration, every connection is TLS (the dashboard off loopback).
+//! - A panic in a handler is answered 500 and logged, and closes its connection only.
 //!
 //! `tiny_http`, used before, spawned a thread per connection without bound, read pipelined
 //! requests ahead into an unbounded queue and had no socket timeouts: two clients pipelining
 //! `GET /metrics` without reading grew the broker by 412 MB and stalled `/health`, 500
 //! half-sent requests made 506 threads. Its API offers no way to bound either.
 
-use log::debug;
+use log::{debug, error};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -312,7 +314,15 @@ fn serve_connection(
     active_at: &AtomicU64,
     handler: &Handler,
 ) {
-    serve_requests(&mut stream, started, active_at, handler);
+    // A panic (a bug, in a handler or a streamed body) ends this connection, not the server;
+    // the socket is still shut below, or the acceptor's clone would keep the client waiting.
+    if catch_unwind(AssertUnwindSafe(|| {
+        serve_requests(&mut stream, started, active_at, handler)
+    }))
+    .is_err()
+    {
+        error!("http: a response failed (panicked); connection closed");
+    }
     // The acceptor holds a clone of the socket (to close it when making room): dropping ours
     // alone would leave the client waiting for the end of a connection nobody serves.
     stream.shutdown();
@@ -337,10 +347,21 @@ fn serve_requests(stream: &mut Stream, started: Instant, active_at: &AtomicU64, 
             headers: &head.headers,
             tls: matches!(stream, Stream::Tls(_)),
         };
-        let response = handler(&request);
+        let mut failed = false;
+        let response = match catch_unwind(AssertUnwindSafe(|| handler(&request))) {
+            Ok(response) => response,
+            Err(_) => {
+                failed = true;
+                error!(
+                    "http: {} {}: the handler panicked; answered 500",
+                    head.method, head.path
+                );
+                Response::new(500, TEXT, "internal error: see the server log\n")
+            }
+        };
         let streamed = matches!(response.body, Body::Stream(_));
         // A request body is not expected (GET, HEAD); rather than read one, answer and close.
-        let keep_alive = head.keep_alive && !head.has_body && !streamed;
+        let keep_alive = head.keep_alive && !head.has_body && !streamed && !failed;
         let is_head = head.method == "HEAD";
         buf.drain(..head.len);
         // A streamed answer counts as activity with every write, so an open event stream is
@@ -456,6 +477,7 @@ fn write_response(
         405 => "Method Not Allowed",
         409 => "Conflict",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     };
@@ -530,4 +552,56 @@ fn write_all_within(stream: &mut Stream, out: &[u8]) -> io::Result<()> {
         }
     }
     stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept-alive request: the answer is read until the server closes the connection.
+    fn get(addr: SocketAddr, path: &str, extra: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_and_the_server_keeps_serving() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let handler: Arc<Handler> = Arc::new(|r: &Request| {
+            if r.path == "/panic" {
+                panic!("a bug in a handler");
+            }
+            if r.path == "/stream-panic" {
+                return Response {
+                    status: 200,
+                    content_type: TEXT,
+                    headers: Vec::new(),
+                    body: Body::Stream(Box::new(|out| {
+                        let _ = out.write_all(b"first");
+                        let _ = out.flush();
+                        panic!("a bug in a stream");
+                    })),
+                };
+            }
+            Response::new(200, TEXT, "fine")
+        });
+        let server = Server::start(listener, "test-http", handler, None).unwrap();
+        let addr = server.local_addr();
+        let started = Instant::now();
+        let answer = get(addr, "/panic", "");
+        assert!(answer.starts_with("HTTP/1.1 500 "), "{answer:?}");
+        // It closes the connection; a streamed body's panic too (the client sees the end).
+        let streamed = get(addr, "/stream-panic", "");
+        assert!(streamed.ends_with("first"), "{streamed:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a client was left waiting"
+        );
+        assert!(get(addr, "/", "Connection: close\r\n").ends_with("fine"));
+        server.stop();
+    }
 }

@@ -2,7 +2,8 @@
 // no downloaded browser). Run by tests/suite/dashboard_browser.rs, which starts mqflux,
 // influxd and the MQTT clients and passes what to expect in the environment:
 //   DASHBOARD_URL, ADMIN_USER, ADMIN_PASSWORD, EXPECT_CLIENTS (comma-separated client ids),
-//   KICK_CLIENT, RETAINED_TOPIC, RETAINED_PAYLOAD, SCREENSHOT_DIR, CHROMIUM (executable).
+//   KICK_CLIENT, RETAINED_TOPIC, RETAINED_PAYLOAD, SCREENSHOT_DIR, CHROMIUM (executable),
+//   HTML_CLIENT, HTML_WILL, HTML_TOPIC, HTML_PAYLOAD (markup that must be shown as text).
 // Prints one line per check ("ok: ..."); exits 1 with "FAILED: ..." on the first failure.
 import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
@@ -47,7 +48,13 @@ try {
     if (!r.url().endsWith("/api/v1/events")) consoleErrors.push(`request failed: ${r.url()}`);
   });
   page.on("response", (r) => { if (r.status() >= 400) consoleErrors.push(`HTTP ${r.status()} for ${r.url()}`); });
-  page.on("dialog", (d) => d.accept());
+  // The kick's confirm() is accepted; an alert() can only come from injected markup.
+  page.on("dialog", (d) => {
+    if (d.type() !== "confirm") consoleErrors.push(`unexpected ${d.type()}: ${d.message()}`);
+    d.accept();
+  });
+  // Elements that only markup in a client id, topic or payload would create.
+  const injected = () => page.evaluate(() => document.querySelectorAll("img, b, iframe, main script, body script:not([src])").length);
 
   await check(page, "overview loads", async () => {
     await page.goto(url + "#overview");
@@ -87,6 +94,19 @@ try {
   });
   await page.screenshot({ path: join(shots, "clients.png"), fullPage: true });
 
+  const htmlClient = env("HTML_CLIENT");
+  await check(page, "markup in a client id and its will is shown as text", async () => {
+    const cell = await page.waitForSelector(`#clients-table tr[data-client-id="${htmlClient}"] td:first-child`, { timeout: 10000 });
+    if ((await cell.textContent()) !== htmlClient) throw new Error(`cell: ${await cell.textContent()}`);
+    await cell.click();
+    await page.waitForFunction((w) => {
+      const e = document.querySelector("#client-detail:not([hidden]) #client-will");
+      return e && e.textContent.includes(w);
+    }, env("HTML_WILL"), { timeout: 10000 });
+    const n = await injected();
+    if (n) throw new Error(`${n} element(s) made from client data`);
+  });
+
   const victim = env("KICK_CLIENT");
   await check(page, "a client's detail shows its subscriptions", async () => {
     await page.click(`#clients-table tr[data-client-id="${victim}"] td:first-child`);
@@ -117,11 +137,27 @@ try {
     await page.selectOption("#retained-format", "json");
   });
   await page.screenshot({ path: join(shots, "retained.png"), fullPage: true });
+  const htmlTopic = env("HTML_TOPIC");
+  await check(page, "markup in a retained topic and payload is shown as text", async () => {
+    await page.selectOption("#retained-format", "text");
+    // The format change reloads the table: wait for the text form.
+    await page.waitForFunction(([t, p]) => {
+      const c = document.querySelector(`#retained-table tr[data-topic="${t}"] td.payload`);
+      return c && c.textContent === p;
+    }, [htmlTopic, env("HTML_PAYLOAD")], { timeout: 10000 });
+    const n = await injected();
+    if (n) throw new Error(`${n} element(s) made from retained data`);
+    await page.selectOption("#retained-format", "json");
+  });
+
 
   await check(page, "the topics page shows the retained tree and busiest topics", async () => {
     await page.goto(url + "#topics");
     await page.waitForSelector("body[data-loaded=topics]", { timeout: 20000 });
     await page.waitForSelector(`#retained-tree li[data-topic="${topic}"]`, { timeout: 10000 });
+    await page.waitForSelector(`#retained-tree li[data-topic="${htmlTopic}"]`, { timeout: 10000 });
+    const n = await injected();
+    if (n) throw new Error(`${n} element(s) made from topic names`);
   });
   await page.screenshot({ path: join(shots, "topics.png"), fullPage: true });
 

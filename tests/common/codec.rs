@@ -254,6 +254,18 @@ impl RawClient {
         }
     }
 
+    /// The broker must close the connection without sending any packet first (as for a
+    /// v3.1.1 client, which has no server DISCONNECT).
+    pub fn expect_closed_without_a_packet(&mut self) {
+        match self.read_one(WAIT) {
+            Err(RecvError::Closed) => {}
+            Err(RecvError::Decode(e)) if e.contains("reset") => {}
+            Err(RecvError::Timeout) => panic!("connection still open after {WAIT:?}"),
+            Err(e) => panic!("expected the connection to close: {e:?}"),
+            Ok(p) => panic!("expected the connection to close without a packet, got {p:?}"),
+        }
+    }
+
     pub fn subscribe_with(
         &mut self,
         filters: &[(&str, SubscriptionOptions)],

@@ -65,6 +65,30 @@ admins = ["{}"]
     Broker::builder().dir(dir).config(&config).start()
 }
 
+/// `broker_with_dashboard` with the sink on: writing to `influx` (database `database`),
+/// spooling in `spool`, one rule `sensors/{device}/{measurement}`.
+pub fn broker_with_dashboard_and_sink(
+    influx: &super::influx::Influx,
+    spool: &std::path::Path,
+    database: &str,
+    flush_interval_ms: u64,
+) -> Broker {
+    broker_with_dashboard(&format!(
+        r#"
+[sink]
+enabled = true
+url = "{}"
+database = "{database}"
+spool_dir = "{}"
+flush_interval_ms = {flush_interval_ms}
+[[sink.rules]]
+topic = "sensors/{{device}}/{{measurement}}"
+"#,
+        influx.url(),
+        spool.display()
+    ))
+}
+
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -97,9 +121,12 @@ pub fn request(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n"
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    // The address as Host, unless the test names one.
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    head.push_str("Content-Length: 0\r\nConnection: close\r\n");
     if let Some((u, p)) = user {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
         head.push_str(&format!("Authorization: Basic {token}\r\n"));

@@ -32,20 +32,7 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn counts_and_clients_equal_the_real_connections_and_sink_figures_match_influxdb() {
     let influx = Influx::start();
     let spool = tempfile::tempdir().unwrap();
-    let broker = dashboard::broker_with_dashboard(&format!(
-        r#"
-[sink]
-enabled = true
-url = "{}"
-database = "dash"
-spool_dir = "{}"
-flush_interval_ms = 50
-[[sink.rules]]
-topic = "sensors/{{device}}/{{measurement}}"
-"#,
-        influx.url(),
-        spool.path().display()
-    ));
+    let broker = dashboard::broker_with_dashboard_and_sink(&influx, spool.path(), "dash", 50);
     let addr = dashboard::dashboard_addr(&broker);
     let port = broker.port;
     let mut v5 = RawClient::connect_v5(port, "dash-v5", Properties::default());
@@ -67,12 +54,34 @@ topic = "sensors/{{device}}/{{measurement}}"
     assert_eq!(row["keep_alive"], 30);
     assert_eq!(row["persistent"], false);
     assert!(row["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let listed_v5 = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == "dash-v5")
+        .unwrap();
+    assert_eq!(listed_v5["subscription_count"], 1);
+    assert!(listed_v5.get("subscriptions").is_none());
     let detail = get(addr, "/api/v1/clients/dash-v5");
+    assert_eq!(
+        (&detail["connected"], &detail["subscription_count"]),
+        (&Value::Bool(true), &Value::from(1))
+    );
+    assert_eq!(detail["protocol"], "5.0");
     assert_eq!(detail["subscriptions"][0]["filter"], "sensors/#");
     assert_eq!(detail["subscriptions"][0]["qos"], 1);
     // Search and paging.
     let found = get(addr, "/api/v1/clients?q=V311");
     assert_eq!(client_ids(&found), ["dash-v311"]);
+    // A page far beyond the end (page x per_page past usize::MAX): empty, not an overflow.
+    let beyond = get(
+        addr,
+        "/api/v1/clients?per_page=500&page=18446744073709551615",
+    );
+    assert_eq!(
+        (&beyond["total"], client_ids(&beyond).len()),
+        (&Value::from(3), 0)
+    );
     let page2 = get(addr, "/api/v1/clients?per_page=2&page=2");
     assert_eq!(
         (page2["total"].as_u64(), client_ids(&page2).len()),
@@ -348,12 +357,41 @@ fn non_admins_wrong_passwords_and_requests_without_the_csrf_token_are_refused() 
 fn require_login_asks_for_a_password_file_user_for_every_page() {
     let broker = dashboard::broker_with_dashboard("require_login = true");
     let addr = dashboard::dashboard_addr(&broker);
-    for path in ["/", "/app.js", "/api/v1/overview", "/api/v1/events"] {
-        let a = request(addr, "GET", path, None, &[]);
-        assert_eq!(a.status, 401, "{path}");
-        let wrong = request(addr, "GET", path, Some((VIEWER.0, "nope")), &[]);
-        assert_eq!(wrong.status, 401, "{path}");
+    // Every read: pages, scripts, each API document, the event stream; HEAD as GET.
+    for path in [
+        "/",
+        "/index.html",
+        "/app.js",
+        "/style.css",
+        "/api/v1/overview",
+        "/api/v1/history",
+        "/api/v1/events",
+        "/api/v1/clients",
+        "/api/v1/clients/anyone",
+        "/api/v1/topics",
+        "/api/v1/retained?prefix=",
+        "/api/v1/sink",
+        "/api/v1/whoami",
+        "/api/v1/login",
+        "/api/v1/csrf",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let a = request(addr, method, path, None, &[]);
+            assert_eq!(a.status, 401, "{method} {path}");
+            let wrong = request(addr, method, path, Some((VIEWER.0, "nope")), &[]);
+            assert_eq!(wrong.status, 401, "{method} {path}");
+        }
     }
+    // The scheme is case-insensitive (RFC 7235 section 2.1).
+    let shouted = format!("BASIC {}", base64_credentials(VIEWER));
+    let a = request(
+        addr,
+        "GET",
+        "/api/v1/whoami",
+        None,
+        &[("Authorization", &shouted)],
+    );
+    assert_eq!((a.status, &a.json()["user"]), (200, &Value::from("viewer")));
     let page = request(addr, "GET", "/", Some(VIEWER), &[]);
     assert_eq!(page.status, 200);
     assert!(page.body.contains("<canvas id=\"rate-chart\""));
@@ -587,4 +625,255 @@ fn an_open_event_stream_is_not_closed_to_make_room_for_idle_connections() {
         events.next_sample(WAIT);
     }
     drop(idle);
+}
+
+#[test]
+fn the_topic_tree_stays_small_for_retained_topics_of_200_long_levels() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut publisher = RawClient::connect_v5(broker.port, "deep-pub", Properties::default());
+    // Valid topics of the broker's 200 levels, 64 199 bytes each [MQTT-4.7.3-3]. A tree whose
+    // every node carries its full path costs 200 x 32 KB = 6.4 MB of JSON per topic.
+    let level = "l".repeat(318);
+    let deep: Vec<String> = (0..8)
+        .map(|i| format!("t{i}/{}", vec![level.as_str(); 199].join("/")))
+        .collect();
+    for topic in &deep {
+        assert_eq!(topic.split('/').count(), 200);
+        publisher.publish_with(topic, b"1", QoS::AtLeastOnce, true, Properties::default());
+    }
+    let answer = request(addr, "GET", "/api/v1/topics", None, &[]);
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.len() < 2 * 1024 * 1024,
+        "the topic tree is {} bytes",
+        answer.body.len()
+    );
+    let tree = answer.json();
+    assert_eq!(tree["retained_total"], 8);
+    // Topics that do not fit are left out, and the answer says so.
+    assert_eq!(tree["tree_truncated"], true);
+    // The first topic is there, 16 levels deep at most; its leaf names the rest of the topic.
+    let mut node = &tree["retained_tree"][0];
+    let mut depth = 1;
+    while let Some(child) = node["children"].as_array().and_then(|c| c.first()) {
+        node = child;
+        depth += 1;
+    }
+    assert!(depth <= 16, "{depth} levels deep");
+    assert_eq!(node["topic"].as_str(), Some(deep[0].as_str()));
+    assert_eq!(node["retained"], true);
+    assert!(node["name"].as_str().unwrap().contains('/'));
+}
+
+#[test]
+fn the_retained_view_is_bounded_in_size_and_shows_a_huge_payload_cut() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut publisher = RawClient::connect_v5(broker.port, "big-pub", Properties::default());
+    // 40 retained messages with 60 KB topics and 4 KB of control characters (6 bytes each
+    // once escaped in JSON): 3.7 MB of JSON if all were listed, which the default limit allows.
+    let long = "x".repeat(60_000);
+    for i in 0..40 {
+        let topic = format!("wide/{i:02}/{long}");
+        publisher.publish_with(
+            &topic,
+            &[1u8; 4096],
+            QoS::AtLeastOnce,
+            true,
+            Properties::default(),
+        );
+    }
+    let answer = request(addr, "GET", "/api/v1/retained?prefix=wide/", None, &[]);
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer.body.len() < 5 * 1024 * 1024 / 2,
+        "the retained listing is {} bytes",
+        answer.body.len()
+    );
+    let listed = answer.json();
+    let shown = listed["messages"].as_array().unwrap().len();
+    assert_eq!(listed["total"], 40);
+    assert!(shown >= 1, "{shown}");
+    assert_eq!(listed["left_out_for_size"], 40 - shown);
+    assert_eq!(listed["messages"][0]["topic"], format!("wide/00/{long}"));
+
+    // A 1 MiB payload that is not UTF-8: listed with its size, cut to 4 KiB, as hex only.
+    publisher.publish_with(
+        "big/blob",
+        &vec![0xff; 1 << 20],
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    );
+    let big = get(addr, "/api/v1/retained?prefix=big/");
+    let m = &big["messages"][0];
+    assert_eq!(m["bytes"], 1 << 20);
+    assert_eq!(m["truncated"], true);
+    assert_eq!((&m["text"], &m["json"]), (&Value::Null, &Value::Null));
+    assert_eq!(m["hex"].as_str().unwrap().len(), 2 * 4096);
+    publisher.ping();
+}
+
+#[test]
+fn kick_closes_a_v311_client_without_a_disconnect_packet_and_publishes_its_will() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut watcher = RawClient::connect_v5(broker.port, "watcher", Properties::default());
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    // A client id that is HTML: the API gives it back as it is (the pages set it as text).
+    let id = "<img src=x onerror=alert(1)>";
+    let mut connect = codec::connect_packet(id);
+    connect.version = mqflux::protocol::ProtocolVersion::V311;
+    connect.will = Some(codec::will("wills/v311", "gone", Properties::default()));
+    let (mut victim, ack) = RawClient::connect_with(broker.port, connect);
+    assert_eq!(ack.code, 0);
+    let listed = get(addr, "/api/v1/clients?q=onerror");
+    assert_eq!(client_ids(&listed), [id]);
+    assert_eq!(listed["clients"][0]["protocol"], "3.1.1");
+    let encoded = "%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E";
+    assert_eq!(
+        get(addr, &format!("/api/v1/clients/{encoded}"))["client_id"],
+        id
+    );
+    let answer = act(addr, "POST", &format!("/api/v1/clients/{encoded}/kick"));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // MQTT 3.1.1 has no DISCONNECT from the server: the connection is just closed.
+    victim.expect_closed_without_a_packet();
+    // [MQTT-3.1.2-8] the server closed the connection: the will is published.
+    let will = watcher.expect_publish();
+    assert_eq!(
+        (&*will.topic, &will.payload[..]),
+        ("wills/v311", &b"gone"[..])
+    );
+}
+
+#[test]
+fn a_plain_http_request_naming_another_host_is_refused_against_dns_rebinding() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let port = addr.port();
+    // What a page of evil.example sends once its name resolves to 127.0.0.1.
+    let rebound = format!("evil.example:{port}");
+    for path in ["/", "/api/v1/overview", "/api/v1/clients", "/api/v1/events"] {
+        let a = request(addr, "GET", path, None, &[("Host", &rebound)]);
+        assert_eq!(a.status, 403, "{path}: {}", a.body);
+        assert!(
+            a.body.contains("is not an address of this dashboard"),
+            "{}",
+            a.body
+        );
+    }
+    let token = dashboard::csrf_token(addr, ADMIN);
+    let origin = format!("http://{rebound}");
+    let kick = request(
+        addr,
+        "POST",
+        "/api/v1/clients/anyone/kick",
+        Some(ADMIN),
+        &[
+            ("Host", &rebound),
+            ("Origin", &origin),
+            ("X-CSRF-Token", &token),
+        ],
+    );
+    assert_eq!(kick.status, 403, "{}", kick.body);
+    // The names an operator uses: the IP address, localhost.
+    for host in [
+        addr.to_string(),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let a = request(addr, "GET", "/api/v1/overview", None, &[("Host", &host)]);
+        assert_eq!(a.status, 200, "{host}: {}", a.body);
+    }
+}
+
+#[test]
+fn a_get_never_acts_even_with_admin_credentials_and_the_token() {
+    let broker = dashboard::broker_with_dashboard("");
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut client = RawClient::connect_v5(broker.port, "stays", Properties::default());
+    let mut publisher = RawClient::connect_v5(broker.port, "get-pub", Properties::default());
+    publisher.publish_with(
+        "keep/me",
+        b"1",
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    );
+    let token = dashboard::csrf_token(addr, ADMIN);
+    let origin = format!("http://{addr}");
+    let headers = [
+        ("X-CSRF-Token", token.as_str()),
+        ("Origin", origin.as_str()),
+    ];
+    for path in [
+        "/api/v1/clients/stays/kick",
+        "/api/v1/sessions/stays",
+        "/api/v1/retained?topic=keep%2Fme",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let a = request(addr, method, path, Some(ADMIN), &headers);
+            assert!(
+                a.status == 404 || a.status == 200,
+                "{method} {path}: {}",
+                a.status
+            );
+        }
+    }
+    client.ping();
+    assert_eq!(get(addr, "/api/v1/retained?prefix=keep/")["total"], 1);
+    assert_eq!(client_ids(&get(addr, "/api/v1/clients?q=stays")), ["stays"]);
+    assert!(!broker.log_text().contains("dashboard: user"));
+}
+
+#[test]
+fn actions_are_refused_once_the_broker_is_shutting_down() {
+    // A sink whose InfluxDB is down keeps the shutdown waiting (shutdown_timeout_secs) with a
+    // point in its spool, after the store has stopped: the window where an action would be
+    // answered "done" and not recorded.
+    let spool = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", common::influx::free_port());
+    let broker = dashboard::broker_with_dashboard(&format!(
+        r#"
+[sink]
+enabled = true
+url = "{dead}"
+database = "gone"
+spool_dir = "{}"
+flush_interval_ms = 50
+shutdown_timeout_secs = 8
+[persistence]
+dir = "{}"
+"#,
+        spool.path().display(),
+        store.path().display()
+    ));
+    let addr = dashboard::dashboard_addr(&broker);
+    let mut publisher = RawClient::connect_v5(broker.port, "late-pub", Properties::default());
+    publisher.publish_with(
+        "home/porch",
+        b"21.5",
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    );
+    let token = dashboard::csrf_token(addr, ADMIN);
+    let mark = broker.log_mark();
+    broker.send_signal(libc::SIGTERM);
+    broker.wait_for_log_after(mark, &["shutting down: closing"], WAIT);
+    let answer = request(
+        addr,
+        "DELETE",
+        "/api/v1/retained?topic=home%2Fporch",
+        Some(ADMIN),
+        &[("X-CSRF-Token", &token)],
+    );
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    broker.wait_for_log(&["delete retained message on \"home/porch\": refused, shutting down"]);
+    // Reads still work while it shuts down.
+    assert_eq!(get(addr, "/api/v1/retained?prefix=home/")["total"], 1);
+    drop(publisher);
 }

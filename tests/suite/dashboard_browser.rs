@@ -32,20 +32,7 @@ fn dashboard_pages_show_clients_chart_and_retained_and_kick_works_in_chromium() 
     );
     let influx = Influx::start();
     let spool = tempfile::tempdir().unwrap();
-    let broker = dashboard::broker_with_dashboard(&format!(
-        r#"
-[sink]
-enabled = true
-url = "{}"
-database = "browser"
-spool_dir = "{}"
-flush_interval_ms = 100
-[[sink.rules]]
-topic = "sensors/{{device}}/{{measurement}}"
-"#,
-        influx.url(),
-        spool.path().display()
-    ));
+    let broker = dashboard::broker_with_dashboard_and_sink(&influx, spool.path(), "browser", 100);
     let addr = dashboard::dashboard_addr(&broker);
     let port = broker.port;
 
@@ -58,6 +45,27 @@ topic = "sensors/{{device}}/{{measurement}}"
     retainer.publish_with(
         "home/livingroom/lamp",
         retained_payload.as_bytes(),
+        QoS::AtLeastOnce,
+        true,
+        Properties::default(),
+    );
+
+    // Markup where the pages show client data: it must appear as text, never as elements.
+    let html_client = "<img src=x onerror=alert(1)>";
+    let html_will = "<iframe src=javascript:alert(2)>";
+    let mut connect = crate::common::codec::connect_packet(html_client);
+    connect.will = Some(crate::common::codec::will(
+        "wills/html",
+        html_will,
+        Properties::default(),
+    ));
+    let (_html_client, ack) = RawClient::connect_with(port, connect);
+    assert_eq!(ack.code, 0);
+    let html_topic = "html/<b>bold</b>";
+    let html_payload = "<script>alert(3)</script><img src=x onerror=alert(4)>";
+    retainer.publish_with(
+        html_topic,
+        html_payload.as_bytes(),
         QoS::AtLeastOnce,
         true,
         Properties::default(),
@@ -99,6 +107,10 @@ topic = "sensors/{{device}}/{{measurement}}"
             "kitchen-display,sensor-to-kick,lamp-controller,thermometer",
         )
         .env("KICK_CLIENT", "sensor-to-kick")
+        .env("HTML_CLIENT", html_client)
+        .env("HTML_WILL", html_will)
+        .env("HTML_TOPIC", html_topic)
+        .env("HTML_PAYLOAD", html_payload)
         .env("RETAINED_TOPIC", "home/livingroom/lamp")
         .env("RETAINED_PAYLOAD", retained_payload)
         .env("SCREENSHOT_DIR", &shots)
@@ -117,6 +129,8 @@ topic = "sensors/{{device}}/{{measurement}}"
         "ok: overview loads",
         "ok: the chart's value changes while a publisher runs",
         "ok: the clients table shows",
+        "ok: markup in a client id and its will is shown as text",
+        "ok: markup in a retained topic and payload is shown as text",
         "ok: kicking sensor-to-kick removes its row",
         "ok: the retained view shows home/livingroom/lamp",
         "ok: no console errors",

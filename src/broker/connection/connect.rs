@@ -253,7 +253,7 @@ impl Handshake {
                 keep_alive_secs,
                 clean_start: c.clean_start,
                 connected_at_ms: (crate::broker::message::now_ns() / 1_000_000) as u64,
-                will: c.will.as_ref().map(WillView::of),
+                will: c.will.as_ref().map(|w| Arc::new(WillView::of(w))),
                 revocation: self.revoked.clone(),
             },
         );

@@ -14,10 +14,18 @@ pub const MAX_PER_PAGE: usize = 500;
 /// Retained messages listed unless asked; the most one answer holds.
 pub const RETAINED_LIMIT: usize = 100;
 pub const MAX_RETAINED_LIMIT: usize = 1000;
+/// Bytes of JSON one retained listing holds at most (at least one message is listed).
+const RETAINED_BYTES: usize = 2 * 1024 * 1024;
 /// Payload bytes shown of a retained message.
 const PAYLOAD_SHOWN: usize = 4096;
 /// Retained topics in the topic tree at most.
 const TREE_TOPICS: usize = 2000;
+/// Levels of the topic tree; deeper levels are one leaf (a topic may have 200).
+const TREE_DEPTH: usize = 16;
+/// Bytes of node names and paths the topic tree holds at most.
+const TREE_BYTES: usize = 1024 * 1024;
+/// A node's JSON beyond its name and path (`{"name":..,"topic":..,"retained":..}`).
+const NODE_BYTES: usize = 48;
 /// Busiest topics listed.
 const BUSIEST: usize = 20;
 
@@ -128,7 +136,7 @@ fn client_json(s: &SessionView, detail: bool) -> Value {
         "inflight": s.inflight,
         "queued": s.queued,
         "dropped": s.dropped,
-        "subscription_count": s.subscriptions.len(),
+        "subscription_count": s.subscription_count,
     });
     if detail {
         let subs: Vec<Value> = s
@@ -146,7 +154,7 @@ fn client_json(s: &SessionView, detail: bool) -> Value {
         o.insert("subscriptions".into(), Value::Array(subs));
         o.insert(
             "will".into(),
-            c.and_then(|c| c.will.as_ref())
+            c.and_then(|c| c.will.as_deref())
                 .map_or(Value::Null, will_json),
         );
     }
@@ -189,7 +197,7 @@ pub fn clients(broker: &Broker, query: &BTreeMap<String, String>) -> Value {
     let total = matching.len();
     let shown: Vec<Value> = matching
         .iter()
-        .skip((page - 1) * per_page)
+        .skip((page - 1).saturating_mul(per_page))
         .take(per_page)
         .map(|s| client_json(s, false))
         .collect();
@@ -198,49 +206,15 @@ pub fn clients(broker: &Broker, query: &BTreeMap<String, String>) -> Value {
 
 pub fn client(broker: &Broker, client_id: &str) -> Option<Value> {
     broker
-        .sessions_view()
-        .iter()
-        .find(|s| &*s.client_id == client_id)
-        .map(|s| client_json(s, true))
+        .session_view(client_id)
+        .map(|s| client_json(&s, true))
 }
 
 /// `GET /api/v1/topics`: the retained topics as a tree, and the busiest live topics.
 pub fn topics(broker: &Broker, live: &Live) -> Value {
     let all = broker.retained_topics();
     let total = all.len();
-    #[derive(Default)]
-    struct Node {
-        retained: bool,
-        children: BTreeMap<String, Node>,
-    }
-    let mut root = Node::default();
-    for topic in all.iter().take(TREE_TOPICS) {
-        let mut node = &mut root;
-        for level in topic.split('/') {
-            node = node.children.entry(level.to_string()).or_default();
-        }
-        node.retained = true;
-    }
-    fn to_json(name: &str, path: &str, node: &Node) -> Value {
-        let children: Vec<Value> = node
-            .children
-            .iter()
-            .map(|(n, c)| {
-                let p = if path.is_empty() && name.is_empty() {
-                    n.clone()
-                } else {
-                    format!("{path}/{n}")
-                };
-                to_json(n, &p, c)
-            })
-            .collect();
-        json!({ "name": name, "topic": path, "retained": node.retained, "children": children })
-    }
-    let tree: Vec<Value> = root
-        .children
-        .iter()
-        .map(|(n, c)| to_json(n, n, c))
-        .collect();
+    let tree = RetainedTree::of(&all);
     let busiest: Vec<Value> = live
         .busiest(BUSIEST)
         .into_iter()
@@ -248,8 +222,8 @@ pub fn topics(broker: &Broker, live: &Live) -> Value {
         .collect();
     json!({
         "retained_total": total,
-        "retained_tree": tree,
-        "tree_truncated": total > TREE_TOPICS,
+        "retained_tree": tree.to_json(),
+        "tree_truncated": tree.topics < total,
         "busiest": busiest,
         "busiest_note": format!(
             "estimated from 1 in {} publishes, at most {} topics tracked",
@@ -257,6 +231,102 @@ pub fn topics(broker: &Broker, live: &Live) -> Value {
             crate::broker::topic_rates::CAPACITY
         ),
     })
+}
+
+/// The retained topics as a tree of levels, bounded: every node carries its full topic, so a
+/// node costs its path's length, and a topic of 200 long levels would cost 200 times its own
+/// length. Levels below `TREE_DEPTH` are one leaf named by the rest of the topic, and topics
+/// are added (sorted) while the names and paths fit in `TREE_BYTES`, at most `TREE_TOPICS`.
+#[derive(Default)]
+struct RetainedTree {
+    root: TreeNode,
+    /// Topics in the tree.
+    topics: usize,
+    /// Bytes of names and paths in the tree.
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct TreeNode {
+    retained: bool,
+    children: BTreeMap<String, TreeNode>,
+}
+
+impl RetainedTree {
+    fn of(sorted_topics: &[std::sync::Arc<str>]) -> RetainedTree {
+        let mut tree = RetainedTree::default();
+        for topic in sorted_topics.iter().take(TREE_TOPICS) {
+            if !tree.add(topic) {
+                break;
+            }
+        }
+        tree
+    }
+
+    /// The topic's levels as tree nodes: (path so far, name) each.
+    fn levels(topic: &str) -> Vec<(&str, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for _ in 0..TREE_DEPTH - 1 {
+            match topic[start..].find('/') {
+                Some(i) => {
+                    out.push((&topic[..start + i], &topic[start..start + i]));
+                    start += i + 1;
+                }
+                None => break,
+            }
+        }
+        out.push((topic, &topic[start..]));
+        out
+    }
+
+    /// Add `topic` if it fits in the budget; false when it does not.
+    fn add(&mut self, topic: &str) -> bool {
+        let levels = Self::levels(topic);
+        // What the nodes this topic adds would cost.
+        let mut node = &self.root;
+        let mut cost = 0;
+        for (i, (_, name)) in levels.iter().enumerate() {
+            match node.children.get(*name) {
+                Some(child) => node = child,
+                None => {
+                    let new = &levels[i..];
+                    cost = new
+                        .iter()
+                        .map(|(p, n)| p.len() + n.len() + NODE_BYTES)
+                        .sum();
+                    break;
+                }
+            }
+        }
+        if self.bytes + cost > TREE_BYTES {
+            return false;
+        }
+        self.bytes += cost;
+        self.topics += 1;
+        let mut node = &mut self.root;
+        for (_, name) in levels {
+            node = node.children.entry(name.to_string()).or_default();
+        }
+        node.retained = true;
+        true
+    }
+
+    fn to_json(&self) -> Vec<Value> {
+        fn node_json(name: &str, path: &str, node: &TreeNode) -> Value {
+            let children: Vec<Value> = node
+                .children
+                .iter()
+                .map(|(n, c)| node_json(n, &format!("{path}/{n}"), c))
+                .collect();
+            json!({ "name": name, "topic": path, "retained": node.retained, "children": children })
+        }
+        self.root
+            .children
+            .iter()
+            .map(|(n, c)| node_json(n, n, c))
+            .collect()
+    }
 }
 
 /// `GET /api/v1/retained?prefix=&limit=`: retained messages with their payload as text,
@@ -269,29 +339,45 @@ pub fn retained(broker: &Broker, query: &BTreeMap<String, String>) -> Value {
         .unwrap_or(RETAINED_LIMIT)
         .clamp(1, MAX_RETAINED_LIMIT);
     let (views, total) = broker.retained_view(prefix, limit);
-    let messages: Vec<Value> = views
-        .iter()
-        .map(|v| {
-            let m = &v.message;
-            let shown = &m.payload[..m.payload.len().min(PAYLOAD_SHOWN)];
-            let text = std::str::from_utf8(shown).ok();
-            let parsed = text
-                .filter(|_| shown.len() == m.payload.len())
-                .and_then(|t| serde_json::from_str::<Value>(t).ok());
-            let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
-            json!({
-                "topic": &*m.topic,
-                "qos": m.qos as u8,
-                "bytes": m.payload.len(),
-                "received_at_ms": m.received_at_ns / 1_000_000,
-                "truncated": shown.len() < m.payload.len(),
-                "text": text,
-                "json": parsed,
-                "hex": hex,
-            })
-        })
-        .collect();
-    json!({ "total": total, "prefix": prefix, "messages": messages })
+    // Topics (up to 64 KB) and payloads are the publishers': stop listing at a size, not
+    // only at a count.
+    let mut messages: Vec<Value> = Vec::new();
+    let mut bytes = 0;
+    for v in &views {
+        let doc = retained_json(&v.message);
+        let size = doc.to_string().len();
+        if !messages.is_empty() && bytes + size > RETAINED_BYTES {
+            break;
+        }
+        bytes += size;
+        messages.push(doc);
+    }
+    json!({
+        "total": total,
+        "prefix": prefix,
+        "left_out_for_size": views.len() - messages.len(),
+        "messages": messages,
+    })
+}
+
+/// One retained message with its payload as text, JSON (when it parses) and hex.
+fn retained_json(m: &crate::broker::message::Message) -> Value {
+    let shown = &m.payload[..m.payload.len().min(PAYLOAD_SHOWN)];
+    let text = std::str::from_utf8(shown).ok();
+    let parsed = text
+        .filter(|_| shown.len() == m.payload.len())
+        .and_then(|t| serde_json::from_str::<Value>(t).ok());
+    let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+    json!({
+        "topic": &*m.topic,
+        "qos": m.qos as u8,
+        "bytes": m.payload.len(),
+        "received_at_ms": m.received_at_ns / 1_000_000,
+        "truncated": shown.len() < m.payload.len(),
+        "text": text,
+        "json": parsed,
+        "hex": hex,
+    })
 }
 
 /// `GET /api/v1/sink`: the mapping rules, the last point written per measurement, the spool.
@@ -329,4 +415,34 @@ pub fn sink(broker: &Broker) -> Value {
             "max_bytes": config.spool_max_bytes,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_nodes_carry_their_full_topic_and_deep_levels_are_one_leaf() {
+        let deep = (0..40).map(|i| i.to_string()).collect::<Vec<_>>().join("/");
+        let topics: Vec<std::sync::Arc<str>> = ["/a", "a", "a/b", deep.as_str()]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let tree = RetainedTree::of(&topics);
+        assert_eq!(tree.topics, 4);
+        let json = Value::Array(tree.to_json());
+        // "/a": an empty first level, then "a" under it.
+        assert_eq!(json[0]["name"], "");
+        assert_eq!(json[0]["children"][0]["topic"], "/a");
+        // "0/1/.../39": 15 levels, then one leaf "15/16/.../39" whose topic is the whole one.
+        let mut node = &json[1];
+        for _ in 0..TREE_DEPTH - 1 {
+            node = &node["children"][0];
+        }
+        assert_eq!(node["topic"], deep.as_str());
+        assert!(node["name"].as_str().unwrap().starts_with("15/16/"));
+        assert_eq!(node["retained"], true);
+        assert_eq!(json[2]["retained"], true);
+        assert_eq!(json[2]["children"][0]["topic"], "a/b");
+    }
 }

@@ -12,12 +12,16 @@
 //!   read. A request whose `Origin` header names another site is refused too.
 //! - Off loopback, the server only speaks TLS (`config::DashboardConfig`), so Basic
 //!   credentials never cross the network in clear.
+//! - Over plain HTTP (so on loopback) the `Host` must be an IP address or `localhost`
+//!   (`check_host`): against DNS rebinding, where another site's page reads the dashboard as
+//!   its own origin by pointing its host name at 127.0.0.1.
 
 use crate::broker::Broker;
 use crate::ops::http::Request;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -85,9 +89,11 @@ impl Gate {
         let Some(header) = request.header("authorization") else {
             return Ok(None);
         };
+        // The scheme is case-insensitive (RFC 7235 section 2.1).
         let encoded = header
-            .strip_prefix("Basic ")
-            .or_else(|| header.strip_prefix("basic "))
+            .get(..6)
+            .filter(|scheme| scheme.eq_ignore_ascii_case("basic "))
+            .map(|_| &header[6..])
             .ok_or(Refusal::Unauthorized("expected HTTP Basic credentials"))?;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -118,6 +124,11 @@ impl Gate {
         Ok(Some(user.to_string()))
     }
 
+    /// Whether `user` is named in `dashboard.admins`.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.iter().any(|a| a == user)
+    }
+
     /// May this request read? Returns the user, if any.
     pub fn read(&self, request: &Request, broker: &Broker) -> Result<Option<String>, Refusal> {
         match self.user(request, broker)? {
@@ -137,7 +148,7 @@ impl Gate {
         let user = self
             .user(request, broker)?
             .ok_or(Refusal::Unauthorized("log in as a dashboard admin"))?;
-        if !self.admins.contains(&user) {
+        if !self.is_admin(&user) {
             return Err(Refusal::Forbidden(format!(
                 "user {user:?} is not in dashboard.admins"
             )));
@@ -168,6 +179,41 @@ impl Gate {
     }
 }
 
+/// Refuse a plain-HTTP request whose `Host` is a name other than `localhost`.
+///
+/// A site the operator visits can point its own name at 127.0.0.1 (DNS rebinding); its page is
+/// then same-origin with the dashboard, and could read every open page and API answer
+/// (client ids, users, retained payloads) and send them home. Its requests name its host, so a
+/// plain-HTTP dashboard (always on loopback) accepts only an IP address or `localhost` as
+/// `Host`. Over TLS the browser checks the name against the certificate, which that site's
+/// name does not match. No `Host` (HTTP/1.0 tools) is accepted: browsers always send one.
+pub fn check_host(request: &Request) -> Result<(), Refusal> {
+    if request.tls {
+        return Ok(());
+    }
+    match request.header("host") {
+        Some(host) if !is_local_host(host) => Err(Refusal::Forbidden(format!(
+            "Host {host:?} is not an address of this dashboard: open it as http://127.0.0.1:PORT/ \
+             or http://localhost:PORT/ (a proxy in front must pass such a Host)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// "127.0.0.1:18083", "[::1]:18083", "localhost", "a.localhost:80": yes; "evil.example": no.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(address, _)| address),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    // RFC 6761: browsers resolve localhost and *.localhost to loopback themselves.
+    name.parse::<IpAddr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
 fn wrong_refusal() -> Refusal {
     Refusal::Unauthorized("wrong user name or password")
 }
@@ -190,5 +236,31 @@ mod tests {
         );
         // Length-prefixed parts: ("ab", "c") and ("a", "bc") are different keys.
         assert_ne!(gate.keyed(&[b"ab", b"c"]), gate.keyed(&[b"a", b"bc"]));
+    }
+
+    #[test]
+    fn only_ip_addresses_and_localhost_are_local_hosts() {
+        for host in [
+            "127.0.0.1:18083",
+            "127.0.0.1",
+            "[::1]:18083",
+            "[::1]",
+            "localhost:18083",
+            "LocalHost.",
+            "app.localhost:80",
+            "10.1.2.3:443",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:18083",
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:18083",
+            "",
+            "[::1",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
     }
 }

@@ -25,7 +25,7 @@
 //! | `POST clients/{id}/kick` | admin: disconnect (v5: DISCONNECT 0x98) |
 //! | `DELETE sessions/{id}` | admin: discard the session |
 //! | `GET topics` | retained topic tree, busiest live topics |
-//! | `GET retained?prefix=&limit=` | retained messages (text, JSON, hex) |
+//! | `GET retained?prefix=&limit=` | retained messages (text, JSON, hex), at most 2 MiB |
 //! | `DELETE retained?topic=` | admin: delete a retained message |
 //! | `GET sink` | rules, last point per measurement, spool |
 //! | `GET csrf` | admin: the CSRF token for `X-CSRF-Token` |
@@ -144,6 +144,9 @@ impl Site {
             Some((p, q)) => (p, parse_query(q)),
             None => (request.path, BTreeMap::new()),
         };
+        if let Err(r) = auth::check_host(request) {
+            return refused(r);
+        }
         let method = match request.method {
             "HEAD" => "GET",
             m => m,
@@ -192,14 +195,7 @@ impl Site {
                     // The browser asks for credentials and sends them from then on.
                     return refused(Refusal::Unauthorized("log in with a password file user"));
                 }
-                let admin = user.is_some()
-                    && self
-                        .broker
-                        .config
-                        .dashboard
-                        .admins
-                        .iter()
-                        .any(|a| Some(a) == user.as_ref());
+                let admin = user.as_deref().is_some_and(|u| self.gate.is_admin(u));
                 json_response(200, &json!({ "user": user, "admin": admin }))
             }
             ("GET", ["csrf"]) => match self.gate.admin(request, &self.broker, false) {
@@ -264,6 +260,11 @@ impl Site {
                 return refused(r);
             }
         };
+        if self.broker.is_shutting_down() {
+            // The store may already be stopped: the change would be answered "done" and lost.
+            info!("dashboard: user {user:?}: {what} {target:?}: refused, shutting down");
+            return error(503, "the broker is shutting down");
+        }
         match action(&self.broker, target) {
             Ok(doc) => {
                 info!("dashboard: user {user:?}: {what} {target:?}: done");
@@ -304,8 +305,12 @@ fn decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits exactly (from_str_radix alone would take "+1").
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -334,5 +339,7 @@ mod tests {
         assert_eq!(decode("%E2%82%AC").as_deref(), Some("€"));
         assert_eq!(decode("%"), None);
         assert_eq!(decode("%ff"), None);
+        assert_eq!(decode("%+1"), None);
+        assert_eq!(decode("a%2"), None);
     }
 }
