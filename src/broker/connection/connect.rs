@@ -73,6 +73,7 @@ impl Connection {
 
     pub(super) fn accept_connect(&mut self, c: Connect) -> Result<bool, Exit> {
         self.version = c.version;
+        self.bridge = c.bridge;
         // The username that authentication and ACLs must use: on a listener with
         // `use_identity_as_username` the TLS client certificate's CN, whatever CONNECT says;
         // otherwise CONNECT's own.
@@ -252,7 +253,7 @@ impl Connection {
             (keep_alive_secs > 0).then(|| Duration::from_millis(keep_alive_secs as u64 * 1500));
         let _ = self.stream.set_read_timeout(keep_alive);
         info!(
-            "client {} connected from {}{} (MQTT {}, {}, keep-alive {}s{})",
+            "client {} connected from {}{} (MQTT {}{}, {}, keep-alive {}s{})",
             client_id,
             self.peer,
             username
@@ -260,6 +261,11 @@ impl Connection {
                 .map(|u| format!(" as {u:?}"))
                 .unwrap_or_default(),
             self.version,
+            if self.bridge {
+                " bridge (no local, retain as published)"
+            } else {
+                ""
+            },
             if self.session_expiry == 0 {
                 "clean session"
             } else {

@@ -149,6 +149,10 @@ struct Connection {
     allow_anonymous: bool,
     client_id: Arc<str>,
     version: ProtocolVersion,
+    /// CONNECT carried the bridge bit (level 0x83/0x84, mosquitto's `try_private`): the
+    /// client is another broker, so every subscription it makes gets No Local and Retain As
+    /// Published (`on_subscribe`).
+    bridge: bool,
     outbox: Option<Arc<Outbox>>,
     session: Option<SessionRef>,
     /// Shared with the session's `Link`: false once the session is no longer ours.
@@ -225,6 +229,7 @@ impl Connection {
             allow_anonymous,
             client_id: "(before CONNECT)".into(),
             version: ProtocolVersion::V311,
+            bridge: false,
             outbox: None,
             session: None,
             owns_session: Arc::new(AtomicBool::new(true)),

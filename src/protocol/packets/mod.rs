@@ -442,6 +442,7 @@ mod tests {
                 username: Some("user".into()),
                 password: Some(Bytes::from_static(&[0, 255, 10])),
                 properties: props(PropContext::Connect),
+                bridge: false,
             }),
             Packet::Connect(Connect {
                 version,
@@ -452,6 +453,7 @@ mod tests {
                 username: None,
                 password: None,
                 properties: props(PropContext::Connect),
+                bridge: false,
             }),
             Packet::ConnAck(ConnAck {
                 session_present: version != V31,
