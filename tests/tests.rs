@@ -40,6 +40,7 @@ mod suite {
     mod listeners_tls;
     mod listeners_websocket;
     mod malformed;
+    mod nats_scaleout;
     mod node_red;
     mod ops_check_config;
     mod ops_monitoring;

@@ -16,6 +16,7 @@
 //!   options the builder always sets), in its own process group.
 //! - `listeners`: a test PKI, TLS clients and refused listener configs.
 //! - `ops`: HTTP/1.1 to the metrics and health endpoints, and the Prometheus text format.
+//! - `nats`: a real 3-node NATS cluster serving MQTT (JetStream), with SIGKILL and restart of a node.
 //!
 //! One `allow(dead_code)` for the whole harness: a few helpers (`Broker::dir`, `Spawned::pid`,
 //! `Influx::is_running`, `codec::eventually`) have no caller at the moment, and test areas on
@@ -27,6 +28,7 @@ pub mod client;
 pub mod codec;
 pub mod influx;
 pub mod listeners;
+pub mod nats;
 pub mod ops;
 pub mod raw;
 pub mod spawned;
