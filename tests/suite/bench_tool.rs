@@ -245,3 +245,67 @@ fn compare_prints_candidate_over_base_ratio_per_scenario() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("5.00x") && row.contains(">=4x MET"), "{row}");
 }
+
+/// Every JSON record `mqflux-bench ARGS --port PORT --json -` printed, and its exit code.
+fn bench_records(port: u16, args: &[&str]) -> (i32, Vec<Value>) {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(BENCH)
+        .args(args)
+        .args(["--port", &port.to_string(), "--json", "-"])
+        .output()
+        .expect("run mqflux-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON record"))
+        .collect();
+    (out.status.code().unwrap_or(-1), records)
+}
+
+#[test]
+fn bridge_run_measures_a_mosquitto_bridge_and_drains_its_whole_backlog() {
+    // mosquitto bridges mqflux-bench/# out to the tool's gate, which relays to a remote mqflux.
+    let remote = Broker::start();
+    let gate = common::influx::free_port();
+    let mosquitto = Mosquitto::start(&format!(
+        "max_queued_messages 0\nconnection bench\naddress 127.0.0.1:{gate}\n\
+         topic mqflux-bench/# out 1\ncleansession false\ntry_private false\n\
+         notifications false\nrestart_timeout 1\n"
+    ));
+    let (code, records) = bench_records(
+        mosquitto.port,
+        &[
+            "bridge",
+            "--remote-port",
+            &remote.port.to_string(),
+            "--gate-port",
+            &gate.to_string(),
+            "--duration",
+            "1",
+            "--backlog",
+            "3000",
+            "--publishers",
+            "2",
+            "--window",
+            "100",
+        ],
+    );
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let (through, drain) = (&records[0], &records[1]);
+    assert_eq!(through["scenario"], "bridge");
+    assert!(n(through, "sent") > 0, "{through}");
+    assert_exactly_once(through, n(through, "sent"), n(through, "sent"));
+    assert_eq!(drain["scenario"], "bridge-drain");
+    assert_eq!(drain["name"], "bridge drain q1 3000 queued");
+    assert_eq!(
+        n(drain, "acked"),
+        3000,
+        "all queued while the remote was cut off: {drain}"
+    );
+    assert_exactly_once(drain, 3000, 3000);
+    assert!(drain["first_delivery_s"].as_f64().is_some(), "{drain}");
+    assert!(drain["delivery_rate"].as_f64().unwrap() > 0.0, "{drain}");
+    assert_eq!(code, 0);
+}
