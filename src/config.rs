@@ -46,6 +46,9 @@ pub struct Config {
     pub sink: crate::sink::SinkConfig,
     pub metrics: MetricsConfig,
     pub persistence: PersistenceConfig,
+    /// Every `[[bridges]]` table (`crate::bridge::config`): mosquitto's bridge keys plus the
+    /// durable queue's.
+    pub bridges: Vec<crate::bridge::config::BridgeConfig>,
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus) and `/health`.
@@ -116,6 +119,7 @@ impl Default for Config {
             sink: Default::default(),
             metrics: MetricsConfig::default(),
             persistence: PersistenceConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -646,6 +650,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        for bridge in &mut self.bridges {
+            bridge.resolve_paths(base);
+        }
     }
 
     /// Check value ranges that TOML types cannot express. Returns every problem found.
@@ -755,6 +762,29 @@ impl Config {
                 "persistence.periodic_interval_secs",
                 "expected at least 1 second, got 0".into(),
             );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, bridge) in self.bridges.iter().enumerate() {
+            for (key, message) in bridge.problems() {
+                bad(&format!("bridges[{i}].{key}"), message);
+            }
+            if bridge.queue_dir.is_none() && self.persistence.dir.is_none() {
+                bad(
+                    &format!("bridges[{i}].queue_dir"),
+                    "expected a directory for the bridge's durable queue (or persistence.dir, \
+                     under which it goes to bridges/<connection>)"
+                        .into(),
+                );
+            }
+            if !names.insert(bridge.connection.as_str()) {
+                bad(
+                    &format!("bridges[{i}].connection"),
+                    format!(
+                        "expected a name no other bridge has, but {:?} is used twice",
+                        bridge.connection
+                    ),
+                );
+            }
         }
         errors.extend(self.sink.validate(path));
         if errors.is_empty() {

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use log::{error, info, warn};
+use mqflux::bridge::Bridges;
 use mqflux::broker::listener::Listener;
 use mqflux::broker::security::SecurityFiles;
 use mqflux::broker::Broker;
@@ -133,8 +134,9 @@ fn check_config(file: &Path) -> ExitCode {
             for w in c.security.access_warnings(&c.listeners) {
                 eprintln!("warning: {}: {w}", file.display());
             }
+            let bridges: Vec<&str> = c.bridges.iter().map(|b| b.connection.as_str()).collect();
             println!(
-                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {})",
+                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {}, bridges {})",
                 file.display(),
                 listeners.join(" "),
                 match c.sys_interval {
@@ -143,6 +145,11 @@ fn check_config(file: &Path) -> ExitCode {
                 },
                 c.metrics.bind.as_deref().unwrap_or("off"),
                 if c.sink.enabled { "on" } else { "off" },
+                if bridges.is_empty() {
+                    "none".to_string()
+                } else {
+                    bridges.join(" ")
+                },
             );
             ExitCode::SUCCESS
         }
@@ -166,7 +173,7 @@ fn run_broker(cli: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(config, cli.recover) {
+    match run(config, cli.recover, cli.config.as_deref()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -201,7 +208,7 @@ fn load_config(cli: &RunArgs) -> Result<Config, Vec<mqflux::config::ConfigError>
     Ok(config)
 }
 
-fn run(config: Config, recover: bool) -> Result<(), String> {
+fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let security = SecurityFiles::load(
@@ -234,12 +241,28 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
     broker
         .start_housekeeping()
         .map_err(|e| format!("cannot start the housekeeping thread: {e}"))?;
+    // Before any listener opens: a publish matching a bridge must find its queue.
+    let bridges = if broker.config.bridges.is_empty() {
+        None
+    } else {
+        let bridges = Bridges::start(&broker).inspect_err(|_| {
+            broker.shutdown(Duration::from_secs(1));
+        })?;
+        broker.set_forward(bridges.clone());
+        Some(bridges)
+    };
+    let stop_bridges = || {
+        if let Some(b) = &bridges {
+            b.stop();
+        }
+    };
     let mut listeners = Vec::new();
     for (i, settings) in broker.config.listeners.iter().enumerate() {
         match Listener::start(&broker, settings) {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 // Release what is already running before giving up.
+                stop_bridges();
                 broker.shutdown(Duration::from_secs(1));
                 listeners.into_iter().for_each(Listener::stop);
                 return Err(format!("listeners[{i}]: {e}"));
@@ -266,6 +289,7 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
             if let Ok(Some(sys)) = sys {
                 sys.stop();
             }
+            stop_bridges();
             broker.shutdown(Duration::from_secs(1));
             listeners.into_iter().for_each(Listener::stop);
             return Err(error.unwrap_or_default());
@@ -283,6 +307,17 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
                 }
                 Err(e) => warn!("SIGHUP: reload failed, keeping the previous files: {e}"),
             }
+            if let (Some(bridges), Some(path)) = (&bridges, config_path) {
+                // A bridge whose `connection` stays keeps its queue (`Bridges::reload`).
+                match Config::load_with(path, &mqflux::broker::tls::check_listener) {
+                    Ok(new) => bridges.reload(&new.bridges),
+                    Err(errors) => {
+                        for e in errors {
+                            warn!("SIGHUP: bridges not reloaded: {e}");
+                        }
+                    }
+                }
+            }
             continue;
         }
         info!("received signal {signal}, shutting down");
@@ -291,6 +326,9 @@ fn run(config: Config, recover: bool) -> Result<(), String> {
     if let Some(sys) = sys {
         sys.stop();
     }
+    // The bridges first: their DISCONNECT goes out and their queues are closed (a publish
+    // arriving after that is not acknowledged, so its client sends it again).
+    stop_bridges();
     // /health answers 503 "shutting down" from here until the metrics server stops.
     broker.shutdown(Duration::from_secs(5));
     listeners.into_iter().for_each(Listener::stop);

@@ -22,6 +22,7 @@ mod common;
 mod suite {
     mod auth_files;
     mod bench_tool;
+    mod bridge;
     mod bridge_remote;
     mod codec_interop;
     mod connect;

@@ -21,6 +21,7 @@ pub mod acl;
 pub mod auth;
 pub mod connection;
 pub mod flow;
+pub mod forward;
 pub mod listener;
 pub mod message;
 pub mod outbox;
@@ -76,6 +77,9 @@ pub struct Broker {
     /// a will it publishes is never left half-recorded.
     housekeeping_thread: Mutex<Option<JoinHandle<()>>>,
     started: Instant,
+    /// The bridges, when any are configured (`set_forward`): every routed message goes there
+    /// too, and acknowledgements wait for their queues.
+    forward: OnceLock<Arc<dyn forward::Forward>>,
 }
 
 impl Broker {
@@ -97,6 +101,7 @@ impl Broker {
             shutting_down: AtomicBool::new(false),
             housekeeping_thread: Mutex::new(None),
             started: Instant::now(),
+            forward: OnceLock::new(),
         })
     }
 
@@ -132,10 +137,27 @@ impl Broker {
     /// called before acknowledging a QoS 1/2 PUBLISH, a PUBREL or a PUBREC. False when the
     /// store failed or timed out: the acknowledgement must not be sent.
     pub fn wait_durable(&self) -> bool {
-        match self.store.get() {
+        let stored = match self.store.get() {
             Some(store) if store.is_sync() => store.wait_durable(crate::store::DURABLE_TIMEOUT),
             _ => true,
-        }
+        };
+        stored && self.forward.get().is_none_or(|f| f.wait_durable())
+    }
+
+    /// Install the bridges (once, before any listener opens).
+    pub fn set_forward(&self, forward: Arc<dyn forward::Forward>) {
+        let _ = self.forward.set(forward);
+    }
+
+    /// The bridges, if any.
+    pub(crate) fn forward(&self) -> Option<&Arc<dyn forward::Forward>> {
+        self.forward.get()
+    }
+
+    /// Whether a publisher's acknowledgement waits for `wait_durable`: sync persistence, or
+    /// bridges whose durable queues must hold the message first.
+    pub fn acks_wait_durable(&self) -> bool {
+        self.acks_wait_for_store() || self.forward.get().is_some()
     }
 
     /// Whether acknowledgements wait for the store (sync persistence).

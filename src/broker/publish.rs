@@ -117,6 +117,9 @@ impl Broker {
             Routed::Shared(m) => &**m,
         };
         self.log_message(message);
+        if let Some(forward) = self.forward() {
+            forward.forward(message);
+        }
         let record = sink_record(message);
         match message.qos {
             _ if sink_id != 0 => self.sink.submit_durable(record, sink_id),

@@ -81,11 +81,29 @@ fn respond(method: &str, url: &str, broker: &Broker, probes: &[Probe]) -> http::
             render(&Snapshot::of(broker)),
         ),
         "/health" => match health(broker, probes) {
-            Ok(()) => (200, TEXT, "ok\n".into()),
-            Err(reasons) => (503, TEXT, reasons.join("\n") + "\n"),
+            Ok(()) => (200, TEXT, format!("ok\n{}", bridge_lines(broker))),
+            Err(reasons) => (503, TEXT, reasons.join("\n") + "\n" + &bridge_lines(broker)),
         },
         _ => (404, TEXT, "not found: try /metrics or /health\n".into()),
     }
+}
+
+/// One line per bridge after "ok": a bridge that is down does not make the broker unhealthy
+/// (it still takes and acknowledges messages, into the durable queue), but is worth a look.
+fn bridge_lines(broker: &Broker) -> String {
+    crate::ops::snapshot::bridge_figures(broker)
+        .iter()
+        .map(|b| {
+            format!(
+                "bridge {}: {} ({}), {} queued, oldest {:.0} s\n",
+                b.name,
+                if b.up { "up" } else { "down" },
+                b.address,
+                b.queued_messages,
+                b.oldest_age_secs
+            )
+        })
+        .collect()
 }
 
 /// Ok when the broker can serve clients; otherwise every reason it cannot.
@@ -255,7 +273,52 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(k) = &s.sink {
         render_sink(&mut e, k);
     }
+    if !s.bridges.is_empty() {
+        render_bridges(&mut e, &s.bridges);
+    }
     e.0
+}
+
+/// The bridges' figures ($SYS/broker/bridge/<connection>/...), one sample per bridge.
+fn render_bridges(e: &mut Exposition, bridges: &[crate::bridge::stats::BridgeFigures]) {
+    type Figure = fn(&crate::bridge::stats::BridgeFigures) -> u64;
+    let families: [(&str, &str, &str, Figure); 9] = [
+        ("mqflux_bridge_up", "gauge", "1 while the bridge is connected to its remote ($SYS/broker/bridge/<name>/state).", |b| b.up as u64),
+        ("mqflux_bridge_queued_messages", "gauge", "Messages in the bridge's durable queue, in flight included ($SYS/broker/bridge/<name>/queue/messages).", |b| b.queued_messages),
+        ("mqflux_bridge_queued_bytes", "gauge", "Bytes of the queued messages (topic + payload + 64 each; queue_max_bytes bounds it).", |b| b.queued_bytes),
+        ("mqflux_bridge_oldest_age_seconds", "gauge", "Age of the oldest queued message in whole seconds (0 when the queue is empty).", |b| b.oldest_age_secs as u64),
+        ("mqflux_bridge_sent_total", "counter", "Messages sent to the remote (first sends; resends after a reconnection not counted).", |b| b.sent),
+        ("mqflux_bridge_acked_total", "counter", "Messages the remote acknowledged (PUBACK, PUBCOMP; QoS 0 once written), which left the queue.", |b| b.acked),
+        ("mqflux_bridge_resent_total", "counter", "Messages sent again (DUP) after a reconnection.", |b| b.resent),
+        ("mqflux_bridge_received_total", "counter", "Messages received from the remote (`in`) and published locally.", |b| b.received),
+        ("mqflux_bridge_reconnects_total", "counter", "Connections to the remote after the first one.", |b| b.reconnects),
+    ];
+    for (name, kind, help, figure) in families {
+        let labels: Vec<(String, u64)> = bridges
+            .iter()
+            .map(|b| (format!("{{bridge=\"{}\"}}", b.name), figure(b)))
+            .collect();
+        let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        e.family(name, kind, help, &samples);
+    }
+    let mut labels = Vec::new();
+    for b in bridges {
+        for (reason, n) in [
+            ("queue_full", b.dropped_queue_full),
+            ("too_large", b.dropped_too_large),
+            ("refused", b.dropped_refused),
+            ("denied", b.dropped_denied),
+        ] {
+            labels.push((format!("{{bridge=\"{}\",reason=\"{reason}\"}}", b.name), n));
+        }
+    }
+    let samples: Vec<(&str, u64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    e.family(
+        "mqflux_bridge_dropped_total",
+        "counter",
+        "Messages a bridge dropped, by reason: queue_full (oldest dropped at queue_max_bytes), too_large (over the remote's packet limit), refused (the remote's v5 reason code >= 0x80), denied (`in`: local ACL of local_username).",
+        &samples,
+    );
 }
 
 /// The InfluxDB sink's figures ($SYS/broker/sink/...).

@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub resident_peak_bytes: Option<u64>,
     /// The InfluxDB sink's counters; None when the sink is disabled.
     pub sink: Option<crate::sink::SinkStats>,
+    /// Every bridge's figures, in configuration order (empty without `[[bridges]]`).
+    pub bridges: Vec<crate::bridge::stats::BridgeFigures>,
 }
 
 impl Snapshot {
@@ -80,6 +82,7 @@ impl Snapshot {
             resident_bytes: memory.map(|m| m.resident_bytes),
             resident_peak_bytes: memory.map(|m| m.peak_resident_bytes),
             sink: broker.sink.is_enabled().then(|| broker.sink.stats()),
+            bridges: bridge_figures(broker),
         }
     }
 
@@ -92,6 +95,15 @@ impl Snapshot {
     pub fn publish_dropped(&self) -> u64 {
         self.dropped_queue_full + self.dropped_slow_subscriber
     }
+}
+
+/// The bridges the broker forwards to (`Broker::set_forward`), when they are ours.
+pub fn bridge_figures(broker: &Broker) -> Vec<crate::bridge::stats::BridgeFigures> {
+    broker
+        .forward()
+        .and_then(|f| f.as_any().downcast_ref::<crate::bridge::Bridges>())
+        .map(|b| b.figures())
+        .unwrap_or_default()
 }
 
 /// The process's resident memory from /proc/self/status (Linux). mosquitto's heap/current

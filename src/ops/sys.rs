@@ -182,6 +182,28 @@ pub fn sys_values(s: &Snapshot, loads: &LoadTracker) -> Vec<(String, String)> {
         let last_error = k.last_error.as_deref().unwrap_or("none");
         put("sink/last_error", last_error.to_string());
     }
+    for b in &s.bridges {
+        let mut bridge =
+            |path: &str, value: String| put(&format!("bridge/{}/{path}", b.name), value);
+        bridge("state", (b.up as u8).to_string());
+        bridge("queue/messages", b.queued_messages.to_string());
+        bridge("queue/bytes", b.queued_bytes.to_string());
+        bridge("queue/oldest_age", format!("{:.0}", b.oldest_age_secs));
+        bridge("messages/sent", b.sent.to_string());
+        bridge("messages/acked", b.acked.to_string());
+        bridge("messages/received", b.received.to_string());
+        bridge(
+            "messages/dropped/queue_full",
+            b.dropped_queue_full.to_string(),
+        );
+        bridge(
+            "messages/dropped/too_large",
+            b.dropped_too_large.to_string(),
+        );
+        bridge("messages/dropped/refused", b.dropped_refused.to_string());
+        bridge("messages/dropped/denied", b.dropped_denied.to_string());
+        bridge("reconnects", b.reconnects.to_string());
+    }
     for (path, l) in loads.iter() {
         for (window, avg) in [("1min", l.one), ("5min", l.five), ("15min", l.fifteen)] {
             put(

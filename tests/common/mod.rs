@@ -17,6 +17,8 @@
 //! - `listeners`: a test PKI, TLS clients and refused listener configs.
 //! - `ops`: HTTP/1.1 to the metrics and health endpoints, and the Prometheus text format.
 //! - `nats`: a real 3-node NATS cluster serving MQTT (JetStream), with SIGKILL and restart of a node.
+//! - `remote`: Debian's mosquitto as a second broker (bridge tests), killable and restartable.
+//! - `fault_proxy`: a TCP proxy that forwards, pauses, blackholes (no FIN) or resets.
 //!
 //! One `allow(dead_code)` for the whole harness: a few helpers (`Broker::dir`, `Spawned::pid`,
 //! `Influx::is_running`, `codec::eventually`) have no caller at the moment, and test areas on
@@ -26,11 +28,13 @@
 pub mod bench;
 pub mod client;
 pub mod codec;
+pub mod fault_proxy;
 pub mod influx;
 pub mod listeners;
 pub mod nats;
 pub mod ops;
 pub mod raw;
+pub mod remote;
 pub mod spawned;
 
 use std::io::{BufRead, BufReader};

@@ -77,7 +77,7 @@ impl Connection {
     /// held back until the client has nothing more buffered (see `serve`), so a burst of
     /// PUBLISHes costs one wait on the store, not one each; the ack order is kept.
     pub(super) fn ack_durable(&mut self, packet: Packet) -> Result<(), Exit> {
-        if !self.broker.acks_wait_for_store() {
+        if !self.broker.acks_wait_durable() {
             return self.send(packet);
         }
         self.unconfirmed.push(packet);

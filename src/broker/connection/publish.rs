@@ -72,7 +72,8 @@ impl Connection {
         let sink_only = p.qos != QoS::ExactlyOnce
             && !p.retain
             && !self.broker.config.log.messages
-            && !self.broker.router.has_subscriptions();
+            && !self.broker.router.has_subscriptions()
+            && self.broker.forward().is_none_or(|f| !f.takes(p.topic));
         if !sink_only {
             return self.route_publish(p.into_owned());
         }
