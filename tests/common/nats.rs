@@ -16,7 +16,7 @@
 
 use super::influx::free_port;
 use super::raw::{self, RawClient};
-use super::spawned::Spawned;
+use super::spawned::{self, Spawned};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -170,8 +170,19 @@ impl NatsCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "NATS node {} not ready (healthy: {healthy}) within {READY_TIMEOUT:?}; log:\n{}",
+                "NATS node {} not ready (healthy: {healthy}, process {}) within \
+                 {READY_TIMEOUT:?}; config:\n{}\nlog:\n{}",
                 node.name,
+                if node
+                    .process
+                    .as_ref()
+                    .is_some_and(|p| spawned::process_exists(p.pid()))
+                {
+                    "running"
+                } else {
+                    "gone"
+                },
+                std::fs::read_to_string(&node.config).unwrap_or_default(),
                 node.log()
             );
             std::thread::sleep(Duration::from_millis(200));
