@@ -157,7 +157,7 @@ topic = ["site/{site}/# out 2"]
 /// with the device's own timestamp (`ts`), so a message NATS delivers twice (at least once
 /// across a node failure) overwrites its own point instead of adding one. (QoS 2 from NATS
 /// lost 3-38 of 600 messages of a site in 7 of 7 runs, also without a node killed, none
-/// logged as a duplicate by the bridge: not isolated yet, see the README.)
+/// logged as a duplicate by the bridge, which counted exactly what was stored: see the README.)
 fn central_config(
     influx: &Influx,
     store: &std::path::Path,
