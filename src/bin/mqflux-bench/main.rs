@@ -1,8 +1,9 @@
 //! mqflux-bench: a closed-loop MQTT load generator for comparing brokers.
 //!
-//! Scenarios (fan-in, fan-out, pairs, latency, connections) each run bounded in time and in message
-//! count, count lost / duplicated / reordered messages, print a table row and optionally one JSON
-//! line. `suite` runs the standard set from issue 8; `compare` prints two result files side by side.
+//! Scenarios (fan-in, fan-out, pairs, latency, connections, and a broker's bridge: `bridge.rs`)
+//! each run bounded in time and in message count, count lost / duplicated / reordered messages,
+//! print a table row and optionally one JSON line. `suite` runs the standard set from issue 8;
+//! `compare` prints two result files side by side.
 
 mod bridge;
 mod client;
@@ -37,6 +38,7 @@ Examples:
   mqflux-bench latency --port 1883 --rate 5000 --qos 0 --duration 10
   mqflux-bench connections --port 1883 --count 10000 --broker-pid $(pidof mosquitto)
   mqflux-bench suite --port 1883 --label mosquitto --json mosq.jsonl --quick
+  mqflux-bench bridge --port 1883 --remote-port 1884 --gate-port 1885 --backlog 1000000
   mqflux-bench compare mosq.jsonl mqflux.jsonl";
 
 #[derive(Parser, Debug)]
