@@ -3,8 +3,13 @@
 # mqflux, in one run, then a table with ratios (mqflux / mosquitto).
 #
 #   scripts/bench.sh [--quick] [--only NAME[,NAME..]] [--duration SECS] [--latency-rounds N]
-#                    [--out DIR] [--no-build] [--install-rumqttd]
+#                    [--out DIR] [--no-build] [--install-rumqttd] [--dashboard]
 #
+# - --dashboard: a second mqflux with the web dashboard on (`[dashboard]`) and a dashboard
+#   "open" on it the whole time: a Server-Sent Events client on /api/v1/events and a poller
+#   reading the overview, clients and topics every second, as the pages do. Every scenario also
+#   runs on it (after plain mqflux), and a second table compares mqflux with the dashboard to
+#   mqflux without (DIR/mqflux-dashboard.jsonl).
 # - Installs Debian's mosquitto if it is missing (apt-get; needs root).
 # - rumqttd (bytebeam's broker; it stops reading publishers while a subscriber is behind, so it
 #   loses nothing in the open-loop fan-in) runs the fan-in scenarios as a third broker when it
@@ -62,6 +67,7 @@ DURATION=()
 OUT=""
 BUILD=1
 INSTALL_RUMQTTD=0
+DASHBOARD=0
 LAT_ROUNDS=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -74,6 +80,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --install-rumqttd) INSTALL_RUMQTTD=1 ;;
+        --dashboard) DASHBOARD=1 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -85,6 +92,7 @@ mkdir -p "$OUT"
 : > "$OUT/mosquitto.jsonl"
 : > "$OUT/mqflux.jsonl"
 : > "$OUT/rumqttd.jsonl"
+: > "$OUT/mqflux-dashboard.jsonl"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -191,11 +199,16 @@ MOSQ_PID=""
 MQF_PID=""
 RUM_PID=""
 BRIDGE_PIDS=""
+DASH_PID=""
+VIEWER_PIDS=""
 cleanup() {
-    for pid in $MOSQ_PID $MQF_PID $RUM_PID $BRIDGE_PIDS; do
+    for pid in $VIEWER_PIDS; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $MOSQ_PID $MQF_PID $RUM_PID $BRIDGE_PIDS; do
+    for pid in $MOSQ_PID $MQF_PID $RUM_PID $DASH_PID $BRIDGE_PIDS; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $MOSQ_PID $MQF_PID $RUM_PID $DASH_PID $BRIDGE_PIDS; do
         for _ in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
@@ -280,6 +293,33 @@ EOF
     log "rumqttd pid $RUM_PID port $RUM_PORT (fan-in scenarios)"
 fi
 
+if [ "$DASHBOARD" = 1 ]; then
+    DASH_PORT=$(free_port)
+    while [ "$DASH_PORT" = "$MOSQ_PORT" ] || [ "$DASH_PORT" = "$MQF_PORT" ]; do DASH_PORT=$(free_port); done
+    DASH_HTTP=$(free_port)
+    while [ "$DASH_HTTP" = "$DASH_PORT" ]; do DASH_HTTP=$(free_port); done
+    { cat "$ROOT/scripts/bench-mqflux.toml"; printf '\n[dashboard]\nbind = "127.0.0.1:%s"\n' "$DASH_HTTP"; } \
+        > "$OUT/mqflux-dashboard.toml"
+    "${BROKER_PIN[@]}" "$MQFLUX" --config "$OUT/mqflux-dashboard.toml" --bind 127.0.0.1 \
+        --port "$DASH_PORT" -q >"$OUT/mqflux-dashboard.log" 2>&1 &
+    DASH_PID=$!
+    wait_port "$DASH_PORT" "$DASH_PID" mqflux-dashboard
+    wait_port "$DASH_HTTP" "$DASH_PID" mqflux-dashboard
+    # The open dashboard: an event stream, and the page's reads once a second (the tool's CPU).
+    "${TOOL_PIN[@]}" curl -sN "http://127.0.0.1:$DASH_HTTP/api/v1/events" >"$OUT/dashboard-events.txt" 2>&1 &
+    VIEWER_PIDS="$!"
+    (
+        while kill -0 "$DASH_PID" 2>/dev/null; do
+            for path in overview clients topics; do
+                curl -s -o /dev/null "http://127.0.0.1:$DASH_HTTP/api/v1/$path" || true
+            done
+            sleep 1
+        done
+    ) &
+    VIEWER_PIDS="$VIEWER_PIDS $!"
+    log "mqflux with dashboard pid $DASH_PID port $DASH_PORT, dashboard http://127.0.0.1:$DASH_HTTP/ (open: SSE + polling)"
+fi
+
 log "mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -1 | awk '{print $3}') pid $MOSQ_PID port $MOSQ_PORT"
 log "mqflux pid $MQF_PID port $MQF_PORT"
 log "results in $OUT"
@@ -307,7 +347,9 @@ for s in "${SCENARIOS[@]}"; do
                 if [ $((r % 2)) = 1 ]; then
                     run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s" "$ROUND_SECS"
                     run_one mqflux "$MQF_PORT" "$MQF_PID" "$s" "$ROUND_SECS"
+                    if [ -n "$DASH_PID" ]; then run_one mqflux-dashboard "$DASH_PORT" "$DASH_PID" "$s" "$ROUND_SECS"; fi
                 else
+                    if [ -n "$DASH_PID" ]; then run_one mqflux-dashboard "$DASH_PORT" "$DASH_PID" "$s" "$ROUND_SECS"; fi
                     run_one mqflux "$MQF_PORT" "$MQF_PID" "$s" "$ROUND_SECS"
                     run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s" "$ROUND_SECS"
                 fi
@@ -316,6 +358,7 @@ for s in "${SCENARIOS[@]}"; do
         *)
             run_one mosquitto "$MOSQ_PORT" "$MOSQ_PID" "$s"
             run_one mqflux "$MQF_PORT" "$MQF_PID" "$s"
+            if [ -n "$DASH_PID" ]; then run_one mqflux-dashboard "$DASH_PORT" "$DASH_PID" "$s"; fi
             case "$s" in
                 fan-in*v5) if [ -n "$RUM_PID" ]; then run_one rumqttd "$RUM_PORT5" "$RUM_PID" "$s"; fi ;;
                 fan-in*) if [ -n "$RUM_PID" ]; then run_one rumqttd "$RUM_PORT" "$RUM_PID" "$s"; fi ;;
@@ -325,13 +368,15 @@ for s in "${SCENARIOS[@]}"; do
 done
 log "scenarios took $(( $(date +%s) - START )) s"
 
-for pair in "mosquitto:$MOSQ_PID" "mqflux:$MQF_PID"; do
+for pair in "mosquitto:$MOSQ_PID" "mqflux:$MQF_PID" ${DASH_PID:+"mqflux-dashboard:$DASH_PID"}; do
     kill -0 "${pair#*:}" 2>/dev/null || log "WARNING: ${pair%%:*} died during the run (see $OUT/${pair%%:*}.log)"
 done
 cleanup
 MOSQ_PID=""
 MQF_PID=""
 RUM_PID=""
+DASH_PID=""
+VIEWER_PIDS=""
 fi
 
 # --- bridges -----------------------------------------------------------------------------------
@@ -433,5 +478,11 @@ fi
     if [ -s "$OUT/rumqttd.jsonl" ]; then
         echo
         "$BENCH" compare "$OUT/rumqttd.jsonl" "$OUT/mqflux.jsonl"
+    fi
+    if [ -s "$OUT/mqflux-dashboard.jsonl" ]; then
+        echo
+        echo "mqflux with the dashboard open (SSE + polling) / mqflux without:"
+        "$BENCH" compare "$OUT/mqflux.jsonl" "$OUT/mqflux-dashboard.jsonl"
+        echo "dashboard: $(grep -c '^event: sample' "$OUT/dashboard-events.txt" || true) SSE samples received"
     fi
 } | tee "$OUT/side-by-side.txt"

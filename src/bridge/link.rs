@@ -92,6 +92,9 @@ pub struct Link {
     pub last_received: Instant,
     /// Largest packet we read (the default `limits`-like bound for what the remote sends).
     max_in: usize,
+    /// Packets that came in the same read as CONNACK (a remote resending its session's
+    /// messages at once), handed out by the next `poll`.
+    early: Vec<Packet>,
 }
 
 /// The TLS client configuration of a bridge with `bridge_cafile`, None without TLS.
@@ -275,6 +278,7 @@ impl Link {
             last_sent: Instant::now(),
             last_received: Instant::now(),
             max_in: protocol::MAX_REMAINING_LENGTH + 5,
+            early: Vec::new(),
         };
         protocol::encode_packet(&Packet::Connect(connect), version, &mut link.wbuf);
         link.flush()
@@ -285,7 +289,11 @@ impl Link {
                 LinkError::Broken(_) => LinkError::NoConnAck,
                 other => other,
             })?;
-            if let Some(first) = packets.into_iter().next() {
+            let mut packets = packets.into_iter();
+            if let Some(first) = packets.next() {
+                // Whatever followed CONNACK in the same read is the session's first traffic:
+                // dropping it would lose messages the remote then considers delivered.
+                link.early.extend(packets);
                 return match first {
                     Packet::ConnAck(ack) if ack.code == 0 => Ok((link, ack)),
                     Packet::ConnAck(ack) => Err(LinkError::Refused(ack.code)),
@@ -335,6 +343,9 @@ impl Link {
 
     /// Read once (waiting at most the read timeout) and return every whole packet received.
     pub fn poll(&mut self) -> Result<Vec<Packet>, LinkError> {
+        if !self.early.is_empty() {
+            return Ok(std::mem::take(&mut self.early));
+        }
         let mut chunk = [0u8; 32 * 1024];
         match self.stream.read(&mut chunk) {
             Ok(0) => return Err(LinkError::Broken("the remote closed the connection".into())),

@@ -15,155 +15,37 @@
 //! the local side is durable.
 //!
 //! Files: `config` (keys, topic grammar), `queue` (durable queue), `link` (the client
-//! connection), `session` (the thread: failover, keep-alive, dispatch), `out`, `inbound`,
-//! `stats`. Floor: above `broker` (it calls the broker's publish pipeline), below `ops` (which
-//! reads `Bridges::figures`).
+//! connection), `running` (one bridge: settings, queue, counters, its thread), `session` (the
+//! thread: failover, keep-alive, dispatch), `out`, `inbound`, `stats`. Floor: above `broker`
+//! (it calls the broker's publish pipeline), below `ops` (which reads `Bridges::figures`). The
+//! files import each other directly (`super::running::Bridge`), so no file is on an import
+//! cycle with this front door.
 
 pub mod config;
 mod inbound;
 mod link;
 mod out;
 pub mod queue;
+mod running;
 mod session;
 pub mod stats;
 
 use crate::broker::forward::Forward;
-use crate::broker::message::{now_ns, Message};
+use crate::broker::message::Message;
 use crate::broker::Broker;
-use crate::protocol::QoS;
-use config::{BridgeConfig, TopicLine};
+use config::BridgeConfig;
 use log::{info, warn};
 use queue::Queue;
+use running::Bridge;
 use stats::{BridgeFigures, BridgeStats};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-/// One running bridge: its settings, queue, counters and thread.
-pub struct Bridge {
-    pub config: BridgeConfig,
-    lines: Vec<TopicLine>,
-    pub queue: Arc<Queue>,
-    pub stats: BridgeStats,
-    broker: Arc<Broker>,
-    /// The publisher id of what this bridge brings in: never forwarded back out by it.
-    local_clientid: Arc<str>,
-    stopping: AtomicBool,
-    wake: (Mutex<()>, Condvar),
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Bridge {
-    fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Sleep up to `d`, ended early by `stop`; drops counted meanwhile are logged each second.
-    fn sleep(&self, d: Duration) {
-        let end = std::time::Instant::now() + d;
-        loop {
-            self.queue.flush_drop_log();
-            let left = end.saturating_duration_since(std::time::Instant::now());
-            let guard = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
-            if self.is_stopping() || left.is_zero() {
-                return;
-            }
-            let _ = self
-                .wake
-                .1
-                .wait_timeout(guard, left.min(Duration::from_secs(1)));
-        }
-    }
-
-    /// `notifications`: the retained connection state, 1 or 0, on the local broker.
-    fn notify(&self, up: bool) {
-        if !self.config.notifications {
-            return;
-        }
-        let message = Message::new(
-            self.config.notification_topic().into(),
-            bytes::Bytes::from_static(if up { b"1" } else { b"0" }),
-            QoS::AtLeastOnce,
-            true,
-            Default::default(),
-            None,
-            now_ns(),
-        );
-        self.broker.publish(message);
-    }
-
-    /// Queue `message` if an `out` line takes it.
-    fn forward(&self, message: &Message) {
-        if message.publisher.as_deref() == Some(&*self.local_clientid) {
-            return; // it came in over this bridge
-        }
-        let Some((remote, qos)) = self.lines.iter().find_map(|l| {
-            if !l.direction.is_out() {
-                return None;
-            }
-            l.to_remote(&message.topic).map(|t| (t, l.qos))
-        }) else {
-            return;
-        };
-        if message.is_expired() {
-            return;
-        }
-        self.queue.push(
-            remote.into(),
-            message.payload.clone(),
-            message.qos.min(qos),
-            message.retain,
-            message.received_at_ns,
-        );
-    }
-
-    fn takes(&self, topic: &str) -> bool {
-        self.lines
-            .iter()
-            .any(|l| l.direction.is_out() && l.to_remote(topic).is_some())
-    }
-
-    fn figures(&self) -> BridgeFigures {
-        let s = &self.stats;
-        let (queued_messages, queued_bytes, oldest) = self.queue.depth();
-        let d = &self.queue.drops;
-        let index = BridgeStats::get(&s.address_index) as usize;
-        BridgeFigures {
-            name: self.config.connection.clone(),
-            up: s.up.load(Ordering::Relaxed),
-            address: self.config.address.get(index).cloned().unwrap_or_default(),
-            queued_messages,
-            queued_bytes,
-            oldest_age_secs: oldest
-                .map(|at| ((now_ns() - at).max(0) as f64) / 1e9)
-                .unwrap_or(0.0),
-            sent: BridgeStats::get(&s.sent),
-            resent: BridgeStats::get(&s.resent),
-            acked: BridgeStats::get(&s.acked),
-            received: BridgeStats::get(&s.received),
-            reconnects: BridgeStats::get(&s.reconnects),
-            dropped_queue_full: d.queue_full.load(Ordering::Relaxed),
-            dropped_too_large: d.too_large.load(Ordering::Relaxed),
-            dropped_refused: d.refused.load(Ordering::Relaxed),
-            dropped_denied: BridgeStats::get(&s.denied),
-        }
-    }
-
-    /// Stop the thread (DISCONNECT to the remote) and wait for it; the queue stays open.
-    fn stop_thread(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        {
-            let _guard = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
-            self.wake.1.notify_all();
-        }
-        self.queue.wake();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = thread {
-            let _ = t.join();
-        }
-    }
+/// What is wrong with a bridge's TLS files (they must load and fit together), for
+/// `check-config`; None when they are fine or TLS is off.
+pub fn tls_problem(c: &BridgeConfig) -> Option<String> {
+    link::tls_config(c).err()
 }
 
 /// Every configured bridge; the broker's `Forward`.
@@ -171,6 +53,8 @@ pub struct Bridges {
     broker: Arc<Broker>,
     /// Where queues live when a bridge names no `queue_dir`: `<persistence.dir>/bridges`.
     default_root: Option<PathBuf>,
+    /// `mqflux --recover`: open damaged queue journals with what can be read.
+    recover: bool,
     running: RwLock<Vec<Arc<Bridge>>>,
 }
 
@@ -183,7 +67,7 @@ fn queue_path(c: &BridgeConfig, default_root: Option<&Path>) -> Option<PathBuf> 
 impl Bridges {
     /// Open every bridge's queue and start its thread. Call before the listeners open, then
     /// hand the result to `Broker::set_forward`.
-    pub fn start(broker: &Arc<Broker>) -> Result<Arc<Bridges>, String> {
+    pub fn start(broker: &Arc<Broker>, recover: bool) -> Result<Arc<Bridges>, String> {
         let default_root = broker
             .config
             .persistence
@@ -193,6 +77,7 @@ impl Bridges {
         let bridges = Arc::new(Bridges {
             broker: broker.clone(),
             default_root,
+            recover,
             running: RwLock::new(Vec::new()),
         });
         let configs = broker.config.bridges.clone();
@@ -214,6 +99,8 @@ impl Bridges {
     }
 
     fn start_one(&self, c: BridgeConfig, queue: Option<Arc<Queue>>) -> Result<Arc<Bridge>, String> {
+        // TLS files that do not load are refused now, not logged later by the thread.
+        link::tls_config(&c).map_err(|e| format!("bridge {}: {e}", c.connection))?;
         let queue = match queue {
             Some(q) => q,
             None => {
@@ -223,7 +110,7 @@ impl Bridges {
                         c.connection
                     )
                 })?;
-                Queue::open(&c.connection, &dir, c.queue_max_bytes)
+                Queue::open(&c.connection, &dir, c.queue_max_bytes, self.recover)
                     .map_err(|e| format!("bridge {}: cannot open its queue: {e}", c.connection))?
             }
         };
@@ -263,9 +150,14 @@ impl Bridges {
     /// running; one whose `connection` stays but settings changed restarts with the same queue;
     /// a removed one stops (its queue stays on disk); a new one starts.
     pub fn reload(&self, configs: &[BridgeConfig]) {
-        let mut running = self.running.write().unwrap_or_else(|e| e.into_inner());
+        // No lock is held while threads stop and start: a bridge thread publishing locally
+        // calls `forward`, which reads the list.
+        let old: Vec<Arc<Bridge>> = self
+            .running
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut next = Vec::new();
-        let old: Vec<Arc<Bridge>> = std::mem::take(&mut *running);
         for c in configs {
             match old.iter().find(|b| b.config.connection == c.connection) {
                 Some(b) if b.config == *c => next.push(b.clone()),
@@ -289,6 +181,7 @@ impl Bridges {
                 },
             }
         }
+        *self.running.write().unwrap_or_else(|e| e.into_inner()) = next;
         for b in &old {
             if !configs.iter().any(|c| c.connection == b.config.connection) {
                 info!(
@@ -299,7 +192,6 @@ impl Bridges {
                 b.queue.close();
             }
         }
-        *running = next;
     }
 
     /// Figures of every bridge, in configuration order.

@@ -4,7 +4,7 @@
 //! message is never sent twice after a cut or a restart.
 
 use super::link::Link;
-use super::queue::{Entry, Queue};
+use super::queue::{DropReason, Entry, Queue};
 use super::stats::BridgeStats;
 use crate::protocol::{reason, Ack, Packet, Publish, QoS};
 use log::debug;
@@ -51,15 +51,29 @@ impl Outgoing {
             self.in_flight.insert(id, e.seq);
             if e.released {
                 link.queue(&Packet::PubRel(Ack::new(id)));
-            } else {
-                link.queue(&self.publish(&e, true));
+            } else if let Some(publish) = self.publish(&e, true) {
+                link.queue(&publish);
                 BridgeStats::add(&stats.resent, 1);
+            } else {
+                self.in_flight.remove(&id);
+                queue.drop_unsendable(&e, DropReason::Expired);
             }
         }
     }
 
-    fn publish(&self, e: &Entry, dup: bool) -> Packet {
-        Packet::Publish(Publish {
+    /// The PUBLISH for `e`; None when its Message Expiry Interval has passed [MQTT-3.3.2-5].
+    fn publish(&self, e: &Entry, dup: bool) -> Option<Packet> {
+        let mut properties = e.properties.clone();
+        if let Some(interval) = e.properties.message_expiry_interval {
+            // [MQTT-3.3.2-6] forward the interval minus the whole seconds it waited.
+            let waited = (crate::broker::message::now_ns() - e.received_at_ns).max(0) as u64;
+            let left = (interval as u64).checked_sub(waited / 1_000_000_000)?;
+            if left == 0 {
+                return None;
+            }
+            properties.message_expiry_interval = Some(left as u32);
+        }
+        Some(Packet::Publish(Publish {
             dup,
             qos: e.qos,
             retain: e.retain && self.retain,
@@ -70,8 +84,8 @@ impl Outgoing {
                 e.packet_id()
             },
             payload: e.payload.clone(),
-            properties: Default::default(),
-        })
+            properties,
+        }))
     }
 
     /// Queue on the link as many messages as the window and the rate cap allow.
@@ -99,12 +113,14 @@ impl Outgoing {
                     e.payload.len(),
                     self.max_packet
                 );
-                if e.qos != QoS::AtMostOnce {
-                    queue.drop_unsendable(e.seq);
-                }
+                queue.drop_unsendable(&e, DropReason::TooLarge);
                 continue;
             }
-            link.queue(&self.publish(&e, false));
+            let Some(publish) = self.publish(&e, false) else {
+                queue.drop_unsendable(&e, DropReason::Expired);
+                continue;
+            };
+            link.queue(&publish);
             sent += 1;
             if e.qos == QoS::AtMostOnce {
                 acked += 1;

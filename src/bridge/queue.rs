@@ -9,11 +9,12 @@
 //! remote's PUBREC is recorded (`released`), so after a reconnection or a restart the bridge
 //! resends PUBREL, not the PUBLISH: the remote sees the message once.
 //!
-//! Keys: `q` + seq (u64 BE) -> [qos][retain][received_at_ns i64 LE][topic len u32 LE][topic]
-//! [payload]; `r` + seq -> "" (PUBREC received); `i` + packet id (u16 BE) -> "" (a QoS 2
+//! Keys: `q` + seq (u64 BE) -> [qos][flags: 1 retain, 2 properties][received_at_ns i64 LE]
+//! [topic len u32 LE][topic]([properties len u32 LE][properties])[payload] (the v5 properties
+//! a message keeps on its way: `encode_properties`); `r` + seq -> "" (PUBREC received); `i` + packet id (u16 BE) -> "" (a QoS 2
 //! message from the remote routed locally, its PUBREL not yet seen: `in` direction).
 
-use crate::protocol::QoS;
+use crate::protocol::{Properties, PublishProperties, QoS};
 use crate::store::journal::{JournalError, Map, Op};
 use crate::store::{PersistenceMode, Store};
 use bytes::Bytes;
@@ -22,7 +23,7 @@ use std::cell::RefCell;
 use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const ENTRY: u8 = b'q';
@@ -40,6 +41,8 @@ pub struct Entry {
     pub topic: Arc<str>,
     pub payload: Bytes,
     pub received_at_ns: i64,
+    /// The v5 properties forwarded with it (Message Expiry Interval as published).
+    pub properties: PublishProperties,
     /// QoS 2: the remote's PUBREC is recorded; only PUBREL/PUBCOMP remain.
     pub released: bool,
 }
@@ -68,32 +71,113 @@ fn key(kind: u8, seq: u64) -> Vec<u8> {
 }
 
 fn encode(e: &Entry) -> Vec<u8> {
-    let mut v = Vec::with_capacity(14 + e.topic.len() + e.payload.len());
+    let properties = encode_properties(&e.properties);
+    let mut v = Vec::with_capacity(18 + e.topic.len() + properties.len() + e.payload.len());
     v.push(e.qos as u8);
-    v.push(e.retain as u8);
+    v.push(e.retain as u8 | if properties.is_empty() { 0 } else { 2 });
     v.extend_from_slice(&e.received_at_ns.to_le_bytes());
     v.extend_from_slice(&(e.topic.len() as u32).to_le_bytes());
     v.extend_from_slice(e.topic.as_bytes());
+    if !properties.is_empty() {
+        v.extend_from_slice(&(properties.len() as u32).to_le_bytes());
+        v.extend_from_slice(&properties);
+    }
     v.extend_from_slice(&e.payload);
     v
 }
 
 fn decode(seq: u64, v: &[u8]) -> Option<Entry> {
     let qos = QoS::from_u8(*v.first()?)?;
-    let retain = *v.get(1)? != 0;
+    let flags = *v.get(1)?;
     let received_at_ns = i64::from_le_bytes(v.get(2..10)?.try_into().ok()?);
     let len = u32::from_le_bytes(v.get(10..14)?.try_into().ok()?) as usize;
     let topic = std::str::from_utf8(v.get(14..14 + len)?).ok()?;
-    let payload = Bytes::copy_from_slice(v.get(14 + len..)?);
+    let mut at = 14 + len;
+    let mut properties = PublishProperties::default();
+    if flags & 2 != 0 {
+        let n = u32::from_le_bytes(v.get(at..at + 4)?.try_into().ok()?) as usize;
+        properties = decode_properties(v.get(at + 4..at + 4 + n)?)?;
+        at += 4 + n;
+    }
+    let payload = Bytes::copy_from_slice(v.get(at..)?);
     Some(Entry {
         seq,
         qos,
-        retain,
+        retain: flags & 1 != 0,
         topic: topic.into(),
         payload,
         received_at_ns,
+        properties,
         released: false,
     })
+}
+
+/// The v5 properties a forwarded message keeps (section 3.3.2.3: what a server passes on
+/// unchanged), as `[id][value]...`: numbers LE, strings and binary data with a u32 LE length.
+fn encode_properties(p: &Properties) -> Vec<u8> {
+    let mut v = Vec::new();
+    let bytes = |v: &mut Vec<u8>, id: u8, b: &[u8]| {
+        v.push(id);
+        v.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        v.extend_from_slice(b);
+    };
+    if let Some(f) = p.payload_format_indicator {
+        v.extend_from_slice(&[0x01, f]);
+    }
+    if let Some(e) = p.message_expiry_interval {
+        v.push(0x02);
+        v.extend_from_slice(&e.to_le_bytes());
+    }
+    if let Some(t) = &p.content_type {
+        bytes(&mut v, 0x03, t.as_bytes());
+    }
+    if let Some(t) = &p.response_topic {
+        bytes(&mut v, 0x08, t.as_bytes());
+    }
+    if let Some(d) = &p.correlation_data {
+        bytes(&mut v, 0x09, d);
+    }
+    for (k, val) in &p.user_properties {
+        bytes(&mut v, 0x26, k.as_bytes());
+        bytes(&mut v, 0x26, val.as_bytes());
+    }
+    v
+}
+
+fn decode_properties(mut b: &[u8]) -> Option<PublishProperties> {
+    let mut p = Properties::default();
+    let mut key: Option<String> = None;
+    let take = |b: &mut &[u8]| -> Option<Vec<u8>> {
+        let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let out = b.get(4..4 + n)?.to_vec();
+        *b = &b[4 + n..];
+        Some(out)
+    };
+    while let Some((&id, rest)) = b.split_first() {
+        b = rest;
+        match id {
+            0x01 => {
+                p.payload_format_indicator = Some(*b.first()?);
+                b = &b[1..];
+            }
+            0x02 => {
+                p.message_expiry_interval = Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?));
+                b = &b[4..];
+            }
+            0x03 => p.content_type = Some(String::from_utf8(take(&mut b)?).ok()?),
+            0x08 => p.response_topic = Some(String::from_utf8(take(&mut b)?).ok()?),
+            0x09 => p.correlation_data = Some(Bytes::from(take(&mut b)?)),
+            0x26 => {
+                let s = String::from_utf8(take(&mut b)?).ok()?;
+                match key.take() {
+                    None => key = Some(s),
+                    Some(k) => p.user_properties.push((k, s)),
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(p.into())
 }
 
 /// Why a message left the queue without reaching the remote.
@@ -105,6 +189,8 @@ pub enum DropReason {
     TooLarge,
     /// The remote refused it (v5 reason code >= 0x80 in PUBACK/PUBREC).
     Refused,
+    /// Its v5 Message Expiry Interval passed while it was queued [MQTT-3.3.2-5].
+    Expired,
 }
 
 /// Drop counters by reason.
@@ -113,6 +199,7 @@ pub struct Drops {
     pub queue_full: AtomicU64,
     pub too_large: AtomicU64,
     pub refused: AtomicU64,
+    pub expired: AtomicU64,
 }
 
 impl Drops {
@@ -121,6 +208,7 @@ impl Drops {
             DropReason::QueueFull => &self.queue_full,
             DropReason::TooLarge => &self.too_large,
             DropReason::Refused => &self.refused,
+            DropReason::Expired => &self.expired,
         }
     }
     fn count(&self, reason: DropReason, n: u64) {
@@ -149,8 +237,6 @@ pub struct Queue {
     name: String,
     store: Arc<Store>,
     state: Mutex<State>,
-    /// Signalled when a message is queued, so a waiting bridge thread sends it at once.
-    pushed: Condvar,
     max_bytes: u64,
     pub drops: Drops,
 }
@@ -161,8 +247,14 @@ thread_local! {
 }
 
 impl Queue {
-    /// Open (or create) the queue in `dir`, with what a previous run left there.
-    pub fn open(name: &str, dir: &Path, max_bytes: u64) -> Result<Arc<Queue>, JournalError> {
+    /// Open (or create) the queue in `dir`, with what a previous run left there. `recover`
+    /// (`mqflux --recover`): keep the readable part of a damaged journal.
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        max_bytes: u64,
+        recover: bool,
+    ) -> Result<Arc<Queue>, JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
             file: dir.to_path_buf(),
             source,
@@ -171,14 +263,13 @@ impl Queue {
             dir,
             PersistenceMode::Sync,
             Duration::from_secs(1),
-            false,
+            recover,
             load,
         )?;
         Ok(Arc::new(Queue {
             name: name.to_string(),
             store,
             state: Mutex::new(state),
-            pushed: Condvar::new(),
             max_bytes,
             drops: Drops::default(),
         }))
@@ -197,6 +288,7 @@ impl Queue {
         qos: QoS,
         retain: bool,
         received_at_ns: i64,
+        properties: PublishProperties,
     ) {
         let mut s = self.lock();
         let entry = Entry {
@@ -206,6 +298,7 @@ impl Queue {
             topic,
             payload,
             received_at_ns,
+            properties,
             released: false,
         };
         s.next_seq += 1;
@@ -235,7 +328,6 @@ impl Queue {
             self.note_drops(&mut s, DropReason::QueueFull, ops as u64);
         }
         drop(s);
-        self.pushed.notify_one();
         if qos == QoS::AtMostOnce {
             // Nobody waits for a QoS 0 message to be durable.
             return;
@@ -340,29 +432,6 @@ impl Queue {
         Some(entry)
     }
 
-    /// Whether a message waits to be sent.
-    pub fn has_unsent(&self) -> bool {
-        let s = self.lock();
-        s.entries.len() > s.in_flight
-    }
-
-    /// Wait up to `timeout` for a message to send.
-    pub fn wait_unsent(&self, timeout: Duration) {
-        let s = self.lock();
-        if s.entries.len() > s.in_flight {
-            return;
-        }
-        let _ = self
-            .pushed
-            .wait_timeout(s, timeout)
-            .unwrap_or_else(|e| e.into_inner());
-    }
-
-    /// Wake a thread in `wait_unsent` (to stop it).
-    pub fn wake(&self) {
-        self.pushed.notify_all();
-    }
-
     /// The messages in flight, oldest first: resent (or their PUBREL) after a reconnection.
     pub fn in_flight(&self) -> Vec<Entry> {
         let s = self.lock();
@@ -400,11 +469,12 @@ impl Queue {
         true
     }
 
-    /// A message the remote can never take (too large): it leaves, counted.
-    pub fn drop_unsendable(&self, seq: u64) {
-        if self.complete(seq, false) {
+    /// A message that must not be sent (too large for the remote, expired): it leaves,
+    /// counted. A QoS 0 one already left (`next_unsent`); it is only counted.
+    pub fn drop_unsendable(&self, e: &Entry, reason: DropReason) {
+        if e.qos == QoS::AtMostOnce || self.complete(e.seq, false) {
             let mut s = self.lock();
-            self.note_drops(&mut s, DropReason::TooLarge, 1);
+            self.note_drops(&mut s, reason, 1);
         }
     }
 
@@ -526,6 +596,7 @@ mod tests {
                 qos,
                 false,
                 i as i64,
+                Default::default(),
             );
         }
         assert!(Queue::wait_touched());
@@ -534,7 +605,7 @@ mod tests {
     #[test]
     fn messages_survive_a_restart_in_order_with_pubrec_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open("t", dir.path(), 1 << 20).unwrap();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
         push(&q, 5, QoS::ExactlyOnce);
         let first = q.next_unsent(|_| false).unwrap();
         let second = q.next_unsent(|_| false).unwrap();
@@ -542,7 +613,7 @@ mod tests {
         assert!(q.complete(first.seq, false));
         assert!(q.sync());
         q.close();
-        let q = Queue::open("t", dir.path(), 1 << 20).unwrap();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
         let in_flight = q.in_flight();
         assert_eq!(in_flight.len(), 1);
         assert_eq!(in_flight[0].seq, second.seq);
@@ -558,7 +629,7 @@ mod tests {
     fn a_full_queue_drops_exactly_the_oldest_not_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         // Room for 10 messages of 100 + 4 + 64 bytes.
-        let q = Queue::open("t", dir.path(), 10 * 168).unwrap();
+        let q = Queue::open("t", dir.path(), 10 * 168, false).unwrap();
         push(&q, 1, QoS::AtLeastOnce);
         let sent = q.next_unsent(|_| false).unwrap();
         push(&q, 14, QoS::AtLeastOnce);
@@ -571,6 +642,39 @@ mod tests {
             .collect();
         assert_eq!(sent.seq, 0);
         assert_eq!(rest, (6..15).collect::<Vec<u64>>());
+        q.close();
+    }
+
+    #[test]
+    fn v5_properties_are_kept_through_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
+        let properties = Properties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(300),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("reply/here".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+            ..Default::default()
+        };
+        q.push(
+            "t".into(),
+            Bytes::from_static(b"payload"),
+            QoS::AtLeastOnce,
+            true,
+            7,
+            properties.clone().into(),
+        );
+        assert!(Queue::wait_touched());
+        q.close();
+        let q = Queue::open("t", dir.path(), 1 << 20, false).unwrap();
+        let e = q.next_unsent(|_| false).unwrap();
+        assert_eq!(Properties::from(e.properties), properties);
+        assert_eq!(
+            (&*e.payload, e.retain, e.received_at_ns),
+            (&b"payload"[..], true, 7)
+        );
         q.close();
     }
 

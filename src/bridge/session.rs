@@ -11,8 +11,8 @@
 use super::inbound;
 use super::link::{tcp_connect, Link, LinkError};
 use super::out::Outgoing;
+use super::running::Bridge;
 use super::stats::BridgeStats;
-use super::Bridge;
 use crate::protocol::{reason, Disconnect, Packet};
 use log::{debug, info, warn};
 use std::sync::atomic::Ordering;
@@ -51,6 +51,8 @@ pub fn run(bridge: Arc<Bridge>) {
     let mut plain_probe = false;
     let mut connected_before = false;
     let mut logged_down = false;
+    // Down until connected, also for subscribers of the state that come before the link.
+    bridge.notify(false);
     while !bridge.is_stopping() {
         let address = &c.address[index];
         let private = c.try_private
@@ -146,13 +148,14 @@ fn serve(bridge: &Bridge, mut link: Link, connack: &crate::protocol::ConnAck, in
         max_packet = max_packet.min(c.bridge_max_packet_size as usize);
     }
     let mut out = Outgoing::new(window, max_packet, c.bridge_outgoing_retain, c.max_rate);
-    // The remote may ask for a keep-alive of its own (v5 Server Keep Alive).
+    // The remote may ask for a keep-alive of its own (v5 Server Keep Alive). Its 0 ("none")
+    // would leave a silent link undetected: we keep pinging at ours, which a server answers.
     let keepalive = Duration::from_secs(
         connack
             .properties
             .server_keep_alive
-            .unwrap_or(c.keepalive_interval)
-            .max(1) as u64,
+            .filter(|k| *k > 0)
+            .unwrap_or(c.keepalive_interval) as u64,
     );
     if let Some(subscribe) = inbound::subscribe(&bridge.lines) {
         link.queue(&subscribe);
@@ -203,8 +206,8 @@ fn serve(bridge: &Bridge, mut link: Link, connack: &crate::protocol::ConnAck, in
                 return End::BackToPrimary;
             }
         }
-        // Nothing to send and nothing in flight: wait for the queue rather than spin (the read
-        // below still waits POLL for the remote).
+        // Wait up to POLL for the remote: a message queued meanwhile goes out at the next turn,
+        // so a new message waits 5 ms at most (an idle bridge costs ~0.4 % of a core).
         let packets = match link.poll() {
             Ok(p) => p,
             Err(e) => return End::Broken(e.to_string()),

@@ -49,5 +49,6 @@ pub struct BridgeFigures {
     pub dropped_queue_full: u64,
     pub dropped_too_large: u64,
     pub dropped_refused: u64,
+    pub dropped_expired: u64,
     pub dropped_denied: u64,
 }

@@ -96,6 +96,19 @@ pub fn now_ns() -> i64 {
     }
 }
 
+/// How one message travels to one session.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+    /// Set when delivered through a shared subscription: `$share/{group}/{filter}`.
+    pub shared_group: Option<Arc<str>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

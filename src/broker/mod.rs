@@ -11,18 +11,22 @@
 //!
 //! `Broker` is one type whose methods live in one file per role:
 //!
-//! - this file: the struct, construction, loading the store, limits;
+//! - `state`: the struct, construction, loading the store, limits;
 //! - `publish`: the publish pipeline (retained store, subscribers, message log, sink);
 //! - `sessions`: attaching and detaching connections, ending sessions and their wills, the
 //!   housekeeping thread;
-//! - `registry`: the live connections, password file reloads and shutdown.
+//! - `registry`: the live connections, password file reloads and shutdown;
+//! - `inspect`: what an operator sees (clients, sessions, retained) and may do (kick, discard
+//!   a session, delete a retained message), for the dashboard.
 
 pub mod acl;
 pub mod auth;
 pub mod connection;
 pub mod flow;
 pub mod forward;
+pub mod inspect;
 pub mod listener;
+mod live;
 pub mod message;
 pub mod outbox;
 pub mod persist;
@@ -37,150 +41,16 @@ pub mod security;
 pub mod session;
 mod sessions;
 pub mod socket;
+mod state;
 pub mod stats;
 pub mod threads;
 pub mod tls;
 pub mod topic;
+pub mod topic_rates;
 
-pub use registry::Credential;
+pub use live::{ClientInfo, Credential, Revocation, WillView};
 pub use sessions::Attached;
+pub use state::Broker;
 
-use crate::config::Config;
-use crate::sink::Sink;
-use crate::store::Store;
-use persist::Loaded;
-use router::Router;
-use security::SecurityFiles;
-use session::{Session, SessionHandle, SessionJournal};
-use session::{SessionLimits, SessionRef};
-use stats::Stats;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-pub struct Broker {
-    pub config: Config,
-    /// Password and ACL files, replaced on SIGHUP.
-    pub security: SecurityFiles,
-    pub router: Router,
-    pub stats: Stats,
-    pub sink: Sink,
-    /// Persistence, when configured (see `crate::store`).
-    store: OnceLock<Arc<Store>>,
-    sessions: Mutex<HashMap<Arc<str>, SessionRef>>,
-    connections: Mutex<HashMap<u64, registry::LiveConnection>>,
-    next_connection_id: AtomicU64,
-    shutting_down: AtomicBool,
-    /// The thread `start_housekeeping` started; `shutdown` joins it before the store stops, so
-    /// a will it publishes is never left half-recorded.
-    housekeeping_thread: Mutex<Option<JoinHandle<()>>>,
-    started: Instant,
-    /// The bridges, when any are configured (`set_forward`): every routed message goes there
-    /// too, and acknowledgements wait for their queues.
-    forward: OnceLock<Arc<dyn forward::Forward>>,
-}
-
-impl Broker {
-    pub fn new(config: Config, sink: Sink, security: SecurityFiles) -> Arc<Broker> {
-        let retained_limits = router::RetainedLimits {
-            max_messages: config.limits.max_retained_messages,
-            max_bytes: config.limits.max_retained_bytes,
-        };
-        Arc::new(Broker {
-            config,
-            security,
-            router: Router::new(retained_limits),
-            stats: Stats::default(),
-            sink,
-            store: OnceLock::new(),
-            sessions: Mutex::new(HashMap::new()),
-            connections: Mutex::new(HashMap::new()),
-            next_connection_id: AtomicU64::new(1),
-            shutting_down: AtomicBool::new(false),
-            housekeeping_thread: Mutex::new(None),
-            started: Instant::now(),
-            forward: OnceLock::new(),
-        })
-    }
-
-    /// Use `store` from now on, after rebuilding the retained messages and sessions it held.
-    /// Called once, before the listener starts.
-    pub fn attach_store(&self, store: Arc<Store>, loaded: Loaded) {
-        // Acknowledged publishes the sink had not written before a crash go to it again first.
-        self.sink.attach_store(store.clone(), loaded.sink);
-        for message in loaded.retained {
-            self.router.retain(&message, || {});
-        }
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        for stored in loaded.sessions {
-            let client_id: Arc<str> = stored.client_id.as_str().into();
-            let journal = SessionJournal::new(store.clone(), &client_id);
-            let state = Session::restore(stored, self.session_limits(None), journal);
-            let session = SessionHandle::restored(client_id.clone(), state);
-            let subscriptions = session.lock().subscription_list();
-            for (filter, options, identifier) in subscriptions {
-                self.router
-                    .subscribe(&filter, &session, options, identifier);
-            }
-            sessions.insert(client_id, session);
-        }
-        drop(sessions);
-        let _ = self.store.set(store);
-        // Wills that fell due and sessions that expired while the broker was down are handled
-        // before any client can connect (a reconnect would otherwise cancel an overdue will).
-        self.housekeeping();
-    }
-
-    /// In sync persistence mode, wait until every change this thread made so far is durable:
-    /// called before acknowledging a QoS 1/2 PUBLISH, a PUBREL or a PUBREC. False when the
-    /// store failed or timed out: the acknowledgement must not be sent.
-    pub fn wait_durable(&self) -> bool {
-        let stored = match self.store.get() {
-            Some(store) if store.is_sync() => store.wait_durable(crate::store::DURABLE_TIMEOUT),
-            _ => true,
-        };
-        stored && self.forward.get().is_none_or(|f| f.wait_durable())
-    }
-
-    /// Install the bridges (once, before any listener opens).
-    pub fn set_forward(&self, forward: Arc<dyn forward::Forward>) {
-        let _ = self.forward.set(forward);
-    }
-
-    /// The bridges, if any.
-    pub(crate) fn forward(&self) -> Option<&Arc<dyn forward::Forward>> {
-        self.forward.get()
-    }
-
-    /// Whether a publisher's acknowledgement waits for `wait_durable`: sync persistence, or
-    /// bridges whose durable queues must hold the message first.
-    pub fn acks_wait_durable(&self) -> bool {
-        self.acks_wait_for_store() || self.forward.get().is_some()
-    }
-
-    /// Whether acknowledgements wait for the store (sync persistence).
-    pub fn acks_wait_for_store(&self) -> bool {
-        self.store.get().is_some_and(|s| s.is_sync())
-    }
-
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    /// Limits for a session whose client allows `receive_maximum` unacknowledged messages.
-    pub fn session_limits(&self, receive_maximum: Option<u16>) -> SessionLimits {
-        let l = &self.config.limits;
-        SessionLimits {
-            max_inflight: l.max_inflight.min(receive_maximum.unwrap_or(u16::MAX)) as usize,
-            max_queued: l.max_queued,
-            outbound_queue: l.outbound_queue,
-            backpressure: l.queue_full == crate::config::QueueFullPolicy::Backpressure,
-        }
-    }
-}
+// The files of this module import each other directly (`super::state::Broker`), never through
+// these re-exports, so this front door is on no import cycle (tests/suite/layout.rs).

@@ -14,7 +14,6 @@ use super::message::Message;
 use super::socket::Socket;
 use super::stats::Stats;
 use super::threads::{self, ConnectionThread};
-use super::Broker;
 use crate::protocol::{self, Packet, ProtocolVersion, QoS};
 use log::{debug, warn};
 use std::borrow::Cow;
@@ -59,10 +58,22 @@ enum Owner {
     Writer,
 }
 
+/// What an outbox needs from the broker that owns it: the counters it bumps, and whether and
+/// how a QoS 2 send waits for the store. The broker passes itself down as this trait object,
+/// so the outbox does not name the broker (ARCHITECTURE.md §7, "call up").
+pub trait OutboxContext: Send + Sync {
+    fn stats(&self) -> &Stats;
+    /// Whether acknowledgements wait for the store (sync persistence).
+    fn acks_wait_for_store(&self) -> bool;
+    /// Wait until every change this thread made so far is durable; false when the store failed
+    /// or timed out.
+    fn wait_durable(&self) -> bool;
+}
+
 pub struct Outbox {
     stream: Arc<Socket>,
     version: ProtocolVersion,
-    broker: Arc<Broker>,
+    broker: Arc<dyn OutboxContext>,
     connection_id: u64,
     state: Mutex<State>,
     /// Signalled when the writer thread is handed the outbox and when the outbox closes.
@@ -95,16 +106,39 @@ struct Batch {
     close: bool,
 }
 
+/// A batching scope's outboxes, and what to run before this thread blocks inside it.
+struct Collecting {
+    dirty: Vec<Arc<Outbox>>,
+    /// `read_scope::flush`, passed down by `ReadScope::start` (the outbox does not name it).
+    before_blocking: fn(),
+}
+
 thread_local! {
     /// Outboxes this thread became the flusher of inside a batching scope; `None` outside one.
-    static DIRTY: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    static DIRTY: RefCell<Option<Collecting>> = const { RefCell::new(None) };
     /// Encode buffer of this thread's direct flushes.
     static SCRATCH: RefCell<Batch> = RefCell::new(Batch::default());
 }
 
-/// Start collecting the outboxes this thread becomes the flusher of (`read_scope::ReadScope`).
-pub(super) fn start_collecting() {
-    DIRTY.with(|d| d.borrow_mut().get_or_insert_with(Vec::new).clear());
+/// Start collecting the outboxes this thread becomes the flusher of (`read_scope::ReadScope`);
+/// `before_blocking` runs before `Outbox::close` waits.
+pub(super) fn start_collecting(before_blocking: fn()) {
+    DIRTY.with(|d| {
+        let mut d = d.borrow_mut();
+        let c = d.get_or_insert_with(|| Collecting {
+            dirty: Vec::new(),
+            before_blocking,
+        });
+        c.dirty.clear();
+        c.before_blocking = before_blocking;
+    });
+}
+
+/// What this thread's batching scope runs before it blocks (nothing outside a scope).
+fn before_blocking() {
+    if let Some(f) = DIRTY.with(|d| d.borrow().as_ref().map(|c| c.before_blocking)) {
+        f();
+    }
 }
 
 /// Stop collecting; `read_scope` has flushed what was collected.
@@ -115,7 +149,11 @@ pub(super) fn end_collecting() {
 /// Write the outboxes this thread collected, until none is dirty (step 2 of `read_scope::flush`).
 pub(super) fn flush_collected() {
     loop {
-        let dirty = DIRTY.with(|d| d.borrow_mut().as_mut().map(std::mem::take));
+        let dirty = DIRTY.with(|d| {
+            d.borrow_mut()
+                .as_mut()
+                .map(|c| std::mem::take(&mut c.dirty))
+        });
         match dirty {
             Some(outboxes) if !outboxes.is_empty() => {
                 for outbox in outboxes {
@@ -133,7 +171,7 @@ impl Outbox {
         stream: Arc<Socket>,
         version: ProtocolVersion,
         alias_max: u16,
-        broker: Arc<Broker>,
+        broker: Arc<dyn OutboxContext>,
         connection_id: u64,
     ) -> Arc<Outbox> {
         Arc::new(Outbox {
@@ -175,8 +213,8 @@ impl Outbox {
             st.owner = Owner::Flusher;
         }
         let batched = DIRTY.with(|d| match d.borrow_mut().as_mut() {
-            Some(dirty) => {
-                dirty.push(self.clone());
+            Some(c) => {
+                c.dirty.push(self.clone());
                 true
             }
             None => false,
@@ -203,7 +241,7 @@ impl Outbox {
     /// timed out) and the socket is shut down; then join the writer thread, if one started.
     pub fn close(self: &Arc<Self>) {
         let _ = self.send(Outbound::Close);
-        super::read_scope::flush();
+        before_blocking();
         let mut st = self.lock();
         while !st.closed {
             st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -357,7 +395,7 @@ impl Outbox {
     fn written(&self, batch: &mut Batch) {
         // Counted once per batch: a shared counter bumped per message by every writer was the
         // top item of the fan-out profile.
-        let stats = &self.broker.stats;
+        let stats = self.broker.stats();
         Stats::add(&stats.messages_sent, batch.packets);
         Stats::add(&stats.publish_sent, batch.publishes);
         Stats::add(&stats.bytes_sent, batch.bytes.len() as u64);

@@ -20,7 +20,7 @@
 //! absolute expiry deadline.
 
 use crate::broker::message::Message;
-use crate::broker::session::Route;
+use crate::broker::message::Route;
 use crate::protocol::{self, Packet, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::sink::durable::SINK;
 use crate::store::journal::{JournalError, Map, Op};

@@ -3,8 +3,8 @@
 //! Wills take the same path (`route_will`, called by `sessions`).
 
 use super::message::Message;
+use super::message::Route;
 use super::persist as records;
-use super::session::Route;
 use super::session::SessionRef;
 use crate::protocol::QoS;
 use crate::sink::SinkRecord;
@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{read_scope, router, Broker};
+use super::state::Broker;
+use super::{read_scope, router};
 
 /// How long a retained replay waits for a subscriber that does not take its messages before
 /// the rest is dropped (counted and logged by the session like any queue overflow).
@@ -147,7 +148,7 @@ impl Broker {
         self.route(will, record).0
     }
 
-    fn store_retained(&self, message: &Arc<Message>) {
+    pub(super) fn store_retained(&self, message: &Arc<Message>) {
         // $SYS values are regenerated at start-up; storing them would only fill the journal.
         let durable = !message.topic.starts_with("$SYS/");
         let outcome = self.router.retain(message, || {

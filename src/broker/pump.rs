@@ -16,8 +16,8 @@
 use super::connection;
 use super::connection::ConnectionSlot;
 use super::socket::Socket;
+use super::state::Broker;
 use super::tls;
-use super::Broker;
 use crate::config::ListenerProtocol;
 use log::{debug, info, warn};
 use rustls::ServerConnection;

@@ -9,9 +9,9 @@
 //! | --- | --- | --- |
 //! | sink records, in one chunk (`THREAD_BATCH`) | `sink/handoff.rs` | `flush`, step 1 |
 //! | outboxes this thread became the flusher of (`DIRTY`) | `outbox.rs` | `flush`, step 2 |
-//! | "fed a full window" (`FED_BACKLOG`) | `session.rs` | `before_read`, after `flush` |
+//! | "fed a full window" (`FED_BACKLOG`) | `session/delivery.rs` | `before_read`, after `flush` |
 //! | store ops of one atomic record (`CAPTURE`) | `store/mod.rs` | end of `atomically`, first |
-//! | packets sent meanwhile (`DEFERRED`) | `session.rs` | end of `atomically`, second |
+//! | packets sent meanwhile (`DEFERRED`) | `session/delivery.rs` | end of `atomically`, second |
 //!
 //! Order, and why:
 //! 1. The sink's chunk first: should the sink have to wait for room, it flushes the outboxes
@@ -36,7 +36,7 @@ pub struct ReadScope(());
 
 impl ReadScope {
     pub fn start() -> ReadScope {
-        outbox::start_collecting();
+        outbox::start_collecting(flush);
         // Should the sink have to wait for room, it first runs `flush` (its own chunk is empty
         // by then: it is the one being handed over), so no client packet waits behind it.
         crate::sink::start_batching(flush);

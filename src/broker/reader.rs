@@ -19,7 +19,7 @@ pub struct ConnectionReader {
     /// Packets (and PUBLISH packets among them) and bytes read, added to the broker's counters
     /// before the next wait: a few atomic adds per read instead of several per packet (shared
     /// lines, on every connection's hot path).
-    broker: Arc<super::Broker>,
+    broker: Arc<super::state::Broker>,
     packets_read: u64,
     publishes_read: u64,
     bytes_read: u64,
@@ -53,7 +53,7 @@ const CLIENT_PAUSE: Duration = Duration::from_millis(100);
 const SHRINK_AFTER: u32 = 16;
 
 impl ConnectionReader {
-    pub fn new(socket: Arc<Socket>, broker: Arc<super::Broker>) -> ConnectionReader {
+    pub fn new(socket: Arc<Socket>, broker: Arc<super::state::Broker>) -> ConnectionReader {
         ConnectionReader {
             socket,
             broker,

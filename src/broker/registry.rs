@@ -6,32 +6,14 @@ use super::socket::Socket;
 use super::stats::Stats;
 use log::{debug, info, warn};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::live::{ClientInfo, Credential, LiveConnection};
 use super::sessions::close_link;
-use super::{auth, security, threads, Broker};
-
-/// A live network connection, kept so shutdown can close it and join its thread.
-pub(super) struct LiveConnection {
-    stream: Arc<Socket>,
-    thread: Option<threads::ConnectionThread>,
-    /// Set for a client authenticated against the password file.
-    credential: Option<Credential>,
-}
-
-/// What a connection authenticated with, kept so that a reload of the password file can close
-/// it when that no longer holds (see `Broker::reload_security`).
-pub struct Credential {
-    pub client_id: Arc<str>,
-    pub username: Arc<str>,
-    /// The password file entry the client's password matched.
-    pub entry: auth::PasswordHash,
-    /// Set by the broker before it closes the connection's read side: the connection then
-    /// ends with "not authorized" instead of as if its client had gone.
-    pub revoked: Arc<AtomicBool>,
-}
+use super::state::Broker;
+use super::{security, threads};
 
 impl Broker {
     /// Register a new connection; returns its id, or None when the broker is shutting down.
@@ -48,6 +30,7 @@ impl Broker {
                 stream,
                 thread: None,
                 credential: None,
+                client: None,
             },
         );
         Some(id)
@@ -83,7 +66,7 @@ impl Broker {
             if snapshot.still_holds(&cred.username, &cred.entry) {
                 continue;
             }
-            if cred.revoked.swap(true, Ordering::AcqRel) {
+            if !cred.revoked.revoke(crate::protocol::reason::NOT_AUTHORIZED) {
                 continue; // already being closed
             }
             warn!(
@@ -96,6 +79,49 @@ impl Broker {
             let _ = c.stream.shutdown(Shutdown::Read);
         }
         Ok(generation)
+    }
+
+    /// Remember who connection `id` is, once its CONNECT is accepted (see `inspect.rs`).
+    pub fn note_client(&self, id: u64, client: ClientInfo) {
+        let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = conns.get_mut(&id) {
+            c.client = Some(client);
+        }
+    }
+
+    /// Every connected client's `ClientInfo` (cloned: the registry is a leaf lock), oldest
+    /// connection first: during a takeover the new connection comes last.
+    pub(super) fn connected_clients(&self) -> Vec<ClientInfo> {
+        let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients: Vec<(u64, ClientInfo)> = conns
+            .iter()
+            .filter_map(|(id, c)| Some((*id, c.client.clone()?)))
+            .collect();
+        clients.sort_by_key(|(id, _)| *id);
+        clients.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Close the connection of `client_id` for `reason_code` the way a password reload does:
+    /// set its `Revocation`, then close its read side; its reader ends the connection (v5:
+    /// DISCONNECT with the reason first). False when no such client is connected.
+    pub(super) fn revoke_client(&self, client_id: &str, reason_code: u8) -> bool {
+        let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        // The newest connection of that client id: an older one is being taken over.
+        let newest = conns
+            .iter()
+            .filter(|(_, c)| {
+                c.client
+                    .as_ref()
+                    .is_some_and(|i| &*i.client_id == client_id)
+            })
+            .max_by_key(|(id, _)| **id);
+        let Some((_, c)) = newest else { return false };
+        if let Some(client) = &c.client {
+            if client.revocation.revoke(reason_code) {
+                let _ = c.stream.shutdown(Shutdown::Read);
+            }
+        }
+        true
     }
 
     pub fn unregister_connection(&self, id: u64) {

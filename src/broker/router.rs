@@ -1,8 +1,8 @@
 //! The topic table: a trie of subscriptions behind an `RwLock` (read side on the publish hot path,
 //! write side only for SUBSCRIBE/UNSUBSCRIBE), shared subscription groups, and the retained store.
 
-use super::message::Message;
-use super::session::{Route, SessionRef};
+use super::message::{Message, Route};
+use super::session::SessionRef;
 use super::topic::filter_matches;
 use crate::protocol::SubscriptionOptions;
 use std::collections::HashMap;
@@ -381,6 +381,28 @@ impl Router {
             }
         }
         live
+    }
+
+    /// Live retained messages whose topic starts with `prefix` (for the dashboard).
+    pub fn retained_with_prefix(&self, prefix: &str) -> Vec<Arc<Message>> {
+        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+        retained
+            .messages
+            .values()
+            .filter(|m| m.topic.starts_with(prefix) && !m.is_expired())
+            .cloned()
+            .collect()
+    }
+
+    /// Every retained topic.
+    pub fn retained_topics(&self) -> Vec<Arc<str>> {
+        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+        retained.messages.keys().cloned().collect()
+    }
+
+    pub fn has_retained(&self, topic: &str) -> bool {
+        let retained = self.retained.read().unwrap_or_else(|e| e.into_inner());
+        retained.messages.contains_key(topic)
     }
 
     pub fn retained_count(&self) -> usize {

@@ -3,7 +3,8 @@
 //! wills and expires sessions.
 
 use super::message::Message;
-use super::session::{Link, Outbound, Route, SessionHandle, SessionJournal};
+use super::message::Route;
+use super::session::{Link, Outbound, SessionHandle, SessionJournal};
 use super::session::{SessionLimits, SessionRef};
 use super::stats::Stats;
 use log::{debug, info};
@@ -12,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::publish::Routed;
-use super::{flow, read_scope, session, Broker};
+use super::state::Broker;
+use super::{flow, read_scope, session};
 
 /// Result of attaching a connection to a session at CONNECT.
 pub struct Attached {
@@ -305,7 +307,7 @@ impl Broker {
     /// and its records from the store. A will that was waiting for its delay is due now that
     /// the session ends: it is routed with the records' deletion (`route_will`) and returned;
     /// the caller hands it to `finish` once the session table is unlocked.
-    fn end_session(
+    pub(super) fn end_session(
         &self,
         session: &SessionRef,
         sessions: &mut HashMap<Arc<str>, SessionRef>,

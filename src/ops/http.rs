@@ -1,5 +1,5 @@
-//! The HTTP/1.1 server under `/metrics` and `/health`: bounded, so that no client can make it
-//! grow or stall.
+//! The HTTP/1.1 server under `/metrics` and `/health` and under the web dashboard (each its own
+//! `Server`): bounded, so that no client can make it grow or stall.
 //!
 //! - At most `MAX_CONNECTIONS` connections are served, one thread each. A connection accepted
 //!   beyond that closes the least recently active one: idle or trickling clients cannot lock a
@@ -10,6 +10,11 @@
 //! - One request is answered at a time per connection, and the next one is read only once the
 //!   answer is written: a client pipelining requests without reading the answers is held back by
 //!   TCP, not queued in memory; and it has `WRITE_TIMEOUT` to take each answer, or is closed.
+//!
+//! - An answer is a whole body, or a stream (Server-Sent Events, `Body::Stream`): the stream
+//!   writes until the client goes or a write takes longer than `WRITE_TIMEOUT`, and the
+//!   connection closes after it.
+//! - With a rustls configuration, every connection is TLS (the dashboard off loopback).
 //!
 //! `tiny_http`, used before, spawned a thread per connection without bound, read pipelined
 //! requests ahead into an unbounded queue and had no socket timeouts: two clients pipelining
@@ -39,11 +44,64 @@ const MAX_HEADERS: usize = 32;
 /// A parsed request: what `handler` gets.
 pub struct Request<'a> {
     pub method: &'a str,
+    /// The request target: path and query, as sent.
     pub path: &'a str,
+    /// Header names in lower case, values as sent (lossy UTF-8).
+    pub headers: &'a [(String, String)],
+    /// Whether the connection is TLS.
+    pub tls: bool,
 }
 
-/// A response: status, content type, body.
-pub type Response = (u16, &'static str, String);
+impl Request<'_> {
+    /// The first header called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Writes a streamed body (see `Body::Stream`).
+pub type StreamWriter = Box<dyn FnOnce(&mut dyn Write)>;
+
+/// What a response carries.
+pub enum Body {
+    Bytes(Vec<u8>),
+    /// Written to the client until it returns (or a write fails); no Content-Length, and the
+    /// connection closes after it.
+    Stream(StreamWriter),
+}
+
+/// A response: status, content type, extra headers, body.
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: Body::Bytes(body.into()),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+impl From<(u16, &'static str, String)> for Response {
+    fn from((status, content_type, body): (u16, &'static str, String)) -> Response {
+        Response::new(status, content_type, body)
+    }
+}
 
 /// The answer to every request.
 pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
@@ -63,15 +121,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serve `listener` on a thread named `name` (connections: `name-conn`).
-    pub fn start(listener: TcpListener, name: &str, handler: Arc<Handler>) -> io::Result<Server> {
+    /// Serve `listener` on a thread named `name` (connections: `name-conn`); over TLS when
+    /// `tls` is given.
+    pub fn start(
+        listener: TcpListener,
+        name: &str,
+        handler: Arc<Handler>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
         let conn_name = format!("{name}-conn");
         let acceptor = thread::Builder::new()
             .name(name.into())
-            .spawn(move || accept_loop(&listener, &stop, &conn_name, &handler))?;
+            .spawn(move || accept_loop(&listener, &stop, &conn_name, &handler, tls))?;
         Ok(Server {
             local_addr,
             stopping,
@@ -91,7 +155,13 @@ impl Server {
     }
 }
 
-fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, name: &str, handler: &Arc<Handler>) {
+fn accept_loop(
+    listener: &TcpListener,
+    stopping: &AtomicBool,
+    name: &str,
+    handler: &Arc<Handler>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let started = Instant::now();
     let mut live: Vec<Live> = Vec::new();
     // Threads of connections closed to make room, joined once they have ended.
@@ -143,6 +213,16 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, name: &str, handle
         };
         let active_at = Arc::new(AtomicU64::new(started.elapsed().as_millis() as u64));
         let (touch, h) = (active_at.clone(), handler.clone());
+        let stream = match &tls {
+            None => Stream::Plain(stream),
+            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(conn) => Stream::Tls(Box::new(rustls::StreamOwned::new(conn, stream))),
+                Err(e) => {
+                    debug!("{name}: cannot start TLS: {e}");
+                    continue;
+                }
+            },
+        };
         let spawned = thread::Builder::new()
             .name(name.into())
             .spawn(move || serve_connection(stream, started, &touch, &*h));
@@ -163,40 +243,115 @@ fn accept_loop(listener: &TcpListener, stopping: &AtomicBool, name: &str, handle
     }
 }
 
+/// A served connection: plain TCP, or TLS over it (the handshake runs in the first read).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(t)
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(t)
+    }
+
+    fn shutdown(&mut self) {
+        if let Stream::Tls(s) = self {
+            // Write what is pending (an alert, close_notify) without waiting to read:
+            // `complete_io` would also wait for the client's next record.
+            s.conn.send_close_notify();
+            while s.conn.wants_write() {
+                if s.conn.write_tls(&mut s.sock).unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+        }
+        let _ = self.tcp().shutdown(Shutdown::Both);
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// Answer requests on one connection until it closes, breaks a limit or asks to close.
 fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: Stream,
     started: Instant,
     active_at: &AtomicU64,
     handler: &Handler,
 ) {
+    serve_requests(&mut stream, started, active_at, handler);
+    // The acceptor holds a clone of the socket (to close it when making room): dropping ours
+    // alone would leave the client waiting for the end of a connection nobody serves.
+    stream.shutdown();
+}
+
+fn serve_requests(stream: &mut Stream, started: Instant, active_at: &AtomicU64, handler: &Handler) {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let head = match read_head(&mut stream, &mut buf, deadline) {
+        let head = match read_head(stream, &mut buf, deadline) {
             Ok(Some(head)) => head,
             Ok(None) => return, // closed, or the deadline passed
             Err(status) => {
-                let _ = write_response(&mut stream, (status, TEXT, String::new()), false, false);
+                let answer = Response::new(status, TEXT, Vec::new());
+                let _ = write_response(stream, answer, false, false, &|| {});
                 return;
             }
         };
         let request = Request {
             method: &head.method,
             path: &head.path,
+            headers: &head.headers,
+            tls: matches!(stream, Stream::Tls(_)),
         };
         let response = handler(&request);
+        let streamed = matches!(response.body, Body::Stream(_));
         // A request body is not expected (GET, HEAD); rather than read one, answer and close.
-        let keep_alive = head.keep_alive && !head.has_body;
+        let keep_alive = head.keep_alive && !head.has_body && !streamed;
         let is_head = head.method == "HEAD";
         buf.drain(..head.len);
-        if let Err(e) = write_response(&mut stream, response, keep_alive, is_head) {
+        // A streamed answer counts as activity with every write, so an open event stream is
+        // not the first connection closed to make room.
+        let touch = || active_at.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Err(e) = write_response(stream, response, keep_alive, is_head, &touch) {
             debug!("metrics: response not taken within {WRITE_TIMEOUT:?}, closing: {e}");
             return;
         }
         active_at.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if !keep_alive {
-            let _ = stream.shutdown(Shutdown::Both);
             return;
         }
     }
@@ -207,6 +362,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 struct Head {
     method: String,
     path: String,
+    headers: Vec<(String, String)>,
     /// Bytes of `buf` the head takes.
     len: usize,
     keep_alive: bool,
@@ -216,7 +372,7 @@ struct Head {
 /// Read until `buf` holds a whole request head. Ok(None): the client closed or was too slow;
 /// Err(status): answer that and close.
 fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut Vec<u8>,
     deadline: Instant,
 ) -> Result<Option<Head>, u16> {
@@ -237,9 +393,18 @@ fn read_head(
                 let keep_alive = request.version == Some(1) && !connection.contains("close");
                 let has_body = header("transfer-encoding").is_some()
                     || header("content-length").is_some_and(|l| l.trim() != "0");
+                let headers = request
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let value = String::from_utf8_lossy(h.value).trim().to_string();
+                        (h.name.to_ascii_lowercase(), value)
+                    })
+                    .collect();
                 return Ok(Some(Head {
                     method: request.method.unwrap_or_default().to_string(),
                     path: request.path.unwrap_or_default().to_string(),
+                    headers,
                     len,
                     keep_alive,
                     has_body,
@@ -271,31 +436,81 @@ fn read_head(
 }
 
 /// Write one response within `WRITE_TIMEOUT` as a whole (a client taking a byte at a time is
-/// cut off, not waited for forever).
+/// cut off, not waited for forever). A streamed body is then written by its function, each
+/// write within `WRITE_TIMEOUT`.
 fn write_response(
-    stream: &mut TcpStream,
-    (status, content_type, body): Response,
+    stream: &mut Stream,
+    response: Response,
     keep_alive: bool,
     head_only: bool,
+    touch: &dyn Fn(),
 ) -> io::Result<()> {
+    let status = response.status;
     let reason = match status {
         200 => "OK",
+        204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",
     };
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{}\r\n",
-        body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {}\r\n",
+        response.content_type
+    );
+    for (name, value) in &response.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
     }
+    let stream_body = match response.body {
+        Body::Bytes(body) => {
+            out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            if !keep_alive {
+                out.push_str("Connection: close\r\n");
+            }
+            out.push_str("\r\n");
+            let mut out = out.into_bytes();
+            if !head_only {
+                out.extend_from_slice(&body);
+            }
+            write_all_within(stream, &out)?;
+            return Ok(());
+        }
+        Body::Stream(f) => f,
+    };
+    out.push_str("Cache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    write_all_within(stream, out.as_bytes())?;
+    if head_only {
+        return Ok(());
+    }
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.flush()?;
+    stream_body(&mut Touching { stream, touch });
+    Ok(())
+}
+
+/// A streamed body's writer: each write marks the connection active.
+struct Touching<'a> {
+    stream: &'a mut Stream,
+    touch: &'a dyn Fn(),
+}
+
+impl Write for Touching<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (self.touch)();
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+fn write_all_within(stream: &mut Stream, out: &[u8]) -> io::Result<()> {
     let deadline = Instant::now() + WRITE_TIMEOUT;
     let mut written = 0;
     while written < out.len() {
@@ -314,5 +529,5 @@ fn write_response(
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    stream.flush()
 }

@@ -46,9 +46,9 @@ impl MetricsServer {
         }
         let broker = broker.clone();
         let handler: Arc<http::Handler> = Arc::new(move |request: &http::Request| {
-            respond(request.method, request.path, &broker, &probes)
+            respond(request.method, request.path, &broker, &probes).into()
         });
-        let server = http::Server::start(listener, "metrics", handler)
+        let server = http::Server::start(listener, "metrics", handler, None)
             .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
         info!(
             "metrics on http://{} (/metrics, /health)",
@@ -68,7 +68,12 @@ impl MetricsServer {
 }
 
 /// Route one request: (status, content type, body).
-fn respond(method: &str, url: &str, broker: &Broker, probes: &[Probe]) -> http::Response {
+fn respond(
+    method: &str,
+    url: &str,
+    broker: &Broker,
+    probes: &[Probe],
+) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" && method != "HEAD" {
         return (405, TEXT, "only GET is supported\n".into());
@@ -307,6 +312,7 @@ fn render_bridges(e: &mut Exposition, bridges: &[crate::bridge::stats::BridgeFig
             ("queue_full", b.dropped_queue_full),
             ("too_large", b.dropped_too_large),
             ("refused", b.dropped_refused),
+            ("expired", b.dropped_expired),
             ("denied", b.dropped_denied),
         ] {
             labels.push((format!("{{bridge=\"{}\",reason=\"{reason}\"}}", b.name), n));
@@ -316,7 +322,7 @@ fn render_bridges(e: &mut Exposition, bridges: &[crate::bridge::stats::BridgeFig
     e.family(
         "mqflux_bridge_dropped_total",
         "counter",
-        "Messages a bridge dropped, by reason: queue_full (oldest dropped at queue_max_bytes), too_large (over the remote's packet limit), refused (the remote's v5 reason code >= 0x80), denied (`in`: local ACL of local_username).",
+        "Messages a bridge dropped, by reason: queue_full (oldest dropped at queue_max_bytes), too_large (over the remote's packet limit), refused (the remote's v5 reason code >= 0x80), expired (v5 Message Expiry Interval passed in the queue), denied (`in`: local ACL of local_username).",
         &samples,
     );
 }

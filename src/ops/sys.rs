@@ -201,6 +201,7 @@ pub fn sys_values(s: &Snapshot, loads: &LoadTracker) -> Vec<(String, String)> {
             b.dropped_too_large.to_string(),
         );
         bridge("messages/dropped/refused", b.dropped_refused.to_string());
+        bridge("messages/dropped/expired", b.dropped_expired.to_string());
         bridge("messages/dropped/denied", b.dropped_denied.to_string());
         bridge("reconnects", b.reconnects.to_string());
     }

@@ -5,7 +5,7 @@
 //! [`DecodeError::Malformed`], a well-formed packet that breaks a protocol rule is
 //! [`DecodeError::Protocol`]. Every message names the packet, the field and, where one exists, the
 //! spec rule.
-use super::{reason, ProtocolVersion};
+use super::types::{reason, ProtocolVersion};
 use std::io;
 
 #[derive(Debug, thiserror::Error)]

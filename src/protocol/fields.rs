@@ -5,7 +5,7 @@
 //! field; the `write_*` functions append the same representations and never write a field the
 //! two-byte length prefix cannot describe (they cut it, logging a warning).
 use super::error::{close_rule, malformed, DecodeError};
-use super::ProtocolVersion;
+use super::types::ProtocolVersion;
 use bytes::Bytes;
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 //! | framing | `framing.rs` | fixed header, Remaining Length, cutting frames off a stream or a buffer; nothing of bodies |
 //! | data types | `fields.rs` | integers, strings, binary data (section 1.5), read with errors that name the field |
 //! | properties | `properties.rs` | one table per property id (name, type, allowed packets) used by both directions |
-//! | packets | `packets/` | decode and encode of each packet family on top of the layers above; `decode_packet` / `encode_packet` dispatch |
+//! | packets | `packets/` | decode and encode of each packet family on top of the layers above; `decode_packet` / `encode_packet` dispatch (`packets/dispatch.rs`) |
 //! | model | `types.rs` | the packet structs, [`Properties`], [`Packet`], reason codes |
 //! | errors | `error.rs` | [`DecodeError`] and the spec rule each error cites |
 //!
@@ -21,7 +21,7 @@
 //!
 //! Where to add a packet: its struct and `Packet` variant in `types.rs`, its decode and encode
 //! functions in the family file under `packets/` (or a new one), and the arms in `decode_packet`
-//! and `encode_packet` (`packets/mod.rs`). A v5 property: a `Properties` field, a row in
+//! and `encode_packet` (`packets/dispatch.rs`). A v5 property: a `Properties` field, a row in
 //! `properties::PROPERTIES`, its arm in `store_property` and its entry in `visit_properties`.
 
 mod error;
@@ -33,6 +33,8 @@ mod properties;
 mod testutil;
 mod types;
 
+// The files above import each other directly (`super::types::Packet`), never through these
+// re-exports, so this front door is on no import cycle.
 pub use error::DecodeError;
 pub use framing::{
     frame_in, frame_in_place, read_frame, variable_int_len, write_variable_int, Frame, FrameRef,

@@ -12,7 +12,7 @@
 use super::error::{malformed, protocol, DecodeError, V5_CLOSE_RULE};
 use super::fields::{clamp_binary, clamp_str, write_binary, write_str, Reader};
 use super::framing::{variable_int_len, write_variable_int, MAX_REMAINING_LENGTH};
-use super::Properties;
+use super::types::Properties;
 use bytes::Bytes;
 
 // ---------------------------------------------------------------------------------------------

@@ -4,11 +4,13 @@
 //! A finished batch goes to the sender through a channel of `BATCHES_IN_MEMORY`, or to the
 //! spool when the sender is busy or the spool is not empty (to keep the order).
 
-use super::handoff::Chunk;
-use super::mapping::{FieldTypes, Mapping, Skip, TopicPlans};
+use super::chunk::Chunk;
+use super::config::SpoolFull;
+use super::mapped::Skip;
+use super::mapping::{FieldTypes, Mapping, TopicPlans};
+use super::shared::Shared;
 use super::spool::{Batch, SpoolError};
-use super::writer::Shared;
-use super::{Counters, DropReason, SpoolFull};
+use super::stats::{Counters, DropReason};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

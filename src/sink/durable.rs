@@ -22,7 +22,7 @@
 //! Keys: `k` (`SINK`) + id (u64 BE). Value: the publishes in `Chunk` layout (for each:
 //! receive time, topic and payload lengths, topic, payload).
 
-use super::SinkRecord;
+use super::record::SinkRecord;
 use crate::store::journal::Op;
 use crate::store::Store;
 use std::collections::HashMap;

@@ -2,8 +2,8 @@
 //! 2.x/3.x) and `/query` (CREATE DATABASE, SHOW FIELD KEYS). Blocking (ureq): the sender thread
 //! does one request at a time, which is all the batching design needs.
 
+use super::config::SinkConfig;
 use super::line_protocol::{FieldType, Precision};
-use super::SinkConfig;
 use std::io::Write;
 
 fn base64_encode(input: &[u8]) -> String {

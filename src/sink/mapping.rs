@@ -1,5 +1,5 @@
 //! Topic + payload -> line protocol, for the batcher: the rule a topic's plan names
-//! (`rules.rs`, cached in `TopicPlans`), the fields its payload gives (`payload.rs`, with the
+//! (`rules.rs`; which rule applies, cached per topic in `TopicPlans`, is below), the fields its payload gives (`payload.rs`, with the
 //! timestamp from `timestamp.rs`), reconciled with the types the database has
 //! (`field_types.rs`), appended to the batch as one line (`line_protocol.rs`).
 //!
@@ -7,34 +7,21 @@
 //! codegen units, and these calls could be inlined when they all lived in one file.
 
 use super::line_protocol::{self, FieldValue, Precision};
+pub use super::mapped::{Mapped, Skip};
 use super::payload;
-use super::rules::Lookup;
 pub use super::rules::Rule;
 use crate::config::ConfigError;
 use smallvec::SmallVec;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 
 pub use super::field_types::FieldTypes;
 use super::field_types::Reconciled;
 use super::rules::split_levels;
-pub use super::rules::{compile_filter, NonNumeric, RuleConfig, TopicPlans, DEFAULT_MEASUREMENT};
+pub use super::rules::{compile_filter, NonNumeric, RuleConfig, DEFAULT_MEASUREMENT};
 pub use super::timestamp::{parse_timestamp_str, TimestampUnit};
 
-/// Why a publish produced no point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip {
-    /// Excluded by `sink.exclude` or a rule with `store = false` (not a loss: configured).
-    Excluded,
-    EmptyPayload,
-    NotUtf8,
-    /// Not JSON, number or line protocol, and the rule says `non_numeric = "skip"`.
-    UnparsedPayload,
-    /// Nothing storable left (e.g. `{}`, JSON null, every field conflicting).
-    NoFields,
-    /// Every field conflicted with the type the database has.
-    TypeConflict,
-}
 /// The compiled mapping: exclusions, rules in order, and the default rule.
 #[derive(Debug, Clone)]
 pub struct Mapping {
@@ -42,16 +29,6 @@ pub struct Mapping {
     pub(super) rules: Vec<Rule>,
     pub(super) default: Rule,
     pub(super) precision: Precision,
-}
-
-/// What mapping one publish appended to the batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mapped {
-    pub lines: usize,
-    /// Fields left out or converted because of a type conflict.
-    pub conflicting_fields: usize,
-    /// Passthrough lines left out because of a type conflict.
-    pub dropped_lines: usize,
 }
 
 impl Mapping {
@@ -211,6 +188,117 @@ pub fn validate(
 }
 
 /// Its helpers (`rule`, `mapping`, `map`) also serve the tests of `rules.rs`.
+impl Mapping {
+    /// Index of the rule for a topic (`rules.len()` for the default rule); None when excluded.
+    #[inline]
+    pub(super) fn rule_index(&self, levels: &[&str], dollar: bool) -> Option<usize> {
+        if self
+            .exclude
+            .iter()
+            .any(|r| r.is_match_levels(levels, dollar))
+        {
+            return None;
+        }
+        let i = self
+            .rules
+            .iter()
+            .position(|r| r.is_match_levels(levels, dollar))
+            .unwrap_or(self.rules.len());
+        self.rule_at(i).config.store.then_some(i)
+    }
+
+    /// Whether publishes on `topic` are stored at all (not excluded by `exclude` or a rule with
+    /// `store = false`); their payload may still turn out not to be storable.
+    pub fn stores_topic(&self, topic: &str) -> bool {
+        self.rule_index(&split_levels(topic), topic.starts_with('$'))
+            .is_some()
+    }
+
+    #[inline]
+    pub(super) fn rule_at(&self, index: usize) -> &Rule {
+        self.rules.get(index).unwrap_or(&self.default)
+    }
+
+    /// What a topic maps to whatever the payload: see `TopicPlans`.
+    pub(super) fn plan(&self, topic: &str) -> Option<TopicPlan> {
+        let levels = split_levels(topic);
+        let rule = self.rule_index(&levels, topic.starts_with('$'))?;
+        let measurement = self.rule_at(rule).measurement_for(&levels).into_owned();
+        let tags = self.rule_at(rule).tags_for(&levels, topic, None);
+        let mut series = String::new();
+        let series = line_protocol::push_series(&mut series, &measurement, &tags).then_some(series);
+        Some(TopicPlan {
+            rule,
+            measurement,
+            series,
+        })
+    }
+}
+
+/// What a topic maps to whatever the payload: its rule, measurement and series key (escaped
+/// measurement and tags; None when the measurement cannot be written).
+#[derive(Debug)]
+pub(super) struct TopicPlan {
+    pub(super) rule: usize,
+    pub(super) measurement: String,
+    pub(super) series: Option<String>,
+}
+
+/// Topics remembered by the batcher with their `TopicPlan` (None: excluded), so that a device
+/// publishing again does not have its topic matched against the rules, split into tags and
+/// escaped again for every point. Bounded in count and topic length; once full, other topics
+/// are mapped without being remembered, and after as many such publishes as it holds topics it
+/// starts over, so a fleet whose topics change gets its new ones remembered.
+#[derive(Debug, Default)]
+pub struct TopicPlans {
+    /// ahash: hashed for every point, on topics clients choose (keyed per process, as std's).
+    index: HashMap<Box<str>, usize, ahash::RandomState>,
+    pub(super) plans: Vec<Option<TopicPlan>>,
+    /// Publishes mapped without a plan since the cache filled up.
+    not_kept: usize,
+}
+
+/// Topics remembered at most.
+pub(super) const MAX_TOPIC_PLANS: usize = 10_000;
+/// Longer topics are not remembered (an entry holds the topic about three times: key, tag and
+/// series key), so the cache stays within a few tens of MB whatever clients publish.
+pub(super) const MAX_PLANNED_TOPIC_LEN: usize = 256;
+
+/// What `TopicPlans` knows of a topic.
+pub(super) enum Lookup<'p> {
+    Excluded,
+    Plan(&'p TopicPlan),
+    /// Not remembered (too long, or the cache is full): map it from scratch.
+    NotKept,
+}
+
+impl TopicPlans {
+    #[inline]
+    pub(super) fn get(&mut self, mapping: &Mapping, topic: &str) -> Lookup<'_> {
+        let i = match self.index.get(topic) {
+            Some(&i) => i,
+            None if topic.len() > MAX_PLANNED_TOPIC_LEN => return Lookup::NotKept,
+            None if self.plans.len() >= MAX_TOPIC_PLANS => {
+                self.not_kept += 1;
+                if self.not_kept >= MAX_TOPIC_PLANS {
+                    self.index.clear();
+                    self.plans.clear();
+                    self.not_kept = 0;
+                }
+                return Lookup::NotKept;
+            }
+            None => {
+                self.plans.push(mapping.plan(topic));
+                self.index.insert(topic.into(), self.plans.len() - 1);
+                self.plans.len() - 1
+            }
+        };
+        match &self.plans[i] {
+            Some(plan) => Lookup::Plan(plan),
+            None => Lookup::Excluded,
+        }
+    }
+}
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -545,5 +633,81 @@ pub(super) mod tests {
             "{}",
             errs[1].message
         );
+    }
+}
+
+/// The topic-plan cache (`TopicPlans`).
+#[cfg(test)]
+mod topic_plan_tests {
+    use super::tests::{map, mapping, rule};
+    use super::*;
+
+    #[test]
+    fn a_remembered_topic_maps_every_payload_as_a_fresh_one() {
+        let mut r = rule("sensors/{device}/{measurement}");
+        r.tags.insert("zone".into(), "a b".into());
+        let m = mapping(vec![r]);
+        let mut plans = TopicPlans::default();
+        let topics = ["sensors/k,1/temp", "sensors/k2/hum", "$SYS/x", "other"];
+        let payloads = ["21.5", "24.3°C", r#"{"a":{"b":1},"ok":true}"#, "on", "45%"];
+        for _round in 0..2 {
+            for topic in topics {
+                for payload in payloads {
+                    let mut out = String::new();
+                    // Fresh field types: only the plans are carried from one call to the next.
+                    let types = &mut FieldTypes::default();
+                    let remembered = m
+                        .map(
+                            topic,
+                            payload.as_bytes(),
+                            1_000,
+                            types,
+                            &mut plans,
+                            &mut out,
+                        )
+                        .map(|_| out);
+                    assert_eq!(remembered, map(&m, topic, payload), "{topic} {payload}");
+                }
+            }
+        }
+        assert_eq!(plans.plans.len(), topics.len(), "one plan per topic");
+    }
+
+    #[test]
+    fn topic_plans_are_bounded_and_map_the_rest_as_fresh_ones() {
+        let m = mapping(vec![]);
+        let mut plans = TopicPlans::default();
+        let mut out = String::new();
+        let mut map_one = |plans: &mut TopicPlans, topic: &str| {
+            out.clear();
+            m.map(
+                topic,
+                b"1",
+                1_000,
+                &mut FieldTypes::default(),
+                plans,
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(Ok(out.clone()), map(&m, topic, "1"), "{topic}");
+        };
+        let long = format!("long/{}", "x".repeat(MAX_PLANNED_TOPIC_LEN));
+        map_one(&mut plans, &long);
+        assert!(plans.plans.is_empty(), "a long topic is not remembered");
+        for i in 0..MAX_TOPIC_PLANS {
+            map_one(&mut plans, &format!("t/{i}"));
+        }
+        assert_eq!(plans.plans.len(), MAX_TOPIC_PLANS);
+        // Full: new topics are mapped without being remembered, the old ones stay...
+        for i in 0..MAX_TOPIC_PLANS - 1 {
+            map_one(&mut plans, &format!("new/{i}"));
+        }
+        assert_eq!(plans.plans.len(), MAX_TOPIC_PLANS);
+        assert!(plans.index.contains_key("t/0"));
+        // ... until as many publishes went unplanned as it holds: then it starts over.
+        map_one(&mut plans, "new/last");
+        assert!(plans.plans.is_empty());
+        map_one(&mut plans, "new/0");
+        assert_eq!(plans.plans.len(), 1);
     }
 }

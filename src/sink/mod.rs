@@ -29,8 +29,10 @@
 //!   InfluxDB refuses in part is checked against its answer, line by line (`line_scan.rs` reads
 //!   a batch as influxd does); what the answer does not account for is sent again in halves, as
 //!   a point written twice is stored once.
-//! - `writer.rs` wires the stages (shared state, start, shutdown); `config.rs` holds `[sink]`,
-//!   `stats.rs` the counters.
+//! - `writer.rs` wires the stages (start, shutdown); `shared.rs` is the state they share,
+//!   `chunk.rs` the hand-off's unit, `record.rs` the input, `mapped.rs` what mapping gives;
+//!   `config.rs` holds `[sink]`, `stats.rs` the counters. This file declares and re-exports,
+//!   and holds the `Sink` handle; the files import each other directly, never through it.
 //!
 //! With sync persistence, a QoS 1/2 publish is also kept in the broker's journal from before it
 //! is acknowledged until its batch has left memory, and written again after a crash
@@ -41,6 +43,7 @@
 //! passes to `start_batching`.
 
 mod batcher;
+mod chunk;
 mod config;
 pub mod durable;
 mod field_types;
@@ -48,10 +51,13 @@ mod handoff;
 pub mod http;
 pub mod line_protocol;
 pub mod line_scan;
+mod mapped;
 pub mod mapping;
 mod payload;
+mod record;
 mod rules;
 mod sender;
+mod shared;
 pub mod spool;
 mod stats;
 mod timestamp;
@@ -64,17 +70,9 @@ pub use config::{SinkConfig, SpoolFull};
 pub(crate) use handoff::{end_batching, flush_batched, start_batching};
 pub use line_protocol::Precision;
 pub use mapping::{NonNumeric, RuleConfig, TimestampUnit};
+pub use record::SinkRecord;
 pub(crate) use stats::Counters;
-pub use stats::{DropReason, SinkStats};
-
-/// One accepted PUBLISH as the sink sees it (borrowed: `Sink::submit` copies what it keeps).
-#[derive(Debug, Clone, Copy)]
-pub struct SinkRecord<'a> {
-    pub topic: &'a str,
-    pub payload: &'a [u8],
-    /// Broker receive time, nanoseconds since the Unix epoch.
-    pub received_at_ns: i64,
-}
+pub use stats::{DropReason, LastPoint, SinkStats};
 
 /// Handle to the writer threads. Cheap to share (`&Sink` from every connection thread).
 pub struct Sink {
@@ -175,6 +173,12 @@ impl Sink {
     /// Counter snapshot.
     pub fn stats(&self) -> SinkStats {
         self.counters.snapshot()
+    }
+
+    /// The last point InfluxDB accepted per measurement, most recent last (at most
+    /// `stats::LAST_POINT_MEASUREMENTS`).
+    pub fn last_points(&self) -> Vec<LastPoint> {
+        self.counters.last_points()
     }
 
     /// Flush what is buffered and join the writer threads. Points InfluxDB does not take within

@@ -4,7 +4,7 @@
 
 use super::field_types::FieldTypes;
 use super::line_protocol::{self, FieldValue, Precision};
-use super::mapping::{Mapped, Skip};
+use super::mapped::{Mapped, Skip};
 use super::rules::{NonNumeric, RuleConfig};
 use super::timestamp::read_timestamp;
 use smallvec::SmallVec;

@@ -9,9 +9,9 @@
 
 use super::http::{error_text, InfluxClient, WriteResult};
 use super::line_protocol::{self, FieldType};
+use super::shared::Shared;
 use super::spool::Batch;
-use super::writer::Shared;
-use super::{Counters, DropReason};
+use super::stats::{Counters, DropReason};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -407,10 +407,13 @@ impl SenderLoop {
             }
             Counters::add(&self.shared.counters.write_requests, 1);
             break match self.client.write(&batch.data) {
-                WriteResult::Written => Delivery {
-                    written: batch.lines,
-                    retry: None,
-                },
+                WriteResult::Written => {
+                    self.shared.counters.note_written(&batch.data);
+                    Delivery {
+                        written: batch.lines,
+                        retry: None,
+                    }
+                }
                 WriteResult::TooLarge if batch.lines > 1 => {
                     log::warn!(
                         "sink: InfluxDB refused a {}-byte batch as too large (413); splitting it",

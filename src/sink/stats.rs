@@ -84,6 +84,37 @@ pub(crate) struct Counters {
     pub(super) last_error: std::sync::Mutex<Option<String>>,
     /// The sender has created the database (if configured) and learnt its field types.
     pub(super) prepared: std::sync::atomic::AtomicBool,
+    /// The last point InfluxDB accepted per measurement (for the dashboard), bounded.
+    pub(super) last_points: std::sync::Mutex<Vec<LastPoint>>,
+}
+
+/// The last point written of one measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastPoint {
+    pub measurement: String,
+    /// The line protocol line, cut to `LAST_LINE_BYTES`.
+    pub line: String,
+    /// When InfluxDB accepted it, milliseconds since the Unix epoch.
+    pub written_at_ms: u64,
+}
+
+/// Measurements whose last point is kept; the least recently written one makes room.
+pub const LAST_POINT_MEASUREMENTS: usize = 32;
+/// Lines looked at from the end of each written batch.
+const LAST_LINES_SCANNED: usize = 64;
+const LAST_LINE_BYTES: usize = 400;
+
+/// The measurement of a line protocol line: up to the first unescaped comma or space.
+fn measurement_of(line: &[u8]) -> &[u8] {
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'\\' => i += 2,
+            b',' | b' ' => return &line[..i],
+            _ => i += 1,
+        }
+    }
+    line
 }
 
 impl Counters {
@@ -149,6 +180,50 @@ impl SinkStats {
 }
 
 impl Counters {
+    /// InfluxDB accepted `batch` (line protocol): keep the last line of each measurement in its
+    /// last `LAST_LINES_SCANNED` lines. Once per write request, on the sender thread.
+    pub(crate) fn note_written(&self, batch: &[u8]) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut seen: Vec<&[u8]> = Vec::new();
+        let mut found: Vec<LastPoint> = Vec::new();
+        for line in batch
+            .split(|b| *b == b'\n')
+            .rev()
+            .filter(|l| !l.is_empty())
+            .take(LAST_LINES_SCANNED)
+        {
+            let m = measurement_of(line);
+            if seen.contains(&m) {
+                continue;
+            }
+            seen.push(m);
+            let shown = &line[..line.len().min(LAST_LINE_BYTES)];
+            found.push(LastPoint {
+                measurement: String::from_utf8_lossy(m).into_owned(),
+                line: String::from_utf8_lossy(shown).into_owned(),
+                written_at_ms: at,
+            });
+        }
+        let mut last = self.last_points.lock().unwrap_or_else(|e| e.into_inner());
+        for point in found {
+            last.retain(|p| p.measurement != point.measurement);
+            last.push(point);
+        }
+        let over = last.len().saturating_sub(LAST_POINT_MEASUREMENTS);
+        last.drain(..over);
+    }
+
+    /// The last point written per measurement, most recent last.
+    pub(crate) fn last_points(&self) -> Vec<LastPoint> {
+        self.last_points
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub(crate) fn snapshot(&self) -> SinkStats {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SinkStats {
@@ -174,5 +249,28 @@ impl Counters {
                 .clone(),
             prepared: self.prepared.load(Ordering::Acquire),
         }
+    }
+}
+
+#[cfg(test)]
+mod last_point_tests {
+    use super::*;
+
+    #[test]
+    fn the_last_line_of_each_measurement_is_kept_and_bounded() {
+        let c = Counters::default();
+        c.note_written(b"temp,room=a v=1 1\nhum v=2 2\ntemp,room=b v=3 3\n");
+        let last = c.last_points();
+        let temp = last.iter().find(|p| p.measurement == "temp").unwrap();
+        assert_eq!(temp.line, "temp,room=b v=3 3");
+        assert!(last.iter().any(|p| p.measurement == "hum"));
+        c.note_written(br"we\,ird,t=1 v=1 1");
+        assert!(c.last_points().iter().any(|p| p.measurement == r"we\,ird"));
+        for i in 0..100 {
+            c.note_written(format!("m{i} v=1 1").as_bytes());
+        }
+        let last = c.last_points();
+        assert_eq!(last.len(), LAST_POINT_MEASUREMENTS);
+        assert_eq!(last.last().unwrap().measurement, "m99");
     }
 }

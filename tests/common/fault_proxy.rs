@@ -114,8 +114,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, s: &Shared) {
                 return;
             }
             Ok(n) => {
-                // Blackhole: the bytes vanish, and nothing (no FIN either) comes back.
-                if s.mode.load(Ordering::SeqCst) == Mode::Forward as u8
+                // Blackhole: the bytes vanish, and nothing (no FIN either) comes back. Bytes read
+                // just as a pause began still go through: a paused link loses nothing.
+                if s.mode.load(Ordering::SeqCst) != Mode::Blackhole as u8
                     && to.write_all(&buf[..n]).is_err()
                 {
                     return;

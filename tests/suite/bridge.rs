@@ -21,9 +21,14 @@ fn bridge_toml(port: u16, topics: &[&str], extra: &str) -> String {
     } else {
         "keepalive_interval = 4\n"
     };
+    let queue_dir = if extra.contains("queue_dir") {
+        ""
+    } else {
+        "queue_dir = \"queue\"\n"
+    };
     format!(
         "[[bridges]]\nconnection = \"edge\"\naddress = [\"127.0.0.1:{port}\"]\ntopic = [{}]\n\
-         queue_dir = \"queue\"\n{keepalive}restart_timeout = 1\n\
+         {queue_dir}{keepalive}restart_timeout = 1\n\
          remote_clientid = \"edge-bridge\"\n{extra}\n",
         topics.join(", ")
     )
@@ -79,6 +84,16 @@ fn out_forwards_every_acknowledged_message_once_in_order() {
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let local = Broker::with_config(&bridge_toml(remote.port, &["sensors/# out 1"], ""));
     local.wait_for_log(&["bridge edge: connected to"]);
+    // notifications: the link state, retained, on the local broker (mosquitto's topic).
+    let mut state = RawClient::connect_v311(local.port, "state-watch");
+    state.subscribe("$SYS/broker/connection/edge-bridge/state", QoS::AtMostOnce);
+    assert_eq!(
+        collect(&mut state, 1, Duration::from_secs(5)),
+        vec![(
+            "$SYS/broker/connection/edge-bridge/state".to_string(),
+            "1".to_string()
+        )]
+    );
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
     for i in 0..300 {
         publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
@@ -86,6 +101,16 @@ fn out_forwards_every_acknowledged_message_once_in_order() {
     let got = collect(&mut sub, 300, Duration::from_secs(20));
     assert_eq!(got, numbered("sensors/t", 0..300));
     expect_nothing_more(&mut sub, Duration::from_millis(500));
+    // SIGTERM: the bridge says DISCONNECT, its state goes to 0, and the broker exits cleanly.
+    let mut local = local;
+    let took = local.terminate();
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    assert!(local.log_text().contains("bridge edge: stopped"));
+    assert!(
+        remote.log().contains("Client edge-bridge disconnected"),
+        "a DISCONNECT, not a dropped link: {}",
+        remote.log()
+    );
 }
 
 /// `[metrics]` on a free port, to put before a `[[bridges]]` table.
@@ -132,7 +157,7 @@ fn out_backlog_survives_the_remote_being_killed_and_restarted() {
     let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let local = Broker::with_config(&format!(
-        "{METRICS}{}",
+        "sys_interval = 1\n{METRICS}{}",
         bridge_toml(proxy.port, &["sensors/# out 1"], "")
     ));
     local.wait_for_log(&["bridge edge: connected to"]);
@@ -165,6 +190,33 @@ fn out_backlog_survives_the_remote_being_killed_and_restarted() {
     wait_drained(&local);
     assert!(metric(&local, "mqflux_bridge_reconnects_total") >= 1);
     assert_eq!(metric(&local, "mqflux_bridge_acked_total"), 150);
+    // The same figures in $SYS, under mosquitto-style names.
+    let mut sys = RawClient::connect_v311(local.port, "sys-watch");
+    sys.subscribe("$SYS/broker/bridge/edge/#", QoS::AtMostOnce);
+    // Values are republished each sys_interval when they change: wait for the current ones.
+    let want = [
+        ("$SYS/broker/bridge/edge/state", "1"),
+        ("$SYS/broker/bridge/edge/queue/messages", "0"),
+        ("$SYS/broker/bridge/edge/messages/acked", "150"),
+    ];
+    let mut latest = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !want
+            .iter()
+            .all(|(t, v)| latest.get(*t).map(String::as_str) == Some(*v))
+    {
+        for (topic, value) in collect(&mut sys, 1, Duration::from_millis(200)) {
+            latest.insert(topic, value);
+        }
+    }
+    for (topic, value) in want {
+        assert_eq!(
+            latest.get(topic).map(String::as_str),
+            Some(value),
+            "{topic}: {latest:?}"
+        );
+    }
 }
 
 #[test]
@@ -194,10 +246,9 @@ fn blackholed_link_is_detected_within_one_and_a_half_keepalives() {
     let remote = Mosquitto::start("");
     let proxy = FaultProxy::start(remote.port);
     let mut sub = persistent_sub(remote.port, "remote-sub", "sensors/#", QoS::AtLeastOnce);
-    let local = Broker::with_config(&bridge_toml(
-        proxy.port,
-        &["sensors/# out 1"],
-        "keepalive_interval = 2",
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(proxy.port, &["sensors/# out 1"], "keepalive_interval = 2")
     ));
     local.wait_for_log(&["bridge edge: connected to"]);
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
@@ -206,6 +257,8 @@ fn blackholed_link_is_detected_within_one_and_a_half_keepalives() {
         collect(&mut sub, 1, Duration::from_secs(10)),
         numbered("sensors/t", 0..1)
     );
+    // Its PUBACK reached the bridge (else resending it after the cut is right for QoS 1).
+    wait_drained(&local);
     let mark = local.log_mark();
     proxy.set(Mode::Blackhole);
     let cut = Instant::now();
@@ -248,6 +301,16 @@ fn full_queue_drops_exactly_the_oldest_counts_them_and_keeps_flowing() {
         publisher.publish("sensors/t", &format!("m{i:03}"), QoS::AtLeastOnce);
     }
     local.wait_for_log(&["bridge edge: dropped", "QueueFull"]);
+    // A bridge that is down does not fail /health: the broker still takes messages.
+    let (status, _, body) = http(metrics_addr(&local), "GET", "/health");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!(
+            "bridge edge: down (127.0.0.1:{}), 13 queued",
+            proxy.port
+        )),
+        "{body}"
+    );
     proxy.set(Mode::Forward);
     let got = collect(&mut sub, 13, Duration::from_secs(20));
     let want: Vec<(String, String)> = (17..30)
@@ -330,7 +393,10 @@ fn qos2_across_cuts_is_delivered_exactly_once() {
 fn retained_set_and_cleared_while_the_link_is_down_propagate() {
     let remote = Mosquitto::start("");
     let proxy = FaultProxy::start(remote.port);
-    let local = Broker::with_config(&bridge_toml(proxy.port, &["state/# out 1"], ""));
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(proxy.port, &["state/# out 1"], "")
+    ));
     local.wait_for_log(&["bridge edge: connected to"]);
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
     publisher.publish_with(
@@ -346,6 +412,7 @@ fn retained_set_and_cleared_while_the_link_is_down_propagate() {
         collect(&mut check, 1, Duration::from_secs(10)),
         vec![("state/b".to_string(), "old".to_string())]
     );
+    wait_drained(&local);
     proxy.set(Mode::Blackhole);
     proxy.reset();
     publisher.publish_with("state/a", b"1", QoS::AtLeastOnce, true, Default::default());
@@ -380,6 +447,35 @@ fn in_publishes_remote_messages_locally_once_in_order() {
     }
     let got = collect(&mut local_sub, 200, Duration::from_secs(20));
     assert_eq!(got, numbered("cmd/x", 0..200));
+    expect_nothing_more(&mut local_sub, Duration::from_millis(500));
+}
+
+#[test]
+fn in_qos2_from_the_remote_is_published_locally_exactly_once() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    let local = Broker::with_config(&bridge_toml(proxy.port, &["cmd/# in 2"], ""));
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("cmd/#", QoS::ExactlyOnce);
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    let mut got = Vec::new();
+    for round in 0..3 {
+        publish_qos2_pipelined(&mut remote_pub, "cmd/x", round * 100..round * 100 + 100);
+        got.extend(collect(&mut local_sub, 1, Duration::from_millis(50)));
+        // Cut the link while the remote's QoS 2 exchanges with the bridge are under way.
+        proxy.reset();
+    }
+    let left = 300 - got.len();
+    got.extend(collect(&mut local_sub, left, Duration::from_secs(20)));
+    let want = numbered("cmd/x", 0..300);
+    let mut seen = std::collections::HashSet::new();
+    let doubled: Vec<_> = got.iter().filter(|m| !seen.insert(*m)).collect();
+    let missing: Vec<_> = want.iter().filter(|m| !got.contains(m)).collect();
+    assert!(
+        missing.is_empty() && doubled.is_empty(),
+        "missing {missing:?}, doubled {doubled:?}"
+    );
     expect_nothing_more(&mut local_sub, Duration::from_millis(500));
 }
 
@@ -619,6 +715,31 @@ fn check_config_names_file_key_and_expectation_for_bad_bridges() {
         assert!(line.contains(path), "names the file: {line}");
         assert!(line.contains(expected), "{line}");
     }
+    // A CA file that is not PEM: named with its key, before the broker would start.
+    let bad_ca = dir.path().join("ca.pem");
+    std::fs::write(&bad_ca, "not a certificate\n").unwrap();
+    let tls = dir.path().join("tls.toml");
+    std::fs::write(
+        &tls,
+        format!(
+            "[persistence]\ndir = \"state\"\n{}",
+            bridge_toml(
+                1,
+                &["a/# out 1"],
+                &format!("bridge_cafile = {:?}", bad_ca.to_str().unwrap())
+            )
+        ),
+    )
+    .unwrap();
+    let (status, out) = crate::common::run_to_exit(
+        &["check-config", tls.to_str().unwrap()],
+        Duration::from_secs(10),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("key `bridges[0].bridge_cafile`") && out.contains("no PEM certificate"),
+        "{out}"
+    );
     // The mosquitto-style example in config.example.toml passes, uncommented.
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
@@ -638,4 +759,410 @@ fn check_config_names_file_key_and_expectation_for_bad_bridges() {
     );
     assert!(status.success(), "{out}");
     assert!(out.contains("bridges central"), "{out}");
+}
+
+#[test]
+fn sighup_reload_keeps_the_queue_of_a_bridge_whose_connection_stays() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&bridge_toml(proxy.port, &["sensors/# out 1"], ""));
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..30 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    // Same connection, other settings: the bridge restarts on the queue it had.
+    let changed = bridge_toml(proxy.port, &["sensors/# out 1"], "keepalive_interval = 7");
+    std::fs::write(local.config_path(), changed).unwrap();
+    let mark = local.log_mark();
+    local.send_signal(libc::SIGHUP);
+    local.wait_for_log_after(
+        mark,
+        &["bridge edge: settings changed; restarting with its queue"],
+        Duration::from_secs(10),
+    );
+    proxy.set(Mode::Forward);
+    let got = collect(&mut sub, 30, Duration::from_secs(20));
+    assert_eq!(got, numbered("sensors/t", 0..30));
+    expect_nothing_more(&mut sub, Duration::from_millis(300));
+}
+
+#[test]
+fn failover_to_the_next_address_and_back_to_the_primary() {
+    let primary = Mosquitto::start("");
+    let secondary = Mosquitto::start("");
+    let proxy = FaultProxy::start(primary.port);
+    proxy.set(Mode::Refuse);
+    let mut on_primary = RawClient::connect_v311(primary.port, "sub-primary");
+    on_primary.subscribe("sensors/#", QoS::AtLeastOnce);
+    let mut on_secondary = RawClient::connect_v311(secondary.port, "sub-secondary");
+    on_secondary.subscribe("sensors/#", QoS::AtLeastOnce);
+    let config = bridge_toml(proxy.port, &["sensors/# out 1"], "primary_retry_secs = 1").replace(
+        &format!("address = [\"127.0.0.1:{}\"]", proxy.port),
+        &format!(
+            "address = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]",
+            proxy.port, secondary.port
+        ),
+    );
+    let local = Broker::with_config(&format!("{METRICS}{config}"));
+    local.wait_for_log(&[&format!(
+        "bridge edge: connected to 127.0.0.1:{}",
+        secondary.port
+    )]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..10 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut on_secondary, 10, Duration::from_secs(10)),
+        numbered("sensors/t", 0..10)
+    );
+    wait_drained(&local);
+    // The primary answers again: within primary_retry_secs the bridge moves back.
+    proxy.set(Mode::Forward);
+    local.wait_for_log(&[&format!(
+        "bridge edge: connected to 127.0.0.1:{}",
+        proxy.port
+    )]);
+    for i in 10..20 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut on_primary, 10, Duration::from_secs(10)),
+        numbered("sensors/t", 10..20)
+    );
+    expect_nothing_more(&mut on_secondary, Duration::from_millis(300));
+}
+
+#[test]
+fn max_rate_caps_how_fast_a_backlog_drains() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&bridge_toml(
+        proxy.port,
+        &["sensors/# out 1"],
+        "max_rate = 50",
+    ));
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..100 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    proxy.set(Mode::Forward);
+    let first = collect(&mut sub, 1, Duration::from_secs(10));
+    let start = Instant::now();
+    let mut got = first;
+    got.extend(collect(&mut sub, 99, Duration::from_secs(10)));
+    let took = start.elapsed();
+    assert_eq!(got, numbered("sensors/t", 0..100));
+    // 99 more at 50/s: about 2 s (a 100 ms burst allowance at most).
+    assert!(
+        took >= Duration::from_millis(1700),
+        "drained in {took:?} despite max_rate = 50"
+    );
+}
+
+#[test]
+fn in_messages_obey_the_acl_of_local_username() {
+    let remote = Mosquitto::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    // Anonymous local clients may read everything; the bridge's user may write cmd/allowed/#.
+    std::fs::write(
+        &acl,
+        "topic read #\n\nuser bridge\ntopic write cmd/allowed/#\n",
+    )
+    .unwrap();
+    let config = format!(
+        "{METRICS}[security]\nallow_anonymous = true\nacl_file = {:?}\n\n{}",
+        acl.to_str().unwrap(),
+        bridge_toml(remote.port, &["cmd/# in 1"], "local_username = \"bridge\"")
+    );
+    let local = Broker::with_config(&config);
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("cmd/#", QoS::AtLeastOnce);
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    remote_pub.publish("cmd/denied/x", "no", QoS::AtLeastOnce);
+    remote_pub.publish("cmd/allowed/x", "yes", QoS::AtLeastOnce);
+    assert_eq!(
+        collect(&mut local_sub, 2, Duration::from_secs(3)),
+        vec![("cmd/allowed/x".to_string(), "yes".to_string())]
+    );
+    let (_, _, body) = http(metrics_addr(&local), "GET", "/metrics");
+    assert!(
+        body.contains("mqflux_bridge_dropped_total{bridge=\"edge\",reason=\"denied\"} 1\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn v311_bridge_to_a_second_mqflux_delivers_with_or_without_the_bridge_bit() {
+    // try_private: a remote that refuses protocol level 0x84 is retried without the bit; one
+    // that accepts it takes the bridge as such. Either way every message arrives once.
+    let remote = Broker::start();
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&bridge_toml(remote.port, &["sensors/# out 1"], ""));
+    let line = local.wait_for_log(&["bridge edge: connected to"]);
+    let refused = local.log_text().contains("refused the bridge bit");
+    assert_eq!(line.contains("bridge bit"), !refused, "{line}");
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..50 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    assert_eq!(
+        collect(&mut sub, 50, Duration::from_secs(10)),
+        numbered("sensors/t", 0..50)
+    );
+    expect_nothing_more(&mut sub, Duration::from_millis(300));
+}
+
+#[test]
+fn qos2_state_survives_sigkill_of_the_local_broker_mid_drain() {
+    let remote = Mosquitto::start("");
+    let mut sub = persistent_sub(remote.port, "remote-sub", "sensors/#", QoS::ExactlyOnce);
+    // A rate cap keeps QoS 2 exchanges under way when the broker dies.
+    let mut local = Broker::with_config(&bridge_toml(
+        remote.port,
+        &["sensors/# out 2"],
+        "max_rate = 200",
+    ));
+    local.wait_for_log(&["bridge edge: connected to"]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    publish_qos2_pipelined(&mut publisher, "sensors/t", 0..300);
+    let mut got = collect(&mut sub, 300, Duration::from_millis(400));
+    assert!(got.len() < 300, "the kill must come mid-drain");
+    local.kill();
+    local.restart();
+    let left = 300 - got.len();
+    got.extend(collect(&mut sub, left, Duration::from_secs(20)));
+    let want = numbered("sensors/t", 0..300);
+    let missing: Vec<_> = want.iter().filter(|m| !got.contains(m)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let doubled: Vec<_> = got.iter().filter(|m| !seen.insert(*m)).collect();
+    assert!(
+        missing.is_empty() && doubled.is_empty(),
+        "missing {missing:?}, doubled {doubled:?}"
+    );
+    expect_nothing_more(&mut sub, Duration::from_millis(500));
+}
+
+#[test]
+fn v5_properties_travel_and_expired_messages_are_dropped_not_sent() {
+    use mqflux::protocol::Properties;
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let mut sub = RawClient::connect_v5(remote.port, "remote-sub", Properties::default());
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(
+            proxy.port,
+            &["sensors/# out 1"],
+            "bridge_protocol_version = \"mqttv50\""
+        )
+    ));
+    let mut publisher = RawClient::connect_v5(local.port, "local-pub", Properties::default());
+    let kept = Properties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("site".into(), "1".into())],
+        message_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    publisher.publish_with("sensors/kept", b"a", QoS::AtLeastOnce, false, kept);
+    // [MQTT-3.3.2-5] a message whose expiry passes in the queue is not sent.
+    let short = Properties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    publisher.publish_with("sensors/short", b"b", QoS::AtLeastOnce, false, short);
+    std::thread::sleep(Duration::from_millis(2100));
+    proxy.set(Mode::Forward);
+    let p = sub.expect_publish();
+    sub.puback(p.packet_id);
+    assert_eq!(&*p.topic, "sensors/kept");
+    assert_eq!(p.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        p.properties.user_properties,
+        vec![("site".to_string(), "1".to_string())]
+    );
+    // [MQTT-3.3.2-6] the interval forwarded is less the whole seconds it waited.
+    let left = p
+        .properties
+        .message_expiry_interval
+        .expect("expiry forwarded");
+    assert!((590..=598).contains(&left), "expiry {left}");
+    expect_nothing_more(&mut sub, Duration::from_millis(500));
+    wait_drained(&local);
+    let (_, _, body) = http(metrics_addr(&local), "GET", "/metrics");
+    assert!(
+        body.contains("mqflux_bridge_dropped_total{bridge=\"edge\",reason=\"expired\"} 1\n"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_damaged_queue_journal_stops_the_start_until_recover_keeps_what_is_readable() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    proxy.set(Mode::Refuse);
+    let state = tempfile::tempdir().unwrap();
+    let queue_dir = state.path().join("queue");
+    let config = bridge_toml(
+        proxy.port,
+        &["sensors/# out 1"],
+        &format!("queue_dir = {:?}", queue_dir.to_str().unwrap()),
+    );
+    let mut local = Broker::with_config(&config);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    for i in 0..10 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    local.kill();
+    // A torn write at the end of the queue's journal.
+    let journal = queue_dir.join("edge").join("mqflux.journal");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[0x40, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(file);
+    let config_path = state.path().join("mqflux.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let path = config_path.to_str().unwrap();
+    let (status, out) = crate::common::run_to_exit(
+        &["--config", path, "--bind", "127.0.0.1", "--port", "0"],
+        Duration::from_secs(10),
+    );
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("bridge edge: cannot open its queue") && out.contains("--recover"),
+        "{out}"
+    );
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let recovered = Broker::builder().config(&config).arg("--recover").start();
+    recovered.wait_for_log(&["bridge edge: 10 queued messages"]);
+    proxy.set(Mode::Forward);
+    assert_eq!(
+        collect(&mut sub, 10, Duration::from_secs(10)),
+        numbered("sensors/t", 0..10)
+    );
+}
+
+#[test]
+fn a_message_over_bridge_max_packet_size_is_dropped_counted_and_the_rest_flows() {
+    let remote = Mosquitto::start("");
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(
+            remote.port,
+            &["sensors/# out 1"],
+            "bridge_max_packet_size = 100"
+        )
+    ));
+    local.wait_for_log(&["bridge edge: connected to"]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    publisher.publish("sensors/t", "small-1", QoS::AtLeastOnce);
+    publisher.publish("sensors/t", &"x".repeat(200), QoS::AtLeastOnce);
+    publisher.publish("sensors/t", "small-2", QoS::AtLeastOnce);
+    assert_eq!(
+        collect(&mut sub, 2, Duration::from_secs(10)),
+        vec![
+            ("sensors/t".to_string(), "small-1".to_string()),
+            ("sensors/t".to_string(), "small-2".to_string())
+        ]
+    );
+    wait_drained(&local);
+    expect_nothing_more(&mut sub, Duration::from_millis(300));
+    let (_, _, body) = http(metrics_addr(&local), "GET", "/metrics");
+    assert!(
+        body.contains("mqflux_bridge_dropped_total{bridge=\"edge\",reason=\"too_large\"} 1\n"),
+        "{body}"
+    );
+    local.wait_for_log(&["larger than the remote takes"]);
+}
+
+#[test]
+fn v5_both_to_a_second_mqflux_uses_no_local_and_keeps_retained_flags() {
+    let remote = Broker::start();
+    let local = Broker::with_config(&bridge_toml(
+        remote.port,
+        &["room/# both 1"],
+        "bridge_protocol_version = \"mqttv50\"",
+    ));
+    local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
+    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
+    local_sub.subscribe("room/#", QoS::AtLeastOnce);
+    let mut remote_sub = RawClient::connect_v311(remote.port, "remote-sub");
+    remote_sub.subscribe("room/#", QoS::AtLeastOnce);
+    let mut local_pub = RawClient::connect_v311(local.port, "local-pub");
+    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
+    for i in 0..20 {
+        local_pub.publish("room/local", &format!("m{i}"), QoS::AtLeastOnce);
+        remote_pub.publish("room/remote", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    // [MQTT-3.8.3-3] No Local: the remote does not send the bridge its own messages back.
+    let mut local_got = collect(&mut local_sub, 40, Duration::from_secs(10));
+    expect_nothing_more(&mut local_sub, Duration::from_millis(500));
+    let mut remote_got = collect(&mut remote_sub, 40, Duration::from_secs(10));
+    expect_nothing_more(&mut remote_sub, Duration::from_millis(500));
+    local_got.sort();
+    remote_got.sort();
+    let mut want: Vec<(String, String)> = numbered("room/local", 0..20);
+    want.extend(numbered("room/remote", 0..20));
+    want.sort();
+    assert_eq!(local_got, want);
+    assert_eq!(remote_got, want);
+    // Retain As Published: a retained message from the remote is retained here too.
+    remote_pub.publish_with(
+        "room/state",
+        b"on",
+        QoS::AtLeastOnce,
+        true,
+        Default::default(),
+    );
+    collect(&mut local_sub, 1, Duration::from_secs(10));
+    let mut late = RawClient::connect_v311(local.port, "late-sub");
+    late.subscribe("room/state", QoS::AtLeastOnce);
+    assert_eq!(
+        collect(&mut late, 1, Duration::from_secs(5)),
+        vec![("room/state".to_string(), "on".to_string())]
+    );
+}
+
+#[test]
+fn a_link_paused_shorter_than_the_keepalive_resumes_without_reconnecting() {
+    let remote = Mosquitto::start("");
+    let proxy = FaultProxy::start(remote.port);
+    let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
+    sub.subscribe("sensors/#", QoS::AtLeastOnce);
+    let local = Broker::with_config(&format!(
+        "{METRICS}{}",
+        bridge_toml(proxy.port, &["sensors/# out 1"], "keepalive_interval = 4")
+    ));
+    local.wait_for_log(&["bridge edge: connected to"]);
+    let mut publisher = RawClient::connect_v311(local.port, "local-pub");
+    // TCP holds the bytes while the proxy reads nothing; 2 s is below 1.5 x 4 s.
+    proxy.set(Mode::Pause);
+    for i in 0..20 {
+        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    proxy.set(Mode::Forward);
+    assert_eq!(
+        collect(&mut sub, 20, Duration::from_secs(10)),
+        numbered("sensors/t", 0..20)
+    );
+    wait_drained(&local);
+    assert_eq!(metric(&local, "mqflux_bridge_reconnects_total"), 0);
+    assert_eq!(metric(&local, "mqflux_bridge_resent_total"), 0);
 }

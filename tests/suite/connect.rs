@@ -237,14 +237,18 @@ fn connect_timeout_does_not_close_a_connected_client() {
 fn packet_before_connect_closes_connection_without_reply() {
     let broker = Broker::start();
     // [MQTT-3.1.0-1] the first packet must be CONNECT.
-    for first in [
-        raw::pingreq(),
-        raw::publish("early", b"x", 0, 0, false, false),
-        raw::subscribe(1, &[("early", 0)]),
+    // The connection is a `Handshake` until CONNECT is accepted: the packet is refused as a
+    // violation before anything acts on it (no PINGRESP, nothing published or subscribed).
+    for (first, name) in [
+        (raw::pingreq(), "PINGREQ"),
+        (raw::publish("early", b"x", 0, 0, false, false), "PUBLISH"),
+        (raw::subscribe(1, &[("early", 0)]), "SUBSCRIBE"),
     ] {
         let mut c = RawClient::connect(broker.addr());
         c.send(&first);
         c.expect_closed(CLOSE_TIMEOUT);
+        let got = format!("first packet must be CONNECT, got {name}");
+        broker.wait_for_log(&["(before CONNECT)", "[MQTT-3.1.0-1]", &got]);
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::broker::auth::{authenticate, AuthRefusal};
+use crate::broker::live::{ClientInfo, WillView};
 use crate::broker::outbox::Outbox;
 use crate::broker::reader::ConnectionReader;
 use crate::broker::session::{Link, NEVER_EXPIRES};
@@ -14,12 +15,16 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-impl Connection {
-    /// Wait for CONNECT and answer it. Ok(true): connected; Ok(false): refused (already answered).
+impl Handshake {
+    /// Wait for CONNECT and answer it: the connected client, or why not (None: refused with a
+    /// CONNACK already written, closed or timed out; the caller closes the socket).
     /// `connect`, `serve` and `finish` are not inlined into `run`, so its frame (above every
     /// wait) stays small; see `process`.
     #[inline(never)]
-    pub(super) fn connect(&mut self, reader: &mut ConnectionReader) -> Result<bool, Exit> {
+    pub(super) fn connect(
+        self,
+        reader: &mut ConnectionReader,
+    ) -> Result<Box<Connection>, Option<Exit>> {
         // `limits.connect_timeout_secs` is a deadline for the whole CONNECT, counted from accept
         // (or from the end of the TLS / WebSocket handshake): a client trickling its CONNECT a
         // byte at a time must not hold a connection place past it.
@@ -38,13 +43,13 @@ impl Connection {
                     self.peer,
                     timeout.as_secs()
                 );
-                return Ok(false);
+                return Err(None);
             }
             Err(DecodeError::Eof) => {
                 debug!("connection from {} closed before CONNECT", self.peer);
-                return Ok(false);
+                return Err(None);
             }
-            Err(e) => return Err(violation_from(e)),
+            Err(e) => return Err(Some(violation_from(e))),
         };
         let connect = match protocol::decode_packet(frame, ProtocolVersion::V311) {
             Ok(Packet::Connect(c)) => c,
@@ -53,7 +58,7 @@ impl Connection {
                     "[MQTT-3.1.0-1] first packet must be CONNECT, got {}",
                     other.name()
                 );
-                return Err(violation(reason::PROTOCOL_ERROR, message));
+                return Err(Some(violation(reason::PROTOCOL_ERROR, message)));
             }
             Err(DecodeError::UnsupportedProtocol { name, level }) => {
                 // [MQTT-3.1.2-2] answer CONNACK 0x01 and close.
@@ -64,16 +69,17 @@ impl Connection {
                     0x00,
                     connack_v3::UNACCEPTABLE_PROTOCOL_VERSION,
                 ]);
-                return Ok(false);
+                return Err(None);
             }
-            Err(e) => return Err(violation_from(e)),
+            Err(e) => return Err(Some(violation_from(e))),
         };
-        self.accept_connect(connect)
+        self.accept_connect(connect).ok_or(None)
     }
 
-    pub(super) fn accept_connect(&mut self, c: Connect) -> Result<bool, Exit> {
-        self.version = c.version;
-        self.bridge = c.bridge;
+    /// The connected client, or None when CONNECT is refused (the CONNACK saying why is
+    /// written).
+    pub(super) fn accept_connect(self, c: Connect) -> Option<Box<Connection>> {
+        let version = c.version;
         // The username that authentication and ACLs must use: on a listener with
         // `use_identity_as_username` the TLS client certificate's CN, whatever CONNECT says;
         // otherwise CONNECT's own.
@@ -86,18 +92,23 @@ impl Connection {
                 self.peer
             );
             self.refuse(
+                version,
                 connack_v3::NOT_AUTHORIZED,
                 reason::BAD_AUTHENTICATION_METHOD,
             );
-            return Ok(false);
+            return None;
         }
         if let Some(will) = &c.will {
             if will.properties.payload_format_indicator == Some(1)
                 && std::str::from_utf8(&will.payload).is_err()
             {
                 warn!("connection from {}: will payload is not UTF-8 though marked so [MQTT-3.1.3-11]", self.peer);
-                self.refuse(connack_v3::NOT_AUTHORIZED, reason::PAYLOAD_FORMAT_INVALID);
-                return Ok(false);
+                self.refuse(
+                    version,
+                    connack_v3::NOT_AUTHORIZED,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                );
+                return None;
             }
         }
         let mut assigned = None;
@@ -106,10 +117,11 @@ impl Connection {
                 // [MQTT-3.1.3-8] zero-length id with clean session 0: identifier rejected.
                 warn!("connection from {}: empty client id with clean session 0 rejected [MQTT-3.1.3-8]", self.peer);
                 self.refuse(
+                    version,
                     connack_v3::IDENTIFIER_REJECTED,
                     reason::CLIENT_IDENTIFIER_NOT_VALID,
                 );
-                return Ok(false);
+                return None;
             }
             // [MQTT-3.1.3-6] assign a unique id.
             let id = format!("auto-{:x}-{}", crate::broker::message::now_ns(), self.id);
@@ -118,7 +130,6 @@ impl Connection {
         } else {
             c.client_id.as_str().into()
         };
-        self.client_id = client_id.clone();
         // Credentials are checked against the current password file before CONNACK (CONNECT
         // Actions, section 3.1.4, step 3 in both versions); the password itself is never logged.
         let snapshot = self.broker.security.current();
@@ -141,24 +152,24 @@ impl Connection {
                 "connection from {}: client {} (username {:?}) refused: {refusal}",
                 self.peer, client_id, c.username
             );
-            self.refuse(AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
-            return Ok(false);
+            self.refuse(version, AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
+            return None;
         }
-        self.username = username.as_deref().map(Arc::from);
-        if !self.keep_credential(&snapshot, &client_id) {
+        let username_arc: Option<Arc<str>> = username.as_deref().map(Arc::from);
+        if !self.keep_credential(&snapshot, &client_id, username_arc.as_ref()) {
             warn!(
                 "connection from {}: client {} (username {:?}) refused: password file entry \
                  changed by a reload during CONNECT",
                 self.peer, client_id, c.username
             );
-            self.refuse(AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
-            return Ok(false);
+            self.refuse(version, AuthRefusal::CONNACK_V3, AuthRefusal::CONNACK_V5);
+            return None;
         }
-        self.acl = (
+        let acl = (
             snapshot.generation,
             snapshot.client_acl(&client_id, username.as_deref()),
         );
-        self.session_expiry = match (v5, c.clean_start) {
+        let mut session_expiry = match (v5, c.clean_start) {
             (true, _) => c.properties.session_expiry_interval.unwrap_or(0),
             (false, true) => 0,
             (false, false) => NEVER_EXPIRES,
@@ -172,9 +183,9 @@ impl Connection {
             .config
             .limits
             .session_expiry_cap()
-            .filter(|&cap| self.session_expiry > cap);
+            .filter(|&cap| session_expiry > cap);
         if let Some(cap) = capped_expiry {
-            self.session_expiry = cap;
+            session_expiry = cap;
         }
 
         let limits = &self.broker.config.limits;
@@ -188,20 +199,21 @@ impl Connection {
         };
         let outbox = Outbox::new(
             self.stream.clone(),
-            self.version,
+            version,
             client_alias_max,
             self.broker.clone(),
             self.id,
         );
-        self.outbox = Some(outbox.clone());
 
+        // Shared with the session's `Link`: cleared once the session is no longer ours.
+        let owns_session = Arc::new(AtomicBool::new(true));
         let link = Link {
             connection_id: self.id,
-            version: self.version,
-            outbox,
+            version,
+            outbox: outbox.clone(),
             max_packet_size: c.properties.maximum_packet_size.filter(|_| v5),
-            username: self.username.clone(),
-            owns_session: self.owns_session.clone(),
+            username: username_arc.clone(),
+            owns_session: owns_session.clone(),
         };
         let mut properties = Properties::default();
         // v5 Server Keep Alive (section 3.2.2.3.14): a client asking for more than
@@ -229,10 +241,26 @@ impl Connection {
         let session_limits = self
             .broker
             .session_limits(c.properties.receive_maximum.filter(|_| v5));
+        // Registered before CONNACK goes out (in `attach_session`): a client that has its
+        // CONNACK is already in the operator's views.
+        self.broker.note_client(
+            self.id,
+            ClientInfo {
+                client_id: client_id.clone(),
+                username: username_arc.clone(),
+                peer: self.peer,
+                protocol: version,
+                keep_alive_secs,
+                clean_start: c.clean_start,
+                connected_at_ms: (crate::broker::message::now_ns() / 1_000_000) as u64,
+                will: c.will.as_ref().map(WillView::of),
+                revocation: self.revoked.clone(),
+            },
+        );
         let attached = self.broker.attach_session(
             &client_id,
             c.clean_start,
-            self.session_expiry,
+            session_expiry,
             session_limits,
             link,
             |present| {
@@ -244,8 +272,6 @@ impl Connection {
                 })
             },
         );
-        self.session = Some(attached.session);
-        self.will = c.will;
         self.broker.stats.client_connected();
 
         // [MQTT-3.1.2-24] close after 1.5x the keep-alive without any packet.
@@ -260,13 +286,13 @@ impl Connection {
                 .as_deref()
                 .map(|u| format!(" as {u:?}"))
                 .unwrap_or_default(),
-            self.version,
-            if self.bridge {
+            version,
+            if c.bridge {
                 " bridge (no local, retain as published)"
             } else {
                 ""
             },
-            if self.session_expiry == 0 {
+            if session_expiry == 0 {
                 "clean session"
             } else {
                 "persistent session"
@@ -278,7 +304,41 @@ impl Connection {
                 ""
             }
         );
-        Ok(true)
+        let rate_limit = PublishRateLimit {
+            messages_per_sec: Some(limits.max_publish_rate),
+            bytes_per_sec: Some(limits.max_publish_bytes_rate),
+            ..PublishRateLimit::default()
+        };
+        let Handshake {
+            broker,
+            id,
+            peer,
+            stream,
+            revoked,
+            ..
+        } = self;
+        Some(Box::new(Connection {
+            broker,
+            id,
+            peer,
+            stream,
+            client_id,
+            version,
+            bridge: c.bridge,
+            outbox: Some(outbox),
+            session: Some(attached.session),
+            owns_session,
+            revoked,
+            will: c.will,
+            session_expiry,
+            topic_aliases: HashMap::new(),
+            username: username_arc,
+            acl,
+            denied: 0,
+            rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
+            unconfirmed: Vec::new(),
+            received_at_ns: 0,
+        }))
     }
 
     /// Register the password file entry this client authenticated against, so that a reload
@@ -289,11 +349,12 @@ impl Connection {
         &self,
         snapshot: &crate::broker::security::Snapshot,
         client_id: &Arc<str>,
+        username: Option<&Arc<str>>,
     ) -> bool {
         if self.tls_identity.is_some() {
             return true; // the certificate is the credential; the password file is not used
         }
-        let Some(username) = &self.username else {
+        let Some(username) = username else {
             return true; // anonymous: allow_anonymous, which a reload does not change
         };
         let Some(entry) = snapshot.passwords.as_ref().and_then(|p| p.entry(username)) else {
@@ -301,7 +362,7 @@ impl Connection {
         };
         self.broker.note_credential(
             self.id,
-            crate::broker::Credential {
+            crate::broker::live::Credential {
                 client_id: client_id.clone(),
                 username: username.clone(),
                 entry: entry.clone(),
@@ -313,19 +374,15 @@ impl Connection {
     }
 
     /// Answer CONNECT with a failure code and close [MQTT-3.2.2-5].
-    pub(super) fn refuse(&mut self, code_v3: u8, code_v5: u8) {
-        let code = if self.version.is_v5() {
-            code_v5
-        } else {
-            code_v3
-        };
+    pub(super) fn refuse(&self, version: ProtocolVersion, code_v3: u8, code_v5: u8) {
+        let code = if version.is_v5() { code_v5 } else { code_v3 };
         let mut buf = Vec::new();
         let connack = ConnAck {
             session_present: false,
             code,
             properties: Properties::default(),
         };
-        protocol::encode_packet(&Packet::ConnAck(connack), self.version, &mut buf);
+        protocol::encode_packet(&Packet::ConnAck(connack), version, &mut buf);
         let _ = (&*self.stream).write_all(&buf);
     }
 }

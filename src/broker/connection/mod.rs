@@ -4,8 +4,13 @@
 //! `Connection` is one type whose methods live in one file per packet family, as mosquitto's
 //! `handle_*.c`:
 //!
-//! - this file: the type, `spawn` and `run`, and what every family uses (`send`, `Exit`);
-//! - `connect`: the CONNECT handshake up to the CONNACK;
+//! - this file: the types, `spawn` and `run`, and what every family uses (`send`, `Exit`);
+//! - `connect`: the CONNECT handshake up to the CONNACK.
+//!
+//! Before CONNECT is accepted the connection is a `Handshake`: it owns the socket and reads one
+//! packet, which must be CONNECT [MQTT-3.1.0-1]; only an accepted CONNECT builds the
+//! `Connection` (`Handshake::connect`), so no other packet can be handled before it. Then:
+//!
 //! - `read_loop`: reading, the dispatch on one screen (`handle`), DISCONNECT and teardown;
 //! - `publish`: PUBLISH admission, the in-place path and the hand-off to the broker;
 //! - `subscribe`: SUBSCRIBE and UNSUBSCRIBE;
@@ -28,12 +33,13 @@ use crate::broker::read_scope::{self, ReadScope};
 use crate::broker::reader::ConnectionReader;
 use crate::broker::session::{Outbound, SessionRef};
 use crate::broker::socket::Socket;
+use crate::broker::state::Broker;
 use crate::broker::threads::{self, release_unused_stack};
-use crate::broker::Broker;
 use crate::protocol::{Ack, DecodeError, Packet, Properties, ProtocolVersion, Will};
+use log::warn;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -85,7 +91,7 @@ pub fn spawn(
     };
     let b = broker.clone();
     let spawned = threads::spawn(&format!("conn-{id}"), move || {
-        Connection::boxed(
+        Handshake::new(
             b.clone(),
             id,
             stream,
@@ -132,7 +138,9 @@ fn violation(reason_code: u8, message: impl Into<String>) -> Exit {
     }
 }
 
-struct Connection {
+/// A connection before its CONNECT is accepted: it owns the socket, and the one packet it reads
+/// is the CONNECT (`connect.rs`). Accepting it turns the handshake into a `Connection`.
+struct Handshake {
     broker: Arc<Broker>,
     id: u64,
     peer: SocketAddr,
@@ -147,6 +155,16 @@ struct Connection {
     /// Whether the listener that accepted this client takes a CONNECT without username
     /// (decided per listener: loopback or not, and `security.allow_anonymous`).
     allow_anonymous: bool,
+    /// Handed to the broker with the credential (`keep_credential`), then to the `Connection`.
+    revoked: Arc<crate::broker::live::Revocation>,
+}
+
+/// A connected client: built from an accepted CONNECT (`Handshake::connect`).
+struct Connection {
+    broker: Arc<Broker>,
+    id: u64,
+    peer: SocketAddr,
+    stream: Arc<Socket>,
     client_id: Arc<str>,
     version: ProtocolVersion,
     /// CONNECT carried the bridge bit (level 0x83/0x84, mosquitto's `try_private`): the
@@ -158,7 +176,7 @@ struct Connection {
     /// Shared with the session's `Link`: false once the session is no longer ours.
     owns_session: Arc<AtomicBool>,
     /// Set by the broker when a reload revoked the credentials this client connected with.
-    revoked: Arc<AtomicBool>,
+    revoked: Arc<crate::broker::live::Revocation>,
     will: Option<Will>,
     /// Session Expiry Interval from CONNECT (v5 DISCONNECT may change it, within rules).
     session_expiry: u32,
@@ -181,30 +199,7 @@ struct Connection {
 /// Acknowledgements held back at most before the connection waits for the store.
 const MAX_UNCONFIRMED: usize = 256;
 
-impl Connection {
-    /// On the heap, built in a frame that is gone before the thread starts waiting for input:
-    /// the idle thread's stack stays shallow (see `threads.rs`).
-    #[inline(never)]
-    fn boxed(
-        broker: Arc<Broker>,
-        id: u64,
-        stream: Arc<Socket>,
-        peer: SocketAddr,
-        tls_identity: Option<String>,
-        started: Instant,
-        allow_anonymous: bool,
-    ) -> Box<Connection> {
-        Box::new(Connection::new(
-            broker,
-            id,
-            stream,
-            peer,
-            tls_identity,
-            started,
-            allow_anonymous,
-        ))
-    }
-
+impl Handshake {
     fn new(
         broker: Arc<Broker>,
         id: u64,
@@ -213,13 +208,8 @@ impl Connection {
         tls_identity: Option<String>,
         started: Instant,
         allow_anonymous: bool,
-    ) -> Connection {
-        let rate_limit = PublishRateLimit {
-            messages_per_sec: Some(broker.config.limits.max_publish_rate),
-            bytes_per_sec: Some(broker.config.limits.max_publish_bytes_rate),
-            ..PublishRateLimit::default()
-        };
-        Connection {
+    ) -> Handshake {
+        Handshake {
             broker,
             id,
             peer,
@@ -227,46 +217,48 @@ impl Connection {
             started,
             tls_identity,
             allow_anonymous,
-            client_id: "(before CONNECT)".into(),
-            version: ProtocolVersion::V311,
-            bridge: false,
-            outbox: None,
-            session: None,
-            owns_session: Arc::new(AtomicBool::new(true)),
-            revoked: Arc::new(AtomicBool::new(false)),
-            will: None,
-            session_expiry: 0,
-            topic_aliases: HashMap::new(),
-            username: None,
-            acl: (0, None),
-            denied: 0,
-            unconfirmed: Vec::new(),
-            received_at_ns: 0,
-            rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
+            revoked: Arc::default(),
         }
     }
 
-    fn run(mut self: Box<Self>) {
+    /// The connection's thread: the handshake, then, once CONNECT is accepted, the connected
+    /// client's packets until it ends.
+    fn run(self) {
         // Sends this thread makes are written just before it reads again (see `outbox.rs`).
         let _batching = ReadScope::start();
         // Filling a subscriber's queue makes this reader wait for room (see `flow.rs`).
         let _flow = flow::Scope::start();
         let _ = self.stream.set_nodelay(true);
         let mut reader = ConnectionReader::new(self.stream.clone(), self.broker.clone());
-        let exit = match self.connect(&mut reader) {
-            Ok(true) => {
+        let (stream, peer) = (self.stream.clone(), self.peer);
+        match self.connect(&mut reader) {
+            Ok(mut connection) => {
                 // CONNECT (and writing CONNACK) was the deepest work an idle client causes:
                 // hand its stack pages back before the client's first wait.
                 read_scope::flush();
                 release_unused_stack();
-                self.serve(&mut reader)
+                let exit = connection.serve(&mut reader);
+                connection.finish(exit);
             }
-            Ok(false) => None,
-            Err(exit) => Some(exit),
-        };
-        self.finish(exit);
+            // Refused (CONNACK already written), closed, or timed out before CONNECT.
+            Err(exit) => {
+                if let Some(Exit::Violation { message, .. }) = exit {
+                    warn!(
+                        "client (before CONNECT) ({peer}): protocol violation {message}; \
+                         closing connection"
+                    );
+                }
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
     }
 
+    fn max_packet_size(&self) -> usize {
+        self.broker.config.limits.max_packet_size
+    }
+}
+
+impl Connection {
     fn max_packet_size(&self) -> usize {
         self.broker.config.limits.max_packet_size
     }

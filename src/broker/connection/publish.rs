@@ -166,6 +166,8 @@ impl Connection {
             }
             .map(|()| false);
         }
+        // The dashboard's busiest topics: a sampled, bounded count (see `topic_rates.rs`).
+        self.broker.topic_rates.note(topic);
         Ok(true)
     }
 

@@ -46,7 +46,7 @@ impl Connection {
             let frame = match frame {
                 Ok(f) => f,
                 // The broker closed our read side: the credentials were revoked.
-                Err(_) if self.revoked.load(Ordering::Acquire) => return Some(Exit::Revoked),
+                Err(_) if self.revoked.is_revoked() => return Some(Exit::Revoked),
                 Err(DecodeError::Io(e)) if is_timeout(&e) => return Some(Exit::KeepAliveTimeout),
                 Err(e) => return Some(violation_from(e)),
             };
@@ -98,7 +98,7 @@ impl Connection {
     /// After a takeover the old reader may still hold packets it read earlier; it must not act
     /// on the session its successor now owns.
     pub(super) fn check_attached(&self) -> Result<(), Exit> {
-        if self.revoked.load(Ordering::Acquire) {
+        if self.revoked.is_revoked() {
             // Packets the client sent before the reload and we had not read yet are not acted on.
             return Err(Exit::Revoked);
         }
@@ -143,6 +143,11 @@ impl Connection {
         }
     }
 
+    /// Whether an operator closed this connection (`Broker::kick`).
+    fn kicked(&self) -> bool {
+        self.revoked.reason() == Some(reason::ADMINISTRATIVE_ACTION)
+    }
+
     pub(super) fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Exit> {
         if let Some(expiry) = d.properties.session_expiry_interval {
             if self.session_expiry == 0 && expiry != 0 {
@@ -184,6 +189,11 @@ impl Connection {
             Some(Exit::KeepAliveTimeout) => {
                 (true, "keep-alive timeout [MQTT-3.1.2-24]".to_string())
             }
+            // An operator's kick is a connection the server closed: the will is published
+            // [MQTT-3.1.2-8].
+            Some(Exit::Revoked) if self.kicked() => {
+                (true, "disconnected by an administrator".to_string())
+            }
             // No will: it would be published for an identity that is no longer authorized.
             Some(Exit::Revoked) => (
                 false,
@@ -199,7 +209,8 @@ impl Connection {
             // 0x87 Not authorized rather than 0x98 Administrative action: it names why the
             // client may not stay (its credentials no longer authorize it), and it is the code
             // the client gets in CONNACK if it reconnects with them.
-            Some(Exit::Revoked) => Some(reason::NOT_AUTHORIZED),
+            // An operator's kick: 0x98 Administrative action.
+            Some(Exit::Revoked) => Some(self.revoked.reason().unwrap_or(reason::NOT_AUTHORIZED)),
             _ => None,
         };
         let told = disconnect_reason.is_some() && self.version.is_v5();

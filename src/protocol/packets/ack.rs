@@ -1,14 +1,14 @@
 //! The packets that are a packet identifier (or nothing) followed by a v5 reason code and
 //! properties, each of which may be left off: PUBACK, PUBREC, PUBREL, PUBCOMP (sections
 //! 3.4-3.7), DISCONNECT (3.14) and AUTH (3.15). v3.x carries the identifier only.
-use super::{check_packet_id, check_reason};
+use super::checks::{check_packet_id, check_reason};
 use crate::protocol::error::DecodeError;
 use crate::protocol::fields::Reader;
 use crate::protocol::framing::write_variable_int;
 use crate::protocol::properties::{
     properties_len, read_properties, write_properties, write_property_values, PropContext,
 };
-use crate::protocol::{Ack, Auth, Disconnect, Properties, ProtocolVersion};
+use crate::protocol::types::{Ack, Auth, Disconnect, Properties, ProtocolVersion};
 use bytes::Bytes;
 
 // Reason codes each packet may carry (v5 sections 3.4.2.1, 3.6.2.1, 3.14.2.1, 3.15.2.1).

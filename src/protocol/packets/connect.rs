@@ -1,10 +1,10 @@
 //! CONNECT and CONNACK (sections 3.1 and 3.2), both directions. CONNECT declares its own
 //! protocol version, so its decoder picks the version the rest of the connection speaks.
-use super::{check_reason, check_topic_name};
+use super::checks::{check_reason, check_topic_name};
 use crate::protocol::error::{close_rule, malformed, protocol, DecodeError};
 use crate::protocol::fields::{write_binary, write_str, Reader};
 use crate::protocol::properties::{read_properties, write_properties, PropContext};
-use crate::protocol::{ConnAck, Connect, Properties, ProtocolVersion, QoS, Will};
+use crate::protocol::types::{ConnAck, Connect, Properties, ProtocolVersion, QoS, Will};
 use bytes::Bytes;
 
 // Reason codes a CONNACK may carry (v5 section 3.2.2.2).

@@ -1,14 +1,14 @@
 //! PUBLISH (section 3.3), the hot path in both directions: decoded where it lies in the read
 //! buffer ([`decode_publish_view`]) or from its own frame without copying the payload
 //! ([`decode_publish`]), and encoded from borrowed parts, sized up front ([`encode_publish`]).
-use super::{check_packet_id, check_topic_name};
+use super::checks::{check_packet_id, check_topic_name};
 use crate::protocol::error::{malformed, protocol, DecodeError};
 use crate::protocol::fields::{clamp_str, Reader};
 use crate::protocol::framing::{variable_int_len, write_variable_int, Frame, MAX_REMAINING_LENGTH};
 use crate::protocol::properties::{
     properties_len, read_properties, write_property_values, PropContext,
 };
-use crate::protocol::{Properties, ProtocolVersion, Publish, PublishProperties, QoS};
+use crate::protocol::types::{Properties, ProtocolVersion, Publish, PublishProperties, QoS};
 use bytes::{Buf, Bytes};
 use std::sync::Arc;
 

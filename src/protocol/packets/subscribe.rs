@@ -1,9 +1,9 @@
 //! SUBSCRIBE, SUBACK, UNSUBSCRIBE and UNSUBACK (sections 3.8-3.11), both directions.
-use super::{check_packet_id, check_reason};
+use super::checks::{check_packet_id, check_reason};
 use crate::protocol::error::{close_rule, malformed, protocol, DecodeError, V5_CLOSE_RULE};
 use crate::protocol::fields::{write_str, Reader};
 use crate::protocol::properties::{read_properties, write_properties, PropContext};
-use crate::protocol::{
+use crate::protocol::types::{
     Properties, ProtocolVersion, QoS, SubAck, Subscribe, SubscribeFilter, SubscriptionOptions,
     UnsubAck, Unsubscribe,
 };

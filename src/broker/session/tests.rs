@@ -4,9 +4,19 @@
 //! the integration tests instead. Being a child module, they may set up in-flight messages
 //! directly, as a connection's deliveries would have left them.
 
+use super::delivery::DEFERRED;
+use super::state::{next_seq, too_large, Inflight};
 use super::*;
+use crate::broker::message::{Message, Route};
+use crate::broker::outbox::Outbox;
+use crate::broker::security::SecurityFiles;
+use crate::broker::stats::Stats;
+use crate::protocol::{Packet, ProtocolVersion, QoS};
 use crate::protocol::{Properties, SubscriptionOptions};
 use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn limits(max_inflight: usize, max_queued: usize) -> SessionLimits {
     SessionLimits {
