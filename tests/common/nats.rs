@@ -91,13 +91,20 @@ impl NatsCluster {
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");
+        // Four ports per node, all different (each was free a moment ago).
+        let mut ports = std::collections::BTreeSet::new();
+        while ports.len() < 4 * n {
+            ports.insert(free_port());
+        }
+        let mut ports = ports.into_iter();
+        let mut next = || ports.next().expect("4 ports per node");
         let mut nodes: Vec<NatsNode> = (1..=n)
             .map(|i| NatsNode {
                 name: format!("n{i}"),
-                client_port: free_port(),
-                mqtt_port: free_port(),
-                cluster_port: free_port(),
-                http_port: free_port(),
+                client_port: next(),
+                mqtt_port: next(),
+                cluster_port: next(),
+                http_port: next(),
                 config: dir.path().join(format!("n{i}.conf")),
                 process: None,
             })
