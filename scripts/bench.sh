@@ -3,7 +3,7 @@
 # mqflux, in one run, then a table with ratios (mqflux / mosquitto).
 #
 #   scripts/bench.sh [--quick] [--only NAME[,NAME..]] [--duration SECS] [--latency-rounds N]
-#                    [--out DIR] [--no-build] [--install-rumqttd] [--dashboard]
+#                    [--out DIR] [--no-build] [--install-rumqttd] [--dashboard] [--no-forecast]
 #
 # - --dashboard: a second mqflux with the web dashboard on (`[dashboard]`) and a dashboard
 #   "open" on it the whole time: a Server-Sent Events client on /api/v1/events and a poller
@@ -53,6 +53,9 @@
 #   About 2 minutes in full (10 s of throughput per broker, then 1,000,000 queued), about 25 s
 #   with `--quick --only bridge`; each tool run has a hard timeout (25 minutes, 2 with --quick).
 # - Both brokers are stopped on exit (trap), also on error or Ctrl-C.
+# - Last, the forecasting models' fit time and peak heap on a week of per-minute data (10,080
+#   points; `cargo run --release --example forecast_bench`, about 30 s) into DIR/forecast.txt;
+#   --no-forecast skips it.
 #
 # Results: DIR/mosquitto.jsonl, DIR/mqflux.jsonl, DIR/rumqttd.jsonl (one JSON object per scenario), the brokers'
 # logs, and DIR/side-by-side.txt (also printed). DIR defaults to target/bench/<UTC time>.
@@ -67,6 +70,7 @@ DURATION=()
 OUT=""
 BUILD=1
 INSTALL_RUMQTTD=0
+FORECAST=1
 DASHBOARD=0
 LAT_ROUNDS=""
 while [ $# -gt 0 ]; do
@@ -80,6 +84,7 @@ while [ $# -gt 0 ]; do
         --out) OUT="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --install-rumqttd) INSTALL_RUMQTTD=1 ;;
+        --no-forecast) FORECAST=0 ;;
         --dashboard) DASHBOARD=1 ;;
         -h|--help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
@@ -486,3 +491,12 @@ fi
         echo "dashboard: $(grep -c '^event: sample' "$OUT/dashboard-events.txt" || true) SSE samples received"
     fi
 } | tee "$OUT/side-by-side.txt"
+
+if [ "$FORECAST" = 1 ]; then
+    echo
+    log "forecast models: fit time and memory on a week of per-minute data"
+    if [ "$BUILD" = 1 ]; then
+        cargo build --release --quiet --example forecast_bench
+    fi
+    timeout 300 "$ROOT/target/release/examples/forecast_bench" | tee "$OUT/forecast.txt"
+fi

@@ -46,6 +46,7 @@ pub struct Config {
     pub sink: crate::sink::SinkConfig,
     pub metrics: MetricsConfig,
     pub persistence: PersistenceConfig,
+    pub forecast: crate::forecast::ForecastConfig,
     pub dashboard: DashboardConfig,
     /// Every `[[bridges]]` table (`crate::bridge::config`): mosquitto's bridge keys plus the
     /// durable queue's.
@@ -207,6 +208,7 @@ impl Default for Config {
                 bind: DEFAULT_BIND.into(),
                 ..ListenerConfig::default()
             }],
+            forecast: crate::forecast::ForecastConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             security: SecurityConfig::default(),
@@ -897,6 +899,22 @@ impl Config {
             }
         }
         errors.extend(self.sink.validate(path));
+        for (key, message) in self.forecast.problems() {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                key: format!("forecast.{key}"),
+                message,
+            });
+        }
+        if self.forecast.enabled && !(self.sink.enabled && self.sink.self_metrics) {
+            errors.push(ConfigError {
+                file: path.to_path_buf(),
+                key: "forecast.enabled".into(),
+                message: "expected `sink.enabled = true` and `sink.self_metrics = true` as well: \
+                          the forecast reads the broker's own history back from InfluxDB"
+                    .into(),
+            });
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -954,6 +972,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("expected u16"), "{text}");
+    }
+
+    #[test]
+    fn forecast_needs_the_sink_and_its_self_metrics_and_names_bad_keys() {
+        let errs =
+            Config::parse_all("[forecast]\nenabled = true\n", Path::new("f.toml")).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "forecast.enabled");
+        assert!(errs[0].message.contains("sink.self_metrics"), "{}", errs[0]);
+        let errs = Config::parse_all(
+            "[sink]\nenabled = true\nself_metrics = true\nself_metrics_interval_secs = 0\n\
+             [forecast]\nenabled = true\nlevel = 2.0\n",
+            Path::new("f.toml"),
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["sink.self_metrics_interval_secs", "forecast.level"]
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod forecast;
 pub mod ops;
 pub mod protocol;
 pub mod sink;

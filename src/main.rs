@@ -8,7 +8,9 @@ use mqflux::broker::security::SecurityFiles;
 use mqflux::broker::Broker;
 use mqflux::config::Config;
 use mqflux::ops::dashboard::DashboardServer;
+use mqflux::ops::forecast::ForecastPublisher;
 use mqflux::ops::metrics::MetricsServer;
+use mqflux::ops::self_metrics::SelfMetrics;
 use mqflux::ops::sys::SysPublisher;
 use mqflux::sink::Sink;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -90,6 +92,88 @@ enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Forecast load: read the broker's self metrics (or any InfluxQL query, or CSV files) from
+    /// InfluxDB, run a rolling-origin backtest of every model (seasonal naive, ETS, MSTL, LSTM),
+    /// and forecast with the winner, with prediction intervals; for the self metrics, also the
+    /// recommended buffer sizes. CPU only.
+    Forecast(Box<ForecastArgs>),
+}
+
+/// `mqflux forecast`: the sources, the backtest and the recommendation settings. Defaults come
+/// from the config file's `[forecast]` section (built-in defaults without one).
+#[derive(Args, Debug)]
+struct ForecastArgs {
+    /// Configuration file: InfluxDB URL, database and credentials from `[sink]`, the
+    /// self-metrics measurement, and the `[forecast]` settings as defaults for the flags below.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// InfluxDB base URL (overrides `sink.url`).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// InfluxDB database (overrides `sink.database`).
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+    /// Forecast what this InfluxQL query returns instead of the self metrics (its first series,
+    /// first value column; e.g. `SELECT mean("v") FROM "m" WHERE time > now() - 7d GROUP BY
+    /// time(5m)`). Repeat for several series. No recommendations are made for these.
+    #[arg(long = "query", value_name = "INFLUXQL")]
+    queries: Vec<String>,
+    /// Read a series from a CSV file (`time,value` rows; `# seasons:` / `# step:` lines, see
+    /// data/forecast/) instead of InfluxDB. Repeat for several series.
+    #[arg(long = "backtest-file", value_name = "CSV")]
+    files: Vec<PathBuf>,
+    /// Step of the series in seconds: the GROUP BY interval of the self-metrics query
+    /// (default `forecast.step_secs`, 300); for --query and CSV files the median spacing of
+    /// the points unless given.
+    #[arg(long, value_name = "SECS")]
+    step_secs: Option<u64>,
+    /// How much self-metrics history to read, seconds (default `forecast.history_secs`, a week).
+    #[arg(long, value_name = "SECS")]
+    history_secs: Option<u64>,
+    /// How far ahead to forecast, seconds (default `forecast.horizon_secs`, 6 hours).
+    #[arg(long, value_name = "SECS")]
+    horizon_secs: Option<u64>,
+    /// How far ahead to forecast, in steps (overrides --horizon-secs; 1 to 100000).
+    #[arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    horizon_steps: Option<u64>,
+    /// Seasonal periods in steps, comma-separated (default: the CSV's `# seasons:` line, else a
+    /// day and a week where the step divides them). Only those with two cycles of history
+    /// before the first backtest origin are used.
+    #[arg(long, value_delimiter = ',', value_name = "STEPS")]
+    seasons: Vec<usize>,
+    /// Rolling-origin backtest origins, one horizon apart, the last one a horizon before the
+    /// end of the data (default `forecast.origins`, 3).
+    #[arg(long, value_name = "N")]
+    origins: Option<usize>,
+    /// Points of history each fit sees at most (default: all).
+    #[arg(long, value_name = "POINTS")]
+    max_history: Option<usize>,
+    /// Central prediction interval, e.g. 0.8 for 10%..90% (default `forecast.level`, 0.8).
+    #[arg(long, value_name = "LEVEL")]
+    level: Option<f64>,
+    /// Leave the LSTM out of the backtest (it is the slowest model to fit).
+    #[arg(long)]
+    no_lstm: bool,
+    /// LSTM training passes over its windows (default `forecast.lstm_epochs`, 20).
+    #[arg(long, value_name = "N")]
+    lstm_epochs: Option<usize>,
+    /// LSTM seed for the initial weights and the batch order (same seed, same forecast).
+    #[arg(long, default_value_t = 42, value_name = "SEED")]
+    seed: u64,
+    /// The LSTM wins only with a MASE this much lower than the best simple method's
+    /// (default `forecast.lstm_margin`, 0.1 = 10%).
+    #[arg(long, value_name = "FRACTION")]
+    lstm_margin: Option<f64>,
+    /// The outage the spool must ride out, seconds (default `forecast.outage_secs`, 3600).
+    #[arg(long, value_name = "SECS")]
+    outage_secs: Option<u64>,
+    /// Print the backtest and the winner only, not the forecast's rows.
+    #[arg(long)]
+    no_forecast: bool,
+    /// Also print the backtest as Markdown table rows (series, model, MASE, coverage), as in
+    /// the README.
+    #[arg(long)]
+    markdown: bool,
 }
 
 fn main() -> ExitCode {
@@ -122,7 +206,195 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Forecast(args)) => forecast_command(args),
         None => run_broker(&cli.run),
+    }
+}
+
+/// `mqflux forecast`: see `ForecastArgs`. Exit 0 when every series got a forecast, 1 otherwise.
+fn forecast_command(a: &ForecastArgs) -> ExitCode {
+    use mqflux::ops::forecast as fc;
+    let mut config = match &a.config {
+        Some(p) => match Config::load_with(p, &mqflux::broker::tls::check_listener) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(u) = &a.url {
+        config.sink.url = u.clone();
+    }
+    if let Some(d) = &a.database {
+        config.sink.database = d.clone();
+    }
+    let f = &mut config.forecast;
+    f.step_secs = a.step_secs.unwrap_or(f.step_secs);
+    f.history_secs = a.history_secs.unwrap_or(f.history_secs);
+    f.horizon_secs = a.horizon_secs.unwrap_or(f.horizon_secs);
+    f.origins = a.origins.unwrap_or(f.origins);
+    f.level = a.level.unwrap_or(f.level);
+    f.lstm_epochs = a.lstm_epochs.unwrap_or(f.lstm_epochs);
+    f.lstm_margin = a.lstm_margin.unwrap_or(f.lstm_margin);
+    f.outage_secs = a.outage_secs.unwrap_or(f.outage_secs);
+    f.lstm &= !a.no_lstm;
+    let problems = f.problems();
+    if !problems.is_empty() {
+        for (key, message) in problems {
+            eprintln!("error: forecast option for `forecast.{key}`: {message}");
+        }
+        return ExitCode::from(2);
+    }
+    let f = config.forecast.clone();
+    let mut settings = fc::Settings::from_config(&f);
+    if let Some(l) = &mut settings.lstm {
+        l.seed = a.seed;
+    }
+    if !a.seasons.is_empty() {
+        settings.seasons = Some(a.seasons.clone());
+    }
+    if let Some(m) = a.max_history {
+        settings.max_history = m.max(2);
+    }
+    let client = mqflux::sink::http::InfluxClient::new(&config.sink);
+    // (name, series, horizon) for each source; a source that cannot be read is reported.
+    let mut failed = 0;
+    let mut sources: Vec<mqflux::forecast::Series> = Vec::new();
+    let self_metrics = a.files.is_empty() && a.queries.is_empty();
+    let step = Some(f.step_secs as i64);
+    for path in &a.files {
+        match mqflux::forecast::Series::from_csv(path) {
+            Ok(s) => sources.push(s),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                failed += 1;
+            }
+        }
+    }
+    for (i, q) in a.queries.iter().enumerate() {
+        match fc::read_series(
+            &client,
+            &format!("query{}", i + 1),
+            q,
+            a.step_secs.map(|s| s as i64),
+        ) {
+            Ok(s) => sources.push(s),
+            Err(e) => {
+                eprintln!("error: --query {q:?}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    if self_metrics {
+        for (name, field) in fc::SELF_SERIES {
+            let q = fc::self_metrics_query(
+                &config.sink.self_metrics_measurement,
+                field,
+                f.history_secs,
+                f.step_secs,
+            );
+            match fc::read_series(&client, name, &q, step) {
+                Ok(s) => sources.push(s),
+                Err(e) => {
+                    eprintln!(
+                        "error: self metrics {name} from {} database {:?}: {e}",
+                        config.sink.url, config.sink.database
+                    );
+                    failed += 1;
+                }
+            }
+        }
+    }
+    let mut forecasts = Vec::new();
+    let mut markdown = Vec::new();
+    for series in sources {
+        let mut s = settings.clone();
+        s.horizon = match a.horizon_steps {
+            Some(h) => h as usize,
+            None => (f.horizon_secs / series.step_s.max(1) as u64).max(1) as usize,
+        };
+        let e = fc::evaluate(series, &s);
+        println!(
+            "== {}: {} points, step {} s ({} filled), horizon {} steps, {} origins ==",
+            e.series.name,
+            e.series.len(),
+            e.series.step_s,
+            e.series.filled,
+            e.horizon,
+            s.origins
+        );
+        print!("{}", fc::score_table(&e, s.level));
+        for score in &e.scores {
+            markdown.push(format!(
+                "| {} | {} | {:.3} | {:.3} | {:.0} |",
+                e.series.name, score.model, score.mase, score.coverage, score.fit_ms
+            ));
+        }
+        match (&e.winner, &e.forecast) {
+            (Some(w), Some(fcast)) => {
+                println!("{}", w.describe());
+                if !a.no_forecast {
+                    print!("{}", fc::forecast_table(&e, fcast));
+                }
+                forecasts.push((e.series.name.clone(), fcast.clone()));
+            }
+            _ => {
+                println!("no model could be fitted at every origin: no forecast");
+                failed += 1;
+            }
+        }
+        println!();
+    }
+    if a.markdown {
+        println!("| series | model | MASE | coverage | fit ms |");
+        println!("| --- | --- | ---: | ---: | ---: |");
+        for row in markdown {
+            println!("{row}");
+        }
+        println!();
+    }
+    if self_metrics {
+        if let [(_, bytes), (_, points), (_, mqtt)] = &forecasts[..] {
+            let peak = fc::peak_rates(bytes, points, mqtt);
+            let r = mqflux::forecast::recommend(&peak, &fc::sizing(&f, &config.sink));
+            let sink = &config.sink;
+            println!(
+                "recommendation for a {} s outage at the forecast peak ({:.0} B/s to the sink, {:.1} points/s, {:.0} MQTT B/s; headroom x{}):",
+                f.outage_secs, peak.sink_bytes, peak.sink_points, peak.mqtt_bytes, f.headroom
+            );
+            println!(
+                "  sink.spool_max_bytes        = {:<12} (now {})",
+                r.spool_max_bytes, sink.spool_max_bytes
+            );
+            println!(
+                "  bridge queue_max_bytes      = {:<12}",
+                r.bridge_queue_max_bytes
+            );
+            println!(
+                "  sink.batch_size             = {:<12} (now {})",
+                r.batch_size, sink.batch_size
+            );
+            println!(
+                "  sink.queue_capacity         = {:<12} (now {})",
+                r.queue_capacity, sink.queue_capacity
+            );
+            if let Some(w) = mqflux::forecast::spool_shortfall(
+                sink.spool_max_bytes,
+                peak.sink_bytes,
+                f.outage_secs as f64,
+            ) {
+                println!("warning: {w}");
+            }
+        }
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -296,13 +568,46 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
     }
     let sys = SysPublisher::start(&broker, sys_interval)
         .map_err(|e| format!("cannot start the $SYS publisher: {e}"));
+    let (self_metrics, forecast) = match (
+        SelfMetrics::start(&broker),
+        ForecastPublisher::start(&broker),
+    ) {
+        (Ok(m), Ok(f)) => (m, f),
+        (m, f) => {
+            // Release what is already running before giving up.
+            let error = format!(
+                "cannot start the self-metrics or forecast thread: {}",
+                m.as_ref()
+                    .err()
+                    .or(f.as_ref().err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            );
+            if let Ok(Some(f)) = f {
+                f.stop();
+            }
+            if let Ok(Some(m)) = m {
+                m.stop();
+            }
+            if let Ok(Some(sys)) = sys {
+                sys.stop();
+            }
+            broker.shutdown(Duration::from_secs(1));
+            listeners.into_iter().for_each(Listener::stop);
+            return Err(error);
+        }
+    };
+    let warnings: Vec<mqflux::ops::metrics::Warning> = forecast
+        .iter()
+        .map(|f| Box::new(f.warning()) as mqflux::ops::metrics::Warning)
+        .collect();
     let metrics = match metrics_addr {
         Some(addr) => {
             let probes = listeners
                 .iter()
                 .map(|l| Box::new(l.probe()) as mqflux::ops::metrics::Probe)
                 .collect();
-            MetricsServer::start(&broker, addr, probes).map(Some)
+            MetricsServer::start(&broker, addr, probes, warnings).map(Some)
         }
         None => Ok(None),
     };
@@ -328,6 +633,12 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
             }
             if let Ok(Some(dashboard)) = dashboard {
                 dashboard.stop();
+            }
+            if let Some(f) = forecast {
+                f.stop();
+            }
+            if let Some(m) = self_metrics {
+                m.stop();
             }
             stop_bridges();
             broker.shutdown(Duration::from_secs(1));
@@ -369,6 +680,13 @@ fn run(config: Config, recover: bool, config_path: Option<&Path>) -> Result<(), 
     // The bridges first: their DISCONNECT goes out and their queues are closed (a publish
     // arriving after that is not acknowledged, so its client sends it again).
     stop_bridges();
+    // Before the sink stops: both hand it what they write.
+    if let Some(f) = forecast {
+        f.stop();
+    }
+    if let Some(m) = self_metrics {
+        m.stop();
+    }
     // /health answers 503 "shutting down" from here until the metrics server stops.
     broker.shutdown(Duration::from_secs(5));
     listeners.into_iter().for_each(Listener::stop);

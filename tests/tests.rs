@@ -32,6 +32,7 @@ mod suite {
     mod durability_restart;
     mod durability_sink_crash;
     mod flow_control;
+    mod forecast;
     mod interop_clients;
     mod interop_mosquitto;
     mod keepalive;

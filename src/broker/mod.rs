@@ -30,6 +30,7 @@ mod live;
 pub mod message;
 pub mod outbox;
 pub mod persist;
+pub mod prefix_stats;
 mod publish;
 pub mod pump;
 pub mod ratelimit;

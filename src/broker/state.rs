@@ -27,6 +27,8 @@ pub struct Broker {
     pub security: SecurityFiles,
     pub router: Router,
     pub stats: Stats,
+    /// Messages and bytes per topic prefix (`sink.self_metrics`), counted in `admit`.
+    pub prefix_stats: Option<super::prefix_stats::PrefixStats>,
     /// The busiest topics, counted only while the dashboard is on (`topic_rates.rs`).
     pub topic_rates: TopicRates,
     pub sink: Sink,
@@ -51,7 +53,14 @@ impl Broker {
             max_messages: config.limits.max_retained_messages,
             max_bytes: config.limits.max_retained_bytes,
         };
+        let prefix_stats = config.sink.self_metrics.then(|| {
+            super::prefix_stats::PrefixStats::new(
+                config.sink.self_metrics_prefix_depth,
+                config.sink.self_metrics_max_prefixes,
+            )
+        });
         Arc::new(Broker {
+            prefix_stats,
             config,
             security,
             router: Router::new(retained_limits),

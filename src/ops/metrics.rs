@@ -5,7 +5,8 @@
 //!   Prometheus computes rates from the counters itself (`rate(...[5m])`).
 //! - `GET /health`: 200 "ok" while the broker serves clients and stores what they publish, 503
 //!   with one reason per line otherwise (a listener stopped, the broker shutting down, the last
-//!   write to InfluxDB failed).
+//!   write to InfluxDB failed). Warnings (the forecast says the spool is too small for an
+//!   outage) do not fail it: the answer stays 200, with a `warning: ...` line after "ok".
 //!
 //! HTTP is served by `http.rs`, a small blocking HTTP/1.1 server (the same threading model as
 //! the rest of mqflux) with bounded connections, threads and deadlines; `httparse` parses.
@@ -22,6 +23,8 @@ pub use http::{MAX_CONNECTIONS, REQUEST_TIMEOUT, WRITE_TIMEOUT};
 
 /// A health check: Ok while its part works, Err(reason) otherwise.
 pub type Probe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// A warning for `/health`: Some(text) while it holds; it does not make the broker unhealthy.
+pub type Warning = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
 pub struct MetricsServer {
     server: http::Server,
@@ -29,11 +32,13 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Bind `addr` and serve on a thread named "metrics". Logs `metrics on http://ADDR`.
-    /// `probes` are the health checks of parts the broker does not own (e.g. listeners).
+    /// `probes` are the health checks of parts the broker does not own (e.g. listeners);
+    /// `warnings` add lines to `/health` without failing it (e.g. the forecast's spool warning).
     pub fn start(
         broker: &Arc<Broker>,
         addr: SocketAddr,
         probes: Vec<Probe>,
+        warnings: Vec<Warning>,
     ) -> Result<MetricsServer, String> {
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
@@ -46,7 +51,7 @@ impl MetricsServer {
         }
         let broker = broker.clone();
         let handler: Arc<http::Handler> = Arc::new(move |request: &http::Request| {
-            respond(request.method, request.path, &broker, &probes).into()
+            respond(request.method, request.path, &broker, &probes, &warnings).into()
         });
         let server = http::Server::start(listener, "metrics", handler, None)
             .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
@@ -73,6 +78,7 @@ fn respond(
     url: &str,
     broker: &Broker,
     probes: &[Probe],
+    warnings: &[Warning],
 ) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" && method != "HEAD" {
@@ -85,10 +91,18 @@ fn respond(
             "text/plain; version=0.0.4; charset=utf-8",
             render(&Snapshot::of(broker)),
         ),
-        "/health" => match health(broker, probes) {
-            Ok(()) => (200, TEXT, format!("ok\n{}", bridge_lines(broker))),
-            Err(reasons) => (503, TEXT, reasons.join("\n") + "\n" + &bridge_lines(broker)),
-        },
+        "/health" => {
+            let warned: String = warnings
+                .iter()
+                .filter_map(|w| w())
+                .map(|w| format!("warning: {w}\n"))
+                .collect();
+            let bridges = bridge_lines(broker);
+            match health(broker, probes) {
+                Ok(()) => (200, TEXT, format!("ok\n{warned}{bridges}")),
+                Err(reasons) => (503, TEXT, reasons.join("\n") + "\n" + &warned + &bridges),
+            }
+        }
         _ => (404, TEXT, "not found: try /metrics or /health\n".into()),
     }
 }
@@ -458,8 +472,20 @@ mod tests {
     fn health_is_ok_when_every_probe_passes() {
         let b = broker();
         let probes: Vec<Probe> = vec![Box::new(|| Ok(()))];
-        let (status, _, body) = respond("GET", "/health", &b, &probes);
+        let (status, _, body) = respond("GET", "/health", &b, &probes, &[]);
         assert_eq!((status, body.as_str()), (200, "ok\n"));
+    }
+
+    #[test]
+    fn health_warnings_are_listed_after_ok_without_failing_it() {
+        let b = broker();
+        let warnings: Vec<Warning> = vec![
+            Box::new(|| Some("spool too small".into())),
+            Box::new(|| None),
+        ];
+        let (status, _, body) = respond("GET", "/health", &b, &[], &warnings);
+        assert_eq!(status, 200);
+        assert_eq!(body, "ok\nwarning: spool too small\n");
     }
 
     #[test]
@@ -469,14 +495,14 @@ mod tests {
             Box::new(|| Err("listener tcp://127.0.0.1:1 is not accepting connections".into())),
             Box::new(|| Ok(())),
         ];
-        let (status, _, body) = respond("GET", "/health", &b, &probes);
+        let (status, _, body) = respond("GET", "/health", &b, &probes, &[]);
         assert_eq!(status, 503);
         assert_eq!(
             body,
             "listener tcp://127.0.0.1:1 is not accepting connections\n"
         );
         b.shutdown(std::time::Duration::from_secs(1));
-        let (status, _, body) = respond("GET", "/health", &b, &probes);
+        let (status, _, body) = respond("GET", "/health", &b, &probes, &[]);
         assert_eq!(status, 503);
         assert!(body.starts_with("broker is shutting down\n"), "{body}");
     }

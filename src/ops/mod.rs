@@ -4,7 +4,9 @@
 //! up into this layer.
 
 pub mod dashboard;
+pub mod forecast;
 mod http;
 pub mod metrics;
+pub mod self_metrics;
 pub mod snapshot;
 pub mod sys;

@@ -121,14 +121,24 @@ impl Batcher {
                         let _ = ready.recv_timeout(timeout);
                     }
                     self.apply_facts();
-                    match self.mapping.map(
-                        rec.topic,
-                        rec.payload,
-                        rec.received_at_ns,
-                        &mut self.types,
-                        &mut self.plans,
-                        &mut buf,
-                    ) {
+                    let mapped = if chunk.own_lines {
+                        self.mapping.own_lines(
+                            rec.payload,
+                            rec.received_at_ns,
+                            &mut self.types,
+                            &mut buf,
+                        )
+                    } else {
+                        self.mapping.map(
+                            rec.topic,
+                            rec.payload,
+                            rec.received_at_ns,
+                            &mut self.types,
+                            &mut self.plans,
+                            &mut buf,
+                        )
+                    };
+                    match mapped {
                         Ok(m) => {
                             lines += m.lines;
                             queued += m.lines;
@@ -230,6 +240,7 @@ impl Batcher {
             self.shared.release(&ids);
             return;
         }
+        Counters::add(&self.shared.counters.queued_bytes, data.len());
         let mut batch = Batch {
             data: data.into_bytes(),
             lines,

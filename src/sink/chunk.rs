@@ -26,6 +26,9 @@ pub(super) struct Chunk {
     pub(super) durable: bool,
     /// Its journal record (0: none).
     pub(super) id: u64,
+    /// The payloads are line protocol the broker wrote about itself (`Sink::submit_lines`):
+    /// written as they are, past the topic rules.
+    pub(super) own_lines: bool,
 }
 
 impl Chunk {

@@ -69,6 +69,16 @@ pub struct SinkConfig {
     pub rules: Vec<RuleConfig>,
     /// The rule for topics no rule matches.
     pub default: RuleConfig,
+    /// Write the broker's own load to InfluxDB (measurement `self_metrics_measurement`) every
+    /// `self_metrics_interval_secs`: per topic prefix the messages and bytes per minute, and
+    /// broker-wide connections, messages, bytes, sink points and bytes per minute, spool size.
+    pub self_metrics: bool,
+    pub self_metrics_interval_secs: u64,
+    /// Topic levels that make a prefix (1: `sensors/a/b` counts under `sensors`).
+    pub self_metrics_prefix_depth: usize,
+    /// Prefixes counted apart at most; later ones are counted under `(other)`.
+    pub self_metrics_max_prefixes: usize,
+    pub self_metrics_measurement: String,
 }
 
 impl Default for SinkConfig {
@@ -98,6 +108,11 @@ impl Default for SinkConfig {
             exclude: vec!["$SYS/#".into()],
             rules: Vec::new(),
             default: RuleConfig::default(),
+            self_metrics: false,
+            self_metrics_interval_secs: 60,
+            self_metrics_prefix_depth: 1,
+            self_metrics_max_prefixes: 100,
+            self_metrics_measurement: "mqflux_self".into(),
         }
     }
 }
@@ -181,6 +196,48 @@ impl SinkConfig {
                 format!(
                     "expected at least {MIN_SPOOL_BYTES} bytes, got {}",
                     self.spool_max_bytes
+                ),
+            );
+        }
+        if !(1..=3600).contains(&self.self_metrics_interval_secs) {
+            bad(
+                "self_metrics_interval_secs",
+                format!(
+                    "expected 1 to 3600 seconds, got {}",
+                    self.self_metrics_interval_secs
+                ),
+            );
+        }
+        if !(1..=16).contains(&self.self_metrics_prefix_depth) {
+            bad(
+                "self_metrics_prefix_depth",
+                format!(
+                    "expected 1 to 16 topic levels, got {}",
+                    self.self_metrics_prefix_depth
+                ),
+            );
+        }
+        if !(1..=10_000).contains(&self.self_metrics_max_prefixes) {
+            bad(
+                "self_metrics_max_prefixes",
+                format!(
+                    "expected 1 to 10000 prefixes, got {}",
+                    self.self_metrics_max_prefixes
+                ),
+            );
+        }
+        if self.self_metrics_measurement.is_empty()
+            || self.self_metrics_measurement.starts_with('_')
+            || self
+                .self_metrics_measurement
+                .contains(|c: char| c.is_whitespace() || c == ',' || c == '"')
+        {
+            bad(
+                "self_metrics_measurement",
+                format!(
+                    "expected a measurement name without spaces, commas or quotes, not starting \
+                     with `_`, got {:?}",
+                    self.self_metrics_measurement
                 ),
             );
         }

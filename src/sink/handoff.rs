@@ -84,6 +84,17 @@ impl Writer {
         }
     }
 
+    /// Line protocol of the broker's own (self metrics): one record, no topic, not journaled.
+    pub(super) fn submit_own_lines(&self, lines: &str, at_ns: i64) {
+        let mut chunk = Chunk::one(&SinkRecord {
+            topic: "",
+            payload: lines.as_bytes(),
+            received_at_ns: at_ns,
+        });
+        chunk.own_lines = true;
+        self.send(chunk)
+    }
+
     pub(super) fn send(&self, mut chunk: Chunk) {
         let n = chunk.records;
         if chunk.durable {
@@ -100,7 +111,10 @@ impl Writer {
         let mut chunk_back = None;
         let mut chunk = Some(chunk);
         let shared = &self.shared;
-        Counters::add(&shared.counters.received, n);
+        if !chunk.as_ref().is_some_and(|c| c.own_lines) {
+            // Publishes handed over; the broker's own self-metrics lines are not publishes.
+            Counters::add(&shared.counters.received, n);
+        }
         let records = self.records.read().unwrap_or_else(|e| e.into_inner());
         let sent = records.as_ref().is_some_and(|tx| {
             if shared.in_queue.load(Ordering::Relaxed) + n > shared.queue_capacity {

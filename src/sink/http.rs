@@ -180,6 +180,28 @@ impl InfluxClient {
         }
     }
 
+    /// Run a read-only InfluxQL query (`SELECT ...`) against the database, times as Unix
+    /// seconds: the JSON body, or why not.
+    pub fn select(&self, q: &str) -> Result<String, String> {
+        let mut req = self
+            .agent
+            .get(format!("{}/query", self.base))
+            .query("db", &self.database)
+            .query("epoch", "s")
+            .query("q", q);
+        if let Some(auth) = &self.authorization {
+            req = req.header("Authorization", auth);
+        }
+        let mut resp = req.call().map_err(|e| format!("{}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(format!("HTTP {status}: {}", error_text(&body)))
+        }
+    }
+
     /// `CREATE DATABASE` (a no-op when it exists). Err(true, _) when worth trying again later.
     pub fn create_database(&self) -> Result<(), (bool, String)> {
         let body = self.query(

@@ -74,6 +74,23 @@ impl Mapping {
         }
     }
 
+    /// Line protocol the broker wrote itself (`Sink::submit_lines`): checked and appended as
+    /// it is, whatever the rules say.
+    pub fn own_lines(
+        &self,
+        lines: &[u8],
+        at_ns: i64,
+        types: &mut FieldTypes,
+        out: &mut String,
+    ) -> Result<Mapped, Skip> {
+        let text = std::str::from_utf8(lines).map_err(|_| Skip::NotUtf8)?;
+        match payload::passthrough(text, at_ns, self.precision, types, out) {
+            Some(m) if m.lines == 0 => Err(Skip::TypeConflict),
+            Some(m) => Ok(m),
+            None => Err(Skip::UnparsedPayload),
+        }
+    }
+
     /// Map one publish and append its line(s) to `out`.
     pub fn map(
         &self,

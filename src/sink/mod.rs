@@ -165,6 +165,16 @@ impl Sink {
         }
     }
 
+    /// Write line protocol the broker made about itself (self metrics): not a publish, so no
+    /// topic rule applies; lines without a timestamp get `at_ns`. Goes through the same queue,
+    /// batches, retries and spool as publishes. Lines that do not parse are dropped and counted
+    /// (`unparsed_payload`).
+    pub fn submit_lines(&self, lines: &str, at_ns: i64) {
+        if let Some(w) = &self.writer {
+            w.submit_own_lines(lines, at_ns);
+        }
+    }
+
     /// Whether publishes are stored at all.
     pub fn is_enabled(&self) -> bool {
         self.writer.is_some()

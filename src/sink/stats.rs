@@ -76,6 +76,8 @@ pub(crate) struct Counters {
     pub(super) replayed: AtomicU64,
     pub(super) conflicting_fields: AtomicU64,
     pub(super) write_requests: AtomicU64,
+    /// Line-protocol bytes encoded into batches (what the spool holds when InfluxDB is away).
+    pub(super) queued_bytes: AtomicU64,
     pub(super) dropped: [AtomicU64; DropReason::ALL.len()],
     pub(super) spool_points: AtomicU64,
     pub(super) spool_bytes: AtomicU64,
@@ -153,6 +155,8 @@ pub struct SinkStats {
     pub conflicting_fields: u64,
     /// HTTP write requests sent.
     pub write_requests: u64,
+    /// Line-protocol bytes encoded into batches (counted once per batch).
+    pub queued_bytes: u64,
     /// Points in the spool now, and its size in bytes.
     pub spool_points: u64,
     pub spool_bytes: u64,
@@ -236,6 +240,7 @@ impl Counters {
             replayed: g(&self.replayed),
             conflicting_fields: g(&self.conflicting_fields),
             write_requests: g(&self.write_requests),
+            queued_bytes: g(&self.queued_bytes),
             spool_points: g(&self.spool_points),
             spool_bytes: g(&self.spool_bytes),
             dropped: DropReason::ALL

@@ -166,6 +166,7 @@ impl Writer {
                 records: stored.records,
                 durable: false,
                 id: stored.id,
+                own_lines: false,
             });
         }
     }

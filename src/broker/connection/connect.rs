@@ -335,6 +335,7 @@ impl Handshake {
             username: username_arc,
             acl,
             denied: 0,
+            prefix: None,
             rate_limiter: PublishRateLimiter::new(rate_limit, Instant::now()),
             unconfirmed: Vec::new(),
             received_at_ns: 0,

@@ -188,6 +188,8 @@ struct Connection {
     acl: (u64, Option<ClientAcl>),
     /// PUBLISHes refused by the ACL, for throttled logging.
     denied: u64,
+    /// The topic prefix this client published to last and its counter (`sink.self_metrics`).
+    prefix: crate::broker::prefix_stats::PrefixCache,
     rate_limiter: PublishRateLimiter,
     /// Acknowledgements waiting for the store to make what they confirm durable (sync
     /// persistence), in the order they are due [MQTT-4.6.0-2].

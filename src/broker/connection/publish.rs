@@ -168,6 +168,9 @@ impl Connection {
         }
         // The dashboard's busiest topics: a sampled, bounded count (see `topic_rates.rs`).
         self.broker.topic_rates.note(topic);
+        if let Some(p) = &self.broker.prefix_stats {
+            p.count(&mut self.prefix, topic, topic.len() + payload.len());
+        }
         Ok(true)
     }
 
