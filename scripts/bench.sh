@@ -55,7 +55,7 @@
 # - Both brokers are stopped on exit (trap), also on error or Ctrl-C.
 # - Last, the forecasting models' fit time and peak heap on a week of per-minute data (10,080
 #   points; `cargo run --release --example forecast_bench`, about 30 s) into DIR/forecast.txt;
-#   --no-forecast skips it.
+#   --no-forecast skips it, and so does an --only list without the word "forecast".
 #
 # Results: DIR/mosquitto.jsonl, DIR/mqflux.jsonl, DIR/rumqttd.jsonl (one JSON object per scenario), the brokers'
 # logs, and DIR/side-by-side.txt (also printed). DIR defaults to target/bench/<UTC time>.
@@ -198,7 +198,8 @@ else
         [[ "bridge drain" == *"$w"* ]] && BRIDGE=1
     done
 fi
-[ ${#SCENARIOS[@]} -gt 0 ] || [ "$BRIDGE" = 1 ] || { echo "bench.sh: --only $ONLY matches no scenario" >&2; exit 2; }
+[ ${#SCENARIOS[@]} -gt 0 ] || [ "$BRIDGE" = 1 ] || [[ ",$ONLY," == *forecast* ]] \
+    || { echo "bench.sh: --only $ONLY matches no scenario" >&2; exit 2; }
 
 MOSQ_PID=""
 MQF_PID=""
@@ -492,6 +493,10 @@ fi
     fi
 } | tee "$OUT/side-by-side.txt"
 
+# --only picks what runs: the forecast too, when named.
+if [ -n "$ONLY" ] && [[ ",$ONLY," != *forecast* ]]; then
+    FORECAST=0
+fi
 if [ "$FORECAST" = 1 ]; then
     echo
     log "forecast models: fit time and memory on a week of per-minute data"
