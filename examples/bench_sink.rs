@@ -290,6 +290,7 @@ fn mqtt(influx: &influx::Influx, broker: &BrokerProcess, points: usize, round: u
         username: None,
         password: None,
         properties: protocol::Properties::default(),
+        bridge: false,
     });
     protocol::encode_packet(&packet, V311, &mut connect);
     stream.write_all(&connect).expect("CONNECT");
@@ -371,6 +372,7 @@ fn connect(port: u16, client_id: &str, clean_start: bool) -> TcpStream {
         username: None,
         password: None,
         properties: protocol::Properties::default(),
+        bridge: false,
     });
     protocol::encode_packet(&packet, V311, &mut connect);
     stream.write_all(&connect).expect("CONNECT");

@@ -41,10 +41,21 @@
 #   stalls or refuses connections, which the tool waits out for at most 5 s / 60 s), about
 #   1.5 minutes with --quick (3 s per scenario, 2,000 connections); every tool run also has a
 #   hard 3-minute timeout.
+# - Bridges (scenarios "bridge ..."; `--only bridge` runs just these): a mosquitto and an mqflux
+#   each bridge `mqflux-bench/#` out to a remote mqflux, through a relay in mqflux-bench
+#   (`mqflux-bench bridge`): throughput through the bridge (4 publishers on the local broker,
+#   QoS 1, 1 subscriber on the remote), then the backlog drain: the relay cuts the link, 1,000,000
+#   QoS 1 messages (50,000 with --quick) are published and acknowledged locally, the link comes
+#   back, and the drain rate is the backlog over the first-to-last delivery at the remote (the
+#   reconnection before it is shown apart). Both bridges get 20 messages in flight and a
+#   1-second retry; mosquitto queues in memory without a bound (max_queued_messages 0), mqflux
+#   in its durable bridge queue with `persistence.mode = "sync"` (a PUBACK means on disk).
+#   About 2 minutes in full (10 s of throughput per broker, then 1,000,000 queued), about 25 s
+#   with `--quick --only bridge`; each tool run has a hard timeout (25 minutes, 2 with --quick).
 # - Both brokers are stopped on exit (trap), also on error or Ctrl-C.
 # - Last, the forecasting models' fit time and peak heap on a week of per-minute data (10,080
 #   points; `cargo run --release --example forecast_bench`, about 30 s) into DIR/forecast.txt;
-#   --no-forecast skips it.
+#   --no-forecast skips it, and so does an --only list without the word "forecast".
 #
 # Results: DIR/mosquitto.jsonl, DIR/mqflux.jsonl, DIR/rumqttd.jsonl (one JSON object per scenario), the brokers'
 # logs, and DIR/side-by-side.txt (also printed). DIR defaults to target/bench/<UTC time>.
@@ -119,8 +130,9 @@ if [ "$BUILD" = 1 ]; then
     log "building release binaries"
     cargo build --release --quiet --bin mqflux --bin mqflux-bench
 fi
-MQFLUX=$ROOT/target/release/mqflux
-BENCH=$ROOT/target/release/mqflux-bench
+# MQFLUX_BIN / MQFLUX_BENCH_BIN: other binaries (the tests run --quick --only bridge on debug builds).
+MQFLUX=${MQFLUX_BIN:-$ROOT/target/release/mqflux}
+BENCH=${MQFLUX_BENCH_BIN:-$ROOT/target/release/mqflux-bench}
 [ -x "$MQFLUX" ] && [ -x "$BENCH" ] || { echo "bench.sh: $MQFLUX or $BENCH missing" >&2; exit 2; }
 
 # --- pinning and limits ----------------------------------------------------------------------
@@ -174,19 +186,35 @@ wait_port() {
     return 1
 }
 
+ONLY_ARGS=()
+[ -n "$ONLY" ] && ONLY_ARGS=(--only "$ONLY")
+mapfile -t SCENARIOS < <("$BENCH" suite "${QUICK[@]}" "${ONLY_ARGS[@]}" --list)
+# The bridge scenarios run after the suite's, with brokers of their own.
+BRIDGE=0
+if [ -z "$ONLY" ]; then
+    BRIDGE=1
+else
+    for w in ${ONLY//,/ }; do
+        [[ "bridge drain" == *"$w"* ]] && BRIDGE=1
+    done
+fi
+[ ${#SCENARIOS[@]} -gt 0 ] || [ "$BRIDGE" = 1 ] || [[ ",$ONLY," == *forecast* ]] \
+    || { echo "bench.sh: --only $ONLY matches no scenario" >&2; exit 2; }
+
 MOSQ_PID=""
 MQF_PID=""
 RUM_PID=""
+BRIDGE_PIDS=""
 DASH_PID=""
 VIEWER_PIDS=""
 cleanup() {
     for pid in $VIEWER_PIDS; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $MOSQ_PID $MQF_PID $RUM_PID $DASH_PID; do
+    for pid in $MOSQ_PID $MQF_PID $RUM_PID $DASH_PID $BRIDGE_PIDS; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $MOSQ_PID $MQF_PID $RUM_PID $DASH_PID; do
+    for pid in $MOSQ_PID $MQF_PID $RUM_PID $DASH_PID $BRIDGE_PIDS; do
         for _ in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
@@ -197,6 +225,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Latency rounds: 3 s each, or half the scenario duration if that is shorter (--quick, --duration).
+SCENARIO_SECS=${DURATION[1]:-$([ ${#QUICK[@]} -gt 0 ] && echo 3 || echo 10)}
+ROUND_SECS=$(awk -v d="$SCENARIO_SECS" 'BEGIN { print (d / 2 < 3 ? d / 2 : 3) }')
+LAT_ROUNDS=${LAT_ROUNDS:-$([ ${#QUICK[@]} -gt 0 ] && echo 2 || echo 16)}
+
+if [ ${#SCENARIOS[@]} -gt 0 ]; then
 MOSQ_PORT=$(free_port)
 cat > "$OUT/mosquitto.conf" <<EOF
 listener $MOSQ_PORT 127.0.0.1
@@ -296,11 +330,6 @@ log "mosquitto $("$MOSQUITTO" -h 2>/dev/null | head -1 | awk '{print $3}') pid $
 log "mqflux pid $MQF_PID port $MQF_PORT"
 log "results in $OUT"
 
-ONLY_ARGS=()
-[ -n "$ONLY" ] && ONLY_ARGS=(--only "$ONLY")
-mapfile -t SCENARIOS < <("$BENCH" suite "${QUICK[@]}" "${ONLY_ARGS[@]}" --list)
-[ ${#SCENARIOS[@]} -gt 0 ] || { echo "bench.sh: --only $ONLY matches no scenario" >&2; exit 2; }
-
 # One scenario against one broker; a hung run is cut off after 3 minutes. Optional 5th
 # argument: seconds to run instead of the suite's duration.
 run_one() {
@@ -314,11 +343,6 @@ run_one() {
         --only "$scenario" --label "$label" --port "$port" --broker-pid "$pid" \
         --json "$OUT/$label.jsonl" 2>>"$OUT/bench-tool.log" | tail -n +2 | sed "s/^/  $label: /" || true
 }
-
-# Latency rounds: 3 s each, or half the scenario duration if that is shorter (--quick, --duration).
-SCENARIO_SECS=${DURATION[1]:-$([ ${#QUICK[@]} -gt 0 ] && echo 3 || echo 10)}
-ROUND_SECS=$(awk -v d="$SCENARIO_SECS" 'BEGIN { print (d / 2 < 3 ? d / 2 : 3) }')
-LAT_ROUNDS=${LAT_ROUNDS:-$([ ${#QUICK[@]} -gt 0 ] && echo 2 || echo 16)}
 
 START=$(date +%s)
 for s in "${SCENARIOS[@]}"; do
@@ -353,6 +377,105 @@ log "scenarios took $(( $(date +%s) - START )) s"
 for pair in "mosquitto:$MOSQ_PID" "mqflux:$MQF_PID" ${DASH_PID:+"mqflux-dashboard:$DASH_PID"}; do
     kill -0 "${pair#*:}" 2>/dev/null || log "WARNING: ${pair%%:*} died during the run (see $OUT/${pair%%:*}.log)"
 done
+cleanup
+MOSQ_PID=""
+MQF_PID=""
+RUM_PID=""
+DASH_PID=""
+VIEWER_PIDS=""
+fi
+
+# --- bridges -----------------------------------------------------------------------------------
+if [ "$BRIDGE" = 1 ]; then
+    BACKLOG=$([ ${#QUICK[@]} -gt 0 ] && echo 50000 || echo 1000000)
+    REMOTE_PORT=$(free_port)
+    # The remote: an mqflux that holds the bridges back rather than dropping (both alike).
+    cat > "$OUT/bridge-remote.toml" <<EOF
+[limits]
+max_connections = 0
+max_inflight = 100
+max_queued = 10000
+queue_full = "backpressure"
+EOF
+    "${BROKER_PIN[@]}" "$MQFLUX" --config "$OUT/bridge-remote.toml" --bind 127.0.0.1 --port "$REMOTE_PORT" -q \
+        >"$OUT/bridge-remote.log" 2>&1 &
+    REMOTE_PID=$!
+    BRIDGE_PIDS="$REMOTE_PID"
+    wait_port "$REMOTE_PORT" "$REMOTE_PID" bridge-remote
+
+    # run_bridge LABEL PORT PID GATE: both phases against one bridging broker.
+    run_bridge() {
+        timeout --kill-after=10 "$([ ${#QUICK[@]} -gt 0 ] && echo 120 || echo 1500)" "${TOOL_PIN[@]}" \
+            "$BENCH" bridge --port "$2" --remote-port "$REMOTE_PORT" --gate-port "$4" \
+            --duration "$SCENARIO_SECS" --backlog "$BACKLOG" --label "$1" --broker-pid "$3" \
+            --json "$OUT/$1.jsonl" 2>>"$OUT/bench-tool.log" | tail -n +2 | sed "s/^/  $1: /" || true
+    }
+
+    MOSQ_BPORT=$(free_port)
+    MOSQ_GATE=$(free_port)
+    cat > "$OUT/mosquitto-bridge.conf" <<EOF
+listener $MOSQ_BPORT 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 20
+max_queued_messages 0
+set_tcp_nodelay true
+log_dest file $OUT/mosquitto-bridge.log
+log_type error
+log_type warning
+log_type notice
+
+connection bench
+address 127.0.0.1:$MOSQ_GATE
+remote_clientid bench-mosquitto
+topic mqflux-bench/# out 1
+cleansession false
+try_private false
+notifications false
+restart_timeout 1
+EOF
+    "${BROKER_PIN[@]}" "$MOSQUITTO" -c "$OUT/mosquitto-bridge.conf" >>"$OUT/mosquitto-bridge.log" 2>&1 &
+    MOSQ_BPID=$!
+    BRIDGE_PIDS="$BRIDGE_PIDS $MOSQ_BPID"
+    wait_port "$MOSQ_BPORT" "$MOSQ_BPID" mosquitto-bridge
+    log "scenario: bridge (mosquitto, backlog $BACKLOG)"
+    run_bridge mosquitto "$MOSQ_BPORT" "$MOSQ_BPID" "$MOSQ_GATE"
+    kill "$MOSQ_BPID" 2>/dev/null || true
+
+    MQF_BPORT=$(free_port)
+    MQF_GATE=$(free_port)
+    mkdir -p "$OUT/mqflux-bridge-state"
+    cat > "$OUT/mqflux-bridge.toml" <<EOF
+[limits]
+max_connections = 0
+max_inflight = 20
+max_queued = 1000
+
+[persistence]
+dir = "$OUT/mqflux-bridge-state"
+mode = "sync"
+
+[[bridges]]
+connection = "bench"
+address = ["127.0.0.1:$MQF_GATE"]
+remote_clientid = "bench-mqflux"
+topic = ["mqflux-bench/# out 1"]
+cleansession = false
+try_private = false
+notifications = false
+restart_timeout = 1
+max_inflight = 20
+EOF
+    "${BROKER_PIN[@]}" "$MQFLUX" --config "$OUT/mqflux-bridge.toml" --bind 127.0.0.1 --port "$MQF_BPORT" -q \
+        >"$OUT/mqflux-bridge.log" 2>&1 &
+    MQF_BPID=$!
+    BRIDGE_PIDS="$BRIDGE_PIDS $MQF_BPID"
+    wait_port "$MQF_BPORT" "$MQF_BPID" mqflux-bridge
+    log "scenario: bridge (mqflux, backlog $BACKLOG)"
+    run_bridge mqflux "$MQF_BPORT" "$MQF_BPID" "$MQF_GATE"
+    cleanup
+    BRIDGE_PIDS=""
+fi
 
 {
     echo "mqflux-bench side by side ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs${TOOL_PIN:+, tool on CPU 0, brokers on CPU 1})"
@@ -370,6 +493,10 @@ done
     fi
 } | tee "$OUT/side-by-side.txt"
 
+# --only picks what runs: the forecast too, when named.
+if [ -n "$ONLY" ] && [[ ",$ONLY," != *forecast* ]]; then
+    FORECAST=0
+fi
 if [ "$FORECAST" = 1 ]; then
     echo
     log "forecast models: fit time and memory on a week of per-minute data"

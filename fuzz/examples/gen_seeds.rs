@@ -65,6 +65,7 @@ fn connect(version: ProtocolVersion, will: bool, auth: bool, props: bool) -> Pac
         } else {
             Properties::default()
         },
+        bridge: false,
     })
 }
 

@@ -267,6 +267,8 @@ impl Link {
                 .as_ref()
                 .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
             properties,
+            // The bridge bit in the protocol level (0x84); the encoder leaves it out for 5.0.
+            bridge: private,
         };
         let mut link = Link {
             stream,
@@ -279,16 +281,6 @@ impl Link {
             early: Vec::new(),
         };
         protocol::encode_packet(&Packet::Connect(connect), version, &mut link.wbuf);
-        if private && !version.is_v5() {
-            // Fixed header byte, Remaining Length (1-4 bytes), then "MQTT" as a 2+4 byte
-            // string: the protocol level follows.
-            let mut at = 1;
-            while link.wbuf[at] & 0x80 != 0 {
-                at += 1;
-            }
-            at += 1 + 6;
-            link.wbuf[at] |= 0x80;
-        }
         link.flush()
             .map_err(|e| LinkError::Connect(e.to_string()))?;
         let deadline = Instant::now() + CONNECT_TIMEOUT;

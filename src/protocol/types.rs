@@ -176,6 +176,11 @@ pub struct Connect {
     pub username: Option<String>,
     pub password: Option<Bytes>,
     pub properties: Properties,
+    /// The bridge bit: bit 7 of the protocol level (0x83 for 3.1, 0x84 for 3.1.1), which a
+    /// mosquitto-style bridge sets (`try_private`) to say it is a broker, not an ordinary
+    /// client. The receiving broker then gives its subscriptions No Local and Retain As
+    /// Published, the loop protection 5.0 spells as subscription options. Not defined for 5.0.
+    pub bridge: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

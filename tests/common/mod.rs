@@ -16,6 +16,7 @@
 //!   options the builder always sets), in its own process group.
 //! - `listeners`: a test PKI, TLS clients and refused listener configs.
 //! - `ops`: HTTP/1.1 to the metrics and health endpoints, and the Prometheus text format.
+//! - `nats`: a real 3-node NATS cluster serving MQTT (JetStream), with SIGKILL and restart of a node.
 //! - `remote`: Debian's mosquitto as a second broker (bridge tests), killable and restartable.
 //! - `fault_proxy`: a TCP proxy that forwards, pauses, blackholes (no FIN) or resets.
 //!
@@ -31,6 +32,7 @@ pub mod dashboard;
 pub mod fault_proxy;
 pub mod influx;
 pub mod listeners;
+pub mod nats;
 pub mod ops;
 pub mod raw;
 pub mod remote;

@@ -245,3 +245,148 @@ fn compare_prints_candidate_over_base_ratio_per_scenario() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(row.contains("5.00x") && row.contains(">=4x MET"), "{row}");
 }
+
+/// Every JSON record `mqflux-bench ARGS --port PORT --json -` printed, and its exit code.
+fn bench_records(port: u16, args: &[&str]) -> (i32, Vec<Value>) {
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(BENCH)
+        .args(args)
+        .args(["--port", &port.to_string(), "--json", "-"])
+        .output()
+        .expect("run mqflux-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON record"))
+        .collect();
+    (out.status.code().unwrap_or(-1), records)
+}
+
+#[test]
+fn bridge_run_measures_a_mosquitto_bridge_and_drains_its_whole_backlog() {
+    // mosquitto bridges mqflux-bench/# out to the tool's gate, which relays to a remote mqflux.
+    let remote = Broker::start();
+    let gate = common::influx::free_port();
+    let mosquitto = Mosquitto::start(&format!(
+        "max_queued_messages 0\nconnection bench\naddress 127.0.0.1:{gate}\n\
+         topic mqflux-bench/# out 1\ncleansession false\ntry_private false\n\
+         notifications false\nrestart_timeout 1\n"
+    ));
+    let (code, records) = bench_records(
+        mosquitto.port,
+        &[
+            "bridge",
+            "--remote-port",
+            &remote.port.to_string(),
+            "--gate-port",
+            &gate.to_string(),
+            "--duration",
+            "1",
+            "--backlog",
+            "3000",
+            "--publishers",
+            "2",
+            "--window",
+            "100",
+        ],
+    );
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let (through, drain) = (&records[0], &records[1]);
+    assert_eq!(through["scenario"], "bridge");
+    assert!(n(through, "sent") > 0, "{through}");
+    assert_exactly_once(through, n(through, "sent"), n(through, "sent"));
+    assert_eq!(drain["scenario"], "bridge-drain");
+    assert_eq!(drain["name"], "bridge drain q1 3000 queued");
+    assert_eq!(
+        n(drain, "acked"),
+        3000,
+        "all queued while the remote was cut off: {drain}"
+    );
+    assert_exactly_once(drain, 3000, 3000);
+    assert!(drain["first_delivery_s"].as_f64().is_some(), "{drain}");
+    assert!(drain["delivery_rate"].as_f64().unwrap() > 0.0, "{drain}");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bridge_run_measures_an_mqflux_bridge_and_drains_its_whole_backlog() {
+    // The same run with mqflux bridging (durable queue, sync persistence): nothing the local
+    // broker acknowledged while its remote was cut off is lost or doubled.
+    let remote = Broker::start();
+    let gate = common::influx::free_port();
+    let store = tempfile::tempdir().unwrap();
+    let local = Broker::with_config(&format!(
+        "[persistence]\ndir = {:?}\nmode = \"sync\"\n\n[[bridges]]\nconnection = \"bench\"\n\
+         address = [\"127.0.0.1:{gate}\"]\nremote_clientid = \"bench-mqflux\"\n\
+         topic = [\"mqflux-bench/# out 1\"]\ntry_private = false\nnotifications = false\n\
+         restart_timeout = 1\nmax_inflight = 20\n",
+        store.path().to_str().unwrap()
+    ));
+    let (code, records) = bench_records(
+        local.port,
+        &[
+            "bridge",
+            "--remote-port",
+            &remote.port.to_string(),
+            "--gate-port",
+            &gate.to_string(),
+            "--duration",
+            "1",
+            "--backlog",
+            "3000",
+            "--publishers",
+            "2",
+            "--window",
+            "100",
+        ],
+    );
+    assert_eq!(records.len(), 2, "{records:#?}\n{}", local.log_text());
+    let (through, drain) = (&records[0], &records[1]);
+    assert!(n(through, "sent") > 0, "{through}");
+    assert_exactly_once(through, n(through, "sent"), n(through, "sent"));
+    assert_eq!(n(drain, "acked"), 3000, "{drain}");
+    assert_exactly_once(drain, 3000, 3000);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bench_script_quick_bridge_run_prints_both_bridges_side_by_side() {
+    // README: `scripts/bench.sh --quick --only bridge`, here on the debug binaries of this build
+    // (the script builds release ones otherwise) and without CPU pinning.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench.sh"))
+        .args(["--quick", "--only", "bridge", "--no-build", "--out"])
+        .arg(out_dir.path())
+        .env("MQFLUX_BIN", env!("CARGO_BIN_EXE_mqflux"))
+        .env("MQFLUX_BENCH_BIN", BENCH)
+        .env("BENCH_NO_PIN", "1")
+        .output()
+        .expect("run scripts/bench.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench.sh failed:\n{stdout}\n{stderr}");
+    let table =
+        std::fs::read_to_string(out_dir.path().join("side-by-side.txt")).expect("side-by-side.txt");
+    for scenario in ["bridge q1 4->1 v3.1.1", "bridge drain q1 50000 queued"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(scenario))
+            .unwrap_or_else(|| panic!("no row {scenario:?} in\n{table}"));
+        // Both brokers' checks say ok: nothing lost, duplicated or reordered.
+        assert_eq!(row.matches(" ok").count(), 2, "{row}\n{table}");
+    }
+    for label in ["mosquitto", "mqflux"] {
+        let records = std::fs::read_to_string(out_dir.path().join(format!("{label}.jsonl")))
+            .expect("results file");
+        let drain: Value = records
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("JSON record"))
+            .find(|r| r["scenario"] == "bridge-drain")
+            .unwrap_or_else(|| panic!("no drain record for {label}: {records}"));
+        assert_exactly_once(&drain, 50_000, 50_000);
+    }
+}

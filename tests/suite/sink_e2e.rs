@@ -170,6 +170,7 @@ fn a_burst_read_at_once_on_one_topic_keeps_every_point_in_order() {
         username: None,
         password: None,
         properties: protocol::Properties::default(),
+        bridge: false,
     });
     protocol::encode_packet(&connect, V311, &mut bytes);
     const N: i64 = 500;

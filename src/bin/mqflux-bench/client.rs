@@ -73,6 +73,7 @@ pub fn connect_session(
         username: None,
         password: None,
         properties,
+        bridge: false,
     });
     let mut out = Vec::with_capacity(64);
     wire::encode(&connect, version, &mut out);

@@ -33,6 +33,8 @@ pub struct Topology {
 #[derive(Clone, Debug)]
 pub struct LoadParams {
     pub addr: SocketAddr,
+    /// Where the subscribers connect, when not to `addr`: the far side of a bridge.
+    pub sub_addr: Option<SocketAddr>,
     pub version: ProtocolVersion,
     pub qos: QoS,
     pub size: usize,
@@ -194,7 +196,7 @@ fn run_inner(topo: &Topology, p: &LoadParams, out: &mut Outcome) -> Result<(), S
     for (i, (filter, _)) in topo.subscribers.iter().enumerate() {
         let id = format!("{}-s{i}", p.run_id);
         let mut c = client::connect_session(
-            p.addr,
+            p.sub_addr.unwrap_or(p.addr),
             p.version,
             &id,
             KEEP_ALIVE_SECS,

@@ -1,9 +1,11 @@
 //! mqflux-bench: a closed-loop MQTT load generator for comparing brokers.
 //!
-//! Scenarios (fan-in, fan-out, pairs, latency, connections) each run bounded in time and in message
-//! count, count lost / duplicated / reordered messages, print a table row and optionally one JSON
-//! line. `suite` runs the standard set from issue 8; `compare` prints two result files side by side.
+//! Scenarios (fan-in, fan-out, pairs, latency, connections, and a broker's bridge: `bridge.rs`)
+//! each run bounded in time and in message count, count lost / duplicated / reordered messages,
+//! print a table row and optionally one JSON line. `suite` runs the standard set from issue 8;
+//! `compare` prints two result files side by side.
 
+mod bridge;
 mod client;
 mod connscale;
 mod engine;
@@ -36,6 +38,7 @@ Examples:
   mqflux-bench latency --port 1883 --rate 5000 --qos 0 --duration 10
   mqflux-bench connections --port 1883 --count 10000 --broker-pid $(pidof mosquitto)
   mqflux-bench suite --port 1883 --label mosquitto --json mosq.jsonl --quick
+  mqflux-bench bridge --port 1883 --remote-port 1884 --gate-port 1885 --backlog 1000000
   mqflux-bench compare mosq.jsonl mqflux.jsonl";
 
 #[derive(Parser, Debug)]
@@ -142,6 +145,45 @@ enum Command {
         /// Print the names of the scenarios the suite would run, one per line, and exit.
         #[arg(long)]
         list: bool,
+    },
+    /// A broker's bridge, measured from outside: throughput through it, then the drain rate
+    /// of a backlog queued while its remote was unreachable. The broker under test (--port)
+    /// must bridge `mqflux-bench/#` out to --gate-port, where this tool relays to the remote
+    /// broker (--remote-port) and can cut the link (see `bridge.rs`).
+    Bridge {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Port of the remote broker (on --host), where the subscriber connects.
+        #[arg(long)]
+        remote_port: u16,
+        /// Port (on --host) the bridge's `address` names; this tool listens there.
+        #[arg(long)]
+        gate_port: u16,
+        /// MQTT protocol version of the tool's clients.
+        #[arg(long, value_enum, default_value_t = Mqtt::V311)]
+        mqtt: Mqtt,
+        /// QoS of the throughput phase (the backlog is always QoS 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: u8,
+        /// Payload size in bytes (at least 20).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Seconds of the throughput phase.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Publishing connections (both phases).
+        #[arg(long, default_value_t = 4)]
+        publishers: usize,
+        /// Messages a publisher may be ahead of the subscriber (throughput) or awaiting PUBACK
+        /// (backlog).
+        #[arg(long, default_value_t = 500)]
+        window: u64,
+        /// Messages queued while the remote is unreachable, then drained.
+        #[arg(long, default_value_t = 100_000)]
+        backlog: u64,
+        /// Seconds at most for queueing the backlog, and again for draining it.
+        #[arg(long, default_value_t = 600.0)]
+        drain_timeout: f64,
     },
     /// Print two JSON-lines result files side by side; ratio = CANDIDATE / BASE.
     Compare {
@@ -327,6 +369,7 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
     }
     let params = LoadParams {
         addr,
+        sub_addr: None,
         version: l.mqtt.version(),
         qos,
         size: l.size,
@@ -382,6 +425,7 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         p99_us: us(0.99),
         p999_us: us(0.999),
         max_us: (o.latency.count() > 0).then(|| o.latency.max() as f64 / 1000.0),
+        first_delivery_s: None,
         tool_cpu_s,
         broker_cpu_s,
         deliveries_per_broker_cpu_s: broker_cpu_s
@@ -550,6 +594,46 @@ fn main() -> ExitCode {
             };
             suite(&broker, &opts)
         }
+        Command::Bridge {
+            broker,
+            remote_port,
+            gate_port,
+            mqtt,
+            qos,
+            size,
+            duration,
+            publishers,
+            window,
+            backlog,
+            drain_timeout,
+        } => (|| {
+            let local = resolve(&broker)?;
+            let at = |port| SocketAddr::new(local.ip(), port);
+            let params = bridge::BridgeParams {
+                local,
+                remote: at(remote_port),
+                gate: at(gate_port),
+                version: mqtt.version(),
+                qos: QoS::from_u8(qos).unwrap_or(QoS::AtLeastOnce),
+                size,
+                duration: secs(duration)?,
+                window,
+                publishers: publishers.max(1),
+                backlog,
+                drain_timeout: secs(drain_timeout)?,
+                connect_timeout: secs(broker.connect_timeout)?,
+                local_pid: broker.broker_pid,
+                label: broker.label.clone(),
+                run_id: run_id(),
+            };
+            report::print_header();
+            let mut all_clean = true;
+            for r in bridge::run(&params)? {
+                all_clean &= clean(&r);
+                emit(&broker, &r)?;
+            }
+            Ok(all_clean)
+        })(),
         Command::Compare { base, candidate } => report::read_json(&base).and_then(|b| {
             let c = report::read_json(&candidate)?;
             print!("{}", report::compare(&b, &c));

@@ -45,6 +45,9 @@ pub struct Record {
     pub p999_us: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_us: Option<f64>,
+    /// Bridge drain: seconds from the remote becoming reachable to the first message there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_delivery_s: Option<f64>,
     /// CPU seconds (user + system) this tool used during the scenario.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_cpu_s: Option<f64>,
@@ -220,6 +223,13 @@ pub fn print_row(r: &Record) {
         println!(
             "    cpu: broker {b:.1} s, tool {t:.1} s over {:.1} s",
             r.elapsed_s
+        );
+    }
+    if let Some(first) = r.first_delivery_s {
+        println!(
+            "    backlog: {} acknowledged at {:.0} msg/s with the remote away; first message \
+             {first:.2} s after it came back, then all in {:.2} s",
+            r.acked, r.publish_rate, r.elapsed_s
         );
     }
     if let Some(s) = &r.stalled {

@@ -279,7 +279,7 @@ impl Handshake {
             (keep_alive_secs > 0).then(|| Duration::from_millis(keep_alive_secs as u64 * 1500));
         let _ = self.stream.set_read_timeout(keep_alive);
         info!(
-            "client {} connected from {}{} (MQTT {}, {}, keep-alive {}s{})",
+            "client {} connected from {}{} (MQTT {}{}, {}, keep-alive {}s{})",
             client_id,
             self.peer,
             username
@@ -287,6 +287,11 @@ impl Handshake {
                 .map(|u| format!(" as {u:?}"))
                 .unwrap_or_default(),
             version,
+            if c.bridge {
+                " bridge (no local, retain as published)"
+            } else {
+                ""
+            },
             if session_expiry == 0 {
                 "clean session"
             } else {
@@ -319,6 +324,7 @@ impl Handshake {
             stream,
             client_id,
             version,
+            bridge: c.bridge,
             outbox: Some(outbox),
             session: Some(attached.session),
             owns_session,

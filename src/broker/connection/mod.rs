@@ -167,6 +167,10 @@ struct Connection {
     stream: Arc<Socket>,
     client_id: Arc<str>,
     version: ProtocolVersion,
+    /// CONNECT carried the bridge bit (level 0x83/0x84, mosquitto's `try_private`): the
+    /// client is another broker, so every subscription it makes gets No Local and Retain As
+    /// Published (`on_subscribe`).
+    bridge: bool,
     outbox: Option<Arc<Outbox>>,
     session: Option<SessionRef>,
     /// Shared with the session's `Link`: false once the session is no longer ours.

@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::broker::topic::validate_subscription_filter;
-use crate::protocol::{reason, Packet, Properties, SubAck, Subscribe, UnsubAck, Unsubscribe};
+use crate::protocol::{
+    reason, Packet, Properties, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
 use log::{debug, info, warn};
 
 impl Connection {
@@ -34,6 +36,7 @@ impl Connection {
                 return Err(violation(reason::PROTOCOL_ERROR, message));
             }
             let topic_filter = shared.map_or(f.filter.as_str(), |(_, filter)| filter);
+            let options = self.subscription_options(f.options, shared.is_some());
             if !self
                 .client_acl()
                 .is_none_or(|acl| acl.can_subscribe(topic_filter))
@@ -71,8 +74,8 @@ impl Connection {
             let existed = self
                 .broker
                 .router
-                .subscribe(&f.filter, &session, f.options, identifier);
-            session.lock().subscribe(&f.filter, f.options, identifier);
+                .subscribe(&f.filter, &session, options, identifier);
+            session.lock().subscribe(&f.filter, options, identifier);
             reason_codes.push(f.options.qos as u8);
             // v5 retain handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9..11 (v5)].
             // Shared subscriptions get no retained messages (MQTT 5.0 section 4.8.2).
@@ -99,6 +102,26 @@ impl Connection {
                 .deliver_retained(&session, &filter, qos, identifier);
         }
         Ok(())
+    }
+
+    /// The options a subscription is stored with. A bridge (CONNECT with the bridge bit) gets
+    /// what a 5.0 bridge asks for itself: No Local, so the messages it forwards to us are not
+    /// echoed back to it (a loop), and Retain As Published, so a retained message it forwards
+    /// arrives on its side retained too (mosquitto's `is_bridge`). No Local is left off a
+    /// shared subscription, where it is a protocol error [MQTT-3.8.3-4].
+    fn subscription_options(
+        &self,
+        requested: SubscriptionOptions,
+        shared: bool,
+    ) -> SubscriptionOptions {
+        if !self.bridge {
+            return requested;
+        }
+        SubscriptionOptions {
+            no_local: !shared,
+            retain_as_published: true,
+            ..requested
+        }
     }
 
     pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Exit> {

@@ -18,9 +18,12 @@ pub(super) fn decode_connect(body: &Bytes) -> Result<Connect, DecodeError> {
     let mut r = Reader::new(body, "CONNECT", ProtocolVersion::V311);
     let name = r.string("protocol name")?;
     let level = r.u8("protocol level")?;
-    let version = match (name.as_str(), level) {
+    // Bit 7 of the level is the bridge bit (mosquitto's `try_private`), defined for 3.1 and
+    // 3.1.1 only: a 5.0 bridge asks for No Local and Retain As Published per subscription.
+    let bridge = level & 0x80 != 0;
+    let version = match (name.as_str(), level & 0x7F) {
         ("MQTT", 4) => ProtocolVersion::V311,
-        ("MQTT", 5) => ProtocolVersion::V5,
+        ("MQTT", 5) if !bridge => ProtocolVersion::V5,
         ("MQIsdp", 3) => ProtocolVersion::V31,
         ("MQTT", _) | ("MQIsdp", _) => {
             // [MQTT-3.1.2-2]: answer CONNACK 0x01 (v3) / 0x84 (v5), then close.
@@ -122,6 +125,7 @@ pub(super) fn decode_connect(body: &Bytes) -> Result<Connect, DecodeError> {
         username,
         password,
         properties,
+        bridge,
     })
 }
 
@@ -175,7 +179,8 @@ pub(super) fn write_connect(out: &mut Vec<u8>, c: &Connect) {
             "MQTT"
         },
     );
-    out.push(c.version.level());
+    let bridge_bit = if c.bridge && !v5 { 0x80 } else { 0 };
+    out.push(c.version.level() | bridge_bit);
     let mut flags = 0u8;
     if c.clean_start {
         flags |= 0x02;
@@ -302,6 +307,51 @@ mod tests {
             decode(&bytes, V311),
             Err(DecodeError::UnsupportedProtocol { level: 3, .. })
         ));
+    }
+
+    #[test]
+    fn connect_level_0x84_is_a_v311_bridge() {
+        let mut bytes = CONNECT_V311.to_vec();
+        bytes[8] = 0x84;
+        let Packet::Connect(c) = decode(&bytes, V311).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.version, c.bridge), (V311, true));
+        let Packet::Connect(plain) = decode(CONNECT_V311, V311).unwrap() else {
+            panic!()
+        };
+        assert!(!plain.bridge);
+        // Encoding writes the bit back: the bytes round-trip.
+        assert_eq!(encode(&Packet::Connect(c), V311), bytes);
+    }
+
+    #[test]
+    fn connect_mqisdp_level_0x83_is_a_v31_bridge() {
+        let bytes = [
+            0x10, 0x11, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x83, 0x02, 0x00, 0x0A,
+            0x00, 0x03, b'c', b'i', b'd',
+        ];
+        let Packet::Connect(c) = decode(&bytes, V311).unwrap() else {
+            panic!()
+        };
+        assert_eq!((c.version, c.bridge), (V31, true));
+        assert_eq!(encode(&Packet::Connect(c), V31), bytes);
+    }
+
+    #[test]
+    fn connect_bridge_bit_on_other_levels_is_unsupported_protocol() {
+        // 5.0 has no bridge bit; 0x86 and "MQTT" 0x83 are no version at all [MQTT-3.1.2-2].
+        for level in [0x85, 0x86, 0x83, 0x80, 0xFF] {
+            let mut bytes = CONNECT_V311.to_vec();
+            bytes[8] = level;
+            assert!(
+                matches!(
+                    decode(&bytes, V311),
+                    Err(DecodeError::UnsupportedProtocol { level: l, .. }) if l == level
+                ),
+                "level {level:#04x}"
+            );
+        }
     }
 
     #[test]
@@ -459,6 +509,7 @@ mod tests {
             username: None,
             password: None,
             properties: Properties::default(),
+            bridge: false,
         };
         assert_eq!(
             encode(&Packet::Connect(c.clone()), V311),

@@ -293,6 +293,7 @@ mod tests {
                 username: Some("user".into()),
                 password: Some(Bytes::from_static(&[0, 255, 10])),
                 properties: props(PropContext::Connect),
+                bridge: false,
             }),
             Packet::Connect(Connect {
                 version,
@@ -303,6 +304,7 @@ mod tests {
                 username: None,
                 password: None,
                 properties: props(PropContext::Connect),
+                bridge: false,
             }),
             Packet::ConnAck(ConnAck {
                 session_present: version != V31,
