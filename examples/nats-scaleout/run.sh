@@ -198,6 +198,10 @@ done
 for name in central edge-a edge-b; do
     wait_for "$name" 30 grep -q "mqflux .* ready" "$state/$name.log"
 done
+# Ready means the central's bridge holds its subscriptions on NATS: a message the edges send
+# before that has no subscriber on NATS to go to (NATS keeps no queue for a topic nobody
+# subscribed to), so it would never reach the central.
+wait_for central 60 grep -q "subscribed on the remote" "$state/central.log"
 
 say "ready: NATS MQTT on 127.0.0.1:$(port 31),$(port 32),$(port 33); edge-a on $(port 41)," \
     "edge-b on $(port 42), central on $(port 50); InfluxDB on $influx_port (database scaleout);" \
