@@ -479,6 +479,40 @@ fn in_qos2_from_the_remote_is_published_locally_exactly_once() {
     expect_nothing_more(&mut local_sub, Duration::from_millis(500));
 }
 
+/// A subscriber (QoS 1) and a publisher on each side of a `both` bridge.
+struct Sides {
+    local_sub: RawClient,
+    remote_sub: RawClient,
+    local_pub: RawClient,
+    remote_pub: RawClient,
+}
+
+impl Sides {
+    fn connect(local: u16, local_filter: &str, remote: u16, remote_filter: &str) -> Sides {
+        let mut local_sub = RawClient::connect_v311(local, "local-sub");
+        local_sub.subscribe(local_filter, QoS::AtLeastOnce);
+        let mut remote_sub = RawClient::connect_v311(remote, "remote-sub");
+        remote_sub.subscribe(remote_filter, QoS::AtLeastOnce);
+        Sides {
+            local_sub,
+            remote_sub,
+            local_pub: RawClient::connect_v311(local, "local-pub"),
+            remote_pub: RawClient::connect_v311(remote, "remote-pub"),
+        }
+    }
+
+    /// Publish `m0`..`m{n-1}` at QoS 1 on each side, interleaved.
+    fn publish_both(&mut self, local_topic: &str, remote_topic: &str, n: usize) {
+        for i in 0..n {
+            let payload = format!("m{i}");
+            self.local_pub
+                .publish(local_topic, &payload, QoS::AtLeastOnce);
+            self.remote_pub
+                .publish(remote_topic, &payload, QoS::AtLeastOnce);
+        }
+    }
+}
+
 #[test]
 fn both_directions_deliver_each_message_once_per_side_without_echo() {
     let remote = Mosquitto::start("");
@@ -489,16 +523,18 @@ fn both_directions_deliver_each_message_once_per_side_without_echo() {
         "",
     ));
     local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
-    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
-    local_sub.subscribe("site/chat/#", QoS::AtLeastOnce);
-    let mut remote_sub = RawClient::connect_v311(remote.port, "remote-sub");
-    remote_sub.subscribe("central/site1/chat/#", QoS::AtLeastOnce);
-    let mut local_pub = RawClient::connect_v311(local.port, "local-pub");
-    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
-    for i in 0..50 {
-        local_pub.publish("site/chat/l", &format!("m{i}"), QoS::AtLeastOnce);
-        remote_pub.publish("central/site1/chat/r", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    let mut sides = Sides::connect(
+        local.port,
+        "site/chat/#",
+        remote.port,
+        "central/site1/chat/#",
+    );
+    sides.publish_both("site/chat/l", "central/site1/chat/r", 50);
+    let Sides {
+        mut local_sub,
+        mut remote_sub,
+        ..
+    } = sides;
     let on_topic = |got: &[(String, String)], topic: &str| -> Vec<(String, String)> {
         got.iter().filter(|(t, _)| t == topic).cloned().collect()
     };
@@ -1105,16 +1141,14 @@ fn v5_both_to_a_second_mqflux_uses_no_local_and_keeps_retained_flags() {
         "bridge_protocol_version = \"mqttv50\"",
     ));
     local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
-    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
-    local_sub.subscribe("room/#", QoS::AtLeastOnce);
-    let mut remote_sub = RawClient::connect_v311(remote.port, "remote-sub");
-    remote_sub.subscribe("room/#", QoS::AtLeastOnce);
-    let mut local_pub = RawClient::connect_v311(local.port, "local-pub");
-    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
-    for i in 0..20 {
-        local_pub.publish("room/local", &format!("m{i}"), QoS::AtLeastOnce);
-        remote_pub.publish("room/remote", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    let mut sides = Sides::connect(local.port, "room/#", remote.port, "room/#");
+    sides.publish_both("room/local", "room/remote", 20);
+    let Sides {
+        mut local_sub,
+        mut remote_sub,
+        mut remote_pub,
+        ..
+    } = sides;
     // [MQTT-3.8.3-3] No Local: the remote does not send the bridge its own messages back.
     let mut local_got = collect(&mut local_sub, 40, Duration::from_secs(10));
     expect_nothing_more(&mut local_sub, Duration::from_millis(500));
