@@ -6,6 +6,7 @@
 //! the codec writes the level, `connect` ORs the bit into that one byte.
 
 use super::config::{split_address, BridgeConfig, BridgeProtocol};
+use crate::broker::tls::MaybeTls;
 use crate::protocol::{self, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -19,43 +20,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A write that cannot progress for this long means the link is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.sock,
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
+type Stream = MaybeTls<rustls::ClientConnection>;
 
 /// Why the link ended or could not be made.
 #[derive(Debug)]

@@ -6,6 +6,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -200,6 +203,56 @@ fn der_string(tag: u8, bytes: &[u8]) -> Option<String> {
             String::from_utf16(&units).ok()
         }
         _ => None,
+    }
+}
+
+/// A TCP connection with or without TLS over it: `C` is `rustls::ServerConnection` for the ops
+/// HTTP server and `rustls::ClientConnection` for a bridge's link, the same logic either way.
+pub enum MaybeTls<C> {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<C, TcpStream>>),
+}
+
+impl<C> MaybeTls<C> {
+    /// The socket underneath, for timeouts and shutdown.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            MaybeTls::Plain(s) => s,
+            MaybeTls::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl<C, S> Read for MaybeTls<C>
+where
+    C: DerefMut + Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            MaybeTls::Plain(s) => s.read(buf),
+            MaybeTls::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl<C, S> Write for MaybeTls<C>
+where
+    C: DerefMut + Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            MaybeTls::Plain(s) => s.write(buf),
+            MaybeTls::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(s) => s.flush(),
+            MaybeTls::Tls(s) => s.flush(),
+        }
     }
 }
 

@@ -79,25 +79,14 @@ impl ModelSpec {
             ModelSpec::SeasonalNaive(m) => seasonal_naive(history, *m, horizon, level),
             ModelSpec::Ets => {
                 need(history, 10)?;
-                let fit = AutoETS::non_seasonal()
-                    .fit(history)
-                    .map_err(|e| ModelError::Fit(e.to_string()))?;
-                let f = fit
-                    .predict(horizon, level)
-                    .map_err(|e| ModelError::Fit(e.to_string()))?;
-                from_augurs(f, level)
+                fit_and_predict(AutoETS::non_seasonal(), history, horizon, level)
             }
             ModelSpec::Mstl(periods) => {
                 // STL needs two full cycles of the longest period.
                 need(history, 2 * periods.iter().copied().max().unwrap_or(1) + 1)?;
                 let trend: AutoETSTrendModel = AutoETS::non_seasonal().into();
-                let fit = MSTLModel::new(periods.clone(), trend)
-                    .fit(history)
-                    .map_err(|e| ModelError::Fit(e.to_string()))?;
-                let f = fit
-                    .predict(horizon, level)
-                    .map_err(|e| ModelError::Fit(e.to_string()))?;
-                from_augurs(f, level)
+                let model = MSTLModel::new(periods.clone(), trend);
+                fit_and_predict(model, history, horizon, level)
             }
             ModelSpec::Lstm(cfg) => lstm::forecast(cfg, history, horizon, level),
         }
@@ -112,6 +101,22 @@ fn need(history: &[f64], n: usize) -> Result<(), ModelError> {
         });
     }
     Ok(())
+}
+
+/// Fit an augurs model to `history` and forecast `horizon` steps with `level` intervals.
+fn fit_and_predict(
+    model: impl Fit,
+    history: &[f64],
+    horizon: usize,
+    level: f64,
+) -> Result<Forecast, ModelError> {
+    let fit = model
+        .fit(history)
+        .map_err(|e| ModelError::Fit(e.to_string()))?;
+    let f = fit
+        .predict(horizon, level)
+        .map_err(|e| ModelError::Fit(e.to_string()))?;
+    from_augurs(f, level)
 }
 
 fn from_augurs(f: augurs::Forecast, level: f64) -> Result<Forecast, ModelError> {

@@ -11,16 +11,13 @@
 //!   `forecast.outage_secs`. Its cost is bounded by the history (`history_secs / step_secs`
 //!   points at most, `forecast::MAX_SLOTS`), the origins and the LSTM's epochs.
 
-use crate::broker::message::{now_ns, Message};
 use crate::broker::Broker;
 use crate::forecast::{
     self, BacktestPlan, Forecast, ForecastConfig, LstmConfig, ModelSpec, PeakRates, Recommendation,
     Score, Series, Sizing, Winner,
 };
-use crate::protocol::QoS;
 use crate::sink::http::InfluxClient;
 use crate::sink::SinkConfig;
-use bytes::Bytes;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -351,15 +348,7 @@ fn lower_priority() {
 }
 
 fn publish(broker: &Broker, path: &str, payload: String) {
-    broker.publish(Message::new(
-        format!("$SYS/broker/forecast/{path}").into(),
-        Bytes::from(payload),
-        QoS::AtMostOnce,
-        true,
-        Default::default(),
-        None,
-        now_ns(),
-    ));
+    super::sys::publish(broker, format!("$SYS/broker/forecast/{path}"), payload);
 }
 
 /// One refit: read, evaluate and publish every self-metrics series, then the recommendation.

@@ -22,6 +22,7 @@
 //! `GET /metrics` without reading grew the broker by 412 MB and stalled `/health`, 500
 //! half-sent requests made 506 threads. Its API offers no way to bound either.
 
+use crate::broker::tls::MaybeTls;
 use log::{debug, error};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -246,19 +247,9 @@ fn accept_loop(
 }
 
 /// A served connection: plain TCP, or TLS over it (the handshake runs in the first read).
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
-}
+type Stream = MaybeTls<rustls::ServerConnection>;
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => &s.sock,
-        }
-    }
-
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.tcp().set_read_timeout(t)
     }
@@ -279,31 +270,6 @@ impl Stream {
             }
         }
         let _ = self.tcp().shutdown(Shutdown::Both);
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
     }
 }
 

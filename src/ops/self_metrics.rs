@@ -20,9 +20,10 @@
 //! These are the series `mqflux forecast` and the broker's `[forecast]` thread read back.
 
 use super::snapshot::Snapshot;
+use super::sys::wait_tick;
 use crate::broker::message::now_ns;
 use crate::broker::Broker;
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Sender};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
@@ -51,16 +52,7 @@ impl SelfMetrics {
             .spawn(move || {
                 let mut rounds = Rounds::new(&broker);
                 let mut next = Instant::now();
-                loop {
-                    next += interval;
-                    let now = Instant::now();
-                    if next < now {
-                        next = now + interval;
-                    }
-                    match stopped.recv_timeout(next - now) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                    }
+                while wait_tick(&stopped, &mut next, interval) {
                     let lines = rounds.round(&broker, Instant::now(), now_ns());
                     broker.sink.submit_lines(&lines, now_ns());
                 }

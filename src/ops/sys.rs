@@ -15,7 +15,7 @@ use crate::broker::message::{now_ns, Message};
 use crate::broker::Broker;
 use crate::protocol::QoS;
 use bytes::Bytes;
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use log::debug;
 use std::collections::HashMap;
 use std::io;
@@ -46,17 +46,7 @@ impl SysPublisher {
         }
         let broker = broker.clone();
         let thread = thread::Builder::new().name("sys".into()).spawn(move || {
-            loop {
-                next += interval;
-                // Catch up after a stall (e.g. a suspended machine) instead of bursting.
-                let now = Instant::now();
-                if next < now {
-                    next = now + interval;
-                }
-                match stopped.recv_timeout(next - now) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                }
+            while wait_tick(&stopped, &mut next, interval) {
                 for (topic, payload) in tree.round(&Snapshot::of(&broker), Instant::now()) {
                     publish(&broker, topic, payload);
                 }
@@ -73,7 +63,22 @@ impl SysPublisher {
     }
 }
 
-fn publish(broker: &Broker, topic: String, payload: String) {
+/// Wait for the next tick of a fixed-rate loop: false once `stop` fires or its sender is gone.
+/// After a stall (e.g. a suspended machine) the schedule restarts from now instead of bursting.
+pub(super) fn wait_tick(stop: &Receiver<()>, next: &mut Instant, interval: Duration) -> bool {
+    *next += interval;
+    let now = Instant::now();
+    if *next < now {
+        *next = now + interval;
+    }
+    match stop.recv_timeout(*next - now) {
+        Err(RecvTimeoutError::Timeout) => true,
+        Ok(()) | Err(RecvTimeoutError::Disconnected) => false,
+    }
+}
+
+/// Publish one retained QoS 0 `$SYS` value (each value supersedes the previous one).
+pub(super) fn publish(broker: &Broker, topic: String, payload: String) {
     broker.publish(Message::new(
         topic.into(),
         Bytes::from(payload),

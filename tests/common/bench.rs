@@ -1,7 +1,7 @@
 //! Running `mqflux-bench` from a test: one invocation with `--json -`, and its JSON record.
 
 use serde_json::Value;
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// The load generator built with the broker.
 pub const BENCH: &str = env!("CARGO_BIN_EXE_mqflux-bench");
@@ -9,13 +9,7 @@ pub const BENCH: &str = env!("CARGO_BIN_EXE_mqflux-bench");
 /// Run the tool against `port` with `args` and `--json -` (bounded by `timeout 120`); returns
 /// its exit code and the JSON record it printed.
 pub fn run(port: u16, args: &[&str]) -> (i32, Value) {
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(BENCH)
-        .args(args)
-        .args(["--port", &port.to_string(), "--json", "-"])
-        .output()
-        .expect("run mqflux-bench");
+    let out = invoke(port, args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
@@ -28,6 +22,29 @@ pub fn run(port: u16, args: &[&str]) -> (i32, Value) {
         });
     let record: Value = serde_json::from_str(line).expect("JSON record");
     (out.status.code().unwrap_or(-1), record)
+}
+
+/// Every JSON record `mqflux-bench ARGS --port PORT --json -` printed, and its exit code.
+pub fn run_all(port: u16, args: &[&str]) -> (i32, Vec<Value>) {
+    let out = invoke(port, args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let records = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON record"))
+        .collect();
+    (out.status.code().unwrap_or(-1), records)
+}
+
+/// `mqflux-bench ARGS --port PORT --json -`, bounded by `timeout 120`.
+fn invoke(port: u16, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .arg("120")
+        .arg(BENCH)
+        .args(args)
+        .args(["--port", &port.to_string(), "--json", "-"])
+        .output()
+        .expect("run mqflux-bench")
 }
 
 /// A count in a record; panics naming the key when it is missing.

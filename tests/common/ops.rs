@@ -5,6 +5,7 @@ use super::Broker;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::Duration;
 
 /// `metrics on http://ADDR` from the log of a broker started with `[metrics] bind = ...:0`.
@@ -120,4 +121,25 @@ pub fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
         "{content_type}"
     );
     parse_prometheus(&body)
+}
+
+/// The start of a broker config with a listener, `/metrics` and an enabled `[sink]` writing to
+/// `database` at `influx_url` with its spool in `spool`; the caller appends its own sink keys.
+pub fn sink_config_head(influx_url: &str, database: &str, spool: &Path) -> String {
+    format!(
+        r#"
+[[listeners]]
+bind = "127.0.0.1"
+
+[metrics]
+bind = "127.0.0.1:0"
+
+[sink]
+enabled = true
+url = "{influx_url}"
+database = "{database}"
+spool_dir = "{spool}"
+"#,
+        spool = spool.display()
+    )
 }

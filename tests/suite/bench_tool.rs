@@ -246,22 +246,27 @@ fn compare_prints_candidate_over_base_ratio_per_scenario() {
     assert!(row.contains("5.00x") && row.contains(">=4x MET"), "{row}");
 }
 
-/// Every JSON record `mqflux-bench ARGS --port PORT --json -` printed, and its exit code.
-fn bench_records(port: u16, args: &[&str]) -> (i32, Vec<Value>) {
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(BENCH)
-        .args(args)
-        .args(["--port", &port.to_string(), "--json", "-"])
-        .output()
-        .expect("run mqflux-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let records = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON record"))
-        .collect();
-    (out.status.code().unwrap_or(-1), records)
+/// A `bridge` run through the broker on `port` (its bridge points at `gate`) to `remote`:
+/// 1 s of throughput, then a 3000-message backlog drained; exit code and both records.
+fn bridge_bench(port: u16, remote: u16, gate: u16) -> (i32, Vec<Value>) {
+    common::bench::run_all(
+        port,
+        &[
+            "bridge",
+            "--remote-port",
+            &remote.to_string(),
+            "--gate-port",
+            &gate.to_string(),
+            "--duration",
+            "1",
+            "--backlog",
+            "3000",
+            "--publishers",
+            "2",
+            "--window",
+            "100",
+        ],
+    )
 }
 
 #[test]
@@ -274,24 +279,7 @@ fn bridge_run_measures_a_mosquitto_bridge_and_drains_its_whole_backlog() {
          topic mqflux-bench/# out 1\ncleansession false\ntry_private false\n\
          notifications false\nrestart_timeout 1\n"
     ));
-    let (code, records) = bench_records(
-        mosquitto.port,
-        &[
-            "bridge",
-            "--remote-port",
-            &remote.port.to_string(),
-            "--gate-port",
-            &gate.to_string(),
-            "--duration",
-            "1",
-            "--backlog",
-            "3000",
-            "--publishers",
-            "2",
-            "--window",
-            "100",
-        ],
-    );
+    let (code, records) = bridge_bench(mosquitto.port, remote.port, gate);
     assert_eq!(records.len(), 2, "{records:#?}");
     let (through, drain) = (&records[0], &records[1]);
     assert_eq!(through["scenario"], "bridge");
@@ -324,24 +312,7 @@ fn bridge_run_measures_an_mqflux_bridge_and_drains_its_whole_backlog() {
          restart_timeout = 1\nmax_inflight = 20\n",
         store.path().to_str().unwrap()
     ));
-    let (code, records) = bench_records(
-        local.port,
-        &[
-            "bridge",
-            "--remote-port",
-            &remote.port.to_string(),
-            "--gate-port",
-            &gate.to_string(),
-            "--duration",
-            "1",
-            "--backlog",
-            "3000",
-            "--publishers",
-            "2",
-            "--window",
-            "100",
-        ],
-    );
+    let (code, records) = bridge_bench(local.port, remote.port, gate);
     assert_eq!(records.len(), 2, "{records:#?}\n{}", local.log_text());
     let (through, drain) = (&records[0], &records[1]);
     assert!(n(through, "sent") > 0, "{through}");

@@ -77,6 +77,14 @@ fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<(String, String)
         .collect()
 }
 
+/// Publish `m{i}` for each `i` in `range` on `topic` at QoS 1, each acknowledged: what
+/// `numbered` expects to arrive.
+fn publish_numbered(client: &mut RawClient, topic: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        client.publish(topic, &format!("m{i}"), QoS::AtLeastOnce);
+    }
+}
+
 #[test]
 fn out_forwards_every_acknowledged_message_once_in_order() {
     let remote = Mosquitto::start("");
@@ -95,9 +103,7 @@ fn out_forwards_every_acknowledged_message_once_in_order() {
         )]
     );
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..300 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..300);
     let got = collect(&mut sub, 300, Duration::from_secs(20));
     assert_eq!(got, numbered("sensors/t", 0..300));
     expect_nothing_more(&mut sub, Duration::from_millis(500));
@@ -162,9 +168,7 @@ fn out_backlog_survives_the_remote_being_killed_and_restarted() {
     ));
     local.wait_for_log(&["bridge edge: connected to"]);
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..50 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..50);
     assert_eq!(
         collect(&mut sub, 50, Duration::from_secs(10)),
         numbered("sensors/t", 0..50)
@@ -177,9 +181,7 @@ fn out_backlog_survives_the_remote_being_killed_and_restarted() {
     remote.kill();
     drop(sub);
     // Acknowledged locally while the remote is gone: they wait in the bridge's queue.
-    for i in 50..150 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 50..150);
     remote.restart();
     let mut sub = RawClient::connect_v311(remote.port, "remote-sub");
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
@@ -228,9 +230,7 @@ fn out_backlog_survives_sigkill_of_the_local_broker() {
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let mut local = Broker::with_config(&bridge_toml(proxy.port, &["sensors/# out 1"], ""));
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..200 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..200);
     // Every one of them was acknowledged; the broker dies before the link is back.
     local.kill();
     proxy.set(Mode::Forward);
@@ -263,9 +263,7 @@ fn blackholed_link_is_detected_within_one_and_a_half_keepalives() {
     proxy.set(Mode::Blackhole);
     let cut = Instant::now();
     // Published into the silent link: acknowledged locally, not yet by the remote.
-    for i in 1..20 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 1..20);
     local.wait_for_log_after(
         mark,
         &["bridge edge: link to", "nothing received for"],
@@ -442,9 +440,7 @@ fn in_publishes_remote_messages_locally_once_in_order() {
     let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
     local_sub.subscribe("cmd/#", QoS::AtLeastOnce);
     let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
-    for i in 0..200 {
-        remote_pub.publish("cmd/x", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut remote_pub, "cmd/x", 0..200);
     let got = collect(&mut local_sub, 200, Duration::from_secs(20));
     assert_eq!(got, numbered("cmd/x", 0..200));
     expect_nothing_more(&mut local_sub, Duration::from_millis(500));
@@ -479,6 +475,40 @@ fn in_qos2_from_the_remote_is_published_locally_exactly_once() {
     expect_nothing_more(&mut local_sub, Duration::from_millis(500));
 }
 
+/// A subscriber (QoS 1) and a publisher on each side of a `both` bridge.
+struct Sides {
+    local_sub: RawClient,
+    remote_sub: RawClient,
+    local_pub: RawClient,
+    remote_pub: RawClient,
+}
+
+impl Sides {
+    fn connect(local: u16, local_filter: &str, remote: u16, remote_filter: &str) -> Sides {
+        let mut local_sub = RawClient::connect_v311(local, "local-sub");
+        local_sub.subscribe(local_filter, QoS::AtLeastOnce);
+        let mut remote_sub = RawClient::connect_v311(remote, "remote-sub");
+        remote_sub.subscribe(remote_filter, QoS::AtLeastOnce);
+        Sides {
+            local_sub,
+            remote_sub,
+            local_pub: RawClient::connect_v311(local, "local-pub"),
+            remote_pub: RawClient::connect_v311(remote, "remote-pub"),
+        }
+    }
+
+    /// Publish `m0`..`m{n-1}` at QoS 1 on each side, interleaved.
+    fn publish_both(&mut self, local_topic: &str, remote_topic: &str, n: usize) {
+        for i in 0..n {
+            let payload = format!("m{i}");
+            self.local_pub
+                .publish(local_topic, &payload, QoS::AtLeastOnce);
+            self.remote_pub
+                .publish(remote_topic, &payload, QoS::AtLeastOnce);
+        }
+    }
+}
+
 #[test]
 fn both_directions_deliver_each_message_once_per_side_without_echo() {
     let remote = Mosquitto::start("");
@@ -489,16 +519,18 @@ fn both_directions_deliver_each_message_once_per_side_without_echo() {
         "",
     ));
     local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
-    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
-    local_sub.subscribe("site/chat/#", QoS::AtLeastOnce);
-    let mut remote_sub = RawClient::connect_v311(remote.port, "remote-sub");
-    remote_sub.subscribe("central/site1/chat/#", QoS::AtLeastOnce);
-    let mut local_pub = RawClient::connect_v311(local.port, "local-pub");
-    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
-    for i in 0..50 {
-        local_pub.publish("site/chat/l", &format!("m{i}"), QoS::AtLeastOnce);
-        remote_pub.publish("central/site1/chat/r", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    let mut sides = Sides::connect(
+        local.port,
+        "site/chat/#",
+        remote.port,
+        "central/site1/chat/#",
+    );
+    sides.publish_both("site/chat/l", "central/site1/chat/r", 50);
+    let Sides {
+        mut local_sub,
+        mut remote_sub,
+        ..
+    } = sides;
     let on_topic = |got: &[(String, String)], topic: &str| -> Vec<(String, String)> {
         got.iter().filter(|(t, _)| t == topic).cloned().collect()
     };
@@ -631,9 +663,7 @@ fn tls_to_a_remote_with_its_own_ca_and_refused_with_another() {
     let local = Broker::with_config(&config);
     local.wait_for_log(&["bridge edge: connected to localhost:"]);
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..20 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..20);
     assert_eq!(
         collect(&mut sub, 20, Duration::from_secs(10)),
         numbered("sensors/t", 0..20)
@@ -775,9 +805,7 @@ fn sighup_reload_keeps_the_queue_of_a_bridge_whose_connection_stays() {
     sub.subscribe("sensors/#", QoS::AtLeastOnce);
     let local = Broker::with_config(&bridge_toml(proxy.port, &["sensors/# out 1"], ""));
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..30 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..30);
     // Same connection, other settings: the bridge restarts on the queue it had.
     let changed = bridge_toml(proxy.port, &["sensors/# out 1"], "keepalive_interval = 7");
     std::fs::write(local.config_path(), changed).unwrap();
@@ -817,9 +845,7 @@ fn failover_to_the_next_address_and_back_to_the_primary() {
         secondary.port
     )]);
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..10 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..10);
     assert_eq!(
         collect(&mut on_secondary, 10, Duration::from_secs(10)),
         numbered("sensors/t", 0..10)
@@ -831,9 +857,7 @@ fn failover_to_the_next_address_and_back_to_the_primary() {
         "bridge edge: connected to 127.0.0.1:{}",
         proxy.port
     )]);
-    for i in 10..20 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 10..20);
     assert_eq!(
         collect(&mut on_primary, 10, Duration::from_secs(10)),
         numbered("sensors/t", 10..20)
@@ -854,9 +878,7 @@ fn max_rate_caps_how_fast_a_backlog_drains() {
         "max_rate = 50",
     ));
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..100 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..100);
     proxy.set(Mode::Forward);
     let first = collect(&mut sub, 1, Duration::from_secs(10));
     let start = Instant::now();
@@ -917,9 +939,7 @@ fn v311_bridge_to_a_second_mqflux_delivers_with_or_without_the_bridge_bit() {
     let refused = local.log_text().contains("refused the bridge bit");
     assert_eq!(line.contains("bridge bit"), !refused, "{line}");
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..50 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..50);
     assert_eq!(
         collect(&mut sub, 50, Duration::from_secs(10)),
         numbered("sensors/t", 0..50)
@@ -1026,9 +1046,7 @@ fn a_damaged_queue_journal_stops_the_start_until_recover_keeps_what_is_readable(
     );
     let mut local = Broker::with_config(&config);
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..10 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..10);
     local.kill();
     // A torn write at the end of the queue's journal.
     let journal = queue_dir.join("edge").join("mqflux.journal");
@@ -1105,16 +1123,14 @@ fn v5_both_to_a_second_mqflux_uses_no_local_and_keeps_retained_flags() {
         "bridge_protocol_version = \"mqttv50\"",
     ));
     local.wait_for_log(&["bridge edge: subscribed on the remote to 1 of 1"]);
-    let mut local_sub = RawClient::connect_v311(local.port, "local-sub");
-    local_sub.subscribe("room/#", QoS::AtLeastOnce);
-    let mut remote_sub = RawClient::connect_v311(remote.port, "remote-sub");
-    remote_sub.subscribe("room/#", QoS::AtLeastOnce);
-    let mut local_pub = RawClient::connect_v311(local.port, "local-pub");
-    let mut remote_pub = RawClient::connect_v311(remote.port, "remote-pub");
-    for i in 0..20 {
-        local_pub.publish("room/local", &format!("m{i}"), QoS::AtLeastOnce);
-        remote_pub.publish("room/remote", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    let mut sides = Sides::connect(local.port, "room/#", remote.port, "room/#");
+    sides.publish_both("room/local", "room/remote", 20);
+    let Sides {
+        mut local_sub,
+        mut remote_sub,
+        mut remote_pub,
+        ..
+    } = sides;
     // [MQTT-3.8.3-3] No Local: the remote does not send the bridge its own messages back.
     let mut local_got = collect(&mut local_sub, 40, Duration::from_secs(10));
     expect_nothing_more(&mut local_sub, Duration::from_millis(500));
@@ -1158,9 +1174,7 @@ fn a_link_paused_shorter_than_the_keepalive_resumes_without_reconnecting() {
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
     // TCP holds the bytes while the proxy reads nothing; 2 s is below 1.5 x 4 s.
     proxy.set(Mode::Pause);
-    for i in 0..20 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..20);
     std::thread::sleep(Duration::from_secs(2));
     proxy.set(Mode::Forward);
     assert_eq!(
@@ -1198,9 +1212,7 @@ fn dashboard_overview_shows_the_bridge_up_sending_then_down_and_queueing() {
     assert_eq!(up["reconnects"], 0);
 
     let mut publisher = RawClient::connect_v311(local.port, "local-pub");
-    for i in 0..20 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 0..20);
     assert_eq!(
         collect(&mut sub, 20, Duration::from_secs(10)),
         numbered("sensors/t", 0..20)
@@ -1215,9 +1227,7 @@ fn dashboard_overview_shows_the_bridge_up_sending_then_down_and_queueing() {
     remote.kill();
     edge(&|b| b["up"] == false)
         .unwrap_or_else(|| panic!("the bridge shows down: {}", get(addr, "/api/v1/overview")));
-    for i in 20..30 {
-        publisher.publish("sensors/t", &format!("m{i}"), QoS::AtLeastOnce);
-    }
+    publish_numbered(&mut publisher, "sensors/t", 20..30);
     let down = edge(&|b| b["queued_messages"] == 10)
         .unwrap_or_else(|| panic!("10 queued: {}", get(addr, "/api/v1/overview")));
     assert_eq!(down["up"], false, "{down}");

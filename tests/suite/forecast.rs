@@ -10,36 +10,24 @@ use crate::common::ops as ops_support;
 use common::client::MqttClient;
 use common::{eventually, run_to_exit, Broker};
 use influx::Influx;
-use ops_support::{http, metrics_addr};
+use ops_support::{http, metrics_addr, sink_config_head};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(40);
 
 fn config(influx_url: &str, spool: &std::path::Path, forecast: &str) -> String {
+    let head = sink_config_head(influx_url, "selfm", spool);
     format!(
         r#"sys_interval = 1
-
-[[listeners]]
-bind = "127.0.0.1"
-
-[metrics]
-bind = "127.0.0.1:0"
-
-[sink]
-enabled = true
-url = "{influx_url}"
-database = "selfm"
-spool_dir = "{spool}"
-spool_max_bytes = 65536
+{head}spool_max_bytes = 65536
 flush_interval_ms = 50
 self_metrics = true
 self_metrics_interval_secs = 1
 self_metrics_prefix_depth = 1
 
 {forecast}
-"#,
-        spool = spool.display()
+"#
     )
 }
 

@@ -124,6 +124,15 @@ fn addresses(addrs: &[std::net::SocketAddr]) -> String {
         .join(", ")
 }
 
+/// The bridge settings both sides of the NATS cluster share: a persistent session (cleansession
+/// false), no mosquitto extensions, and a quick reconnect and return to the first node.
+const NATS_BRIDGE: &str = "try_private = false
+cleansession = false
+notifications = false
+keepalive_interval = 5
+restart_timeout = 1
+primary_retry_secs = 5";
+
 /// An edge: the site's devices publish here (QoS 1, acknowledged once on disk, bridge queue
 /// included); `site/SITE/#` goes out to the NATS cluster at QoS 2, any node will do.
 fn edge_config(site: &str, store: &std::path::Path, nats: &[std::net::SocketAddr]) -> String {
@@ -140,12 +149,7 @@ mode = "sync"
 connection = "edge-{site}-to-nats"
 address = [{addresses}]
 remote_clientid = "edge-{site}"
-try_private = false
-cleansession = false
-notifications = false
-keepalive_interval = 5
-restart_timeout = 1
-primary_retry_secs = 5
+{NATS_BRIDGE}
 topic = ["site/{site}/# out 2"]
 "#,
         store = store.display(),
@@ -190,12 +194,7 @@ timestamp_unit = "ms"
 connection = "central-from-nats"
 address = [{addresses}]
 remote_clientid = "central-1"
-try_private = false
-cleansession = false
-notifications = false
-keepalive_interval = 5
-restart_timeout = 1
-primary_retry_secs = 5
+{NATS_BRIDGE}
 topic = ["site/a/# in 1", "site/b/# in 1"]
 "#,
         store = store.display(),

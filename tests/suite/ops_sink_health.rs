@@ -9,7 +9,7 @@ use crate::common::ops as ops_support;
 use common::client::MqttClient;
 use common::{eventually, Broker};
 use influx::Influx;
-use ops_support::{http, metrics_addr, scrape};
+use ops_support::{http, metrics_addr, scrape, sink_config_head};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,26 +17,14 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn config(influx_url: &str, spool: &std::path::Path) -> String {
+    let head = sink_config_head(influx_url, "ops", spool);
     format!(
         r#"sys_interval = 1
-
-[[listeners]]
-bind = "127.0.0.1"
-
-[metrics]
-bind = "127.0.0.1:0"
-
-[sink]
-enabled = true
-url = "{influx_url}"
-database = "ops"
-spool_dir = "{spool}"
-flush_interval_ms = 50
+{head}flush_interval_ms = 50
 retry_initial_ms = 50
 retry_max_ms = 200
 timeout_secs = 2
-"#,
-        spool = spool.display()
+"#
     )
 }
 

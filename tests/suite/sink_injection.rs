@@ -534,29 +534,16 @@ fn line_scan_reads_lines_as_real_influxd_does() {
 }
 
 fn sink_config(influx: &Influx, db: &str, spool: &Path, extra: &str) -> String {
+    let head = ops_support::sink_config_head(&influx.url(), db, spool);
     format!(
-        r#"
-[[listeners]]
-bind = "127.0.0.1"
-
-[metrics]
-bind = "127.0.0.1:0"
-
-[sink]
-enabled = true
-url = "{url}"
-database = "{db}"
-spool_dir = "{spool}"
-retry_initial_ms = 20
+        r#"{head}retry_initial_ms = 20
 retry_max_ms = 300
 timeout_secs = 5
 {extra}
 
 [[sink.rules]]
 topic = "sensors/{{device}}/{{measurement}}"
-"#,
-        url = influx.url(),
-        spool = spool.display(),
+"#
     )
 }
 

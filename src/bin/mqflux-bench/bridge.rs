@@ -282,7 +282,6 @@ fn run_throughput(p: &BridgeParams, base: &str) -> Result<Record, String> {
     let cpu = cpu_meter(p.local_pid);
     let o = engine::run(&topo, &params);
     let (tool_cpu_s, broker_cpu_s) = cpu();
-    let us = |q: f64| o.latency.quantile(q).map(|ns| ns as f64 / 1000.0);
     Ok(Record {
         name: format!(
             "bridge q{} {}->1 {}",
@@ -298,30 +297,7 @@ fn run_throughput(p: &BridgeParams, base: &str) -> Result<Record, String> {
         subscribers: 1,
         payload_bytes: p.size.max(wire::PAYLOAD_HEADER),
         window: p.window,
-        sent: o.sent,
-        acked: o.acked,
-        expected: o.expected,
-        received: o.received,
-        lost: o.lost,
-        duplicated: o.duplicated,
-        reordered: o.reordered,
-        missing: o.missing,
-        elapsed_s: o.elapsed,
-        publish_rate: o.sent as f64 / o.publish_elapsed.max(1e-9),
-        delivery_rate: o.received as f64 / o.elapsed.max(1e-9),
-        p50_us: us(0.5),
-        p99_us: us(0.99),
-        p999_us: us(0.999),
-        max_us: (o.latency.count() > 0).then(|| o.latency.max() as f64 / 1000.0),
-        tool_cpu_s,
-        broker_cpu_s,
-        deliveries_per_broker_cpu_s: broker_cpu_s
-            .filter(|&c| c > 0.0)
-            .map(|c| o.received as f64 / c),
-        stalled: o.stalled,
-        errors: o.errors,
-        rounds: 1,
-        ..Default::default()
+        ..Record::measured(o, tool_cpu_s, broker_cpu_s)
     })
 }
 

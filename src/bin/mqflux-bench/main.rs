@@ -398,7 +398,6 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         .and_then(|p| stats::cpu_secs(&p.to_string()))
         .zip(cpu_before.1)
         .map(|(a, b)| a - b);
-    let us = |q: f64| o.latency.quantile(q).map(|ns| ns as f64 / 1000.0);
     Ok(Record {
         name: shape.name(l.qos, l.mqtt),
         scenario: shape.scenario().into(),
@@ -410,32 +409,10 @@ fn run_messages(shape: Shape, b: &BrokerArgs, l: &LoadArgs) -> Result<Record, St
         payload_bytes: l.size.max(wire::PAYLOAD_HEADER),
         window: l.window,
         rate,
-        sent: o.sent,
-        acked: o.acked,
-        expected: o.expected,
-        received: o.received,
-        lost: o.lost,
-        duplicated: o.duplicated,
-        reordered: o.reordered,
-        missing: o.missing,
-        elapsed_s: o.elapsed,
-        publish_rate: o.sent as f64 / o.publish_elapsed.max(1e-9),
-        delivery_rate: o.received as f64 / o.elapsed.max(1e-9),
-        p50_us: us(0.5),
-        p99_us: us(0.99),
-        p999_us: us(0.999),
-        max_us: (o.latency.count() > 0).then(|| o.latency.max() as f64 / 1000.0),
         first_delivery_s: None,
-        tool_cpu_s,
-        broker_cpu_s,
-        deliveries_per_broker_cpu_s: broker_cpu_s
-            .filter(|&c| c > 0.0)
-            .map(|c| o.received as f64 / c),
         connections: None,
         goal: None,
-        stalled: o.stalled,
-        errors: o.errors,
-        rounds: 1,
+        ..Record::measured(o, tool_cpu_s, broker_cpu_s)
     })
 }
 

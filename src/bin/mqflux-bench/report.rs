@@ -112,6 +112,42 @@ pub enum Goal {
 }
 
 impl Record {
+    /// The measured part of a load run's record: counts, rates, latency quantiles and CPU; the
+    /// caller fills in what names the run (name, scenario, label, shape).
+    pub fn measured(
+        o: crate::engine::Outcome,
+        tool_cpu_s: Option<f64>,
+        broker_cpu_s: Option<f64>,
+    ) -> Record {
+        let us = |q: f64| o.latency.quantile(q).map(|ns| ns as f64 / 1000.0);
+        Record {
+            sent: o.sent,
+            acked: o.acked,
+            expected: o.expected,
+            received: o.received,
+            lost: o.lost,
+            duplicated: o.duplicated,
+            reordered: o.reordered,
+            missing: o.missing,
+            elapsed_s: o.elapsed,
+            publish_rate: o.sent as f64 / o.publish_elapsed.max(1e-9),
+            delivery_rate: o.received as f64 / o.elapsed.max(1e-9),
+            p50_us: us(0.5),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: (o.latency.count() > 0).then(|| o.latency.max() as f64 / 1000.0),
+            tool_cpu_s,
+            broker_cpu_s,
+            deliveries_per_broker_cpu_s: broker_cpu_s
+                .filter(|&c| c > 0.0)
+                .map(|c| o.received as f64 / c),
+            stalled: o.stalled,
+            errors: o.errors,
+            rounds: 1,
+            ..Default::default()
+        }
+    }
+
     /// Problems that make the numbers untrustworthy or show broker misbehaviour.
     pub fn problems(&self) -> Vec<String> {
         let mut v = Vec::new();
