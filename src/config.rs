@@ -1,5 +1,12 @@
 //! TOML configuration: structs with defaults, and validation whose every error names the file,
 //! the key and what was expected.
+//!
+//! Why this file is over ~700 lines of code: it holds the settings that belong to no lower
+//! floor — the broker's own (listeners, limits, security, persistence, log), the ops floor's
+//! (`[metrics]`, `[dashboard]`) — with their checks, and the loading that turns every problem
+//! into one located `ConfigError`. The other parts' settings live beside their code
+//! (`sink/config.rs`, `bridge/config.rs`, `forecast`). The next split, when it grows again, is
+//! a `config/` folder with a file per section.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
